@@ -1,0 +1,66 @@
+"""What a user asks for when putting a network on a chip: the experiment specification.
+
+The API validates it, stores it on the experiment row and enqueues a `program` job; the
+station worker reads it back from the row. It is the one contract between the two.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from hwctl.schedule import DAY_S, log_spaced_offsets_s, validate_offsets_s
+
+CompensationMethod = Literal["none", "gdc", "adabs"]
+
+# Job kinds the station worker knows; the payload of each is {"experiment_id": int, ...}.
+JOB_PROGRAM = "program"
+JOB_READBACK = "readback"
+JOB_EVALUATE = "evaluate"
+JOB_ANALYZE = "analyze"
+
+
+class ProgramSpec(BaseModel):
+    """Program-and-verify settings (see hwctl.program_verify.ProgramSettings)."""
+
+    model_config = ConfigDict(extra="forbid")
+    tolerance_us: float | None = Field(None, gt=0, le=5, description="acceptance band half-width, µS")
+    max_iterations: int | None = Field(None, ge=1, le=100)
+    amplitude_min_ua: float | None = Field(None, gt=0)
+    amplitude_max_ua: float | None = Field(None, gt=0)
+    seed: int = 0
+
+
+class ScheduleSpec(BaseModel):
+    """Readback times after programming, in seconds (station clock)."""
+
+    model_config = ConfigDict(extra="forbid")
+    offsets_s: list[float] = Field(default_factory=lambda: log_spaced_offsets_s(25.0, DAY_S, 20))
+
+    @field_validator("offsets_s")
+    @classmethod
+    def _positive_sorted(cls, value: list[float]) -> list[float]:
+        return validate_offsets_s(value)
+
+
+class EvaluationSpec(BaseModel):
+    """How each readout is turned into accuracy."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: Literal["digits", "cifar10"] = "digits"
+    methods: list[CompensationMethod] = Field(default_factory=lambda: ["none", "gdc", "adabs"])
+    n_images: int | None = Field(None, ge=1, description="test images used (None: all)")
+    calibration_images: int | None = Field(None, ge=1, description="AdaBS calibration set size")
+    enabled: bool = True
+
+
+class ExperimentSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    network_id: int
+    station: str
+    name: str | None = None
+    g_max_us: float = Field(25.0, gt=0, le=100)
+    program: ProgramSpec = Field(default_factory=ProgramSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
