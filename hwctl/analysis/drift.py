@@ -1,0 +1,145 @@
+"""Per-device drift fits from stored readouts: ln G = ln G(t0) − ν·ln(t/t0).
+
+Drift is a power law in time since *that device* was programmed (pcm-model.md §3), so
+each device gets its own straight line in log-log space. The fit is ordinary least
+squares in closed form: five running sums per device over the readouts (axis 0),
+accumulated in float64 chunk by chunk, so a whole chip (~10⁶ devices × 20 reads)
+fits in about a second without per-device Python.
+
+Readings ≤ 0 (a RESET device read as 0, a clipped noisy read) cannot be logged; they
+are masked out and every device reports how many points it used and a status flag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+import numpy.typing as npt
+
+DEFAULT_T0_S = 25.0
+# Devices per chunk: 20 readouts × 16k devices × 8 B ≈ 2.5 MB per float64 array.
+_CHUNK_DEVICES = 16_384
+
+FloatArray = npt.NDArray[np.float64]
+
+
+class FitStatus(IntEnum):
+    """Why a device has (or lacks) a drift exponent."""
+
+    OK = 0
+    NO_SIGNAL = 1  # every reading ≤ 0: a RESET or dead device; ν is undefined
+    TOO_FEW_POINTS = 2  # fewer positive readings than `min_points`
+    NO_TIME_SPREAD = 3  # all usable readings at the same time; no slope to fit
+
+
+@dataclass(frozen=True)
+class DriftFit:
+    """One entry per device; NaN wherever `status != FitStatus.OK`."""
+
+    t0_s: float
+    nu: FloatArray  # drift exponent (positive = conductance decays)
+    g_t0_us: FloatArray  # fitted conductance at t0
+    r_squared: FloatArray  # of the log-log line; NaN when the reads are constant
+    residual_std: FloatArray  # of ln G around the line ≈ relative read noise
+    nu_stderr: FloatArray  # standard error of ν (from the residuals)
+    g_t0_stderr_us: FloatArray  # standard error of G(t0) (delta method)
+    n_points: npt.NDArray[np.int32]
+    status: npt.NDArray[np.int8]
+
+    @property
+    def ok(self) -> npt.NDArray[np.bool_]:
+        return self.status == FitStatus.OK
+
+    @property
+    def n_devices(self) -> int:
+        return int(self.nu.size)
+
+
+def fit_drift(
+    g_us: npt.ArrayLike,
+    t_s: npt.ArrayLike,
+    t0_s: float = DEFAULT_T0_S,
+    min_points: int = 3,
+) -> DriftFit:
+    """Fit ν and G(t0) for every device from readouts `g_us` (n_readouts, n_devices).
+
+    `t_s` is the time since each device was programmed, shape (n_readouts, n_devices),
+    or (n_readouts,) when the whole array was programmed at once.
+    """
+    g = np.asarray(g_us)
+    t = np.asarray(t_s)
+    if g.ndim != 2:
+        raise ValueError(f"conductances must be (n_readouts, n_devices), got shape {g.shape}")
+    if t.shape not in (g.shape, (g.shape[0],)):
+        raise ValueError(f"times of shape {t.shape} do not match readouts of shape {g.shape}")
+    if t0_s <= 0:
+        raise ValueError(f"t0 must be positive seconds, got {t0_s}")
+    if min_points < 2:
+        raise ValueError("a line needs at least 2 points")
+    n_dev = g.shape[1]
+    sums = np.empty((6, n_dev), np.float64)
+    t_col = t[:, None] if t.ndim == 1 else None
+    for start in range(0, n_dev, _CHUNK_DEVICES):
+        stop = min(start + _CHUNK_DEVICES, n_dev)
+        t_chunk = t_col if t_col is not None else t[:, start:stop]
+        _accumulate(g[:, start:stop], t_chunk, np.log(t0_s), sums[:, start:stop])
+    return _solve(sums, t0_s, min_points)
+
+
+def _accumulate(g: np.ndarray, t: np.ndarray, ln_t0: float, out: FloatArray) -> None:
+    """Masked sums n, Σx, Σy, Σxx, Σxy, Σyy of x = ln(t/t0), y = ln G over readouts."""
+    valid = (g > 0) & (t > 0)
+    shape = valid.shape
+    y = np.zeros(shape, np.float64)
+    np.log(g, out=y, where=valid, dtype=np.float64)
+    x = np.zeros(shape, np.float64)
+    np.log(np.broadcast_to(t, shape), out=x, where=valid, dtype=np.float64)
+    np.subtract(x, ln_t0, out=x, where=valid)
+    out[0] = np.count_nonzero(valid, axis=0)
+    out[1] = x.sum(axis=0)
+    out[2] = y.sum(axis=0)
+    out[3] = np.einsum("ij,ij->j", x, x)
+    out[4] = np.einsum("ij,ij->j", x, y)
+    out[5] = np.einsum("ij,ij->j", y, y)
+
+
+def _solve(sums: FloatArray, t0_s: float, min_points: int) -> DriftFit:
+    n, sx, sy, sxx, sxy, syy = sums
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sxx_c = sxx - sx * sx / n
+        sxy_c = sxy - sx * sy / n
+        syy_c = syy - sy * sy / n
+        slope = sxy_c / sxx_c
+        intercept = (sy - slope * sx) / n
+        ss_res = np.maximum(syy_c - slope * sxy_c, 0.0)
+        resid_var = np.where(n > 2, ss_res / (n - 2), np.nan)
+        x_mean = sx / n
+        nu_var = resid_var / sxx_c
+        intercept_var = resid_var * (1.0 / n + x_mean * x_mean / sxx_c)
+        r_squared = np.where(syy_c > 0, 1.0 - ss_res / syy_c, np.nan)
+    status = np.full(n.shape, FitStatus.OK, np.int8)
+    status[n < min_points] = FitStatus.TOO_FEW_POINTS
+    status[n == 0] = FitStatus.NO_SIGNAL
+    spread_free = (n >= min_points) & ~(sxx_c > 1e-12 * np.maximum(sxx, 1.0))
+    status[spread_free] = FitStatus.NO_TIME_SPREAD
+    bad = status != FitStatus.OK
+    g_t0 = np.exp(intercept)
+
+    def masked(values: FloatArray) -> FloatArray:
+        values = np.asarray(values, np.float64)
+        values[bad] = np.nan
+        return values
+
+    return DriftFit(
+        t0_s=t0_s,
+        nu=masked(-slope),
+        g_t0_us=masked(g_t0),
+        r_squared=masked(r_squared),
+        residual_std=masked(np.sqrt(resid_var)),
+        nu_stderr=masked(np.sqrt(nu_var)),
+        g_t0_stderr_us=masked(g_t0 * np.sqrt(intercept_var)),
+        n_points=n.astype(np.int32),
+        status=status,
+    )
