@@ -1,0 +1,195 @@
+"""Host-side iterative program-and-verify over any `drivers.base.Chip`.
+
+Each iteration sends at most one RESET command (devices that overshot), one SET
+command (every still-converging device with its own amplitude) and one read command,
+so the loop costs the same number of round trips over the wire as in process.
+
+The host's picture of a device is deliberately coarse (a lab calibration, not the
+simulator's internals): a SET pulse of amplitude I moves G a fraction
+`nominal_set_rate` of the way towards a level k·L(I), where L rises linearly from
+0 µS at `amplitude_onset_ua` to `g_at_amplitude_max_us` at `amplitude_max_ua` and k is
+a per-device level gain learned from every observed step (a scalar Kalman update
+that trusts small, precise steps more than the large first one). Each pulse aims
+`aim_fraction` of the remaining error so that overshoots, which cost a RESET and a
+restart from near 0, stay rare.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+import numpy.typing as npt
+
+from drivers.base import Chip
+from drivers.errors import LimitError
+
+Progress = Callable[[int, int, int], None]
+MIN_LEARNING_LEVEL_US = 0.3  # below this the SET onset dominates: no gain learned
+
+
+class DeviceStatus(IntEnum):
+    """Outcome per device, stored as uint8."""
+
+    CONVERGED = 0
+    NOT_CONVERGED = 1
+    STUCK = 2  # reads never moved although pulsed: a stuck or dead device
+    LIMIT = 3  # still below target with the amplitude at `amplitude_max_ua`
+
+
+@dataclass(frozen=True)
+class ProgramSettings:
+    """Knobs of the loop; the defaults are what the simulated chip is calibrated to."""
+
+    tolerance_us: float = 0.2  # acceptance band ±(tolerance_us + tolerance_rel·G_T)
+    tolerance_rel: float = 0.025  # grows with G, where verify reads are noisier
+    max_iterations: int = 20
+    amplitude_min_ua: float = 50.0
+    amplitude_max_ua: float = 160.0
+    amplitude_onset_ua: float = 57.0  # SET onset, where the host's level L(I) starts from 0 µS
+    g_at_amplitude_max_us: float = 30.0
+    nominal_set_rate: float = 0.6  # fraction of the way to the level one SET pulse goes
+    aim_fraction: float = 0.7  # fraction of the remaining error each pulse aims for
+    aim_above_band: float = 0.5  # aim this fraction of the band above target: devices
+    # approach from below and stop at the first verify inside the band
+    gain_prior_sigma: float = 0.1  # device-to-device spread of the level gain k
+    gain_drift_sigma: float = 0.03  # how far k may wander between pulses (model mismatch)
+    step_rate_sigma: float = 0.25  # relative spread of one SET step
+    step_noise_us: float = 0.25  # absolute spread of one SET step plus the verify read
+    reset_level_us: float = 0.1  # where the host assumes a RESET leaves a device
+    stuck_band_us: float = 0.5  # reads spanning less than this over all pulses: stuck
+
+    def __post_init__(self) -> None:
+        if not 0 < self.amplitude_min_ua < self.amplitude_max_ua:
+            raise ValueError("need 0 < amplitude_min_ua < amplitude_max_ua")
+        if self.tolerance_us <= 0 or self.max_iterations < 1:
+            raise ValueError("tolerance_us must be positive and max_iterations at least 1")
+
+
+@dataclass
+class ProgramResult:
+    """Per-device outcome, in the order of the addresses given."""
+
+    addresses: npt.NDArray[np.uint32]
+    target_g_us: npt.NDArray[np.float32]
+    final_g_us: npt.NDArray[np.float32]  # last verify read
+    iterations: npt.NDArray[np.uint8]
+    status: npt.NDArray[np.uint8]  # DeviceStatus codes
+    t_programmed_s: npt.NDArray[np.float64]  # board time of each device's last pulse
+
+    @property
+    def converged_fraction_nonzero(self) -> float:
+        nonzero = self.target_g_us > 0
+        if not nonzero.any():
+            return 1.0
+        return float(np.mean(self.status[nonzero] == DeviceStatus.CONVERGED))
+
+    @property
+    def iterations_mean(self) -> float:
+        return float(self.iterations.mean()) if self.iterations.size else 0.0
+
+    def count(self, status: DeviceStatus) -> int:
+        return int(np.count_nonzero(self.status == status))
+
+
+def check_amplitudes(chip: Chip, settings: ProgramSettings) -> None:
+    """Refuse settings the board would reject, before any pulse is sent."""
+    limit_ua = chip.amplitude_limit_ua()
+    if settings.amplitude_max_ua > limit_ua:
+        raise LimitError(
+            f"program-and-verify needs up to {settings.amplitude_max_ua} uA but the board's "
+            f"amplitude limit is {limit_ua} uA; lower amplitude_max_ua or raise the limit"
+        )
+
+
+def program_and_verify(
+    chip: Chip,
+    addresses: npt.NDArray[np.uint32],
+    target_g_us: npt.NDArray[np.float32],
+    settings: ProgramSettings = ProgramSettings(),
+    progress: Progress | None = None,
+) -> ProgramResult:
+    """Program every device to its target: RESET, then SET/verify until within tolerance."""
+    s = settings
+    addresses = np.ascontiguousarray(addresses, np.uint32)
+    targets = np.ascontiguousarray(target_g_us, np.float32)
+    if addresses.shape != targets.shape or addresses.ndim != 1:
+        raise ValueError("addresses and target_g_us must be 1-D arrays of the same length")
+    if targets.size and (not np.isfinite(targets).all() or targets.min() < 0):
+        raise ValueError("targets must be finite conductances >= 0 uS")
+    check_amplitudes(chip, s)
+    n = addresses.size
+    final = np.zeros(n, np.float32)
+    iterations = np.zeros(n, np.uint8)
+    status = np.full(n, DeviceStatus.NOT_CONVERGED, np.uint8)
+    t_programmed = np.zeros(n, np.float64)
+    result = ProgramResult(addresses, targets, final, iterations, status, t_programmed)
+    if n == 0:
+        return result
+
+    slope_ua_per_us = np.float32((s.amplitude_max_ua - s.amplitude_onset_ua) / s.g_at_amplitude_max_us)
+    rate = np.float32(s.nominal_set_rate)
+    reach = np.float32(s.aim_fraction / s.nominal_set_rate)
+    # The converging set, compacted each iteration: index into the result arrays.
+    idx = np.arange(n)
+    addr, tgt = addresses, targets
+    tol = np.float32(s.tolerance_us) + np.float32(s.tolerance_rel) * targets
+    gain = np.ones(n, np.float32)
+    gain_var = np.full(n, np.float32(s.gain_prior_sigma**2))
+    g = np.full(n, np.float32(s.reset_level_us))  # where each device is believed to be
+    over = np.ones(n, bool)  # the first iteration RESETs everything
+    g_min = np.full(n, np.inf, np.float32)
+    g_max = np.full(n, -np.inf, np.float32)
+    clipped = np.zeros(n, bool)
+
+    for iteration in range(1, s.max_iterations + 1):
+        if over.any():
+            chip.reset(addr[over])
+            t_programmed[idx[over]] = chip.board_time_s()
+        base = np.where(over, np.float32(s.reset_level_us), g)
+        aim_us = tgt + np.float32(s.aim_above_band) * tol
+        level_us = np.maximum(base + reach * (aim_us - base), 0.0) / gain
+        wanted_ua = np.float32(s.amplitude_onset_ua) + slope_ua_per_us * level_us
+        clipped = wanted_ua > s.amplitude_max_ua
+        amplitude_ua = np.clip(wanted_ua, s.amplitude_min_ua, s.amplitude_max_ua).astype(np.float32)
+        pulse = tgt > 0
+        if pulse.all():
+            chip.set_pulse(addr, amplitude_ua)
+        elif pulse.any():
+            chip.set_pulse(addr[pulse], amplitude_ua[pulse])
+        if pulse.any():
+            t_programmed[idx[pulse]] = chip.board_time_s()
+        read = chip.read_block(addr)
+        iterations[idx] = iteration
+        final[idx] = read
+        np.minimum(g_min, read, out=g_min)
+        np.maximum(g_max, read, out=g_max)
+
+        err = tgt - read
+        done = np.abs(err) <= tol
+        status[idx[done]] = DeviceStatus.CONVERGED
+        # Learn the level gain from the step, where the level was above 0 and not clipped.
+        step = read - base
+        level_floor_us = np.maximum(level_us, np.float32(MIN_LEARNING_LEVEL_US))
+        observed = (base + step / rate) / level_floor_us
+        obs_var = (np.float32(s.step_rate_sigma) * step) ** 2 + np.float32(s.step_noise_us**2)
+        obs_var = obs_var / (rate * level_floor_us) ** 2
+        learn = (level_us > MIN_LEARNING_LEVEL_US) & ~clipped
+        k = np.where(learn, gain_var / (gain_var + obs_var), np.float32(0.0))
+        gain = np.clip(gain + k * (observed - gain), 0.3, 3.0).astype(np.float32)
+        gain_var = ((1.0 - k) * gain_var + s.gain_drift_sigma**2).astype(np.float32)
+        over = err < -tol
+        keep = ~done
+        idx, addr, tgt, tol, g, over = idx[keep], addr[keep], tgt[keep], tol[keep], read[keep], over[keep]
+        gain, gain_var = gain[keep], gain_var[keep]
+        g_min, g_max, clipped = g_min[keep], g_max[keep], clipped[keep]
+        if progress is not None:
+            progress(iteration, int(idx.size), n - int(idx.size))
+        if idx.size == 0:
+            break
+
+    status[idx[(g_max - g_min) < s.stuck_band_us]] = DeviceStatus.STUCK
+    status[idx[(g_max - g_min >= s.stuck_band_us) & clipped]] = DeviceStatus.LIMIT
+    return result
