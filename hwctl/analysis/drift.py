@@ -79,7 +79,7 @@ def fit_drift(
     if min_points < 2:
         raise ValueError("a line needs at least 2 points")
     n_dev = g.shape[1]
-    sums = np.empty((6, n_dev), np.float64)
+    sums = np.empty((8, n_dev), np.float64)
     t_col = t[:, None] if t.ndim == 1 else None
     for start in range(0, n_dev, _CHUNK_DEVICES):
         stop = min(start + _CHUNK_DEVICES, n_dev)
@@ -89,7 +89,13 @@ def fit_drift(
 
 
 def _accumulate(g: np.ndarray, t: np.ndarray, ln_t0: float, out: FloatArray) -> None:
-    """Masked sums n, Σx, Σy, Σxx, Σxy, Σyy of x = ln(t/t0), y = ln G over readouts."""
+    """Per-device sums over readouts of x = ln(t/t0), y = ln G (masked), into `out`.
+
+    Rows: n, Σx, Σy, Σxx, Σxy, Σyy, then Σ c_k²e_k² and Σ w_k²e_k², the residual-weighted
+    (sandwich) variances of intercept and slope. Read noise grows with t, so the pooled
+    residual variance misjudges the intercept's error by tens of %; the sandwich form
+    does not assume equal noise on every read.
+    """
     valid = (g > 0) & (t > 0)
     shape = valid.shape
     y = np.zeros(shape, np.float64)
@@ -97,16 +103,35 @@ def _accumulate(g: np.ndarray, t: np.ndarray, ln_t0: float, out: FloatArray) -> 
     x = np.zeros(shape, np.float64)
     np.log(np.broadcast_to(t, shape), out=x, where=valid, dtype=np.float64)
     np.subtract(x, ln_t0, out=x, where=valid)
-    out[0] = np.count_nonzero(valid, axis=0)
+    n = out[0]
+    n[:] = np.count_nonzero(valid, axis=0)
     out[1] = x.sum(axis=0)
     out[2] = y.sum(axis=0)
     out[3] = np.einsum("ij,ij->j", x, x)
     out[4] = np.einsum("ij,ij->j", x, y)
     out[5] = np.einsum("ij,ij->j", y, y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x_mean = out[1] / n
+        sxx_c = out[3] - out[1] * x_mean
+        slope = (out[4] - x_mean * out[2]) / sxx_c
+        intercept = out[2] / n - slope * x_mean
+        # y becomes the residual, x the slope weight w_k = (x_k − x̄)/Sxx_c.
+        y -= intercept
+        y -= slope * x
+        y *= valid
+        x -= x_mean
+        x *= valid
+        x /= sxx_c
+        y *= y
+        out[7] = np.einsum("ij,ij,ij->j", x, x, y)
+        x *= -x_mean
+        x += 1.0 / n
+        x *= valid
+        out[6] = np.einsum("ij,ij,ij->j", x, x, y)
 
 
 def _solve(sums: FloatArray, t0_s: float, min_points: int) -> DriftFit:
-    n, sx, sy, sxx, sxy, syy = sums
+    n, sx, sy, sxx, sxy, syy, intercept_hc, slope_hc = sums
     with np.errstate(divide="ignore", invalid="ignore"):
         sxx_c = sxx - sx * sx / n
         sxy_c = sxy - sx * sy / n
@@ -114,10 +139,10 @@ def _solve(sums: FloatArray, t0_s: float, min_points: int) -> DriftFit:
         slope = sxy_c / sxx_c
         intercept = (sy - slope * sx) / n
         ss_res = np.maximum(syy_c - slope * sxy_c, 0.0)
-        resid_var = np.where(n > 2, ss_res / (n - 2), np.nan)
-        x_mean = sx / n
-        nu_var = resid_var / sxx_c
-        intercept_var = resid_var * (1.0 / n + x_mean * x_mean / sxx_c)
+        dof_scale = np.where(n > 2, n / (n - 2), np.nan)  # HC1: residuals lost 2 dof to the fit
+        resid_var = ss_res / n * dof_scale
+        nu_var = slope_hc * dof_scale
+        intercept_var = intercept_hc * dof_scale
         r_squared = np.where(syy_c > 0, 1.0 - ss_res / syy_c, np.nan)
     status = np.full(n.shape, FitStatus.OK, np.int8)
     status[n < min_points] = FitStatus.TOO_FEW_POINTS
