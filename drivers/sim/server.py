@@ -1,0 +1,356 @@
+"""The simulated chip on a real socket: the board's line protocol over asyncio TCP.
+
+`BoardSession` turns bytes into replies (one per command) over a `SimBoard`, so the
+in-process transport and the TCP server share every rule; `SimChipServer` only moves
+bytes. Errors are `ERR,<code>,"<msg>"` replies and entries on the SCPI error queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from drivers import protocol as p
+from drivers.errors import BoardError
+from drivers.sim.board import SimBoard
+
+log = logging.getLogger(__name__)
+
+ERROR_QUEUE_DEPTH = 32
+GARBLED_REPLY = b"\xff\xfe\x00GARBLED\x07\n"
+
+
+@dataclass
+class Outgoing:
+    """One reply to send: its parts, after `delay_s`; `close`: drop the link afterwards."""
+
+    parts: list[p.Buffer]
+    delay_s: float = 0.0
+    close: bool = False
+
+
+class BoardCore:
+    """State shared by every connection to one board: error queue, watchdog, last read."""
+
+    def __init__(self, board: SimBoard, watchdog_s: float | None = None) -> None:
+        self.board = board
+        self.watchdog_s = watchdog_s
+        self.errors: collections.deque[tuple[int, str]] = collections.deque()
+        self.last_read_time_s: float | None = None
+        self._last_traffic = time.monotonic()
+        self._watchdog_tripped = False
+
+    def push_error(self, code: int, message: str) -> None:
+        if len(self.errors) >= ERROR_QUEUE_DEPTH:
+            self.errors[-1] = (p.ERR_QUEUE_OVERFLOW, "Queue overflow")
+        else:
+            self.errors.append((code, message))
+
+    def touch(self) -> None:
+        self._last_traffic = time.monotonic()
+        self._watchdog_tripped = False
+
+    def check_watchdog(self) -> bool:
+        """Safe state once after `watchdog_s` without host traffic; True when it trips."""
+        if self.watchdog_s is None or self._watchdog_tripped:
+            return False
+        if time.monotonic() - self._last_traffic < self.watchdog_s:
+            return False
+        self._watchdog_tripped = True
+        self.board.safe_state()
+        message = f"watchdog: no host traffic for {self.watchdog_s} s, board in safe state"
+        log.warning(message)
+        self.push_error(p.ERR_WATCHDOG, message)
+        return True
+
+
+Handler = Callable[[list[Any]], list[p.Buffer]]
+
+
+def _ok() -> list[p.Buffer]:
+    return [b"OK\n"]
+
+
+def _done(action: Callable[[], object]) -> list[p.Buffer]:
+    action()
+    return _ok()
+
+
+def _line(*values: object) -> list[p.Buffer]:
+    return [",".join(str(v) for v in values).encode("ascii") + b"\n"]
+
+
+class BoardSession:
+    """One host connection: frames commands, dispatches them, applies injected faults."""
+
+    def __init__(self, core: BoardCore, max_block_bytes: int = 64 << 20) -> None:
+        self.core = core
+        self.board = core.board
+        self.parser = p.CommandParser(max_block_bytes=max_block_bytes)
+        self.closed = False
+        self._disconnect_armed = False
+        self._garble_next = False
+        self._delay_s = 0.0
+        self._handlers: dict[str, Handler] = {
+            "*IDN?": lambda a: _line(*vars(self.board.identify()).values()),
+            "*RST": self._rst,
+            "*CLS": lambda a: _done(self.core.errors.clear),
+            "SYST:ERR?": self._pop_error,
+            "SYST:TIME?": lambda a: _line(repr(self.board.board_time_s())),
+            "SYST:TEMP?": lambda a: _line(repr(self.board.temperature_c())),
+            "SYST:LIM:AMPL": lambda a: _done(lambda: self.board.set_amplitude_limit_ua(a[0])),
+            "SYST:LIM:AMPL?": lambda a: _line(repr(self.board.amplitude_limit_ua())),
+            "SYST:LIM:AMPL:MAX?": lambda a: _line(repr(self.board.max_amplitude_ua())),
+            "SAFE": lambda a: _done(self.board.safe_state),
+            "ARR:SIZE?": lambda a: _line(*vars(self.board.geometry()).values()),
+            "PULS:RES": self._reset,
+            "PULS:SET": self._set,
+            "MEAS:COND?": lambda a: self._read(a[0]),
+            "MEAS:COND:REG?": self._read_region,
+            "MEAS:TIME?": self._read_time,
+            "SIM:TIME:ADV": lambda a: self._clock_call("advance", a[0]),
+            "SIM:TIME:RATE": lambda a: self._clock_call("set_rate", a[0]),
+            "SIM:FAUL:DISC": lambda a: _done(lambda: setattr(self, "_disconnect_armed", True)),
+            "SIM:FAUL:DEL": self._fault_delay,
+            "SIM:FAUL:GARB": lambda a: _done(lambda: setattr(self, "_garble_next", True)),
+        }
+        assert set(self._handlers) == set(p.BY_HEADER), "server and command table diverge"
+
+    # -- framing -------------------------------------------------------------------
+    def feed(self, data: p.Buffer) -> list[Outgoing]:
+        """Replies to every command completed by `data`, in order."""
+        if self.closed:
+            return []
+        if self._disconnect_armed:
+            self.closed = True
+            log.info("fault injection: dropping the connection mid-command")
+            return [Outgoing([], close=True)]
+        replies: list[Outgoing] = []
+        for event in self.parser.feed(data):
+            if isinstance(event, p.FramingError):
+                replies.append(Outgoing([self._error(event.code, event.message)], self._delay_s, event.fatal))
+                self.closed = event.fatal
+                continue
+            parts = self._dispatch(event)
+            if self._garble_next:
+                self._garble_next, parts = False, [GARBLED_REPLY]
+            replies.append(Outgoing(parts, self._delay_s))
+        return replies
+
+    def _error(self, code: int, message: str) -> bytes:
+        self.core.push_error(code, message)
+        return p.encode_error(code, message)
+
+    def _dispatch(self, command: p.ParsedCommand) -> list[p.Buffer]:
+        spec = p.BY_HEADER.get(command.header)
+        if spec is None:
+            return [self._error(p.ERR_UNDEFINED_HEADER, f"Undefined header {command.header[:40]!r}")]
+        try:
+            args = _convert_args(spec, command.args)
+            return self._handlers[spec.header](args)
+        except BoardError as exc:
+            return [self._error(exc.code, exc.message)]
+        except ValueError as exc:
+            return [self._error(p.ERR_DATA_OUT_OF_RANGE, f"{spec.header}: {exc}")]
+        except Exception as exc:  # a bug must cost one ERR reply, never the connection
+            log.exception("internal error handling %s", spec.header)
+            return [self._error(p.ERR_INTERNAL, f"internal error in {spec.header}: {exc}")]
+
+    # -- handlers --------------------------------------------------------------------
+    def _rst(self, args: list[Any]) -> list[p.Buffer]:
+        self.board.set_amplitude_limit_ua(self.board.max_amplitude_ua())
+        self.board.safe_state()
+        self._delay_s, self._garble_next, self._disconnect_armed = 0.0, False, False
+        return _ok()
+
+    def _pop_error(self, args: list[Any]) -> list[p.Buffer]:
+        code, message = self.core.errors.popleft() if self.core.errors else p.NO_ERROR
+        return [f'{code:+d},"{message}"\n'.encode("ascii", "replace")]
+
+    def _reset(self, args: list[Any]) -> list[p.Buffer]:
+        addresses = args[0]
+        self.board.reset(addresses)
+        return _line("OK", addresses.size)
+
+    def _set(self, args: list[Any]) -> list[p.Buffer]:
+        addresses, amplitudes_ua = args
+        self.board.set_pulse(addresses, amplitudes_ua)
+        return _line("OK", addresses.size)
+
+    def _read(self, addresses: np.ndarray) -> list[p.Buffer]:
+        values = np.ascontiguousarray(self.board.read_block(addresses), dtype=p.VALUE_DTYPE)
+        self.core.last_read_time_s = self.board.board_time_s()
+        return [*p.encode_block(values), p.TERMINATOR]
+
+    def _read_region(self, args: list[Any]) -> list[p.Buffer]:
+        tile, r0, c0, nr, nc = args
+        g = self.board.geometry()
+        inside = 0 <= tile < g.tiles and 0 <= r0 < r0 + nr <= g.rows and 0 <= c0 < c0 + nc <= g.cols
+        if not inside:
+            raise BoardError(p.ERR_DATA_OUT_OF_RANGE, f"region {args} outside the array {g}")
+        rows = np.arange(r0, r0 + nr, dtype=np.uint32)[:, None]
+        cols = np.arange(c0, c0 + nc, dtype=np.uint32)[None, :]
+        return self._read(((tile * g.rows + rows) * g.cols + cols).ravel())
+
+    def _read_time(self, args: list[Any]) -> list[p.Buffer]:
+        if self.core.last_read_time_s is None:
+            raise BoardError(p.ERR_NO_READ_YET, "no conductance read yet")
+        return _line(repr(self.core.last_read_time_s))
+
+    def _clock_call(self, method: str, value: object) -> list[p.Buffer]:
+        call = getattr(self.board.clock, method, None)
+        if call is None:
+            raise BoardError(p.ERR_SIM_ONLY, f"this board's clock has no {method}")
+        call(value)
+        return _ok()
+
+    def _fault_delay(self, args: list[Any]) -> list[p.Buffer]:
+        delay_s = args[0]
+        if not 0.0 <= delay_s <= 3600.0:
+            raise ValueError(f"reply delay {delay_s} s outside [0, 3600] s")
+        self._delay_s = delay_s
+        return _ok()
+
+
+def _convert_args(spec: p.Command, raw: list[str | bytearray]) -> list[Any]:
+    """Raw tokens → typed values per the command table; blocks become numpy views."""
+    if len(raw) != len(spec.args):
+        kinds = ", ".join(a.value for a in spec.args) or "none"
+        message = f"{spec.header} takes {len(spec.args)} argument(s) ({kinds}), got {len(raw)}"
+        raise BoardError(p.ERR_COMMAND, message)
+    values: list[Any] = []
+    for kind, token in zip(spec.args, raw, strict=True):
+        is_block = kind in (p.Arg.ADDRESSES, p.Arg.AMPLITUDES_UA)
+        if is_block != isinstance(token, bytearray):
+            got = "text" if is_block else "a block"
+            raise BoardError(p.ERR_COMMAND, f"{spec.header}: expected {kind.value}, got {got}")
+        if isinstance(token, bytearray):
+            dtype = p.ADDRESS_DTYPE if kind is p.Arg.ADDRESSES else p.VALUE_DTYPE
+            if len(token) % dtype.itemsize:
+                message = f"{spec.header}: a {len(token)}-byte block is not a whole number of {dtype}"
+                raise BoardError(p.ERR_COMMAND, message)
+            values.append(np.frombuffer(token, dtype))
+        else:
+            try:
+                values.append(int(token) if kind is p.Arg.INTEGER else float(token))
+            except ValueError:
+                message = f"{spec.header}: {token[:20]!r} is not a {kind.value}"
+                raise BoardError(p.ERR_COMMAND, message) from None
+    return values
+
+
+@dataclass
+class SimChipServer:
+    """asyncio TCP server speaking the board protocol for one `SimBoard`."""
+
+    board: SimBoard
+    host: str = "127.0.0.1"
+    port: int = 5025
+    watchdog_s: float | None = 60.0
+    max_block_bytes: int = 64 << 20
+    core: BoardCore = field(init=False)
+    _server: asyncio.Server | None = field(default=None, init=False)
+    _writers: set[asyncio.StreamWriter] = field(default_factory=set, init=False)
+    _watchdog_task: asyncio.Task[None] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.core = BoardCore(self.board, self.watchdog_s)
+
+    @property
+    def resource(self) -> str:
+        return f"TCPIP::{self.host}::{self.port}::SOCKET"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._connection, self.host, self.port, limit=1 << 20)
+        self.port = self._server.sockets[0].getsockname()[1]
+        if self.watchdog_s is not None:
+            self._watchdog_task = asyncio.get_running_loop().create_task(self._watchdog())
+        log.info("sim chip listening on %s", self.resource)
+
+    async def close(self) -> None:
+        """Stop listening and drop every connection (what a power cycle looks like)."""
+        if self._watchdog_task is not None:
+            self._watchdog_task.cancel()
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _watchdog(self) -> None:
+        assert self.watchdog_s is not None
+        while True:
+            self.core.check_watchdog()
+            await asyncio.sleep(min(1.0, self.watchdog_s / 4))
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = BoardSession(self.core, self.max_block_bytes)
+        self._writers.add(writer)
+        peer = writer.get_extra_info("peername")
+        log.info("host connected from %s", peer)
+        try:
+            while data := await reader.read(1 << 20):
+                self.core.touch()
+                for out in session.feed(data):
+                    if out.delay_s:
+                        await asyncio.sleep(out.delay_s)
+                    writer.writelines(out.parts)
+                    await writer.drain()
+                    if out.close:
+                        return
+        except ConnectionError as exc:
+            log.info("host %s dropped the link: %s", peer, exc)
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+            log.info("host %s disconnected", peer)
+
+
+class ServerThread:
+    """A `SimChipServer` on its own event loop in a daemon thread (tests, notebooks)."""
+
+    def __init__(self, server: SimChipServer) -> None:
+        self.server = server
+        self._loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(server.start())
+            started.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name=f"sim-chip-{id(self)}", daemon=True)
+        self._thread.start()
+        if not started.wait(10.0):
+            raise RuntimeError("simulated chip server did not start within 10 s")
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def resource(self) -> str:
+        return self.server.resource
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.close(), self._loop).result(10.0)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10.0)
+        self._loop.close()
+
+
+def serve_in_thread(
+    board: SimBoard, port: int = 0, host: str = "127.0.0.1", watchdog_s: float | None = None
+) -> ServerThread:
+    """Serve `board` on `host:port` (0: an ephemeral port) in the background."""
+    return ServerThread(SimChipServer(board, host, port, watchdog_s))
