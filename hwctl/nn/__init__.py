@@ -1,0 +1,1 @@
+"""The network pipeline: models, data, noise-aware training, weights ⇄ conductances, evaluation."""

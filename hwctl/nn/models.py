@@ -1,0 +1,164 @@
+"""Network architectures by name, and checkpoints that record how they were made.
+
+CIFAR ResNets follow the akamaster layout exactly (option-A shortcuts) so the shared
+pretrained files load with `strict=True`; the paper's 361,722-weight ResNet-32 uses
+widths 16/28/56 with 1×1 projection shortcuts; a tiny ResNet serves the 8×8 digits.
+Checkpoints are plain tensors + JSON-able metadata, loaded with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 convs with BN; shortcut is option A (subsample + zero-pad) or a 1×1 projection."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int, shortcut: str) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.pad_channels = 0
+        self.subsample = stride != 1 or in_planes != planes
+        self.shortcut: nn.Module = nn.Identity()
+        if self.subsample and shortcut == "A":
+            self.pad_channels = (planes - in_planes) // 2
+        elif self.subsample:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.subsample and self.pad_channels:
+            p = self.pad_channels
+            residual = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, p, p))
+        else:
+            residual = self.shortcut(x)
+        return F.relu(out + residual)
+
+
+class ResNet(nn.Module):
+    """He et al. CIFAR ResNet: stem conv, three stages, global average pool, linear head."""
+
+    def __init__(
+        self, blocks_per_stage: int, widths: tuple[int, int, int], shortcut: str,
+        in_channels: int = 3, num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        in_planes = widths[0]
+        stages = []
+        for i, planes in enumerate(widths):
+            blocks = []
+            for j in range(blocks_per_stage):
+                stride = 2 if (i > 0 and j == 0) else 1
+                blocks.append(BasicBlock(in_planes, planes, stride, shortcut))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.linear = nn.Linear(widths[2], num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Linear | nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build a named model and how its inputs are normalized."""
+
+    build: Callable[[], nn.Module]
+    dataset: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what the akamaster checkpoints were trained with
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+MODELS: dict[str, ModelSpec] = {
+    "resnet20": ModelSpec(lambda: ResNet(3, (16, 32, 64), "A"), "cifar10", IMAGENET_MEAN, IMAGENET_STD),
+    "resnet32": ModelSpec(lambda: ResNet(5, (16, 32, 64), "A"), "cifar10", IMAGENET_MEAN, IMAGENET_STD),
+    "resnet32-paper": ModelSpec(
+        lambda: ResNet(5, (16, 28, 56), "B"), "cifar10", IMAGENET_MEAN, IMAGENET_STD
+    ),
+    "digits-resnet": ModelSpec(
+        lambda: ResNet(1, (8, 16, 32), "A", in_channels=1), "digits", (0.0,), (1.0,)
+    ),
+}
+
+
+class UnknownModelError(ValueError):
+    """The name is not in the model registry."""
+
+
+def model_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UnknownModelError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}") from None
+
+
+def build_model(name: str) -> nn.Module:
+    """A freshly initialised model of the registered architecture `name`."""
+    return model_spec(name).build()
+
+
+def analog_weight_count(model: nn.Module) -> int:
+    """Number of conv + linear weights (what goes onto PCM; biases and BN stay digital)."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear))
+
+
+@dataclass
+class Checkpoint:
+    """A model's weights plus the architecture name and the recipe that produced them."""
+
+    arch: str
+    state_dict: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> nn.Module:
+        model = build_model(self.arch)
+        model.load_state_dict(self.state_dict, strict=True)
+        return model.eval()
+
+
+def save_checkpoint(path: str | Path, arch: str, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Write tensors and plain metadata only, so `torch.load(weights_only=True)` reads it."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    tmp = Path(f"{path}.tmp")
+    torch.save({"arch": arch, "state_dict": state, "meta": meta}, tmp)
+    tmp.replace(path)  # atomic: a killed run never leaves a half-written checkpoint
+
+
+def load_checkpoint(path: str | Path, arch: str | None = None) -> Checkpoint:
+    """Load an hwctl checkpoint, or an akamaster one (needs `arch`; 'module.' is stripped)."""
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(raw, dict) or "state_dict" not in raw:
+        raise ValueError(f"{path}: not a checkpoint (no 'state_dict')")
+    state = {k.removeprefix("module."): v for k, v in raw["state_dict"].items()}
+    name = raw.get("arch") or arch
+    if name is None:
+        raise ValueError(f"{path}: checkpoint does not name its architecture; pass arch=")
+    meta = dict(raw.get("meta", {}))
+    if "best_prec1" in raw:
+        meta.setdefault("reported_best_prec1", float(raw["best_prec1"]))
+    model_spec(name)
+    return Checkpoint(name, state, meta)

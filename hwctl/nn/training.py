@@ -1,0 +1,152 @@
+"""Noise-aware training (Joshi et al. 2020, pcm-model.md §7).
+
+Every mini-batch sees fresh additive Gaussian weight noise of std η·max|W_l| on each
+conv/linear layer in the forward pass; the gradient is applied to the clean weights
+(straight-through), and each layer is clipped to ±α·std(W_l) after every step, so the
+network learns to tolerate PCM programming error and keeps no outlier weights that
+would squeeze the conductance range of the others.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from hwctl.nn.data import ImageSet, Normalizer, augment_crop_flip, batches
+from hwctl.nn.inference import accuracy_pct
+from hwctl.nn.models import save_checkpoint
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """Everything that determines a training run; stored in the checkpoint's metadata."""
+
+    arch: str
+    data: str = "cifar10"
+    eta: float = 0.038
+    alpha: float | None = 2.5
+    epochs: float = 1.0
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    batch_size: int = 128
+    seed: int = 0
+    augment: bool = True
+    init: str | None = None
+    max_train_images: int | None = None
+
+
+def analog_layers(model: nn.Module) -> list[nn.Conv2d | nn.Linear]:
+    """The conv and linear layers whose weights go onto PCM."""
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
+@contextmanager
+def weight_noise(model: nn.Module, eta: float, generator: torch.Generator) -> Iterator[None]:
+    """Add N(0, (η·max|W_l|)²) to each analog layer's weights; restore the clean ones on exit.
+
+    Gradients computed inside are w.r.t. the noisy weights and land in `.grad` of the
+    clean parameters once restored (straight-through estimator).
+    """
+    clean: list[torch.Tensor] = []
+    with torch.no_grad():
+        for layer in analog_layers(model):
+            w = layer.weight
+            clean.append(w.detach().clone())
+            if eta > 0:
+                sigma = eta * float(w.abs().max())
+                w.add_(torch.randn(w.shape, generator=generator) * sigma)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for layer, w0 in zip(analog_layers(model), clean, strict=True):
+                layer.weight.copy_(w0)
+
+
+@torch.no_grad()
+def clip_weights(model: nn.Module, alpha: float) -> None:
+    """Clip each analog layer to ±α·std(W_l)."""
+    for layer in analog_layers(model):
+        bound = alpha * float(layer.weight.std())
+        layer.weight.clamp_(-bound, bound)
+
+
+EpochCallback = Callable[[int, nn.Module, dict[str, Any]], None]
+
+
+def train(
+    model: nn.Module,
+    recipe: TrainRecipe,
+    train_set: ImageSet,
+    test_set: ImageSet | None = None,
+    checkpoint_path: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train `model` in place by `recipe`; return (and checkpoint each epoch) the metadata.
+
+    A fractional `epochs` is allowed: `epochs=2.5` is two full passes plus half of a third
+    (the cosine schedule spans exactly that many steps).
+    """
+    torch.manual_seed(recipe.seed)
+    rng = np.random.default_rng(recipe.seed)
+    noise_gen = torch.Generator().manual_seed(recipe.seed + 1)
+    data = train_set.subset(recipe.max_train_images, seed=recipe.seed)
+    norm = Normalizer(recipe.arch)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+    )
+    steps_per_epoch = math.ceil(len(data) / recipe.batch_size)
+    total_steps = max(1, math.ceil(recipe.epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
+    meta: dict[str, Any] = {"recipe": asdict(recipe), "history": []}
+    step, epoch, t_start = 0, 0, time.perf_counter()
+    while step < total_steps:
+        model.train()
+        bar = tqdm(batches(data, recipe.batch_size, rng), disable=not progress, desc=f"epoch {epoch}")
+        seen = correct = 0
+        loss_sum = 0.0
+        for idx in bar:
+            if step >= total_steps:
+                break
+            x_u8 = augment_crop_flip(data.x[idx], rng) if recipe.augment else data.x[idx]
+            x, y = norm(x_u8), torch.as_tensor(data.y[idx])
+            with weight_noise(model, recipe.eta, noise_gen):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            opt.step()
+            sched.step()
+            if recipe.alpha is not None:
+                clip_weights(model, recipe.alpha)
+            step += 1
+            seen += len(idx)
+            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += loss.item() * len(idx)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}%")
+        entry: dict[str, Any] = {
+            "epoch": epoch, "steps": step, "train_loss": loss_sum / max(seen, 1),
+            "train_acc_noisy": 100.0 * correct / max(seen, 1),
+            "wall_s": time.perf_counter() - t_start,
+        }
+        if test_set is not None:
+            entry["test_acc_fp"] = accuracy_pct(model, test_set, norm)
+            meta["fp_test_accuracy"] = entry["test_acc_fp"]
+        meta["history"].append(entry)
+        meta["epochs_done"] = step / steps_per_epoch
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, recipe.arch, model, meta)
+        epoch += 1
+    return meta
