@@ -1,0 +1,251 @@
+"""Weights to differential conductance pairs, placed on the chip's crossbar tiles.
+
+pcm-model.md §1: per layer s_l = G_max / max|W_l|; a positive weight sets G+ = s·W and
+RESETs G−, a negative one the other way round, zero RESETs both. Placement follows the
+crossbar: the unrolled input rows sit on word lines, each weight's pair on two
+neighbouring bit lines, so a layer is cut into blocks of at most `rows` word lines and
+`cols/2` weight columns and the blocks are shelf-packed into tiles.
+
+Canonical device order, relied on by every readout vector and the network rebuild:
+layer by layer; for a layer at offset o with n weights, devices o..o+n−1 are the G+
+devices of its weights in row-major order of the (rows_in, cols_out) matrix, and
+o+n..o+2n−1 the G− devices in the same order.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from drivers.base import Geometry
+
+
+class MappingError(ValueError):
+    """The network cannot be placed on this chip (too large, or malformed weights)."""
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    """One layer's weights as an unrolled float32 (rows_in, cols_out) matrix."""
+
+    name: str
+    matrix: npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Block:
+    """A rectangle of one layer's matrix placed at (tile, row, col) on the chip."""
+
+    row0: int  # first matrix row
+    col0: int  # first matrix column (weight column, i.e. two bit lines each)
+    n_rows: int
+    n_cols: int
+    tile: int
+    row: int  # first word line
+    col: int  # first bit line
+
+
+@dataclass(frozen=True)
+class LayerPlacement:
+    name: str
+    shape: tuple[int, int]
+    scale_us_per_weight: float
+    offset: int  # first canonical device index
+    n_weights: int
+    blocks: tuple[Block, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    layer: str
+    weight_index: int
+    sign: int  # +1 for the G+ device, -1 for G-
+    tile: int
+    row: int
+    col: int
+
+
+@dataclass(frozen=True)
+class Utilisation:
+    devices_used: int
+    tiles_used: int
+    fraction_of_chip: float
+    fraction_of_used_tiles: float
+
+
+class DeviceMap:
+    """Where every weight lives on the chip, and the conductance each device should get."""
+
+    def __init__(
+        self,
+        geometry: Geometry,
+        g_max_us: float,
+        layers: tuple[LayerPlacement, ...],
+        addresses: npt.NDArray[np.uint32],
+        target_g_us: npt.NDArray[np.float32],
+    ) -> None:
+        self.geometry = geometry
+        self.g_max_us = g_max_us
+        self.layers = layers
+        self.addresses = addresses
+        self.target_g_us = target_g_us
+        self._offsets = np.array([layer.offset for layer in layers], np.int64)
+
+    @property
+    def n_devices(self) -> int:
+        return int(self.addresses.size)
+
+    @property
+    def utilisation(self) -> Utilisation:
+        g = self.geometry
+        tiles_used = len({b.tile for layer in self.layers for b in layer.blocks})
+        per_tile = g.rows * g.cols
+        return Utilisation(
+            devices_used=self.n_devices,
+            tiles_used=tiles_used,
+            fraction_of_chip=self.n_devices / g.n_devices,
+            fraction_of_used_tiles=self.n_devices / (tiles_used * per_tile) if tiles_used else 0.0,
+        )
+
+    def weights_from_g(self, g_us: npt.NDArray[np.floating]) -> dict[str, npt.NDArray[np.float32]]:
+        """W = (G+ − G−) / s_l per layer, shaped (rows_in, cols_out)."""
+        if g_us.shape != (self.n_devices,):
+            raise MappingError(f"expected {self.n_devices} conductances, got shape {g_us.shape}")
+        out = {}
+        for layer in self.layers:
+            o, n = layer.offset, layer.n_weights
+            w = (g_us[o : o + n].astype(np.float64) - g_us[o + n : o + 2 * n]) / layer.scale_us_per_weight
+            out[layer.name] = w.astype(np.float32).reshape(layer.shape)
+        return out
+
+    def device_table(self) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64], npt.NDArray[np.int8]]:
+        """Per canonical device: layer index, weight index within the layer, sign (±1)."""
+        index = np.arange(self.n_devices, dtype=np.int64)
+        layer_index = (np.searchsorted(self._offsets, index, side="right") - 1).astype(np.int32)
+        n = np.array([layer.n_weights for layer in self.layers], np.int64)[layer_index]
+        local = index - self._offsets[layer_index]
+        sign = np.where(local < n, 1, -1).astype(np.int8)
+        return layer_index, np.where(local < n, local, local - n), sign
+
+    def device_info(self, index: int) -> DeviceInfo:
+        if not 0 <= index < self.n_devices:
+            raise IndexError(f"device {index} outside 0..{self.n_devices - 1}")
+        layer = self.layers[int(np.searchsorted(self._offsets, index, side="right") - 1)]
+        local = index - layer.offset
+        sign = 1 if local < layer.n_weights else -1
+        g = self.geometry
+        tile, rest = divmod(int(self.addresses[index]), g.rows * g.cols)
+        row, col = divmod(rest, g.cols)
+        return DeviceInfo(layer.name, local % layer.n_weights, sign, tile, row, col)
+
+    # -- serialization for the SQL store -------------------------------------------
+    def to_bytes(self) -> bytes:
+        meta = {
+            "geometry": asdict(self.geometry),
+            "g_max_us": self.g_max_us,
+            "layers": [asdict(layer) for layer in self.layers],
+        }
+        buf = io.BytesIO()
+        np.savez_compressed(
+            buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+            addresses=self.addresses, target_g_us=self.target_g_us,
+        )  # fmt: skip
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> DeviceMap:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            meta = json.loads(z["meta"].tobytes().decode())
+            addresses, targets = z["addresses"], z["target_g_us"]
+        layers = tuple(
+            LayerPlacement(
+                name=raw["name"], shape=(raw["shape"][0], raw["shape"][1]),
+                scale_us_per_weight=raw["scale_us_per_weight"], offset=raw["offset"],
+                n_weights=raw["n_weights"], blocks=tuple(Block(**b) for b in raw["blocks"]),
+            )
+            for raw in meta["layers"]
+        )
+        return cls(Geometry(**meta["geometry"]), meta["g_max_us"], layers, addresses, targets)
+
+
+def _cut(rows: int, cols: int, geometry: Geometry) -> list[tuple[int, int, int, int]]:
+    """Split a (rows, cols) matrix into blocks that each fit one tile."""
+    cols_per_tile = geometry.cols // 2
+    if cols_per_tile == 0:
+        raise MappingError(f"tiles of {geometry.cols} bit line(s) cannot hold a differential pair")
+    return [
+        (r0, c0, min(geometry.rows, rows - r0), min(cols_per_tile, cols - c0))
+        for r0 in range(0, rows, geometry.rows)
+        for c0 in range(0, cols, cols_per_tile)
+    ]
+
+
+def _shelf_pack(sizes: list[tuple[int, int]], geometry: Geometry) -> list[tuple[int, int, int]]:
+    """Place (n_rows, n_cols) blocks, tallest first, on shelves; return (tile, row, col) each."""
+    placed: list[tuple[int, int, int]] = [(0, 0, 0)] * len(sizes)
+    # Each shelf: [tile, row, height, next free bit line].
+    shelves: list[list[int]] = []
+    tile_fill = [0] * geometry.tiles  # word lines taken by shelves, per tile
+    for key in sorted(range(len(sizes)), key=lambda k: (-sizes[k][0], -sizes[k][1])):
+        n_rows, n_cols = sizes[key]
+        width = 2 * n_cols
+        shelf = next((s for s in shelves if s[2] >= n_rows and s[3] + width <= geometry.cols), None)
+        if shelf is None:
+            tile = next((t for t in range(geometry.tiles) if tile_fill[t] + n_rows <= geometry.rows), None)
+            if tile is None:
+                raise MappingError(
+                    f"the network does not fit: {geometry.tiles} tiles of {geometry.rows}x"
+                    f"{geometry.cols} are full (a {n_rows}x{width} block is left)"
+                )
+            shelf = [tile, tile_fill[tile], n_rows, 0]
+            tile_fill[tile] += n_rows
+            shelves.append(shelf)
+        placed[key] = (shelf[0], shelf[1], shelf[3])
+        shelf[3] += width
+    return placed
+
+
+def map_network(layers: list[LayerWeights], geometry: Geometry, g_max_us: float = 25.0) -> DeviceMap:
+    """Scale, split and place every layer; return targets and addresses in canonical order."""
+    if not layers:
+        raise MappingError("no layers to map")
+    for layer in layers:
+        m = layer.matrix
+        if m.ndim != 2 or m.size == 0 or not np.isfinite(m).all():
+            raise MappingError(f"layer {layer.name!r}: need a finite, non-empty 2-D matrix, got {m.shape}")
+    cuts = [(li, cut) for li, layer in enumerate(layers) for cut in _cut(*layer.matrix.shape, geometry)]
+    where = _shelf_pack([(nr, nc) for _, (_, _, nr, nc) in cuts], geometry)
+
+    placements, address_parts, target_parts = [], [], []
+    offset = 0
+    for li, layer in enumerate(layers):
+        m = layer.matrix.astype(np.float32)
+        rows, cols = m.shape
+        peak = float(np.abs(m).max())
+        scale = g_max_us / peak if peak > 0 else 1.0
+        plus = np.empty((rows, cols), np.int64)
+        blocks = []
+        for key, (lj, (r0, c0, nr, nc)) in enumerate(cuts):
+            if lj != li:
+                continue
+            tile, row, col = where[key]
+            blocks.append(Block(r0, c0, nr, nc, tile, row, col))
+            base = geometry.address(tile, row, col)
+            plus[r0 : r0 + nr, c0 : c0 + nc] = (
+                base + np.arange(nr)[:, None] * geometry.cols + 2 * np.arange(nc)[None, :]
+            )
+        flat_plus = plus.ravel()
+        address_parts += [flat_plus, flat_plus + 1]
+        w = m.ravel()
+        target_parts += [np.where(w > 0, w * scale, 0.0), np.where(w < 0, -w * scale, 0.0)]
+        placements.append(LayerPlacement(layer.name, (rows, cols), scale, offset, w.size, tuple(blocks)))
+        offset += 2 * w.size
+    return DeviceMap(
+        geometry, g_max_us, tuple(placements),
+        np.concatenate(address_parts).astype(np.uint32),
+        np.concatenate(target_parts).astype(np.float32),
+    )  # fmt: skip
