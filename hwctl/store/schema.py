@@ -1,0 +1,227 @@
+"""The database schema (SQLAlchemy Core), identical on SQLite and PostgreSQL.
+
+Per-device data never gets a row per device: a programming run, a readout and a drift
+fit each hold their vectors as blobs (see `hwctl.store.vectors`). Times that drift is
+measured against are *board* seconds (`*_s`, the station clock, possibly virtual or
+accelerated); wall-clock timestamps (`*_at`) are for people.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+from hwctl.store.vectors import vector_columns
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING)
+
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted", "missed")
+EVALUATION_METHODS = ("none", "gdc", "adabs")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _created() -> Column:
+    return Column("created_at", DateTime(timezone=True), nullable=False, default=utc_now)
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> CheckConstraint:
+    listed = ", ".join(f"'{v}'" for v in values)
+    return CheckConstraint(f"{column} IN ({listed})", name=f"{column}_known")
+
+
+def _id() -> Column:
+    return Column("id", Integer, primary_key=True)
+
+
+def _fk(name: str, target: str, *, nullable: bool = False) -> Column:
+    return Column(name, ForeignKey(f"{target}.id", ondelete="CASCADE"), nullable=nullable, index=True)
+
+
+stations = Table(
+    "stations",
+    metadata,
+    _id(),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("resource", String(256), nullable=False, doc="e.g. TCPIP::host::5025::SOCKET"),
+    Column("chip_serial", String(64), nullable=False),
+    Column("tiles", Integer, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("cols", Integer, nullable=False),
+    Column("amplitude_limit_ua", Float, nullable=False),
+    Column("clock_kind", String(16), nullable=False, doc="real | accelerated | virtual"),
+    _created(),
+)
+
+networks = Table(
+    "networks",
+    metadata,
+    _id(),
+    Column("name", String(128), nullable=False),
+    Column("architecture", String(64), nullable=False),
+    Column("checkpoint", LargeBinary, nullable=True),
+    Column("checkpoint_path", String(1024), nullable=True),
+    Column("sha256", String(64), nullable=False),
+    Column("meta", Json, nullable=False, default=dict),
+    _created(),
+    CheckConstraint("checkpoint IS NOT NULL OR checkpoint_path IS NOT NULL", name="has_checkpoint"),
+)
+
+experiments = Table(
+    "experiments",
+    metadata,
+    _id(),
+    Column("name", String(128), nullable=False),
+    _fk("network_id", "networks"),
+    _fk("station_id", "stations"),
+    Column("settings", Json, nullable=False, default=dict),
+    Column("status", String(16), nullable=False, default="created"),
+    _created(),
+)
+
+mappings = Table(
+    "mappings",
+    metadata,
+    _id(),
+    _fk("network_id", "networks"),
+    _fk("station_id", "stations"),
+    _fk("experiment_id", "experiments", nullable=True),
+    Column("device_map", LargeBinary, nullable=False, doc="hwctl.mapping.DeviceMap.to_bytes()"),
+    Column("n_devices", Integer, nullable=False),
+    Column("utilisation", Float, nullable=False),
+    _created(),
+)
+
+programming_runs = Table(
+    "programming_runs",
+    metadata,
+    _id(),
+    _fk("mapping_id", "mappings"),
+    _fk("experiment_id", "experiments", nullable=True),
+    Column("settings", Json, nullable=False, default=dict),
+    Column("started_at", DateTime(timezone=True), nullable=False, default=utc_now),
+    Column("ended_at", DateTime(timezone=True), nullable=True),
+    # Per-device results, filled when programming ends (float32 µS, int32, uint8, float64 board s).
+    *vector_columns("g_final", nullable=True),
+    *vector_columns("iterations", nullable=True),
+    *vector_columns("status", nullable=True),
+    *vector_columns("programmed_s", nullable=True),
+)
+
+readouts = Table(
+    "readouts",
+    metadata,
+    _id(),
+    _fk("run_id", "programming_runs"),
+    Column("offset_s", Float, nullable=False, doc="scheduled offset after programming"),
+    Column("scheduled_s", Float, nullable=False, doc="scheduled board time"),
+    Column("board_time_s", Float, nullable=False, doc="board time when the read started"),
+    Column("read_at", DateTime(timezone=True), nullable=False, default=utc_now),
+    Column("temperature_c", Float, nullable=True),
+    *vector_columns("g"),
+    UniqueConstraint("run_id", "offset_s"),
+)
+
+evaluations = Table(
+    "evaluations",
+    metadata,
+    _id(),
+    _fk("readout_id", "readouts"),
+    Column("method", String(8), nullable=False),
+    Column("accuracy", Float, nullable=False),
+    Column("ci_low", Float, nullable=True),
+    Column("ci_high", Float, nullable=True),
+    Column("n_images", Integer, nullable=False),
+    Column("settings", Json, nullable=False, default=dict),
+    _created(),
+    _one_of("method", EVALUATION_METHODS),
+)
+
+device_fits = Table(
+    "device_fits",
+    metadata,
+    _id(),
+    _fk("run_id", "programming_runs"),
+    *vector_columns("nu"),
+    *vector_columns("g_t0"),
+    *vector_columns("r2"),
+    Column("summary", Json, nullable=False, default=dict),
+    _created(),
+)
+
+calibrations = Table(
+    "calibrations",
+    metadata,
+    _id(),
+    _fk("station_id", "stations"),
+    Column("kind", String(64), nullable=False),
+    Column("payload", Json, nullable=False),
+    _created(),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    _id(),
+    Column("kind", String(32), nullable=False),
+    _fk("station_id", "stations"),
+    _fk("experiment_id", "experiments", nullable=True),
+    Column("payload", Json, nullable=False, default=dict),
+    Column("status", String(16), nullable=False, default="queued"),
+    Column("run_at_s", Float, nullable=False, doc="station-clock seconds: due time"),
+    Column("window_s", Float, nullable=True, doc="after run_at_s + window_s an unstarted job is missed"),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("heartbeat_s", Float, nullable=True),
+    Column("progress", Float, nullable=False, default=0.0),
+    Column("progress_message", Text, nullable=False, default=""),
+    Column("checkpoint", Json, nullable=True, doc="last committed block, for resuming"),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("error", Text, nullable=True),
+    Column("idempotency_key", String(128), nullable=True, unique=True),
+    Column("result", Json, nullable=True),
+    _created(),
+    Column("started_s", Float, nullable=True),
+    Column("finished_s", Float, nullable=True),
+    _one_of("status", JOB_STATUSES),
+    CheckConstraint("progress >= 0 AND progress <= 1", name="progress_fraction"),
+    Index("ix_jobs_due", "station_id", "status", "priority", "run_at_s"),
+    # At most one running job per station, enforced by the database itself.
+    Index(
+        "uq_jobs_one_running_per_station",
+        "station_id",
+        unique=True,
+        sqlite_where=text("status = 'running'"),
+        postgresql_where=text("status = 'running'"),
+    ),
+)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the hwctl database (run them with `hwctl db upgrade`)."""
