@@ -217,7 +217,11 @@ def map_network(layers: list[LayerWeights], geometry: Geometry, g_max_us: float 
         m = layer.matrix
         if m.ndim != 2 or m.size == 0 or not np.isfinite(m).all():
             raise MappingError(f"layer {layer.name!r}: need a finite, non-empty 2-D matrix, got {m.shape}")
-    cuts = [(li, cut) for li, layer in enumerate(layers) for cut in _cut(*layer.matrix.shape, geometry)]
+    cuts = [
+        (li, cut)
+        for li, layer in enumerate(layers)
+        for cut in _cut(layer.matrix.shape[0], layer.matrix.shape[1], geometry)
+    ]
     where = _shelf_pack([(nr, nc) for _, (_, _, nr, nc) in cuts], geometry)
 
     placements, address_parts, target_parts = [], [], []
