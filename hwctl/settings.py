@@ -27,6 +27,13 @@ class Settings(BaseSettings):
         default_factory=list,
         description='Keys accepted in the X-API-Key header, as JSON: \'["k1", "k2"]\'. Empty: no auth.',
     )
+    api_read_requires_key: bool = Field(
+        False, description="Require X-API-Key on read-only API calls too (mutating calls always need one)."
+    )
+    max_upload_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="Largest network checkpoint the API accepts, in bytes."
+    )
+    sse_poll_s: float = Field(0.25, gt=0, description="How often a job's event stream checks the job row.")
     sqlite_busy_timeout_ms: int = Field(
         10_000, gt=0, description="How long a SQLite writer waits for the lock before failing."
     )
