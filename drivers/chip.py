@@ -1,0 +1,198 @@
+"""The host-side chip driver: typed methods over the board protocol and any transport.
+
+`ChipDriver` implements `drivers.base.Chip`. It refuses over-limit amplitudes before
+sending (the board refuses them too), logs every command at DEBUG without binary
+payloads, and as a context manager always leaves the board in its safe state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from types import TracebackType
+
+import numpy as np
+
+from drivers import protocol as p
+from drivers.base import Addresses, Float32s, Geometry, Identity
+from drivers.errors import DriverError, LimitError, LinkError, ProtocolError
+from drivers.transports.base import Response, Transport
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BLOCK_DEVICES = 1 << 21
+
+
+class ChipDriver:
+    """A PCM test chip behind `transport`; every method is one or a few commands."""
+
+    def __init__(self, transport: Transport, max_block_devices: int = DEFAULT_MAX_BLOCK_DEVICES) -> None:
+        self.transport = transport
+        self.max_block_devices = max_block_devices
+        self._limit_ua: float | None = None
+        self._link_down: str = ""
+
+    # -- command plumbing --------------------------------------------------------------
+    def _query(self, header: str, *args: str | float | int | np.ndarray) -> Response:
+        resource = self.transport.resource
+        if self._link_down:
+            raise LinkError(f"{resource}: link down since {self._link_down}; open a new driver")
+        if log.isEnabledFor(logging.DEBUG):
+            shown = [f"<{a.size}×{a.dtype}>" if isinstance(a, np.ndarray) else repr(a) for a in args]
+            log.debug("%s → %s %s", resource, header, ",".join(shown))
+        try:
+            self.transport.write(p.encode_command(header, *args))
+            response = self.transport.read_response()
+        except LinkError as exc:
+            self._link_down = f"{header}: {exc}"
+            raise
+        if log.isEnabledFor(logging.DEBUG):
+            payload = response.payload
+            shown_reply = f"<{len(payload)}-byte block>" if response.is_block else payload[:80]
+            log.debug("%s ← %s", resource, shown_reply)
+        return response
+
+    def _line(self, header: str, *args: str | float | int | np.ndarray) -> str:
+        response = self._query(header, *args)
+        if response.is_block:
+            raise ProtocolError(f"{header}: expected a line, got a {len(response.payload)}-byte block")
+        return p.check_line(response.payload, header)
+
+    def _ok(self, header: str, *args: str | float | int | np.ndarray, count: int | None = None) -> None:
+        reply = self._line(header, *args)
+        expected = "OK" if count is None else f"OK,{count}"
+        if reply != expected:
+            raise ProtocolError(f"{header}: expected {expected!r}, got {reply[:40]!r}")
+
+    def _number(self, header: str) -> float:
+        return p.parse_values(self._line(header), [float], header)[0]
+
+    def _block(self, header: str, *args: str | float | int | np.ndarray) -> Float32s:
+        response = self._query(header, *args)
+        if not response.is_block:
+            p.check_line(response.payload, header)  # raises BoardError for an ERR reply
+            raise ProtocolError(f"{header}: expected a block, got {response.payload[:40]!r}")
+        if len(response.payload) % p.VALUE_DTYPE.itemsize:
+            raise ProtocolError(f"{header}: {len(response.payload)}-byte block is not float32")
+        return np.frombuffer(response.payload, p.VALUE_DTYPE).astype(np.float32, copy=False)
+
+    def _chunks(self, addresses: Addresses) -> Iterator[slice]:
+        for start in range(0, max(addresses.size, 1), self.max_block_devices):
+            yield slice(start, start + self.max_block_devices)
+
+    # -- identity, geometry, status -----------------------------------------------------
+    def identify(self) -> Identity:
+        fields = self._line("*IDN?").split(",")
+        if len(fields) != 4:
+            raise ProtocolError(f"*IDN? reply has {len(fields)} fields, expected 4: {fields}")
+        return Identity(*fields)
+
+    def geometry(self) -> Geometry:
+        tiles, rows, cols = p.parse_values(self._line("ARR:SIZE?"), [int] * 3, "ARR:SIZE?")
+        return Geometry(int(tiles), int(rows), int(cols))
+
+    def board_time_s(self) -> float:
+        return self._number("SYST:TIME?")
+
+    def temperature_c(self) -> float:
+        return self._number("SYST:TEMP?")
+
+    def last_read_time_s(self) -> float:
+        """Board time of the most recent conductance read."""
+        return self._number("MEAS:TIME?")
+
+    def errors(self) -> list[tuple[int, str]]:
+        """Drain the board's SCPI error queue, oldest first."""
+        drained: list[tuple[int, str]] = []
+        while True:
+            code_text, _, message = self._line("SYST:ERR?").partition(",")
+            code = int(p.parse_values(code_text, [int], "SYST:ERR?")[0])
+            if code == 0:
+                return drained
+            drained.append((code, message.strip('"').replace('""', '"')))
+
+    def clear_errors(self) -> None:
+        self._ok("*CLS")
+
+    # -- limits and safety --------------------------------------------------------------
+    def max_amplitude_ua(self) -> float:
+        return self._number("SYST:LIM:AMPL:MAX?")
+
+    def amplitude_limit_ua(self) -> float:
+        self._limit_ua = self._number("SYST:LIM:AMPL?")
+        return self._limit_ua
+
+    def set_amplitude_limit_ua(self, limit_ua: float) -> None:
+        self._ok("SYST:LIM:AMPL", float(limit_ua))
+        self._limit_ua = float(limit_ua)
+
+    def safe_state(self) -> None:
+        self._ok("SAFE")
+
+    def advance_time_s(self, seconds: float) -> None:
+        """Jump the simulated board's clock (real boards answer an error)."""
+        self._ok("SIM:TIME:ADV", float(seconds))
+
+    # -- pulses and reads ---------------------------------------------------------------
+    def reset(self, addresses: Addresses) -> None:
+        addresses = _as_addresses(addresses)
+        for part in self._chunks(addresses):
+            self._ok("PULS:RES", addresses[part], count=addresses[part].size)
+
+    def set_pulse(self, addresses: Addresses, amplitudes_ua: Float32s) -> None:
+        addresses = _as_addresses(addresses)
+        amplitudes_ua = np.ascontiguousarray(amplitudes_ua, dtype=p.VALUE_DTYPE)
+        if addresses.shape != amplitudes_ua.shape:
+            raise ValueError(f"{addresses.size} addresses but {amplitudes_ua.size} amplitudes")
+        self._check_amplitudes(addresses, amplitudes_ua)
+        for part in self._chunks(addresses):
+            self._ok("PULS:SET", addresses[part], amplitudes_ua[part], count=addresses[part].size)
+
+    def read_block(self, addresses: Addresses) -> Float32s:
+        addresses = _as_addresses(addresses)
+        parts = [self._block("MEAS:COND?", addresses[part]) for part in self._chunks(addresses)]
+        values = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if values.size != addresses.size:
+            raise ProtocolError(f"MEAS:COND?: {values.size} values for {addresses.size} addresses")
+        return values
+
+    def read_region(self, tile: int, row0: int, col0: int, n_rows: int, n_cols: int) -> Float32s:
+        """A rectangle of one tile, shape (n_rows, n_cols)."""
+        values = self._block("MEAS:COND:REG?", tile, row0, col0, n_rows, n_cols)
+        if values.size != n_rows * n_cols:
+            raise ProtocolError(f"MEAS:COND:REG?: {values.size} values for {n_rows}×{n_cols}")
+        return values.reshape(n_rows, n_cols)
+
+    def _check_amplitudes(self, addresses: Addresses, amplitudes_ua: Float32s) -> None:
+        limit_ua = self._limit_ua if self._limit_ua is not None else self.amplitude_limit_ua()
+        bad = ~np.isfinite(amplitudes_ua) | (amplitudes_ua < 0) | (amplitudes_ua > limit_ua)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise LimitError(
+                f"{int(bad.sum())} amplitude(s) outside [0, {limit_ua}] uA, first {amplitudes_ua[first]} uA "
+                f"at device {addresses[first]}; nothing sent, nothing applied"
+            )
+
+    # -- lifetime ---------------------------------------------------------------------
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> ChipDriver:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            self.safe_state()
+        except DriverError as failure:
+            # The board's own watchdog grounds the lines; never mask the original error.
+            log.error("could not put %s in its safe state: %s", self.transport.resource, failure)
+            if exc is None:
+                raise
+        finally:
+            self.close()
+
+
+def _as_addresses(addresses: Addresses) -> Addresses:
+    return np.ascontiguousarray(addresses, dtype=p.ADDRESS_DTYPE).ravel()
