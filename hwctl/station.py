@@ -1,0 +1,197 @@
+"""A station: one chip, opened from its stored resource string, and the clock it keeps.
+
+The schedule of a campaign runs on the *board's* clock (drift is measured against it),
+so the worker asks the station for `clock_now_s()` and converts station seconds to wall
+seconds with the clock rate it observes. A real board runs at rate 1; a simulated chip
+may be accelerated (3600× turns 24 h into 24 s) or virtual (the worker advances it to
+the next due job). Every kind is reached through the same driver over a real transport:
+`sim://?rate=3600` starts an embedded simulated chip behind the real TCP server.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from urllib.parse import parse_qs, urlsplit
+
+from drivers.base import Geometry
+from drivers.chip import ChipDriver
+from drivers.sim.board import DEFAULT_GEOMETRY, SimBoard
+from drivers.sim.clock import AcceleratedClock, Clock, VirtualClock
+from drivers.sim.server import serve_in_thread
+from drivers.transports.factory import open_transport
+
+SIM_SCHEME = "sim://"
+DEFAULT_SIM_RATE = 3600.0  # 24 h of board time in 24 s of wall time
+DEFAULT_TIMEOUT_S = 30.0
+# Below this many board seconds per wall second the clock counts as stopped (virtual).
+_STOPPED_RATE = 1e-6
+
+
+class StationError(ValueError):
+    """The station's resource string cannot be opened as written."""
+
+
+@dataclass(frozen=True)
+class SimChipOptions:
+    """How to build an embedded simulated chip, parsed from `sim://?rate=…&seed=…`."""
+
+    rate: float = DEFAULT_SIM_RATE
+    virtual: bool = False
+    seed: int = 0
+    geometry: Geometry = DEFAULT_GEOMETRY
+
+    @classmethod
+    def parse(cls, resource: str) -> SimChipOptions:
+        """`sim://?clock=virtual|accelerated&rate=X&seed=N&geometry=TxRxC`."""
+        query = {k: v[-1] for k, v in parse_qs(urlsplit(resource).query).items()}
+        unknown = set(query) - {"clock", "rate", "seed", "geometry"}
+        if unknown:
+            raise StationError(f"{resource!r}: unknown simulated-chip options {sorted(unknown)}")
+        clock = query.get("clock", "accelerated")
+        if clock not in ("virtual", "accelerated"):
+            raise StationError(f"{resource!r}: clock must be 'virtual' or 'accelerated', not {clock!r}")
+        try:
+            rate = float(query.get("rate", DEFAULT_SIM_RATE))
+            seed = int(query.get("seed", 0))
+            geometry = DEFAULT_GEOMETRY
+            if "geometry" in query:
+                tiles, rows, cols = (int(x) for x in query["geometry"].lower().split("x"))
+                geometry = Geometry(tiles, rows, cols)
+        except ValueError as exc:
+            raise StationError(f"{resource!r}: malformed simulated-chip option ({exc})") from None
+        if rate <= 0:
+            raise StationError(f"{resource!r}: clock rate must be positive, got {rate}")
+        return cls(rate=rate, virtual=clock == "virtual", seed=seed, geometry=geometry)
+
+
+class EmbeddedChip:
+    """A `SimBoard` served on a real localhost TCP port, as a lab board would be."""
+
+    def __init__(self, options: SimChipOptions = SimChipOptions()) -> None:
+        clock: Clock = VirtualClock() if options.virtual else AcceleratedClock(options.rate)
+        self.options = options
+        self.board = SimBoard(options.geometry, clock=clock, seed=options.seed)
+        self._server = serve_in_thread(self.board, port=0)
+
+    @property
+    def resource(self) -> str:
+        """The VISA resource string a driver (or another process) connects to."""
+        return self._server.resource
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+def start_embedded_chip(options: SimChipOptions = SimChipOptions()) -> EmbeddedChip:
+    """Start a simulated chip server in this process (for `hwctl serve` and tests)."""
+    return EmbeddedChip(options)
+
+
+class Station:
+    """An open chip driver plus the station clock; closing always leaves the board safe."""
+
+    def __init__(
+        self,
+        name: str,
+        chip: ChipDriver,
+        *,
+        advances_clock: bool = False,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.chip = chip
+        self.advances_clock = advances_clock
+        self._on_close = on_close
+        self._origin_wall_s = time.monotonic()
+        self._origin_board_s = chip.board_time_s()
+        self._last_wall_s = self._origin_wall_s
+        self._last_board_s = self._origin_board_s
+        self._closed = False
+
+    # -- the station clock -------------------------------------------------------
+    def clock_now_s(self) -> float:
+        """Board time in seconds: what readback schedules and drift are measured against."""
+        now_s = self.chip.board_time_s()
+        self._last_wall_s, self._last_board_s = time.monotonic(), now_s
+        return now_s
+
+    def clock_rate(self) -> float:
+        """Board seconds per wall second, as observed since the station was opened."""
+        wall_s = self._last_wall_s - self._origin_wall_s
+        if wall_s <= 0.05:
+            return 1.0  # too early to tell; 1 is the conservative (short-sleep) guess
+        return (self._last_board_s - self._origin_board_s) / wall_s
+
+    def wall_delay_s(self, station_delay_s: float, cap_s: float) -> float:
+        """How long to sleep (wall seconds, at most `cap_s`) for the board to move `station_delay_s`."""
+        if station_delay_s <= 0:
+            return 0.0
+        rate = self.clock_rate()
+        if rate < _STOPPED_RATE:
+            return cap_s
+        return min(station_delay_s / rate, cap_s)
+
+    def advance_to_s(self, board_time_s: float) -> bool:
+        """On a virtual-clock chip, jump the board to `board_time_s`; False where time is real."""
+        if not self.advances_clock:
+            return False
+        delta_s = board_time_s - self.chip.board_time_s()
+        if delta_s > 0:
+            self.chip.advance_time_s(delta_s)
+        return True
+
+    def temperature_c(self) -> float:
+        return self.chip.temperature_c()
+
+    # -- lifetime ------------------------------------------------------------------
+    def close(self) -> None:
+        """Safe state first, then the link, then any embedded chip; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.chip.safe_state()
+        finally:
+            try:
+                self.chip.close()
+            finally:
+                if self._on_close is not None:
+                    self._on_close()
+
+    def __enter__(self) -> Station:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def open_station(
+    name: str,
+    resource: str,
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    advances_clock: bool = False,
+) -> Station:
+    """Open the chip named by `resource`: a VISA/serial/socket resource, or `sim://…`.
+
+    `advances_clock` says the chip at the far end runs a virtual clock that the worker
+    moves forward (a `hwctl sim-chip --clock virtual`); an embedded `sim://?clock=virtual`
+    chip sets it itself.
+    """
+    embedded: EmbeddedChip | None = None
+    if resource.startswith(SIM_SCHEME):
+        options = SimChipOptions.parse(resource)
+        embedded = start_embedded_chip(options)
+        resource, advances_clock = embedded.resource, advances_clock or options.virtual
+    try:
+        chip = ChipDriver(open_transport(resource, timeout_s=timeout_s))
+    except BaseException:
+        if embedded is not None:
+            embedded.stop()
+        raise
+    return Station(name, chip, advances_clock=advances_clock, on_close=embedded.stop if embedded else None)
