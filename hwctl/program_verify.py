@@ -59,7 +59,8 @@ class ProgramSettings:
     step_rate_sigma: float = 0.25  # relative spread of one SET step
     step_noise_us: float = 0.25  # absolute spread of one SET step plus the verify read
     reset_level_us: float = 0.1  # where the host assumes a RESET leaves a device
-    stuck_band_us: float = 0.5  # reads spanning less than this over all pulses: stuck
+    stuck_band_us: float = 0.5  # reads spanning less than this (+ the relative part,
+    stuck_band_rel: float = 0.1  # for read noise at high G) over all pulses: stuck
 
     def __post_init__(self) -> None:
         if not 0 < self.amplitude_min_ua < self.amplitude_max_ua:
@@ -190,6 +191,7 @@ def program_and_verify(
         if idx.size == 0:
             break
 
-    status[idx[(g_max - g_min) < s.stuck_band_us]] = DeviceStatus.STUCK
-    status[idx[(g_max - g_min >= s.stuck_band_us) & clipped]] = DeviceStatus.LIMIT
+    still = (g_max - g_min) < s.stuck_band_us + s.stuck_band_rel * g_max
+    status[idx[still]] = DeviceStatus.STUCK
+    status[idx[~still & clipped]] = DeviceStatus.LIMIT
     return result

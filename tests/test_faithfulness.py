@@ -1,0 +1,113 @@
+"""The simulated chip, driven by the project's own program-and-verify, matches §9.
+
+Statistical checks on 100k devices with targets uniform over 0–25 µS; fixed seeds,
+but every assertion compares a measured statistic with the model law, so a physics
+or loop change that breaks the calibration fails here.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from drivers.base import Geometry
+from drivers.sim.board import SimBoard
+from drivers.sim.pcm import PCMModel
+from hwctl.program_verify import DeviceStatus, ProgramResult, program_and_verify
+
+N_DEVICES = 100_000
+BINS_US = np.arange(0.0, 27.5, 2.5)
+DAY_S = 86_400.0
+Programmed = tuple[SimBoard, ProgramResult]
+
+
+@pytest.fixture(scope="module")
+def programmed() -> Programmed:
+    board = SimBoard(Geometry(1, 100, N_DEVICES // 100), seed=11)
+    targets = np.random.default_rng(5).uniform(0.0, 25.0, N_DEVICES).astype(np.float32)
+    result = program_and_verify(board, np.arange(N_DEVICES, dtype=np.uint32), targets)
+    return board, result
+
+
+def _mean_of_reads(board: SimBoard, addresses: np.ndarray, n: int = 16) -> np.ndarray:
+    return np.mean([board.read_block(addresses) for _ in range(n)], axis=0)
+
+
+def _bins(targets: np.ndarray) -> list[np.ndarray]:
+    return [(targets >= lo) & (targets < hi) for lo, hi in itertools.pairwise(BINS_US)]
+
+
+def test_programming_error_at_t0_follows_sigma_prog_per_bin(programmed: Programmed) -> None:
+    board, result = programmed
+    model = board.array.model
+    board.clock.advance(model.t0_s)
+    g_t0 = _mean_of_reads(board, result.addresses)
+    error = g_t0 - result.target_g_us
+    assert abs(float(error.mean())) < 0.1
+    for in_bin in _bins(result.target_g_us):
+        expected = np.sqrt(np.mean(model.sigma_prog_us(result.target_g_us[in_bin]) ** 2))
+        assert error[in_bin].std() == pytest.approx(expected, rel=0.15)
+        assert abs(float(error[in_bin].mean())) < 0.1
+
+
+def test_nonzero_targets_converge_in_several_iterations(programmed: Programmed) -> None:
+    _, result = programmed
+    assert result.converged_fraction_nonzero >= 0.99
+    assert 3.0 <= result.iterations_mean <= 10.0
+    assert int(result.iterations.max()) <= 20
+    high = result.target_g_us > 10.0
+    # Never a one-shot "set to target": most devices need several pulse/verify rounds.
+    assert np.median(result.iterations[high]) >= 3
+    assert np.mean(result.iterations[high] == 1) < 0.15
+
+
+def test_fitted_drift_exponent_follows_mu_and_sigma_per_bin(programmed: Programmed) -> None:
+    board, result = programmed
+    model = board.array.model
+    keep = result.target_g_us > 2.5  # below, 1/f noise swamps a 16-read fit
+    addresses, targets = result.addresses[keep], result.target_g_us[keep]
+    programmed_at_s = float(result.t_programmed_s[keep].max())
+    assert programmed_at_s == float(result.t_programmed_s[keep].min())  # frozen virtual clock
+    ages_s = np.geomspace(model.t0_s, DAY_S, 6)
+    log_g = []
+    for age_s in ages_s:
+        board.clock.advance(max(0.0, programmed_at_s + age_s - board.board_time_s()))
+        log_g.append(np.log(_mean_of_reads(board, addresses)))
+    x = np.log(ages_s) - np.log(ages_s).mean()
+    y = np.array(log_g)
+    nu = -(x @ (y - y.mean(axis=0))) / (x @ x)
+    residual = y - y.mean(axis=0) + np.outer(x, nu)
+    fit_var = (residual**2).sum(axis=0) / (len(x) - 2) / (x @ x)
+    for in_bin in _bins(targets)[1:]:
+        assert nu[in_bin].mean() == pytest.approx(model.drift_mu(targets[in_bin]).mean(), rel=0.15)
+        spread = np.sqrt(max(nu[in_bin].var() - fit_var[in_bin].mean(), 0.0))
+        expected = np.sqrt(np.mean(model.drift_sigma(targets[in_bin]) ** 2))
+        assert spread == pytest.approx(expected, rel=0.15)
+
+
+def test_repeated_reads_spread_as_the_read_noise_law() -> None:
+    board = SimBoard(Geometry(1, 1, 20_000), seed=3)
+    addresses = np.arange(20_000, dtype=np.uint32)
+    board.reset(addresses)
+    board.set_pulse(addresses, np.linspace(70.0, 150.0, 20_000, dtype=np.float32))
+    model = board.array.model
+    for age_s in (60.0, 3600.0):
+        board.clock.advance(age_s - (board.board_time_s() - float(board.array.t_programmed_s[0])))
+        reads = np.array([board.read_block(addresses) for _ in range(32)])
+        g = reads.mean(axis=0)
+        relative = reads.std(axis=0, ddof=1) / g
+        law = model.read_noise_q_s(g) * model.read_time_factor(np.array(age_s))
+        assert np.median(relative / law) == pytest.approx(1.0, rel=0.15)
+
+
+def test_stuck_and_dead_devices_are_reported_not_converged() -> None:
+    model = PCMModel(stuck_rate=0.01, dead_rate=0.01)
+    board = SimBoard(Geometry(1, 1, 20_000), model=model, seed=4)
+    targets = np.random.default_rng(1).uniform(1.0, 9.0, 20_000).astype(np.float32)
+    result = program_and_verify(board, np.arange(20_000, dtype=np.uint32), targets)
+    defective = board.array.stuck | board.array.dead
+    assert 0.015 < defective.mean() < 0.025
+    assert np.all(result.status[defective] == DeviceStatus.STUCK)
+    assert np.mean(result.status[~defective] == DeviceStatus.CONVERGED) >= 0.99
