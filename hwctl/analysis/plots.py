@@ -65,7 +65,8 @@ def accuracy_vs_time_figure(curves: Sequence[AccuracyCurve]) -> Figure:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Inference accuracy vs time, per drift compensation method")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    if curves:
+        ax.legend()
     return fig
 
 
@@ -138,7 +139,7 @@ def chip_heatmap_figure(
     image[np.asarray(addresses, np.int64)] = np.asarray(values, np.float64)
     tiles = image.reshape(geometry.tiles, geometry.rows, geometry.cols)
     finite = tiles[np.isfinite(tiles)]
-    vmin, vmax = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
+    vmin, vmax = np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0)
     n_cols = math.ceil(math.sqrt(geometry.tiles))
     n_rows = math.ceil(geometry.tiles / n_cols)
     fig = Figure(figsize=(3.2 * n_cols + 1, 3.2 * n_rows * geometry.rows / geometry.cols + 0.8))
