@@ -1,0 +1,91 @@
+"""Host-side program-and-verify against the in-process simulated board."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from drivers.base import Geometry
+from drivers.errors import LimitError
+from drivers.sim.board import SimBoard
+from hwctl.program_verify import DeviceStatus, ProgramSettings, program_and_verify
+
+
+class CountingBoard(SimBoard):
+    """Records every command so the per-iteration command budget can be checked."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(Geometry(1, 1, 5_000), seed=2)
+        self.log: list[str] = []
+
+    def reset(self, addresses: np.ndarray) -> None:
+        self.log.append("reset")
+        super().reset(addresses)
+
+    def set_pulse(self, addresses: np.ndarray, amplitudes_ua: np.ndarray) -> None:
+        self.log.append("set")
+        super().set_pulse(addresses, amplitudes_ua)
+
+    def read_block(self, addresses: np.ndarray) -> np.ndarray:
+        self.log.append("read")
+        return super().read_block(addresses)
+
+
+def _targets(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0.0, 25.0, n).astype(np.float32)
+
+
+def test_each_iteration_sends_at_most_one_reset_one_set_and_one_read() -> None:
+    board = CountingBoard()
+    calls: list[tuple[int, int, int]] = []
+    result = program_and_verify(
+        board, np.arange(5_000, dtype=np.uint32), _targets(5_000), progress=lambda *a: calls.append(a)
+    )
+    assert board.log.count("read") == len(calls) == int(result.iterations.max())
+    iterations = " ".join(board.log).split("read")[:-1]
+    for commands in iterations:
+        assert commands.split().count("reset") <= 1 and commands.split().count("set") <= 1
+    assert [c[0] for c in calls] == list(range(1, len(calls) + 1))
+    assert all(active + done == 5_000 for _, active, done in calls)
+
+
+def test_zero_targets_are_reset_and_verified_without_set_pulses() -> None:
+    board = CountingBoard()
+    result = program_and_verify(board, np.arange(100, dtype=np.uint32), np.zeros(100, np.float32))
+    assert "set" not in board.log
+    assert np.all(result.final_g_us < 0.5)
+    assert result.converged_fraction_nonzero == 1.0
+
+
+def test_amplitude_above_the_board_limit_is_refused_before_any_pulse() -> None:
+    board = CountingBoard()
+    board.set_amplitude_limit_ua(120.0)
+    with pytest.raises(LimitError, match="120"):
+        program_and_verify(board, np.arange(10, dtype=np.uint32), _targets(10))
+    assert board.log == []
+
+
+def test_result_records_board_time_of_each_devices_last_pulse() -> None:
+    board = CountingBoard()
+    n = 2_000
+    result = program_and_verify(
+        board, np.arange(n, dtype=np.uint32), _targets(n), progress=lambda *_: board.clock.advance(1.0)
+    )
+    # Iteration k pulses at board time k-1; a device's last pulse is in its last iteration.
+    np.testing.assert_array_equal(result.t_programmed_s, result.iterations - 1.0)
+    np.testing.assert_array_equal(result.t_programmed_s, board.array.t_programmed_s[:n])
+
+
+def test_devices_the_max_amplitude_cannot_reach_are_reported_at_the_limit() -> None:
+    board = CountingBoard()
+    settings = ProgramSettings(amplitude_max_ua=100.0, g_at_amplitude_max_us=12.0)
+    targets = np.full(500, 24.0, np.float32)
+    result = program_and_verify(board, np.arange(500, dtype=np.uint32), targets, settings)
+    assert result.count(DeviceStatus.LIMIT) > 450
+    assert result.converged_fraction_nonzero < 0.1
+
+
+def test_malformed_targets_are_rejected() -> None:
+    board = CountingBoard()
+    with pytest.raises(ValueError):
+        program_and_verify(board, np.arange(3, dtype=np.uint32), np.array([1.0, -1.0, 2.0], np.float32))
