@@ -27,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--init", help="start from this checkpoint (hwctl or akamaster format)")
     p.add_argument("--out", required=True, help="checkpoint file, rewritten after every epoch")
     p.add_argument("--max-train-images", type=int)
+    p.add_argument("--threads", type=int, help="torch intra-op threads (1 avoids stalls on a busy CPU)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -46,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size, seed=args.seed,
         init=args.init, max_train_images=args.max_train_images, augment=data == "cifar10",
     )
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     meta = train(model, recipe, load_dataset(data, "train"), load_dataset(data, "test"),
                  checkpoint_path=args.out, progress=not args.no_progress)

@@ -1,0 +1,55 @@
+"""Program a network onto a chip and read its conductances back at given times after programming."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from torch import nn
+
+from drivers.base import Chip
+from drivers.sim.board import DEFAULT_GEOMETRY, SimBoard
+from hwctl.mapping import DeviceMap, map_network
+from hwctl.nn.conductance import export_layers
+from hwctl.program_verify import ProgramResult, ProgramSettings, program_and_verify
+
+
+@dataclass(frozen=True)
+class NetworkReadouts:
+    """One programming of a network: its device map, P&V outcome and readouts by time (s)."""
+
+    device_map: DeviceMap
+    program: ProgramResult
+    g_us_by_time_s: dict[float, npt.NDArray[np.float32]]
+
+
+def program_network(chip: Chip, model: nn.Module, settings: ProgramSettings | None = None
+                    ) -> tuple[DeviceMap, ProgramResult]:  # fmt: skip
+    """Map the model's analog weights onto `chip` and program them with program-and-verify."""
+    device_map = map_network(export_layers(model), chip.geometry())
+    result = program_and_verify(chip, device_map.addresses, device_map.target_g_us,
+                                settings or ProgramSettings())  # fmt: skip
+    return device_map, result
+
+
+def simulate_readouts(
+    model: nn.Module, times_after_program_s: Sequence[float], seed: int = 0,
+    settings: ProgramSettings | None = None,
+) -> NetworkReadouts:
+    """Program `model` on an in-process SimBoard and read all devices at each time.
+
+    Times count from the end of programming (the last device's last pulse) on the
+    board's virtual clock; every device drifts from its own programming time.
+    """
+    board = SimBoard(DEFAULT_GEOMETRY, seed=seed)
+    device_map, result = program_network(board, model, settings)
+    t_end = float(result.t_programmed_s.max()) if result.t_programmed_s.size else board.clock.now_s()
+    readouts: dict[float, npt.NDArray[np.float32]] = {}
+    for t_s in sorted(times_after_program_s):
+        wait_s = t_end + t_s - board.clock.now_s()
+        if wait_s > 0:
+            board.clock.advance(wait_s)
+        readouts[float(t_s)] = board.read_block(device_map.addresses)
+    return NetworkReadouts(device_map, result, readouts)

@@ -1,0 +1,149 @@
+"""Digital compensation of conductance drift (pcm-model.md §6) and optional analog I/O effects.
+
+- GDC: per layer α_l(t) = Σ|y_l(t0)| / Σ|y_l(t)| for a fixed calibration input applied
+  to the layer's crossbar matrix read at t0 and at t; the layer's MVM output is scaled by α_l.
+- AdaBS: with the weights read at t, re-estimate every BatchNorm layer's running mean
+  and variance from a fixed calibration set (exact population statistics), keeping γ, β.
+- AnalogIO: DAC/ADC quantization and per-MVM output noise as forward hooks (off by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from hwctl.nn.conductance import analog_modules
+
+METHODS = ("none", "gdc", "adabs")
+
+
+def gdc_gains(
+    matrices_t0: Mapping[str, npt.NDArray[np.floating]],
+    matrices_t: Mapping[str, npt.NDArray[np.floating]],
+    calibration_input: Mapping[str, npt.NDArray[np.floating]] | None = None,
+) -> dict[str, float]:
+    """α_l = Σ|x·W_l(t0)| / Σ|x·W_l(t)| per layer; x defaults to all ones (summed column currents)."""
+    gains = {}
+    for name, w0 in matrices_t0.items():
+        x = (np.ones((1, w0.shape[0])) if calibration_input is None
+             else np.asarray(calibration_input[name], np.float64))  # fmt: skip
+        ref = np.abs(x @ w0.astype(np.float64)).sum()
+        now = np.abs(x @ np.asarray(matrices_t[name], np.float64)).sum()
+        gains[name] = float(ref / now) if now > 0 else 1.0
+    return gains
+
+
+@torch.no_grad()
+def adapt_batchnorm(
+    model: nn.Module, calibration_x: torch.Tensor, batch_size: int | None = None
+) -> None:
+    """AdaBS: replace each BN layer's running mean/var by its input's population statistics.
+
+    BN layers run in training mode during the pass (as when the statistics were first
+    learned); per-channel sums and sums of squares are accumulated over the whole
+    calibration set, so the result is exact for any chunking, not a momentum average.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    moments: dict[nn.Module, _Moments] = {}
+
+    def collect(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        moments.setdefault(module, _Moments()).add(inputs[0])
+
+    handles = [bn.register_forward_pre_hook(collect) for bn in bns]
+    was_training = model.training
+    try:
+        model.eval()
+        for bn in bns:
+            bn.train()
+        step = batch_size or len(calibration_x)
+        for i in range(0, len(calibration_x), step):
+            model(calibration_x[i : i + step])
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    for bn in bns:
+        mean, var = moments[bn].mean_var()
+        assert bn.running_mean is not None and bn.running_var is not None
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
+
+
+class _Moments:
+    """Per-channel running sums for exact mean and (unbiased) variance over many batches."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.total_sq: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.double()
+        dims = [0, *range(2, x.ndim)]
+        s, ss = x.sum(dims), (x * x).sum(dims)
+        self.total = s if self.total is None else self.total + s
+        self.total_sq = ss if self.total_sq is None else self.total_sq + ss
+        self.count += x.numel() // x.shape[1]
+
+    def mean_var(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.total is None or self.total_sq is None:
+            raise ValueError("AdaBS saw no calibration data for a BatchNorm layer")
+        n = self.count
+        mean = self.total / n
+        var = (self.total_sq / n - mean * mean) * n / max(n - 1, 1)
+        return mean.float(), var.float()
+
+
+@dataclass(frozen=True)
+class AnalogIO:
+    """Crossbar periphery: DAC on inputs, ADC on outputs (bits; None = ideal), output noise."""
+
+    dac_bits: int | None = None
+    adc_bits: int | None = None
+    output_noise_rel: float = 0.0  # std of additive MVM noise relative to max|y| per sample
+
+    @classmethod
+    def quantized(cls, bits: int = 8) -> AnalogIO:
+        return cls(dac_bits=bits, adc_bits=bits)
+
+    @property
+    def ideal(self) -> bool:
+        return self.dac_bits is None and self.adc_bits is None and self.output_noise_rel == 0.0
+
+    def attach(self, model: nn.Module, seed: int = 0) -> list[RemovableHandle]:
+        """Install hooks on every analog layer; remove them with `h.remove()`."""
+        if self.ideal:
+            return []
+        gen = torch.Generator().manual_seed(seed)
+        handles = []
+        for module in analog_modules(model).values():
+            if self.dac_bits is not None:
+                bits = self.dac_bits
+                handles.append(module.register_forward_pre_hook(
+                    lambda _m, inp, b=bits: (quantize_per_sample(inp[0], b),)))
+            handles.append(module.register_forward_hook(
+                lambda m, _inp, out: self._output(m, out, gen)))
+        return handles
+
+    def _output(self, module: nn.Module, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        bias = getattr(module, "bias", None)
+        mvm = y if bias is None else y - bias.view(1, -1, *([1] * (y.ndim - 2)))
+        if self.output_noise_rel > 0:
+            peak = mvm.abs().flatten(1).amax(1).view(-1, *([1] * (y.ndim - 1)))
+            mvm = mvm + torch.randn(mvm.shape, generator=gen) * self.output_noise_rel * peak
+        if self.adc_bits is not None:
+            mvm = quantize_per_sample(mvm, self.adc_bits)
+        return mvm if bias is None else mvm + bias.view(1, -1, *([1] * (y.ndim - 2)))
+
+
+def quantize_per_sample(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Symmetric uniform quantization to `bits` over each sample's own range max|x|."""
+    levels = 2 ** (bits - 1) - 1
+    peak = x.abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, *([1] * (x.ndim - 1)))
+    return torch.round(x / peak * levels) * peak / levels

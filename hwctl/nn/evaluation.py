@@ -1,0 +1,119 @@
+"""Accuracy of a network whose analog weights come from read-back conductances.
+
+The weights are rebuilt once per readout (vectorized), optionally corrected by GDC
+or followed by AdaBS, then the ordinary torch model classifies the images, so
+inference costs the same as plain digital inference. No printing: the service and
+the CLI both call this.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from hwctl.mapping import DeviceMap
+from hwctl.nn.compensation import METHODS, AnalogIO, adapt_batchnorm, gdc_gains
+from hwctl.nn.conductance import load_matrices
+from hwctl.nn.data import ImageSet, Normalizer
+from hwctl.nn.inference import predict
+from hwctl.nn.models import Checkpoint
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Top-1 accuracy (percent) with a 95 % Wilson interval."""
+
+    accuracy: float
+    ci95_low: float
+    ci95_high: float
+    n_images: int
+    n_correct: int
+    method: str
+
+
+def wilson_interval_pct(n_correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval for a binomial proportion, in percent."""
+    if n == 0:
+        return 0.0, 100.0
+    p = n_correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return 100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)
+
+
+def result_from_predictions(pred: torch.Tensor, labels: npt.NDArray[np.integer], method: str) -> EvalResult:
+    n_correct = int((pred == torch.as_tensor(labels)).sum())
+    n = len(labels)
+    low, high = wilson_interval_pct(n_correct, n)
+    return EvalResult(100.0 * n_correct / max(n, 1), low, high, n, n_correct, method)
+
+
+class ReadoutEvaluator:
+    """A checkpoint bound to its device map; evaluates any readout with any compensation."""
+
+    def __init__(
+        self, checkpoint: Checkpoint, device_map: DeviceMap, calibration: ImageSet | None = None,
+        analog_io: AnalogIO | None = None, batch_size: int = 500,
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.device_map = device_map
+        self.model = checkpoint.build()
+        self.normalizer = Normalizer(checkpoint.arch)
+        self.calibration_x = None if calibration is None else self.normalizer(calibration.x)
+        self.analog_io = analog_io or AnalogIO()
+        self.batch_size = batch_size
+
+    def prepare(
+        self, g_t_us: npt.NDArray[np.floating], method: str = "none",
+        g_t0_us: npt.NDArray[np.floating] | None = None,
+    ) -> None:
+        """Load the readout's weights into the model and apply the compensation `method`."""
+        if method not in METHODS:
+            raise ValueError(f"unknown compensation {method!r}; choose from {', '.join(METHODS)}")
+        self.model.load_state_dict(self.checkpoint.state_dict, strict=True)  # fresh BN statistics
+        matrices = self.device_map.weights_from_g(np.asarray(g_t_us))
+        gains = None
+        if method == "gdc":
+            if g_t0_us is None:
+                raise ValueError("GDC needs the t0 readout as its reference")
+            gains = gdc_gains(self.device_map.weights_from_g(np.asarray(g_t0_us)), matrices)
+        load_matrices(self.model, matrices, gains)
+        if method == "adabs":
+            if self.calibration_x is None:
+                raise ValueError("AdaBS needs a calibration set")
+            adapt_batchnorm(self.model, self.calibration_x)
+        self.model.eval()
+
+    def evaluate(
+        self, data: ImageSet, g_t_us: npt.NDArray[np.floating], method: str = "none",
+        g_t0_us: npt.NDArray[np.floating] | None = None, seed: int = 0,
+    ) -> EvalResult:
+        """Accuracy on `data` of the network read back as `g_t_us`, compensated by `method`."""
+        self.prepare(g_t_us, method, g_t0_us)
+        handles = self.analog_io.attach(self.model, seed=seed)
+        try:
+            pred = predict(self.model, data, self.normalizer, self.batch_size)
+        finally:
+            for h in handles:
+                h.remove()
+        return result_from_predictions(pred, data.y, method)
+
+
+def evaluate_readout(
+    checkpoint: Checkpoint, device_map: DeviceMap, g_t0_us: npt.NDArray[np.floating] | None,
+    g_t_us: npt.NDArray[np.floating], method: str, data: ImageSet,
+    calibration: ImageSet | None = None, analog_io: AnalogIO | None = None,
+) -> EvalResult:
+    """One-shot: accuracy of `checkpoint` with analog weights from `g_t_us` and compensation `method`."""
+    evaluator = ReadoutEvaluator(checkpoint, device_map, calibration, analog_io)
+    return evaluator.evaluate(data, g_t_us, method, g_t0_us)
+
+
+def calibration_set(train: ImageSet, dataset: str, seed: int = 0) -> ImageSet:
+    """AdaBS calibration images: 2,600 training images for CIFAR-10 (paper), 300 for digits."""
+    return train.subset(2600 if dataset == "cifar10" else 300, seed=seed)
