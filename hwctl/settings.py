@@ -20,7 +20,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HWCTL_", env_file=".env", extra="ignore")
 
     database_url: str = Field(
-        DEFAULT_DATABASE_URL,
+        default=DEFAULT_DATABASE_URL,
         description="SQLAlchemy URL; the embedded default is a SQLite file relative to the cwd.",
     )
     api_keys: list[str] = Field(
@@ -28,17 +28,20 @@ class Settings(BaseSettings):
         description='Keys accepted in the X-API-Key header, as JSON: \'["k1", "k2"]\'. Empty: no auth.',
     )
     api_read_requires_key: bool = Field(
-        False, description="Require X-API-Key on read-only API calls too (mutating calls always need one)."
+        default=False,
+        description="Require X-API-Key on read-only API calls too (mutating calls always need one).",
     )
     max_upload_bytes: int = Field(
-        64 * 1024 * 1024, gt=0, description="Largest network checkpoint the API accepts, in bytes."
+        default=64 * 1024 * 1024, gt=0, description="Largest network checkpoint the API accepts, in bytes."
     )
-    sse_poll_s: float = Field(0.25, gt=0, description="How often a job's event stream checks the job row.")
+    sse_poll_s: float = Field(
+        default=0.25, gt=0, description="How often a job's event stream checks the job row."
+    )
     sqlite_busy_timeout_ms: int = Field(
-        10_000, gt=0, description="How long a SQLite writer waits for the lock before failing."
+        default=10_000, gt=0, description="How long a SQLite writer waits for the lock before failing."
     )
     job_stale_after_s: float = Field(
-        60.0, gt=0, description="A running job whose heartbeat is older than this is interrupted."
+        default=60.0, gt=0, description="A running job whose heartbeat is older than this is interrupted."
     )
 
 

@@ -1,0 +1,1 @@
+"""The SQL store: schema, migrations, per-device vector blobs, readouts and records."""

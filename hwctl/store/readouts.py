@@ -1,0 +1,214 @@
+"""Programming results and readouts: whole-chip vectors in, one device's history out.
+
+A readout row holds the conductance of every device of a programming run as one
+float32 blob in canonical device order (`hwctl.mapping`). Each device's time since
+programming is `board_time_s − programmed_s[device]`, where `programmed_s` is the
+run's per-device programming end time (board seconds, float64).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import Connection, func, insert, select, update
+
+from hwctl.store.engine import is_sqlite
+from hwctl.store.errors import NotFoundError, StoreError
+from hwctl.store.schema import programming_runs, readouts, utc_now
+from hwctl.store.vectors import decode_row, encode
+
+Floats = npt.NDArray[np.float64]
+G_BYTES = 4  # readout conductances are float32
+T_BYTES = 8  # programming end times are float64
+
+
+@dataclass(frozen=True)
+class Readout:
+    id: int
+    run_id: int
+    offset_s: float
+    scheduled_s: float
+    board_time_s: float
+    read_at: datetime
+    temperature_c: float | None
+    g_us: npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class ProgrammingResult:
+    """Per-device outcome of program-and-verify, in canonical device order."""
+
+    g_final_us: npt.NDArray[np.float32]
+    iterations: npt.NDArray[np.int32]
+    status: npt.NDArray[np.uint8]
+    programmed_s: npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class DeviceSeries:
+    """One device's readings: time since it was programmed and conductance."""
+
+    device: int
+    t_s: Floats
+    g_us: npt.NDArray[np.float32]
+
+
+def start_programming_run(
+    conn: Connection, mapping_id: int, settings: dict[str, Any], experiment_id: int | None = None
+) -> int:
+    return int(
+        conn.execute(
+            insert(programming_runs)
+            .values(mapping_id=mapping_id, experiment_id=experiment_id, settings=settings)
+            .returning(programming_runs.c.id)
+        ).scalar_one()
+    )
+
+
+def finish_programming_run(conn: Connection, run_id: int, result: ProgrammingResult) -> None:
+    """Record the per-device outcome; every vector must cover the same devices."""
+    sizes = {v.size for v in (result.g_final_us, result.iterations, result.status, result.programmed_s)}
+    if len(sizes) != 1:
+        raise StoreError(f"programming result vectors differ in length: {sorted(sizes)}")
+    values = {
+        **encode(result.g_final_us, "float32").columns("g_final"),
+        **encode(result.iterations, "int32").columns("iterations"),
+        **encode(result.status, "uint8").columns("status"),
+        **encode(result.programmed_s, "float64").columns("programmed_s"),
+        "ended_at": utc_now(),
+    }
+    done = conn.execute(update(programming_runs).where(programming_runs.c.id == run_id).values(**values))
+    if done.rowcount != 1:
+        raise NotFoundError(f"programming run {run_id} does not exist")
+
+
+def load_programming_result(conn: Connection, run_id: int) -> ProgrammingResult:
+    row = conn.execute(select(programming_runs).where(programming_runs.c.id == run_id)).one_or_none()
+    if row is None:
+        raise NotFoundError(f"programming run {run_id} does not exist")
+    if row.ended_at is None:
+        raise StoreError(f"programming run {run_id} has not finished: no per-device results yet")
+    what = f"programming run {run_id}"
+    return ProgrammingResult(
+        g_final_us=decode_row(row, "g_final", what=f"{what} g_final"),
+        iterations=decode_row(row, "iterations", what=f"{what} iterations"),
+        status=decode_row(row, "status", what=f"{what} status"),
+        programmed_s=decode_row(row, "programmed_s", what=f"{what} programmed_s"),
+    )
+
+
+def add_readout(
+    conn: Connection,
+    run_id: int,
+    *,
+    offset_s: float,
+    scheduled_s: float,
+    board_time_s: float,
+    g_us: npt.ArrayLike,
+    temperature_c: float | None = None,
+) -> int:
+    """Store one whole-chip readout as a single row; returns its id."""
+    values = {
+        "run_id": run_id,
+        "offset_s": offset_s,
+        "scheduled_s": scheduled_s,
+        "board_time_s": board_time_s,
+        "read_at": utc_now(),
+        "temperature_c": temperature_c,
+        **encode(g_us, "float32").columns("g"),
+    }
+    return int(conn.execute(insert(readouts).values(**values).returning(readouts.c.id)).scalar_one())
+
+
+def load_readout(conn: Connection, readout_id: int) -> Readout:
+    """The readout with its conductances, length and checksum verified."""
+    row = conn.execute(select(readouts).where(readouts.c.id == readout_id)).one_or_none()
+    if row is None:
+        raise NotFoundError(f"readout {readout_id} does not exist")
+    return Readout(
+        id=row.id,
+        run_id=row.run_id,
+        offset_s=row.offset_s,
+        scheduled_s=row.scheduled_s,
+        board_time_s=row.board_time_s,
+        read_at=row.read_at,
+        temperature_c=row.temperature_c,
+        g_us=decode_row(row, "g", what=f"readout {readout_id}"),
+    )
+
+
+def device_series(conn: Connection, run_id: int, device: int) -> DeviceSeries:
+    """One device's conductance over every readout of a run, in time order.
+
+    Reads 4 bytes per readout (and 8 of the programming times) by byte offset, never
+    whole vectors: `substr` on PostgreSQL (uncompressed out-of-line bytea is sliced
+    without being fetched whole), incremental blob I/O on SQLite (whose `substr` would
+    load every blob). Checksums cover whole vectors, so only lengths are checked here.
+    """
+    if device < 0:
+        raise StoreError(f"device index must be ≥ 0, got {device}")
+    run = conn.execute(
+        select(programming_runs.c.programmed_s_len).where(programming_runs.c.id == run_id)
+    ).one_or_none()
+    if run is None:
+        raise NotFoundError(f"programming run {run_id} does not exist")
+    if run.programmed_s_len is None:
+        raise StoreError(f"programming run {run_id} has not finished: no per-device programming times")
+    if is_sqlite(conn):
+        return _sqlite_device_series(conn, run_id, device, run.programmed_s_len)
+    query = (
+        select(
+            readouts.c.board_time_s,
+            readouts.c.g_len,
+            func.substr(readouts.c.g_blob, device * G_BYTES + 1, G_BYTES).label("g"),
+            func.substr(programming_runs.c.programmed_s_blob, device * T_BYTES + 1, T_BYTES).label("t0"),
+        )
+        .join(programming_runs, programming_runs.c.id == readouts.c.run_id)
+        .where(readouts.c.run_id == run_id)
+        .order_by(readouts.c.board_time_s)
+    )
+    rows = conn.execute(query).all()
+    _check_device(device, run_id, [r.g_len for r in rows], run.programmed_s_len)
+    t0 = rows[0].t0 if rows else b""
+    return _series(device, [r.board_time_s for r in rows], [r.g for r in rows], t0)
+
+
+def _sqlite_device_series(conn: Connection, run_id: int, device: int, n_programmed: int) -> DeviceSeries:
+    columns = select(readouts.c.id, readouts.c.board_time_s, readouts.c.g_len)
+    rows = conn.execute(columns.where(readouts.c.run_id == run_id).order_by(readouts.c.board_time_s)).all()
+    _check_device(device, run_id, [r.g_len for r in rows], n_programmed)
+    raw = conn.connection.driver_connection  # sqlite3.Connection: blob I/O is not in SQLAlchemy
+
+    def read(table: str, column: str, rowid: int, offset: int, width: int) -> bytes:
+        with raw.blobopen(table, column, rowid, readonly=True) as blob:  # type: ignore[union-attr]
+            blob.seek(offset)
+            return bytes(blob.read(width))
+
+    g = [read("readouts", "g_blob", r.id, device * G_BYTES, G_BYTES) for r in rows]
+    t0 = read("programming_runs", "programmed_s_blob", run_id, device * T_BYTES, T_BYTES)
+    return _series(device, [r.board_time_s for r in rows], g, t0)
+
+
+def _check_device(device: int, run_id: int, readout_lengths: list[int], n_programmed: int) -> None:
+    n_devices = min([n_programmed, *readout_lengths])
+    if device >= n_devices:
+        raise StoreError(f"device {device} outside run {run_id}'s {n_devices} devices")
+
+
+def _series(device: int, board_time_s: list[float], g_bytes: list[bytes], t0_bytes: bytes) -> DeviceSeries:
+    if not g_bytes:
+        return DeviceSeries(device, np.empty(0), np.empty(0, np.float32))
+    g_us = np.frombuffer(b"".join(g_bytes), "<f4").astype(np.float32)
+    t0_s = float(np.frombuffer(t0_bytes, "<f8")[0])
+    return DeviceSeries(device, np.asarray(board_time_s, np.float64) - t0_s, g_us)
+
+
+def run_readouts(conn: Connection, run_id: int) -> list[tuple[int, float]]:
+    """(readout id, offset s) of a run's readouts, in schedule order."""
+    query = select(readouts.c.id, readouts.c.offset_s).where(readouts.c.run_id == run_id)
+    rows = conn.execute(query.order_by(readouts.c.offset_s))
+    return [(int(r.id), float(r.offset_s)) for r in rows]

@@ -1,0 +1,107 @@
+"""Creating the small descriptive rows: stations, networks, mappings, experiments,
+evaluations, calibrations. Each returns the new row's id."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from sqlalchemy import Connection, Table, insert, select
+
+from drivers.base import Geometry
+from hwctl.store.errors import NotFoundError, StoreError
+from hwctl.store.schema import calibrations, evaluations, experiments, mappings, networks, stations
+
+
+def _insert(conn: Connection, table: Table, **values: Any) -> int:
+    return int(conn.execute(insert(table).values(**values).returning(table.c.id)).scalar_one())
+
+
+def add_station(
+    conn: Connection,
+    name: str,
+    *,
+    resource: str,
+    chip_serial: str,
+    geometry: Geometry,
+    amplitude_limit_ua: float,
+    clock_kind: str = "real",
+) -> int:
+    return _insert(
+        conn, stations, name=name, resource=resource, chip_serial=chip_serial, tiles=geometry.tiles,
+        rows=geometry.rows, cols=geometry.cols, amplitude_limit_ua=amplitude_limit_ua, clock_kind=clock_kind,
+    )  # fmt: skip
+
+
+def station_id(conn: Connection, name: str) -> int:
+    found = conn.execute(select(stations.c.id).where(stations.c.name == name)).scalar_one_or_none()
+    if found is None:
+        raise NotFoundError(f"no station named {name!r}")
+    return int(found)
+
+
+def add_network(
+    conn: Connection,
+    name: str,
+    *,
+    architecture: str,
+    checkpoint: bytes | None = None,
+    checkpoint_path: str | None = None,
+    sha256: str | None = None,
+    meta: dict[str, Any] | None = None,
+) -> int:
+    """A network from uploaded checkpoint bytes (hashed here) or a path (hash given)."""
+    if checkpoint is not None:
+        sha256 = hashlib.sha256(checkpoint).hexdigest()
+    if sha256 is None or (checkpoint is None and checkpoint_path is None):
+        raise StoreError("a network needs checkpoint bytes, or a checkpoint path with its sha256")
+    return _insert(
+        conn, networks, name=name, architecture=architecture, checkpoint=checkpoint,
+        checkpoint_path=checkpoint_path, sha256=sha256, meta=meta or {},
+    )  # fmt: skip
+
+
+def add_experiment(
+    conn: Connection, name: str, *, network_id: int, station_id: int, settings: dict[str, Any]
+) -> int:
+    return _insert(
+        conn, experiments, name=name, network_id=network_id, station_id=station_id, settings=settings
+    )
+
+
+def add_mapping(
+    conn: Connection,
+    *,
+    network_id: int,
+    station_id: int,
+    device_map: bytes,
+    n_devices: int,
+    utilisation: float,
+    experiment_id: int | None = None,
+) -> int:
+    """Store a serialized `hwctl.mapping.DeviceMap` (its `to_bytes()`)."""
+    return _insert(
+        conn, mappings, network_id=network_id, station_id=station_id, experiment_id=experiment_id,
+        device_map=device_map, n_devices=n_devices, utilisation=utilisation,
+    )  # fmt: skip
+
+
+def add_evaluation(
+    conn: Connection,
+    readout_id: int,
+    *,
+    method: str,
+    accuracy: float,
+    n_images: int,
+    ci: tuple[float, float] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> int:
+    ci_low, ci_high = ci if ci is not None else (None, None)
+    return _insert(
+        conn, evaluations, readout_id=readout_id, method=method, accuracy=accuracy, n_images=n_images,
+        ci_low=ci_low, ci_high=ci_high, settings=settings or {},
+    )  # fmt: skip
+
+
+def add_calibration(conn: Connection, station_id: int, kind: str, payload: dict[str, Any]) -> int:
+    return _insert(conn, calibrations, station_id=station_id, kind=kind, payload=payload)
