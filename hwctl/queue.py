@@ -1,0 +1,261 @@
+"""The durable job queue: rows in the `jobs` table, no broker.
+
+Every time here is *station-clock* seconds (`now_s`), passed in by the caller: a
+simulated station on an accelerated or virtual clock drives due times, heartbeats and
+windows exactly like a real board's clock. The database guarantees at most one running
+job per station (a partial unique index); a claim is one atomic UPDATE … RETURNING
+(inside `BEGIN IMMEDIATE` on SQLite, with `FOR UPDATE SKIP LOCKED` on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, and_, exists, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from hwctl.store.engine import SQLITE_BEGIN_OPTION
+from hwctl.store.errors import NotFoundError, StoreError
+from hwctl.store.schema import jobs
+
+PROGRAM = "program"  # interrupted programming is never re-run without an operator
+READBACK = "readback"
+
+
+class JobStateError(StoreError):
+    """The job is not in a state that allows the requested transition."""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    kind: str
+    station_id: int
+    experiment_id: int | None
+    payload: dict[str, Any]
+    status: str
+    run_at_s: float
+    window_s: float | None
+    priority: int
+    attempts: int
+    checkpoint: Any
+    started_s: float | None
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> Job:
+        return cls(**{name: getattr(row, name) for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What a worker's start-up recovery did, by job id."""
+
+    interrupted: list[int]
+    requeued: list[int]
+    missed: list[int]
+
+
+def _write(engine: Engine) -> Connection:
+    """A connection whose transaction takes the write lock at once (SQLite)."""
+    return engine.connect().execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+
+
+def enqueue(
+    engine: Engine,
+    *,
+    kind: str,
+    station_id: int,
+    run_at_s: float,
+    payload: dict[str, Any] | None = None,
+    window_s: float | None = None,
+    priority: int = 0,
+    experiment_id: int | None = None,
+    idempotency_key: str | None = None,
+) -> int:
+    """Queue a job; with an `idempotency_key` already used, return that job's id instead."""
+    values = dict(
+        kind=kind, station_id=station_id, run_at_s=run_at_s, payload=payload or {}, window_s=window_s,
+        priority=priority, experiment_id=experiment_id, idempotency_key=idempotency_key,
+    )  # fmt: skip
+    try:
+        with _write(engine) as conn, conn.begin():
+            return int(conn.execute(insert(jobs).values(**values).returning(jobs.c.id)).scalar_one())
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        with engine.connect() as conn:
+            found = conn.execute(select(jobs.c.id).where(jobs.c.idempotency_key == idempotency_key)).scalar()
+        if found is None:
+            raise
+        return int(found)
+
+
+def claim(engine: Engine, station_id: int, now_s: float) -> Job | None:
+    """Start the most urgent due job of a station; None if none is due or one is running.
+
+    Due jobs whose window has passed are marked missed first, in the same transaction.
+    """
+    # Aliases keep both subqueries from being correlated with the updated row.
+    candidate, busy = jobs.alias("candidate"), jobs.alias("busy")
+    due = (
+        select(candidate.c.id)
+        .where(candidate.c.station_id == station_id, candidate.c.status == "queued")
+        .where(candidate.c.run_at_s <= now_s)
+        .where(~exists().where(busy.c.station_id == station_id, busy.c.status == "running"))
+        .order_by(candidate.c.priority.desc(), candidate.c.run_at_s, candidate.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    start = (
+        update(jobs)
+        .where(jobs.c.id == due)
+        .values(status="running", started_s=now_s, heartbeat_s=now_s, attempts=jobs.c.attempts + 1)
+        .returning(*jobs.c)
+    )
+    try:
+        with _write(engine) as conn, conn.begin():
+            _mark_missed(conn, station_id, now_s)
+            row = conn.execute(start).one_or_none()
+    except IntegrityError:
+        return None  # another worker started a job for this station first (the index said no)
+    return Job.from_row(row) if row is not None else None
+
+
+def _mark_missed(conn: Connection, station_id: int, now_s: float) -> list[int]:
+    late = update(jobs).where(
+        jobs.c.station_id == station_id,
+        jobs.c.status == "queued",
+        jobs.c.window_s.is_not(None),
+        jobs.c.run_at_s + jobs.c.window_s < now_s,
+    )
+    rows = conn.execute(late.values(status="missed", finished_s=now_s).returning(jobs.c.id))
+    return [int(r.id) for r in rows]
+
+
+def heartbeat(
+    engine: Engine,
+    job_id: int,
+    now_s: float,
+    *,
+    progress: float | None = None,
+    message: str | None = None,
+    checkpoint: Any = None,
+) -> bool:
+    """Record liveness, progress (0–1) and optionally the last committed block.
+
+    Returns True when cancellation was requested: the worker should stop at a safe point
+    and call `acknowledge_cancel`.
+    """
+    values: dict[str, Any] = {"heartbeat_s": now_s}
+    if progress is not None:
+        if not 0.0 <= progress <= 1.0:
+            raise ValueError(f"progress is a fraction 0–1, got {progress}")
+        values["progress"] = progress
+    if message is not None:
+        values["progress_message"] = message
+    if checkpoint is not None:
+        values["checkpoint"] = checkpoint
+    return bool(_transition(engine, job_id, ("running",), values, returning=jobs.c.cancel_requested))
+
+
+def complete(engine: Engine, job_id: int, now_s: float, result: dict[str, Any] | None = None) -> None:
+    values = {"status": "succeeded", "finished_s": now_s, "result": result or {}, "progress": 1.0}
+    _transition(engine, job_id, ("running",), values)
+
+
+def fail(engine: Engine, job_id: int, now_s: float, error: str) -> None:
+    _transition(engine, job_id, ("running",), {"status": "failed", "finished_s": now_s, "error": error})
+
+
+def acknowledge_cancel(engine: Engine, job_id: int, now_s: float) -> None:
+    """The worker stopped a running job whose cancellation was requested."""
+    _transition(engine, job_id, ("running",), {"status": "cancelled", "finished_s": now_s})
+
+
+def cancel(engine: Engine, job_id: int) -> str:
+    """Cancel a queued job at once, or ask the worker to stop a running one.
+
+    Returns the job's status afterwards ('cancelled' or still 'running').
+    """
+    with _write(engine) as conn, conn.begin():
+        status = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
+        if status is None:
+            raise NotFoundError(f"job {job_id} does not exist")
+        if status in ("queued", "interrupted"):
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(status="cancelled"))
+            return "cancelled"
+        if status == "running":
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True))
+            return "running"
+    raise JobStateError(f"job {job_id} is already {status}; nothing to cancel")
+
+
+def resume(engine: Engine, job_id: int, now_s: float) -> None:
+    """Operator decision: queue an interrupted (or failed) job again, due now.
+
+    Its checkpoint is kept, so the worker continues from the last committed block.
+    """
+    values = {"status": "queued", "run_at_s": now_s, "error": None, "cancel_requested": False}
+    _transition(engine, job_id, ("interrupted", "failed"), values)
+
+
+def recover_stale(engine: Engine, station_id: int, stale_after_s: float, now_s: float) -> list[int]:
+    """Mark running jobs whose heartbeat is older than `stale_after_s` as interrupted."""
+    stale = update(jobs).where(
+        jobs.c.station_id == station_id,
+        jobs.c.status == "running",
+        or_(jobs.c.heartbeat_s.is_(None), jobs.c.heartbeat_s < now_s - stale_after_s),
+    )
+    with _write(engine) as conn, conn.begin():
+        rows = conn.execute(stale.values(status="interrupted", error="worker stopped").returning(jobs.c.id))
+        return [int(r.id) for r in rows]
+
+
+def recover_on_start(engine: Engine, station_id: int, stale_after_s: float, now_s: float) -> Recovery:
+    """What a station's worker does before its first claim.
+
+    Stale running jobs become interrupted. Interrupted jobs other than programming are
+    queued again (a readback still inside its window then runs at once, and its start
+    records the actual time); interrupted programming waits for an operator's `resume`,
+    since re-programming a half-programmed chip is a decision. Jobs past their window
+    are missed.
+    """
+    interrupted = recover_stale(engine, station_id, stale_after_s, now_s)
+    rerun = update(jobs).where(
+        jobs.c.station_id == station_id, jobs.c.status == "interrupted", jobs.c.kind != PROGRAM
+    )
+    with _write(engine) as conn, conn.begin():
+        requeued = [int(r.id) for r in conn.execute(rerun.values(status="queued").returning(jobs.c.id))]
+        missed = _mark_missed(conn, station_id, now_s)
+    return Recovery(interrupted=interrupted, requeued=sorted(set(requeued) - set(missed)), missed=missed)
+
+
+def next_run_at_s(engine: Engine, station_id: int) -> float | None:
+    """When the station's next queued job is due (station-clock s), for a worker to sleep until."""
+    with engine.connect() as conn:
+        due = select(jobs.c.run_at_s).where(jobs.c.station_id == station_id, jobs.c.status == "queued")
+        return conn.execute(due.order_by(jobs.c.run_at_s).limit(1)).scalar()
+
+
+def get_job(engine: Engine, job_id: int) -> Row[Any]:
+    with engine.connect() as conn:
+        row = conn.execute(select(jobs).where(jobs.c.id == job_id)).one_or_none()
+    if row is None:
+        raise NotFoundError(f"job {job_id} does not exist")
+    return row
+
+
+def _transition(
+    engine: Engine, job_id: int, allowed: tuple[str, ...], values: dict[str, Any], returning: Any = None
+) -> Any:
+    change = update(jobs).where(and_(jobs.c.id == job_id, jobs.c.status.in_(allowed))).values(**values)
+    with _write(engine) as conn, conn.begin():
+        row = conn.execute(change.returning(returning if returning is not None else jobs.c.id)).one_or_none()
+        if row is not None:
+            return row[0]
+        status = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
+    if status is None:
+        raise NotFoundError(f"job {job_id} does not exist")
+    raise JobStateError(f"job {job_id} is {status}, expected {' or '.join(allowed)}")
