@@ -1,0 +1,296 @@
+"""The station worker's job handlers: program a network, read it back, evaluate, analyze.
+
+A campaign is one programming run followed by readbacks at log-spaced offsets after it
+(station clock). Programming stores its per-device outcome and, in the same
+transaction, the campaign's readback jobs, so a crash can never leave a programmed
+chip without its schedule. A readback reads the mapped devices in blocks and commits
+a checkpoint after each, so a restart resumes from the last committed block and a
+cancel or shutdown waits for at most one block.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from sqlalchemy import Connection, Engine, select, update
+
+from hwctl.experiment_spec import JOB_ANALYZE, JOB_EVALUATE, JOB_PROGRAM, JOB_READBACK, ExperimentSpec
+from hwctl.mapping import DeviceMap, map_network
+from hwctl.nn.conductance import export_layers
+from hwctl.nn.models import Checkpoint, load_checkpoint
+from hwctl.program_verify import ProgramSettings, program_and_verify
+from hwctl.schedule import readout_window_s
+from hwctl.station import Station
+from hwctl.store import readouts as store_readouts
+from hwctl.store.records import add_mapping
+from hwctl.store.schema import experiments, mappings, networks, programming_runs
+from hwctl.store.schema import jobs as jobs_table
+
+log = logging.getLogger(__name__)
+
+# Devices per readback block: ~1 MB of float32 per round trip and per checkpoint.
+READ_BLOCK_DEVICES = 262_144
+# Readbacks outrank evaluation and analysis: a due read must never wait behind them.
+PRIORITY_READBACK = 10
+PRIORITY_FOLLOW_UP = 0
+
+
+class JobCancelled(Exception):
+    """The job's cancel flag was seen at a safe point; nothing after it was done."""
+
+
+class JobPaused(Exception):
+    """The worker is shutting down; the job's last checkpoint is committed, resume later."""
+
+
+class CampaignError(RuntimeError):
+    """The stored campaign is inconsistent (missing mapping, run not finished...)."""
+
+
+Heartbeat = Callable[[float, str, dict[str, Any] | None], bool]
+Complete = Callable[[Connection, dict[str, Any]], None]
+
+
+@dataclass
+class JobContext:
+    """What a handler may use: the database, the station and its own job's bookkeeping.
+
+    `heartbeat(progress, message, checkpoint)` commits progress (and a checkpoint) and
+    returns False when the job's cancel flag is set; `complete(conn, result)` marks the
+    job succeeded inside the handler's final transaction; `stopping()` is the worker's
+    shutdown request.
+    """
+
+    engine: Engine
+    station: Station
+    station_id: int
+    job_id: int
+    kind: str
+    payload: dict[str, Any]
+    checkpoint: dict[str, Any] | None
+    heartbeat: Heartbeat
+    complete: Complete
+    stopping: Callable[[], bool]
+    cache: dict[Any, Any] = field(default_factory=dict)
+    read_block_devices: int = READ_BLOCK_DEVICES
+
+    def safe_point(self, progress: float, message: str, checkpoint: dict[str, Any] | None = None) -> None:
+        """Commit progress; raise if the job was cancelled or the worker is stopping."""
+        if not self.heartbeat(progress, message, checkpoint):
+            raise JobCancelled(f"job {self.job_id} cancelled at {message}")
+        if self.stopping():
+            raise JobPaused(f"job {self.job_id} paused at {message}")
+
+
+# -- loading what a campaign is made of ---------------------------------------------------
+def load_spec(conn: Connection, experiment_id: int) -> ExperimentSpec:
+    row = conn.execute(select(experiments.c.settings).where(experiments.c.id == experiment_id)).one_or_none()
+    if row is None:
+        raise CampaignError(f"experiment {experiment_id} does not exist")
+    return ExperimentSpec.model_validate(row.settings)
+
+
+def load_network(conn: Connection, network_id: int) -> Checkpoint:
+    """The network's checkpoint from its stored bytes or its path."""
+    row = conn.execute(select(networks).where(networks.c.id == network_id)).one_or_none()
+    if row is None:
+        raise CampaignError(f"network {network_id} does not exist")
+    if row.checkpoint is not None:
+        raw = torch.load(io.BytesIO(row.checkpoint), map_location="cpu", weights_only=True)
+        return Checkpoint(raw.get("arch") or row.architecture, raw["state_dict"], dict(raw.get("meta", {})))
+    return load_checkpoint(row.checkpoint_path, row.architecture)
+
+
+def run_device_map(ctx: JobContext, conn: Connection, run_id: int) -> tuple[int, DeviceMap]:
+    """The (mapping id, device map) a programming run wrote, cached per worker."""
+    key = ("device_map", run_id)
+    if key not in ctx.cache:
+        row = conn.execute(
+            select(mappings.c.id, mappings.c.device_map)
+            .join(programming_runs, programming_runs.c.mapping_id == mappings.c.id)
+            .where(programming_runs.c.id == run_id)
+        ).one_or_none()
+        if row is None:
+            raise CampaignError(f"programming run {run_id} has no mapping")
+        ctx.cache[key] = (int(row.id), DeviceMap.from_bytes(row.device_map))
+    mapping_id, device_map = ctx.cache[key]
+    return mapping_id, device_map
+
+
+def _program_settings(spec: ExperimentSpec) -> ProgramSettings:
+    chosen = spec.program.model_dump(exclude={"seed"}, exclude_none=True)
+    return ProgramSettings(**chosen)
+
+
+def _enqueue(
+    conn: Connection,
+    ctx: JobContext,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    run_at_s: float,
+    key: str,
+    window_s: float | None = None,
+    priority: int = PRIORITY_FOLLOW_UP,
+) -> None:
+    conn.execute(
+        jobs_table.insert().values(
+            kind=kind, station_id=ctx.station_id, experiment_id=payload.get("experiment_id"),
+            payload=payload, status="queued", run_at_s=run_at_s, window_s=window_s, priority=priority,
+            idempotency_key=key,
+        )
+    )  # fmt: skip
+
+
+def _set_experiment_status(conn: Connection, experiment_id: int, status: str) -> None:
+    conn.execute(update(experiments).where(experiments.c.id == experiment_id).values(status=status))
+
+
+# -- program ------------------------------------------------------------------------------
+def handle_program(ctx: JobContext) -> None:
+    """Map the network, program-and-verify it, store the run and schedule its readbacks."""
+    experiment_id = int(ctx.payload["experiment_id"])
+    with ctx.engine.begin() as conn:
+        spec = load_spec(conn, experiment_id)
+        model = load_network(conn, spec.network_id).build()
+        device_map = map_network(export_layers(model), ctx.station.chip.geometry(), spec.g_max_us)
+        mapping_id = add_mapping(
+            conn, network_id=spec.network_id, station_id=ctx.station_id, device_map=device_map.to_bytes(),
+            n_devices=device_map.n_devices, utilisation=device_map.utilisation.fraction_of_chip,
+            experiment_id=experiment_id,
+        )  # fmt: skip
+        settings = _program_settings(spec)
+        run_id = store_readouts.start_programming_run(
+            conn, mapping_id, spec.program.model_dump(), experiment_id=experiment_id
+        )
+        _set_experiment_status(conn, experiment_id, "programming")
+    n = device_map.n_devices
+
+    def progress(iteration: int, remaining: int, converged: int) -> None:
+        ctx.safe_point(converged / n, f"iteration {iteration}: {converged}/{n} devices converged")
+
+    result = program_and_verify(
+        ctx.station.chip, device_map.addresses, device_map.target_g_us, settings, progress
+    )
+    end_s = float(result.t_programmed_s.max()) if n else ctx.station.clock_now_s()
+    with ctx.engine.begin() as conn:
+        store_readouts.finish_programming_run(
+            conn, run_id,
+            store_readouts.ProgrammingResult(
+                result.final_g_us, result.iterations.astype(np.int32), result.status, result.t_programmed_s
+            ),
+        )  # fmt: skip
+        for offset_s in spec.schedule.offsets_s:
+            payload = {"experiment_id": experiment_id, "run_id": run_id, "offset_s": offset_s,
+                       "scheduled_s": end_s + offset_s}  # fmt: skip
+            _enqueue(
+                conn, ctx, JOB_READBACK, payload, run_at_s=end_s + offset_s,
+                window_s=readout_window_s(offset_s), key=f"readback:{run_id}:{offset_s}",
+                priority=PRIORITY_READBACK,
+            )  # fmt: skip
+        _set_experiment_status(conn, experiment_id, "reading")
+        ctx.complete(conn, {
+            "run_id": run_id, "mapping_id": mapping_id, "n_devices": n, "programmed_end_s": end_s,
+            "converged_fraction": result.converged_fraction_nonzero,
+            "iterations_mean": result.iterations_mean,
+        })  # fmt: skip
+
+
+# -- readback -----------------------------------------------------------------------------
+@dataclass
+class PartialReadout:
+    """The blocks of one readback read so far; round-trips through the job's checkpoint."""
+
+    g_us: npt.NDArray[np.float32]
+    next_device: int = 0
+    block_starts_s: list[float] = field(default_factory=list)
+    temperature_c: float | None = None
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        done = self.g_us[: self.next_device]
+        return {
+            "next_device": self.next_device,
+            "g_us_b64": base64.b64encode(done.astype("<f4").tobytes()).decode(),
+            "block_starts_s": self.block_starts_s,
+            "temperature_c": self.temperature_c,
+        }
+
+    @classmethod
+    def from_checkpoint(cls, n_devices: int, checkpoint: dict[str, Any] | None) -> PartialReadout:
+        partial = cls(np.zeros(n_devices, np.float32))
+        if checkpoint:
+            done = np.frombuffer(base64.b64decode(checkpoint["g_us_b64"]), "<f4")
+            partial.next_device = int(checkpoint["next_device"])
+            if done.size != partial.next_device or done.size > n_devices:
+                raise CampaignError(f"readback checkpoint holds {done.size} values for {partial.next_device}")
+            partial.g_us[: done.size] = done
+            partial.block_starts_s = [float(t) for t in checkpoint["block_starts_s"]]
+            partial.temperature_c = checkpoint.get("temperature_c")
+        return partial
+
+
+def handle_readback(ctx: JobContext) -> None:
+    """Read every mapped device of the run in blocks; store one readout row at the end."""
+    run_id, offset_s = int(ctx.payload["run_id"]), float(ctx.payload["offset_s"])
+    with ctx.engine.connect() as conn:
+        _, device_map = run_device_map(ctx, conn, run_id)
+    addresses = device_map.addresses
+    n = addresses.size
+    partial = PartialReadout.from_checkpoint(n, ctx.checkpoint)
+    if partial.temperature_c is None:
+        partial.temperature_c = ctx.station.temperature_c()
+    while partial.next_device < n:
+        start, stop = partial.next_device, min(partial.next_device + ctx.read_block_devices, n)
+        partial.block_starts_s.append(ctx.station.clock_now_s())
+        partial.g_us[start:stop] = ctx.station.chip.read_block(addresses[start:stop])
+        partial.next_device = stop
+        if stop < n:
+            ctx.safe_point(stop / n, f"read {stop}/{n} devices", partial.to_checkpoint())
+    _finish_readback(ctx, run_id, offset_s, partial)
+
+
+def _finish_readback(ctx: JobContext, run_id: int, offset_s: float, partial: PartialReadout) -> None:
+    experiment_id = int(ctx.payload["experiment_id"])
+    scheduled_s = float(ctx.payload["scheduled_s"])
+    with ctx.engine.begin() as conn:
+        spec = load_spec(conn, experiment_id)
+        readout_id = store_readouts.add_readout(
+            conn, run_id, offset_s=offset_s, scheduled_s=scheduled_s, board_time_s=partial.block_starts_s[0],
+            g_us=partial.g_us, temperature_c=partial.temperature_c,
+        )  # fmt: skip
+        now_s = partial.block_starts_s[-1]
+        if spec.evaluation.enabled:
+            _enqueue(conn, ctx, JOB_EVALUATE, {"experiment_id": experiment_id, "run_id": run_id,
+                     "readout_id": readout_id}, run_at_s=now_s, key=f"evaluate:{readout_id}")  # fmt: skip
+        if not _readbacks_pending(conn, ctx, run_id):
+            _enqueue(conn, ctx, JOB_ANALYZE, {"experiment_id": experiment_id, "run_id": run_id},
+                     run_at_s=now_s, key=f"analyze:{run_id}")  # fmt: skip
+        ctx.complete(conn, {
+            "readout_id": readout_id, "late_s": partial.block_starts_s[0] - scheduled_s,
+            "block_starts_s": partial.block_starts_s, "n_devices": int(partial.g_us.size),
+        })  # fmt: skip
+
+
+def _readbacks_pending(conn: Connection, ctx: JobContext, run_id: int) -> bool:
+    """Whether another readback of this run is still queued or running (not this one)."""
+    rows = conn.execute(
+        select(jobs_table.c.payload).where(
+            jobs_table.c.station_id == ctx.station_id, jobs_table.c.kind == JOB_READBACK,
+            jobs_table.c.status.in_(("queued", "running")), jobs_table.c.id != ctx.job_id,
+        )
+    )  # fmt: skip
+    return any(int(r.payload.get("run_id", -1)) == run_id for r in rows)
+
+
+HANDLERS: dict[str, Callable[[JobContext], None]] = {
+    JOB_PROGRAM: handle_program,
+    JOB_READBACK: handle_readback,
+}
