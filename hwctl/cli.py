@@ -16,6 +16,7 @@ from drivers.errors import DriverError
 # Sub-command modules, in the order `hwctl --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "hwctl.commands.sim_chip",
+    "hwctl.commands.db",
 )
 
 
