@@ -1,0 +1,78 @@
+"""The application factory: settings in, a FastAPI app over a migrated database out.
+
+`create_app` refuses to build an app on a database that is not at the head migration,
+so a service never writes rows a newer or older schema would misread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+import hwctl
+from api.problems import install_problem_handlers
+from api.routers import evaluations, experiments, fits, jobs, networks, readouts, stations
+from hwctl.mapping import MappingError
+from hwctl.nn.models import UnknownModelError
+from hwctl.queue import JobStateError
+from hwctl.settings import Settings
+from hwctl.station import StationError
+from hwctl.store.engine import make_engine
+from hwctl.store.errors import CorruptVectorError, NotFoundError, StoreError
+from hwctl.store.migrate import ensure_migrated
+
+# Domain exceptions and the status each maps to, in one place.
+DOMAIN_STATUSES: dict[type[Exception], int] = {
+    NotFoundError: 404,
+    JobStateError: 409,
+    StationError: 422,
+    MappingError: 422,
+    UnknownModelError: 422,
+    CorruptVectorError: 500,  # stored data failed its checksum: the server's problem, not the request's
+    StoreError: 422,  # e.g. a device index outside the run, a run that has not finished
+}
+
+TAGS = [
+    {"name": "stations", "description": "Chips and how to reach them."},
+    {"name": "networks", "description": "Uploaded network checkpoints."},
+    {"name": "experiments", "description": "Program a network on a station and read it back over time."},
+    {"name": "jobs", "description": "The durable work queue the station workers run."},
+    {"name": "readouts", "description": "Per-device conductance vectors, as downloads."},
+    {"name": "evaluations", "description": "Accuracy of each readout, per drift-compensation method."},
+    {"name": "fits", "description": "Per-device drift fits and their per-bin statistics."},
+]
+
+
+def _operation_id(route: APIRoute) -> str:
+    return route.name  # handler names are the operation ids a generated client exposes
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """An app bound to `settings.database_url`; raises NotMigratedError if the schema is behind."""
+    engine = make_engine(settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+    try:
+        ensure_migrated(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="hwctl", version=hwctl.__version__, lifespan=lifespan, openapi_tags=TAGS,
+        description="Program neural networks onto PCM test chips, read them back over 24 h, "
+        "and measure inference accuracy from the read-back conductances.",
+        generate_unique_id_function=_operation_id,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    install_problem_handlers(app, DOMAIN_STATUSES)
+    for module in (stations, networks, experiments, jobs, readouts, evaluations, fits):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,92 @@
+"""Errors as RFC 9457 problem details (`application/problem+json`), mapped once, here.
+
+Every error a client sees has `type`, `title`, `status` and a `detail` a lab user can act
+on, whether it came from an `HTTPException`, request validation or a domain exception.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger(__name__)
+
+
+class Problem(BaseModel):
+    """The body of every error response."""
+
+    type: str = Field("about:blank", description="URI naming the problem kind")
+    title: str = Field(description="short summary of the problem kind")
+    status: int = Field(description="HTTP status code")
+    detail: str = Field(description="what went wrong in this request, and how to fix it")
+    errors: list[dict[str, Any]] | None = Field(None, description="per-field validation errors")
+
+
+def problem_response(
+    status: int, detail: str, *, title: str | None = None, type_: str = "about:blank",
+    errors: list[dict[str, Any]] | None = None, headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    problem = Problem(
+        type=type_, title=title or HTTPStatus(status).phrase, status=status, detail=detail, errors=errors
+    )
+    return JSONResponse(
+        problem.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_JSON,
+        headers=dict(headers or {}),
+    )
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entry documenting problem-details bodies for `statuses`."""
+    return {
+        s: {"model": Problem, "description": HTTPStatus(s).phrase, "content": {PROBLEM_JSON: {}}}
+        for s in statuses
+    }
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _validation_detail(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
+    errors = [{"field": _field(e.get("loc", ())), "message": e.get("msg", "")} for e in exc.errors()]
+    return "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors
+
+
+def install_problem_handlers(app: FastAPI, domain_statuses: Mapping[type[Exception], int]) -> None:
+    """Route every error through problem details; `domain_statuses` maps domain exceptions to codes."""
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return problem_response(exc.status_code, str(exc.detail), headers=exc.headers)
+
+    async def validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        detail, errors = _validation_detail(exc)
+        return problem_response(422, detail, title="Request validation failed", errors=errors)
+
+    async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return problem_response(500, "internal error; the server log has the traceback")
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    for exc_type, status in domain_statuses.items():
+        app.add_exception_handler(exc_type, _domain_handler(status))
+    app.add_exception_handler(Exception, unexpected_error)
+
+
+def _domain_handler(status: int) -> Any:
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        kind = type(exc).__name__
+        return problem_response(status, str(exc), type_=f"urn:hwctl:problem:{kind}")
+
+    return handle

@@ -1,0 +1,59 @@
+"""Drift fits: the chip-level summary of a run's per-device fits, and its per-bin statistics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sqlalchemy import Row, select
+
+from api.deps import Db, ReadAccess
+from api.lookup import count, one_or_404
+from api.pagination import Page, Paging
+from api.problems import problem_responses
+from api.schemas.results import DriftFitBins, DriftFitSummary
+from hwctl.store.schema import device_fits, programming_runs
+
+router = APIRouter(prefix="/fits", tags=["fits"])
+
+_SUMMARY = (
+    device_fits.c.id, device_fits.c.run_id, device_fits.c.nu_len.label("n_devices"),
+    device_fits.c.summary, device_fits.c.created_at,
+)
+
+
+def fit_out(row: Row) -> DriftFitSummary:
+    return DriftFitSummary.model_validate(row, from_attributes=True)
+
+
+@router.get("", response_model=Page[DriftFitSummary], dependencies=[ReadAccess])
+def list_fits(
+    db: Db, page: Paging, experiment_id: int | None = None, run_id: int | None = None
+) -> Page[DriftFitSummary]:
+    query = select(*_SUMMARY).order_by(device_fits.c.id)
+    if run_id is not None:
+        query = query.where(device_fits.c.run_id == run_id)
+    if experiment_id is not None:
+        query = query.join(programming_runs, programming_runs.c.id == device_fits.c.run_id).where(
+            programming_runs.c.experiment_id == experiment_id
+        )
+    rows = db.execute(query.limit(page.limit).offset(page.offset)).all()
+    return Page(items=[fit_out(r) for r in rows], total=count(db, query), limit=page.limit,
+                offset=page.offset)
+
+
+@router.get(
+    "/{fit_id}", response_model=DriftFitSummary, dependencies=[ReadAccess],
+    responses=problem_responses(404),
+)
+def get_fit(fit_id: int, db: Db) -> DriftFitSummary:
+    one_or_404(db, device_fits, fit_id, "drift fit")
+    return fit_out(db.execute(select(*_SUMMARY).where(device_fits.c.id == fit_id)).one())
+
+
+@router.get(
+    "/{fit_id}/bins", response_model=DriftFitBins, dependencies=[ReadAccess],
+    responses=problem_responses(404),
+)
+def get_fit_bins(fit_id: int, db: Db) -> DriftFitBins:
+    """Per-bin statistics as the analysis stored them in the summary (`bins`)."""
+    row = one_or_404(db, device_fits, fit_id, "drift fit")
+    return DriftFitBins(id=fit_id, bins=list(row.summary.get("bins", [])))

@@ -1,0 +1,98 @@
+"""Networks: upload a checkpoint (size-limited, loaded tensors-only), list and inspect them."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import PurePath
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
+from sqlalchemy import Row, func, select
+
+from api.deps import Db, ReadAccess, SettingsDep, WriteAccess
+from api.lookup import count, one_or_404
+from api.pagination import Page, Paging
+from api.problems import problem_responses
+from api.schemas.networks import Network
+from hwctl.nn.models import Checkpoint, load_checkpoint
+from hwctl.store import records
+from hwctl.store.schema import networks
+
+router = APIRouter(prefix="/networks", tags=["networks"])
+
+_COLUMNS = (
+    networks.c.id, networks.c.name, networks.c.architecture, networks.c.sha256, networks.c.meta,
+    networks.c.created_at, func.length(networks.c.checkpoint).label("size_bytes"),
+)
+
+
+def network_out(row: Row) -> Network:
+    return Network(
+        id=row.id, name=row.name, architecture=row.architecture, sha256=row.sha256,
+        size_bytes=row.size_bytes, metadata=row.meta, created_at=row.created_at,
+    )
+
+
+def _too_large(size: int, limit: int) -> HTTPException:
+    return HTTPException(413, f"checkpoint is {size} bytes; this server accepts at most {limit} bytes")
+
+
+def _parse_checkpoint(data: bytes, filename: str) -> Checkpoint:
+    """Tensors and plain data only (`weights_only=True`), and it must build its architecture."""
+    try:
+        checkpoint = load_checkpoint(io.BytesIO(data))  # type: ignore[arg-type]
+        checkpoint.build()
+    except Exception as exc:  # untrusted bytes: any failure means "not a usable checkpoint"
+        raise HTTPException(
+            422, f"{filename!r} is not a usable hwctl/PyTorch checkpoint: {type(exc).__name__}: {exc}"
+        ) from None
+    return checkpoint
+
+
+@router.post(
+    "", status_code=201, response_model=Network,
+    dependencies=[WriteAccess], responses=problem_responses(401, 403, 413, 422),
+)
+def upload_network(
+    request: Request,
+    db: Db,
+    settings: SettingsDep,
+    response: Response,
+    file: Annotated[UploadFile, File(description="checkpoint saved by `hwctl train` (torch.save)")],
+    name: Annotated[str | None, Form(max_length=128)] = None,
+) -> Network:
+    limit = settings.max_upload_bytes
+    declared = int(request.headers.get("content-length") or 0)
+    if declared > limit + 64 * 1024:  # multipart framing adds a little to the file itself
+        raise _too_large(declared, limit)
+    data = file.file.read(limit + 1)  # sync handler: runs in the thread pool, not the event loop
+    if len(data) > limit:
+        raise _too_large(len(data), limit)
+    filename = file.filename or "upload"
+    checkpoint = _parse_checkpoint(data, filename)
+    meta = json.loads(json.dumps(checkpoint.meta, default=str))  # JSON-safe whatever was recorded
+    new_id = records.add_network(
+        db, name or PurePath(filename).stem or checkpoint.arch, architecture=checkpoint.arch,
+        checkpoint=data, meta=meta,
+    )
+    db.commit()
+    response.headers["Location"] = f"/networks/{new_id}"
+    return network_out(db.execute(select(*_COLUMNS).where(networks.c.id == new_id)).one())
+
+
+@router.get("", response_model=Page[Network], dependencies=[ReadAccess])
+def list_networks(db: Db, page: Paging) -> Page[Network]:
+    query = select(*_COLUMNS).order_by(networks.c.id)
+    rows = db.execute(query.limit(page.limit).offset(page.offset)).all()
+    return Page(items=[network_out(r) for r in rows], total=count(db, query), limit=page.limit,
+                offset=page.offset)
+
+
+@router.get(
+    "/{network_id}", response_model=Network, dependencies=[ReadAccess],
+    responses=problem_responses(404),
+)
+def get_network(network_id: int, db: Db) -> Network:
+    one_or_404(db, networks, network_id, "network")
+    return network_out(db.execute(select(*_COLUMNS).where(networks.c.id == network_id)).one())

@@ -1,0 +1,132 @@
+"""Readouts: list them, fetch one device's history, download a whole vector as .npy or Parquet.
+
+A readout holds ~10⁶ conductances; it leaves as a binary download, never a JSON list.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fastapi import APIRouter, Path, Query, Response
+from sqlalchemy import Row, Select, select
+
+from api.deps import Db, ReadAccess
+from api.lookup import count, one_or_404
+from api.pagination import Page, Paging
+from api.problems import problem_responses
+from api.schemas.results import DeviceSeries, Readout
+from hwctl.mapping import DeviceMap
+from hwctl.store import readouts as store_readouts
+from hwctl.store.schema import mappings, programming_runs, readouts
+
+router = APIRouter(tags=["readouts"])
+
+NPY = "application/octet-stream"
+PARQUET = "application/vnd.apache.parquet"
+_META = (
+    readouts.c.id, readouts.c.run_id, readouts.c.offset_s, readouts.c.scheduled_s, readouts.c.board_time_s,
+    readouts.c.read_at, readouts.c.temperature_c, readouts.c.g_len.label("n_devices"),
+)
+
+
+def readout_out(row: Row) -> Readout:
+    return Readout.model_validate(row, from_attributes=True)
+
+
+def readouts_query(experiment_id: int | None = None, run_id: int | None = None) -> Select[Any]:
+    """Readout metadata (no vectors), oldest offset first, optionally of one experiment or run."""
+    query = select(*_META).order_by(readouts.c.run_id, readouts.c.offset_s)
+    if run_id is not None:
+        query = query.where(readouts.c.run_id == run_id)
+    if experiment_id is not None:
+        query = query.join(programming_runs, programming_runs.c.id == readouts.c.run_id).where(
+            programming_runs.c.experiment_id == experiment_id
+        )
+    return query
+
+
+@router.get("/readouts", response_model=Page[Readout], dependencies=[ReadAccess])
+def list_readouts(
+    db: Db, page: Paging, experiment_id: int | None = None, run_id: int | None = None
+) -> Page[Readout]:
+    query = readouts_query(experiment_id, run_id)
+    rows = db.execute(query.limit(page.limit).offset(page.offset)).all()
+    return Page(items=[readout_out(r) for r in rows], total=count(db, query), limit=page.limit,
+                offset=page.offset)
+
+
+@router.get(
+    "/readouts/{readout_id}", response_model=Readout, dependencies=[ReadAccess],
+    responses=problem_responses(404),
+)
+def get_readout(readout_id: int, db: Db) -> Readout:
+    one_or_404(db, readouts, readout_id, "readout")
+    return readout_out(db.execute(select(*_META).where(readouts.c.id == readout_id)).one())
+
+
+def _npy(g_us: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, g_us, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _parquet(readout: store_readouts.Readout, addresses: np.ndarray) -> bytes:
+    """Long format: one row per device, so any dataframe tool can filter and join it."""
+    g_us, n = readout.g_us, readout.g_us.size
+    table = pa.table({
+        "readout_id": pa.array(np.full(n, readout.id, dtype=np.int64)),
+        "offset_s": pa.array(np.full(n, readout.offset_s, dtype=np.float64)),
+        "device": pa.array(np.arange(n, dtype=np.int64)),
+        "address": pa.array(addresses.astype(np.uint32, copy=False)),
+        "g_us": pa.array(g_us.astype(np.float32, copy=False)),
+    })
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def _addresses(db: Db, run_id: int) -> np.ndarray:
+    blob = db.execute(
+        select(mappings.c.device_map)
+        .join(programming_runs, programming_runs.c.mapping_id == mappings.c.id)
+        .where(programming_runs.c.id == run_id)
+    ).scalar_one()
+    return DeviceMap.from_bytes(blob).addresses
+
+
+@router.get(
+    "/readouts/{readout_id}/vector",
+    response_class=Response,
+    dependencies=[ReadAccess],
+    responses={
+        200: {"description": "the conductances, µS, in canonical device order",
+              "content": {NPY: {}, PARQUET: {}}},
+        **problem_responses(404),
+    },
+)
+def download_readout(
+    readout_id: int,
+    db: Db,
+    format: Annotated[Literal["npy", "parquet"], Query(description="npy vector or long Parquet")] = "npy",
+) -> Response:
+    readout = store_readouts.load_readout(db, readout_id)
+    if format == "npy":
+        body, media, suffix = _npy(readout.g_us), NPY, "npy"
+    else:
+        body, media, suffix = _parquet(readout, _addresses(db, readout.run_id)), PARQUET, "parquet"
+    disposition = f'attachment; filename="readout-{readout_id}.{suffix}"'
+    return Response(body, media_type=media, headers={"Content-Disposition": disposition})
+
+
+@router.get(
+    "/runs/{run_id}/devices/{device}/series", response_model=DeviceSeries, dependencies=[ReadAccess],
+    responses=problem_responses(404, 422),
+)
+def get_device_series(run_id: int, device: Annotated[int, Path(ge=0)], db: Db) -> DeviceSeries:
+    """One device across every readout of a run: time since it was programmed, and conductance."""
+    series = store_readouts.device_series(db, run_id, device)
+    return DeviceSeries(run_id=run_id, device=device, t_s=series.t_s.tolist(), g_us=series.g_us.tolist())

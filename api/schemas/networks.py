@@ -1,0 +1,18 @@
+"""Networks: an uploaded, validated checkpoint (never unpickled blindly)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Network(BaseModel):
+    id: int
+    name: str
+    architecture: str = Field(description="registered model name, e.g. resnet32")
+    sha256: str = Field(description="of the uploaded checkpoint bytes")
+    size_bytes: int | None = Field(None, description="checkpoint size; None when stored by path")
+    metadata: dict[str, Any] = Field(description="training recipe and results recorded in the checkpoint")
+    created_at: datetime

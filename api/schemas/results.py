@@ -1,0 +1,55 @@
+"""What campaigns produce: readouts (per-device vectors), evaluations and drift fits."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Readout(BaseModel):
+    """One read of every device of a programming run; the vector itself is a download."""
+
+    id: int
+    run_id: int
+    offset_s: float = Field(description="scheduled offset after programming, station seconds")
+    scheduled_s: float = Field(description="scheduled board time")
+    board_time_s: float = Field(description="board time when the read started")
+    read_at: datetime
+    temperature_c: float | None
+    n_devices: int
+
+
+class DeviceSeries(BaseModel):
+    """One device's conductance over a run's readouts, oldest first."""
+
+    run_id: int
+    device: int = Field(description="index in the mapping's canonical device order")
+    t_s: list[float] = Field(description="time since this device was programmed, station seconds")
+    g_us: list[float]
+
+
+class Evaluation(BaseModel):
+    id: int
+    readout_id: int
+    offset_s: float = Field(description="of the readout evaluated")
+    method: str = Field(description="none | gdc | adabs")
+    accuracy: float
+    ci_low: float | None
+    ci_high: float | None
+    n_images: int
+    created_at: datetime
+
+
+class DriftFitSummary(BaseModel):
+    id: int
+    run_id: int
+    n_devices: int
+    summary: dict[str, Any] = Field(description="chip-level drift statistics as the analysis stored them")
+    created_at: datetime
+
+
+class DriftFitBins(BaseModel):
+    id: int
+    bins: list[dict[str, Any]] = Field(description="per target-conductance bin: σ_prog, μ_ν, σ_ν, read noise")

@@ -1,0 +1,36 @@
+"""Stations: one chip reachable through one resource string."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+STATION_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class GeometryModel(BaseModel):
+    tiles: int = Field(ge=1, le=4096)
+    rows: int = Field(ge=1, le=65536)
+    cols: int = Field(ge=2, le=65536)
+
+
+class StationCreate(BaseModel):
+    """What the operator knows about a station; the API never talks to the chip itself."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=STATION_NAME, description="unique name experiments refer to")
+    resource: str = Field(
+        min_length=1, max_length=256, description="TCPIP::host::port::SOCKET, ASRL/dev/ttyUSB0::INSTR or sim://"
+    )
+    chip_serial: str = Field(min_length=1, max_length=64)
+    geometry: GeometryModel
+    amplitude_limit_ua: float = Field(500.0, gt=0, le=1000, description="session pulse limit, µA")
+    clock_kind: Literal["real", "accelerated", "virtual"] = "real"
+
+
+class Station(StationCreate):
+    model_config = ConfigDict(extra="forbid")
+    id: int
+    created_at: datetime

@@ -1,0 +1,54 @@
+"""Stations and networks: create, list with pagination, get; checkpoints validated on upload."""
+
+from __future__ import annotations
+
+import hashlib
+
+from fastapi.testclient import TestClient
+
+from tests.api.conftest import AUTH, assert_problem, station_body, upload
+
+
+def test_created_station_is_listed_and_fetched_by_name(client: TestClient) -> None:
+    created = client.post("/stations", json=station_body("bench-1"), headers=AUTH)
+    assert created.status_code == 201, created.text
+    assert created.headers["location"] == "/stations/bench-1"
+    assert created.json()["geometry"] == {"tiles": 2, "rows": 64, "cols": 64}
+
+    fetched = client.get("/stations/bench-1").json()
+    assert fetched == created.json()
+    listed = client.get("/stations").json()
+    assert listed["total"] == 1 and listed["items"] == [fetched]
+
+
+def test_duplicate_station_name_is_a_conflict(client: TestClient) -> None:
+    client.post("/stations", json=station_body("bench-1"), headers=AUTH)
+    assert_problem(client.post("/stations", json=station_body("bench-1"), headers=AUTH), 409, "bench-1")
+
+
+def test_pagination_reports_total_beyond_the_page(client: TestClient) -> None:
+    for i in range(5):
+        client.post("/stations", json=station_body(f"s{i}"), headers=AUTH)
+    page = client.get("/stations", params={"limit": 2, "offset": 3}).json()
+    assert page["total"] == 5
+    assert [s["name"] for s in page["items"]] == ["s3", "s4"]
+    assert (page["limit"], page["offset"]) == (2, 3)
+
+
+def test_uploaded_checkpoint_records_hash_architecture_and_metadata(
+    client: TestClient, digits_checkpoint: bytes
+) -> None:
+    response = upload(client, digits_checkpoint, "my-digits.pt")
+    assert response.status_code == 201, response.text
+    network = response.json()
+    assert network["sha256"] == hashlib.sha256(digits_checkpoint).hexdigest()
+    assert network["architecture"] == "digits-resnet"
+    assert network["name"] == "my-digits"
+    assert network["size_bytes"] == len(digits_checkpoint)
+    assert network["metadata"] == {"recipe": "untrained", "epochs": 0}
+    assert client.get(f"/networks/{network['id']}").json() == network
+    assert client.get("/networks").json()["total"] == 1
+
+
+def test_unknown_network_is_404_with_its_id(client: TestClient) -> None:
+    assert_problem(client.get("/networks/999"), 404, "network 999")
