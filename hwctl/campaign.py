@@ -22,17 +22,30 @@ import numpy.typing as npt
 import torch
 from sqlalchemy import Connection, Engine, select, update
 
+from hwctl.analysis.drift import fit_drift
+from hwctl.analysis.statistics import chip_statistics
 from hwctl.experiment_spec import JOB_ANALYZE, JOB_EVALUATE, JOB_PROGRAM, JOB_READBACK, ExperimentSpec
 from hwctl.mapping import DeviceMap, map_network
 from hwctl.nn.conductance import export_layers
+from hwctl.nn.data import load_dataset
+from hwctl.nn.evaluation import ReadoutEvaluator, calibration_set
 from hwctl.nn.models import Checkpoint, load_checkpoint
-from hwctl.program_verify import ProgramSettings, program_and_verify
+from hwctl.program_verify import DeviceStatus, ProgramSettings, program_and_verify
 from hwctl.schedule import readout_window_s
 from hwctl.station import Station
 from hwctl.store import readouts as store_readouts
-from hwctl.store.records import add_mapping
-from hwctl.store.schema import experiments, mappings, networks, programming_runs
+from hwctl.store.records import add_evaluation, add_mapping
+from hwctl.store.schema import (
+    device_fits,
+    evaluations,
+    experiments,
+    mappings,
+    networks,
+    programming_runs,
+    readouts,
+)
 from hwctl.store.schema import jobs as jobs_table
+from hwctl.store.vectors import encode
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +69,7 @@ class CampaignError(RuntimeError):
 
 
 Heartbeat = Callable[[float, str, dict[str, Any] | None], bool]
-Complete = Callable[[Connection, dict[str, Any]], None]
+Complete = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -64,9 +77,10 @@ class JobContext:
     """What a handler may use: the database, the station and its own job's bookkeeping.
 
     `heartbeat(progress, message, checkpoint)` commits progress (and a checkpoint) and
-    returns False when the job's cancel flag is set; `complete(conn, result)` marks the
-    job succeeded inside the handler's final transaction; `stopping()` is the worker's
-    shutdown request.
+    returns False when the job's cancel flag is set; `complete(result)` marks the job
+    succeeded once the handler's final transaction has committed (handlers check what is
+    already stored, so a crash between the two never stores anything twice);
+    `stopping()` is the worker's shutdown request.
     """
 
     engine: Engine
@@ -197,11 +211,10 @@ def handle_program(ctx: JobContext) -> None:
                 priority=PRIORITY_READBACK,
             )  # fmt: skip
         _set_experiment_status(conn, experiment_id, "reading")
-        ctx.complete(conn, {
-            "run_id": run_id, "mapping_id": mapping_id, "n_devices": n, "programmed_end_s": end_s,
-            "converged_fraction": result.converged_fraction_nonzero,
-            "iterations_mean": result.iterations_mean,
-        })  # fmt: skip
+    ctx.complete({
+        "run_id": run_id, "mapping_id": mapping_id, "n_devices": n, "programmed_end_s": end_s,
+        "converged_fraction": result.converged_fraction_nonzero, "iterations_mean": result.iterations_mean,
+    })  # fmt: skip
 
 
 # -- readback -----------------------------------------------------------------------------
@@ -241,7 +254,13 @@ def handle_readback(ctx: JobContext) -> None:
     """Read every mapped device of the run in blocks; store one readout row at the end."""
     run_id, offset_s = int(ctx.payload["run_id"]), float(ctx.payload["offset_s"])
     with ctx.engine.connect() as conn:
+        stored = conn.execute(
+            select(readouts.c.id).where(readouts.c.run_id == run_id, readouts.c.offset_s == offset_s)
+        ).scalar()
         _, device_map = run_device_map(ctx, conn, run_id)
+    if stored is not None:  # stored before a crash, job not yet marked done
+        ctx.complete({"readout_id": int(stored)})
+        return
     addresses = device_map.addresses
     n = addresses.size
     partial = PartialReadout.from_checkpoint(n, ctx.checkpoint)
@@ -273,10 +292,10 @@ def _finish_readback(ctx: JobContext, run_id: int, offset_s: float, partial: Par
         if not _readbacks_pending(conn, ctx, run_id):
             _enqueue(conn, ctx, JOB_ANALYZE, {"experiment_id": experiment_id, "run_id": run_id},
                      run_at_s=now_s, key=f"analyze:{run_id}")  # fmt: skip
-        ctx.complete(conn, {
-            "readout_id": readout_id, "late_s": partial.block_starts_s[0] - scheduled_s,
-            "block_starts_s": partial.block_starts_s, "n_devices": int(partial.g_us.size),
-        })  # fmt: skip
+    ctx.complete({
+        "readout_id": readout_id, "late_s": partial.block_starts_s[0] - scheduled_s,
+        "block_starts_s": partial.block_starts_s, "n_devices": int(partial.g_us.size),
+    })  # fmt: skip
 
 
 def _readbacks_pending(conn: Connection, ctx: JobContext, run_id: int) -> bool:
@@ -290,7 +309,80 @@ def _readbacks_pending(conn: Connection, ctx: JobContext, run_id: int) -> bool:
     return any(int(r.payload.get("run_id", -1)) == run_id for r in rows)
 
 
+# -- evaluate and analyze -------------------------------------------------------------------
+def _evaluator(ctx: JobContext, conn: Connection, spec: ExperimentSpec, run_id: int) -> ReadoutEvaluator:
+    """One evaluator per run and worker: the model, its device map and the AdaBS images."""
+    key = ("evaluator", run_id)
+    if key not in ctx.cache:
+        _, device_map = run_device_map(ctx, conn, run_id)
+        calibration = None
+        if "adabs" in spec.evaluation.methods:
+            train = load_dataset(spec.evaluation.dataset, "train")
+            n = spec.evaluation.calibration_images
+            calibration = train.subset(n) if n else calibration_set(train, spec.evaluation.dataset)
+        ctx.cache[key] = ReadoutEvaluator(load_network(conn, spec.network_id), device_map, calibration)
+    evaluator: ReadoutEvaluator = ctx.cache[key]
+    return evaluator
+
+
+def handle_evaluate(ctx: JobContext) -> None:
+    """Accuracy of the network as read back, once per compensation method of the spec."""
+    experiment_id, run_id = int(ctx.payload["experiment_id"]), int(ctx.payload["run_id"])
+    readout_id = int(ctx.payload["readout_id"])
+    with ctx.engine.connect() as conn:
+        spec = load_spec(conn, experiment_id)
+        done = set(
+            conn.execute(select(evaluations.c.method).where(evaluations.c.readout_id == readout_id)).scalars()
+        )
+        evaluator = _evaluator(ctx, conn, spec, run_id)
+        g_t_us = store_readouts.load_readout(conn, readout_id).g_us
+        first_id = store_readouts.run_readouts(conn, run_id)[0][0]
+        g_t0_us = g_t_us if first_id == readout_id else store_readouts.load_readout(conn, first_id).g_us
+    data = load_dataset(spec.evaluation.dataset, "test").subset(spec.evaluation.n_images)
+    accuracy: dict[str, float] = {}
+    for index, method in enumerate(m for m in spec.evaluation.methods if m not in done):
+        ctx.safe_point(index / len(spec.evaluation.methods), f"evaluating with {method}")
+        result = evaluator.evaluate(data, g_t_us, method, g_t0_us)
+        with ctx.engine.begin() as conn:
+            add_evaluation(
+                conn, readout_id, method=method, accuracy=result.accuracy, n_images=result.n_images,
+                ci=(result.ci95_low, result.ci95_high),
+                settings={"dataset": spec.evaluation.dataset, "t0_readout_id": first_id},
+            )  # fmt: skip
+        accuracy[method] = result.accuracy
+    ctx.complete({"readout_id": readout_id, "accuracy": accuracy})
+
+
+def handle_analyze(ctx: JobContext) -> None:
+    """Per-device drift fits and chip statistics from every readout of the run."""
+    run_id = int(ctx.payload["run_id"])
+    with ctx.engine.connect() as conn:
+        programmed = store_readouts.load_programming_result(conn, run_id)
+        _, device_map = run_device_map(ctx, conn, run_id)
+        stored = [
+            store_readouts.load_readout(conn, rid) for rid, _ in store_readouts.run_readouts(conn, run_id)
+        ]
+    g_us = np.stack([r.g_us for r in stored])
+    t_s = np.stack([r.board_time_s - programmed.programmed_s for r in stored]).astype(np.float32)
+    fit = fit_drift(g_us, t_s)
+    converged = programmed.status == DeviceStatus.CONVERGED
+    stats = chip_statistics(fit, device_map.target_g_us, t_s, converged=converged)
+    summary = {"n_readouts": len(stored), "n_fitted": int(fit.ok.sum()), "statistics": stats.to_dict()}
+    with ctx.engine.begin() as conn:
+        fit_id = conn.execute(
+            device_fits.insert().values(
+                run_id=run_id, summary=summary, **encode(fit.nu, "float32").columns("nu"),
+                **encode(fit.g_t0_us, "float32").columns("g_t0"),
+                **encode(fit.r_squared, "float32").columns("r2"),
+            ).returning(device_fits.c.id)
+        ).scalar_one()  # fmt: skip
+        _set_experiment_status(conn, int(ctx.payload["experiment_id"]), "done")
+    ctx.complete({"device_fit_id": int(fit_id), "n_readouts": len(stored), "n_fitted": summary["n_fitted"]})
+
+
 HANDLERS: dict[str, Callable[[JobContext], None]] = {
     JOB_PROGRAM: handle_program,
     JOB_READBACK: handle_readback,
+    JOB_EVALUATE: handle_evaluate,
+    JOB_ANALYZE: handle_analyze,
 }

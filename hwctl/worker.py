@@ -18,16 +18,16 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, select, update
+from sqlalchemy import Engine, select
 
 from drivers.errors import LinkError
+from hwctl import queue
 from hwctl.campaign import HANDLERS, READ_BLOCK_DEVICES, JobCancelled, JobContext, JobPaused
-from hwctl.experiment_spec import JOB_PROGRAM
 from hwctl.settings import Settings
 from hwctl.station import DEFAULT_TIMEOUT_S, Station, open_station
 from hwctl.store.engine import make_engine
 from hwctl.store.migrate import ensure_migrated
-from hwctl.store.schema import jobs, stations
+from hwctl.store.schema import stations
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,12 @@ class WorkerOptions:
     poll_s: float = 0.5  # longest wall-clock sleep between looks at the queue
     read_block_devices: int = READ_BLOCK_DEVICES
     link_timeout_s: float = DEFAULT_TIMEOUT_S
+
+
+# This worker is its station's only owner, so at start every job still marked running
+# is an orphan of a previous worker, however recent its heartbeat (a virtual clock may
+# not have moved since): recover jobs of any age.
+_ANY_AGE_S = -1e15
 
 
 class WorkerError(RuntimeError):
@@ -93,50 +99,37 @@ class Worker:
             row.name, row.resource, timeout_s=self.options.link_timeout_s,
             advances_clock=row.clock_kind == "virtual",
         ) as station:  # fmt: skip
-            self._recover(station_id, station.clock_now_s())
+            recovery = queue.recover_on_start(self.engine, station_id, _ANY_AGE_S, station.clock_now_s())
+            if recovery.interrupted or recovery.missed:
+                log.warning("station %s recovered: %s", self.station_name, recovery)
             while not self.stop_event.is_set():
                 now_s = station.clock_now_s()
-                with self.engine.begin() as conn:
-                    queue.mark_missed(conn, station_id, now_s)
-                    job = queue.claim(conn, station_id, now_s)
+                job = queue.claim(self.engine, station_id, now_s)
                 if job is not None:
                     self._run_job(station, station_id, job)
-                    continue
-                self._wait_for_next(station, station_id, now_s)
+                else:
+                    self._wait_for_next(station, station_id, now_s)
         log.info("worker for station %s stopped; board left in its safe state", self.station_name)
 
-    def _recover(self, station_id: int, now_s: float) -> None:
-        with self.engine.begin() as conn:
-            interrupted = queue.recover_stale(conn, station_id, now_s)
-            for job_id, kind in interrupted:
-                if kind == JOB_PROGRAM:
-                    log.warning("programming job %d was interrupted; not re-run (chip state unknown)", job_id)
-                else:
-                    queue.requeue(conn, job_id)
-
     def _wait_for_next(self, station: Station, station_id: int, now_s: float) -> None:
-        with self.engine.connect() as conn:
-            next_s = queue.next_run_at(conn, station_id)
+        next_s = queue.next_run_at_s(self.engine, station_id)
         if next_s is not None and next_s > now_s and station.advance_to_s(next_s):
             return
-        delay_s = (
-            self.options.poll_s
-            if next_s is None
-            else station.wall_delay_s(next_s - now_s, self.options.poll_s)
-        )
-        self.stop_event.wait(delay_s)
+        poll_s = self.options.poll_s
+        self.stop_event.wait(poll_s if next_s is None else station.wall_delay_s(next_s - now_s, poll_s))
 
-    def _run_job(self, station: Station, station_id: int, job: ClaimedJob) -> None:
+    def _run_job(self, station: Station, station_id: int, job: queue.Job) -> None:
         def heartbeat(progress: float, message: str, checkpoint: dict[str, Any] | None) -> bool:
-            with self.engine.begin() as conn:
-                return queue.heartbeat(conn, job.id, station.clock_now_s(), progress, message, checkpoint)
-
-        def complete(conn: Connection, result: dict[str, Any]) -> None:
-            queue.complete(conn, job.id, station.clock_now_s(), result)
+            now_s = station.clock_now_s()
+            cancel = queue.heartbeat(
+                self.engine, job.id, now_s, progress=progress, message=message, checkpoint=checkpoint
+            )
+            return not cancel
 
         ctx = JobContext(
             engine=self.engine, station=station, station_id=station_id, job_id=job.id, kind=job.kind,
-            payload=job.payload, checkpoint=job.checkpoint, heartbeat=heartbeat, complete=complete,
+            payload=job.payload, checkpoint=job.checkpoint, heartbeat=heartbeat,
+            complete=lambda result: queue.complete(self.engine, job.id, station.clock_now_s(), result),
             stopping=self.stop_event.is_set, cache=self._cache,
             read_block_devices=self.options.read_block_devices,
         )  # fmt: skip
@@ -144,24 +137,17 @@ class Worker:
         try:
             HANDLERS[job.kind](ctx)
         except JobCancelled:
-            with self.engine.begin() as conn:
-                queue.finish(conn, job.id, "cancelled", station.clock_now_s())
+            queue.acknowledge_cancel(self.engine, job.id, station.clock_now_s())
         except JobPaused:
-            with self.engine.begin() as conn:
-                if job.kind == JOB_PROGRAM:
-                    queue.finish(conn, job.id, "interrupted", station.clock_now_s(), "worker stopped")
-                else:
-                    queue.requeue(conn, job.id)
+            # The last block is committed; the next start queues readbacks again and
+            # leaves programming interrupted for an operator.
+            queue.recover_stale(self.engine, station_id, _ANY_AGE_S, station.clock_now_s())
         except LinkError as exc:
-            with self.engine.begin() as conn:
-                queue.finish(
-                    conn, job.id, "interrupted", station.clock_now_s(), f"link to the chip failed: {exc}"
-                )
+            queue.fail(self.engine, job.id, station.clock_now_s(), f"link to the chip failed: {exc}")
             raise
         except Exception as exc:
             log.exception("station %s: %s job %d failed", self.station_name, job.kind, job.id)
-            with self.engine.begin() as conn:
-                queue.finish(conn, job.id, "failed", None, f"{type(exc).__name__}: {exc}")
+            queue.fail(self.engine, job.id, station.clock_now_s(), f"{type(exc).__name__}: {exc}")
 
 
 def run_worker(
@@ -177,114 +163,3 @@ def run_worker(
         Worker(engine, station_name, options, stop_event).run()
     finally:
         engine.dispose()
-
-
-# -- queue operations (stand-in until hwctl's job-queue module lands) ------------------------
-class queue:
-    @staticmethod
-    def mark_missed(conn: Connection, station_id: int, now_s: float) -> int:
-        late = and_(jobs.c.window_s.is_not(None), jobs.c.run_at_s + jobs.c.window_s < now_s)
-        done = conn.execute(
-            update(jobs)
-            .where(
-                jobs.c.station_id == station_id, jobs.c.status == "queued", jobs.c.checkpoint.is_(None), late
-            )
-            .values(status="missed", finished_s=now_s)
-        )
-        return int(done.rowcount)
-
-    @staticmethod
-    def claim(conn: Connection, station_id: int, now_s: float) -> ClaimedJob | None:
-        row = conn.execute(
-            select(jobs.c.id, jobs.c.kind, jobs.c.payload, jobs.c.checkpoint)
-            .where(jobs.c.station_id == station_id, jobs.c.status == "queued", jobs.c.run_at_s <= now_s)
-            .order_by(jobs.c.priority.desc(), jobs.c.run_at_s, jobs.c.id)
-            .limit(1)
-        ).one_or_none()
-        if row is None:
-            return None
-        taken = conn.execute(
-            update(jobs)
-            .where(jobs.c.id == row.id, jobs.c.status == "queued")
-            .values(status="running", started_s=now_s, heartbeat_s=now_s, attempts=jobs.c.attempts + 1)
-        )
-        if taken.rowcount != 1:
-            return None
-        return ClaimedJob(int(row.id), row.kind, dict(row.payload or {}), row.checkpoint)
-
-    @staticmethod
-    def recover_stale(conn: Connection, station_id: int, now_s: float) -> list[tuple[int, str]]:
-        rows = conn.execute(
-            select(jobs.c.id, jobs.c.kind).where(jobs.c.station_id == station_id, jobs.c.status == "running")
-        ).all()
-        conn.execute(
-            update(jobs)
-            .where(jobs.c.station_id == station_id, jobs.c.status == "running")
-            .values(status="interrupted", finished_s=now_s, error="worker stopped while running")
-        )
-        readbacks = conn.execute(
-            select(jobs.c.id, jobs.c.kind).where(
-                jobs.c.station_id == station_id, jobs.c.status == "interrupted", jobs.c.kind != JOB_PROGRAM
-            )
-        ).all()
-        return [(int(r.id), r.kind) for r in {*rows, *readbacks}]
-
-    @staticmethod
-    def requeue(conn: Connection, job_id: int) -> None:
-        conn.execute(
-            update(jobs).where(jobs.c.id == job_id).values(status="queued", finished_s=None, error=None)
-        )
-
-    @staticmethod
-    def next_run_at(conn: Connection, station_id: int) -> float | None:
-        found = conn.execute(
-            select(jobs.c.run_at_s)
-            .where(jobs.c.station_id == station_id, jobs.c.status == "queued")
-            .order_by(jobs.c.run_at_s)
-            .limit(1)
-        ).scalar_one_or_none()
-        return None if found is None else float(found)
-
-    @staticmethod
-    def heartbeat(
-        conn: Connection,
-        job_id: int,
-        now_s: float,
-        progress: float,
-        message: str,
-        checkpoint: dict[str, Any] | None,
-    ) -> bool:
-        values: dict[str, Any] = {
-            "heartbeat_s": now_s,
-            "progress": min(max(progress, 0.0), 1.0),
-            "progress_message": message,
-        }
-        if checkpoint is not None:
-            values["checkpoint"] = checkpoint
-        conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
-        cancel = conn.execute(select(jobs.c.cancel_requested).where(jobs.c.id == job_id)).scalar_one()
-        return not cancel
-
-    @staticmethod
-    def complete(conn: Connection, job_id: int, now_s: float, result: dict[str, Any]) -> None:
-        conn.execute(
-            update(jobs)
-            .where(jobs.c.id == job_id)
-            .values(status="succeeded", finished_s=now_s, result=result, progress=1.0, checkpoint=None)
-        )
-
-    @staticmethod
-    def finish(
-        conn: Connection, job_id: int, status: str, now_s: float | None, error: str | None = None
-    ) -> None:
-        conn.execute(
-            update(jobs).where(jobs.c.id == job_id).values(status=status, finished_s=now_s, error=error)
-        )
-
-
-@dataclass(frozen=True)
-class ClaimedJob:
-    id: int
-    kind: str
-    payload: dict[str, Any]
-    checkpoint: dict[str, Any] | None

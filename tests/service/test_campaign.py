@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 from sqlalchemy import select
 
-from hwctl.experiment_spec import JOB_PROGRAM, JOB_READBACK
+from hwctl.experiment_spec import JOB_ANALYZE, JOB_EVALUATE, JOB_PROGRAM, JOB_READBACK
 from hwctl.station import EmbeddedChip
 from hwctl.store.engine import make_engine
 from hwctl.store.readouts import load_programming_result, load_readout, run_readouts
-from hwctl.store.schema import jobs, programming_runs
+from hwctl.store.schema import device_fits, evaluations, experiments, jobs, programming_runs
+from hwctl.store.vectors import decode_row
 from hwctl.worker import Worker, WorkerOptions
 from tests.service.conftest import create_campaign, job_statuses
 
@@ -62,4 +64,28 @@ def test_24h_campaign_stores_every_readout_with_its_times(
             assert readout.board_time_s >= readout.scheduled_s
             assert readout.board_time_s - readout.scheduled_s < 1.0  # virtual clock: on time
     assert not virtual_chip.board.pulser_enabled
+    engine.dispose()
+
+
+def test_each_readout_is_evaluated_per_method_and_drift_is_fitted_after_the_last(
+    sqlite_url: str, virtual_chip: EmbeddedChip
+) -> None:
+    engine = make_engine(sqlite_url)
+    campaign = create_campaign(engine, virtual_chip.resource, points=4, evaluate=True)
+    run_until_idle(Worker(engine, campaign.station), engine)
+
+    assert job_statuses(engine, JOB_EVALUATE) == ["succeeded"] * 4
+    assert job_statuses(engine, JOB_ANALYZE) == ["succeeded"]
+    with engine.connect() as conn:
+        rows = conn.execute(select(evaluations)).all()
+        fit = conn.execute(select(device_fits)).one()
+        n_devices = conn.execute(select(programming_runs.c.g_final_len)).scalar_one()
+        status = conn.execute(select(experiments.c.status)).scalar_one()
+    assert sorted(r.method for r in rows) == sorted(["none", "gdc", "adabs"] * 4)
+    assert all(0.0 <= r.accuracy <= 100.0 and r.n_images == 100 for r in rows)
+    nu = decode_row(fit, "nu", what="fit")
+    assert nu.shape == (n_devices,)
+    assert 0.02 < float(np.nanmedian(nu)) < 0.1  # the simulated chip's drift exponents
+    assert fit.summary["n_readouts"] == 4
+    assert status == "done"
     engine.dispose()
