@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "hwctl.commands.sim_chip",
     "hwctl.commands.db",
     "hwctl.commands.serve",
+    "hwctl.commands.worker",
 )
 
 

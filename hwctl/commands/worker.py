@@ -1,0 +1,49 @@
+"""`hwctl worker --station NAME`: the process that owns one station's chip and runs its jobs.
+
+SIGTERM and SIGINT ask for a graceful stop: the current block is finished and
+committed, the board is put in its safe state, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+from hwctl.cli import CLIError
+from hwctl.settings import get_settings
+from hwctl.store.errors import StoreError
+from hwctl.worker import WorkerError, WorkerOptions, run_worker
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("worker", help="run the job worker of one station (owns its chip)")
+    parser.add_argument("--station", required=True, help="name of a registered station")
+    parser.add_argument("--poll-s", type=float, default=WorkerOptions.poll_s,
+                        help="longest wall-clock wait between looks at the queue (default %(default)s)")
+    parser.add_argument("--block-devices", type=int, default=WorkerOptions.read_block_devices,
+                        help="devices per readback block, the unit of checkpoints and stops "
+                             "(default %(default)s)")
+    parser.set_defaults(func=run)
+
+
+def run(args: Any) -> int:
+    if args.poll_s <= 0 or args.block_devices <= 0:
+        raise CLIError("--poll-s and --block-devices must be positive")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger(__name__).info("%s: stopping after the current block", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    options = WorkerOptions(poll_s=args.poll_s, read_block_devices=args.block_devices)
+    try:
+        run_worker(get_settings(), args.station, stop, options)
+    except (WorkerError, StoreError) as exc:
+        raise CLIError(str(exc)) from None
+    return 0
