@@ -1,0 +1,123 @@
+"""Submitting experiments enqueues a program job; jobs can be listed, cancelled and followed."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from hwctl import queue
+from hwctl.store.engine import make_engine
+from tests.api.conftest import AUTH, assert_problem, station_body, upload
+
+
+@pytest.fixture
+def ready(client: TestClient, digits_checkpoint: bytes) -> dict[str, Any]:
+    """A registered station and an uploaded network: what a submission refers to."""
+    client.post("/stations", json=station_body("bench-1"), headers=AUTH)
+    network = upload(client, digits_checkpoint).json()
+    return {"network_id": network["id"], "station": "bench-1"}
+
+
+def submit(client: TestClient, spec: dict[str, Any], **headers: str) -> Any:
+    return client.post("/experiments", json=spec, headers=AUTH | headers)
+
+
+def test_submission_is_accepted_with_its_program_job(client: TestClient, ready: dict[str, Any]) -> None:
+    response = submit(client, ready | {"schedule": {"offsets_s": [25, 250, 2500]}})
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    experiment, job = accepted["experiment"], accepted["program_job"]
+    assert response.headers["location"] == f"/experiments/{experiment['id']}"
+    assert job["kind"] == "program" and job["status"] == "queued"
+    assert job["payload"] == {"experiment_id": experiment["id"]}
+    assert experiment["spec"]["schedule"]["offsets_s"] == [25.0, 250.0, 2500.0]
+
+    detail = client.get(response.headers["location"]).json()
+    assert detail["progress"] == {
+        "jobs_total": 1, "jobs_done": 0, "readouts_done": 0, "readouts_planned": 3, "evaluations_done": 0,
+    }
+    assert client.get("/experiments", params={"station": "bench-1"}).json()["total"] == 1
+
+
+def test_resubmission_with_the_same_idempotency_key_returns_the_same_experiment(
+    client: TestClient, ready: dict[str, Any]
+) -> None:
+    first = submit(client, ready, **{"Idempotency-Key": "run-42"}).json()
+    again = submit(client, ready, **{"Idempotency-Key": "run-42"}).json()
+    assert again == first
+    assert client.get("/experiments").json()["total"] == 1
+
+
+def test_unknown_station_is_422_and_lists_the_known_ones(client: TestClient, ready: dict[str, Any]) -> None:
+    assert_problem(submit(client, ready | {"station": "nowhere"}), 422, "'nowhere'", "bench-1")
+    assert client.get("/jobs").json()["total"] == 0
+
+
+def test_unknown_network_is_422(client: TestClient, ready: dict[str, Any]) -> None:
+    assert_problem(submit(client, ready | {"network_id": 999}), 422, "network 999")
+
+
+def test_negative_schedule_offset_is_422_naming_the_field(client: TestClient, ready: dict[str, Any]) -> None:
+    response = submit(client, ready | {"schedule": {"offsets_s": [25, -5]}})
+    assert_problem(response, 422, "schedule.offsets_s", "positive")
+
+
+def test_jobs_filter_by_status_and_station(client: TestClient, ready: dict[str, Any]) -> None:
+    for _ in range(3):
+        submit(client, ready)
+    assert client.get("/jobs", params={"status": "queued", "station": "bench-1"}).json()["total"] == 3
+    assert client.get("/jobs", params={"status": "running"}).json()["total"] == 0
+    assert client.get("/jobs", params={"station": "other"}).json()["total"] == 0
+    assert_problem(client.get("/jobs", params={"status": "sleeping"}), 422, "status")
+
+
+def test_queued_job_cancels_at_once_and_only_once(client: TestClient, ready: dict[str, Any]) -> None:
+    job_id = submit(client, ready).json()["program_job"]["id"]
+    cancelled = client.post(f"/jobs/{job_id}/cancel", headers=AUTH)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert_problem(client.post(f"/jobs/{job_id}/cancel", headers=AUTH), 409, "already cancelled")
+    assert_problem(client.post("/jobs/999/cancel", headers=AUTH), 404, "job 999")
+
+
+def _events(text: str) -> list[tuple[str, dict[str, Any]]]:
+    parsed = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        parsed.append((fields["event"], json.loads(fields["data"])))
+    return parsed
+
+
+def test_job_events_stream_progress_until_the_job_ends(
+    client: TestClient, ready: dict[str, Any], db_url: str
+) -> None:
+    job = submit(client, ready).json()["program_job"]
+    engine = make_engine(db_url)
+    claimed = queue.claim(engine, job["station_id"], now_s=10.0)
+    assert claimed is not None and claimed.id == job["id"]
+
+    # What a worker does on its own thread while the client listens: half-way, then done.
+    timers = [
+        threading.Timer(0.2, lambda: queue.heartbeat(engine, job["id"], 11, progress=0.5, message="1 of 2")),
+        threading.Timer(0.6, lambda: queue.complete(engine, job["id"], 12.0, {"devices": 10})),
+    ]
+    for timer in timers:
+        timer.start()
+    with client.stream("GET", f"/jobs/{job['id']}/events") as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = _events(response.read().decode())
+    for timer in timers:
+        timer.join()
+    engine.dispose()
+    names = [name for name, _ in events]
+    assert names == ["progress", "progress", "end"]
+    assert [data["progress"] for _, data in events] == [0.0, 0.5, 1.0]
+    assert events[1][1]["progress_message"] == "1 of 2"
+    assert events[2][1]["status"] == "succeeded" and events[2][1]["result"] == {"devices": 10}
+
+
+def test_events_of_an_unknown_job_are_404(client: TestClient) -> None:
+    assert_problem(client.get("/jobs/12345/events"), 404, "job 12345")
