@@ -8,7 +8,7 @@ import numpy as np
 from sqlalchemy import Engine, insert
 
 from drivers.base import Geometry
-from hwctl.experiment_spec import ExperimentSpec, ScheduleSpec
+from hwctl.experiment_spec import ExperimentSpec
 from hwctl.mapping import DeviceMap, LayerWeights, map_network
 from hwctl.store import readouts, records
 from hwctl.store.schema import device_fits
@@ -37,7 +37,9 @@ def write_campaign(engine: Engine, seed: int = 0) -> Campaign:
     device_map = map_network([layer], GEOMETRY)
     n = device_map.n_devices
     programmed_s = PROGRAMMED_AT_S + np.arange(n, dtype=np.float64)
-    spec = ExperimentSpec(network_id=1, station="bench", schedule=ScheduleSpec(offsets_s=list(OFFSETS_S)))
+    spec = ExperimentSpec.model_validate(
+        {"network_id": 1, "station": "bench", "schedule": {"offsets_s": list(OFFSETS_S)}}
+    )
     with engine.begin() as conn:
         station_id = records.add_station(
             conn, "bench", resource="sim://", chip_serial="SIM-0001", geometry=GEOMETRY,
