@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 import hwctl
+from api import dashboard
 from api.problems import install_problem_handlers
 from api.routers import evaluations, experiments, fits, jobs, networks, readouts, stations
 from hwctl.mapping import MappingError
@@ -75,4 +76,5 @@ def create_app(settings: Settings) -> FastAPI:
     install_problem_handlers(app, DOMAIN_STATUSES)
     for module in (stations, networks, experiments, jobs, readouts, evaluations, fits):
         app.include_router(module.router)
+    app.include_router(dashboard.router)
     return app

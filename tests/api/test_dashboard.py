@@ -1,0 +1,224 @@
+"""The dashboard: HTML pages over a real finished campaign, checked as HTML and in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, insert, select, update
+
+from api.app import create_app
+from api.dashboard import PLOT_NAMES, duration
+from api.server import BackgroundServer
+from drivers.base import Geometry
+from hwctl.campaign import load_network
+from hwctl.mapping import DeviceMap
+from hwctl.nn.data import load_digits
+from hwctl.nn.evaluation import ReadoutEvaluator
+from hwctl.station import SimChipOptions, start_embedded_chip
+from hwctl.store.engine import make_engine
+from hwctl.store.readouts import load_programming_result, load_readout, run_readouts
+from hwctl.store.records import add_evaluation, add_experiment, add_network, add_station
+from hwctl.store.schema import evaluations, experiments, jobs, mappings, programming_runs, readouts
+from hwctl.worker import Worker, WorkerOptions
+from tests.api.conftest import API_KEY, api_settings, migrated_sqlite_url
+from tests.service.conftest import SMALL_CHIP, create_campaign
+from tests.service.test_campaign import run_until_idle
+
+METHODS = ("none", "gdc", "adabs")
+CHROMIUM_APT = "apt-get update && apt-get install -y chromium"
+
+
+@dataclass(frozen=True)
+class FinishedCampaign:
+    url: str
+    experiment_id: int
+    n_readouts: int
+
+
+def _evaluate_every_readout(engine: Engine, experiment_id: int, network_id: int) -> None:
+    """Accuracy of each readout with each compensation, through the nn evaluation library."""
+    test_set, calibration = load_digits("test").subset(100, seed=0), load_digits("train").subset(100, seed=0)
+    with engine.begin() as conn:
+        run_id, device_map = conn.execute(
+            select(programming_runs.c.id, mappings.c.device_map)
+            .join(mappings, mappings.c.id == programming_runs.c.mapping_id)
+            .where(programming_runs.c.experiment_id == experiment_id)
+        ).one()
+        checkpoint = load_network(conn, network_id)
+        evaluator = ReadoutEvaluator(checkpoint, DeviceMap.from_bytes(device_map), calibration)
+        g_t0_us = load_programming_result(conn, run_id).g_final_us
+        for readout_id, _ in run_readouts(conn, run_id):
+            g_t_us = load_readout(conn, readout_id).g_us
+            for method in METHODS:
+                result = evaluator.evaluate(test_set, g_t_us, method, g_t0_us)
+                add_evaluation(
+                    conn, readout_id, method=method, accuracy=result.accuracy, n_images=result.n_images,
+                    ci=(result.ci95_low, result.ci95_high),
+                )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedCampaign]:
+    """A digits network programmed on the simulated chip and read back 3 times over 24 h (virtual)."""
+    url = migrated_sqlite_url(tmp_path_factory.mktemp("dashboard"))
+    engine = make_engine(url)
+    chip = start_embedded_chip(SimChipOptions(virtual=True, geometry=SMALL_CHIP, seed=3))
+    try:
+        campaign = create_campaign(engine, chip.resource, points=3)
+        run_until_idle(Worker(engine, campaign.station, WorkerOptions(read_block_devices=50_000)), engine)
+    finally:
+        chip.stop()
+    with engine.connect() as conn:
+        network_id = int(
+            conn.execute(select(experiments.c.network_id).where(experiments.c.id == campaign.experiment_id))
+            .scalar_one()
+        )
+    _evaluate_every_readout(engine, campaign.experiment_id, network_id)
+    engine.dispose()
+    yield FinishedCampaign(url, campaign.experiment_id, len(campaign.offsets_s))
+
+
+class _Tables(HTMLParser):
+    """The text of every cell of the table with a given id, row by row."""
+
+    def __init__(self, table_id: str) -> None:
+        super().__init__()
+        self.table_id, self.depth, self.rows = table_id, 0, list[list[str]]()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table" and (self.depth or ("id", self.table_id) in attrs):
+            self.depth += 1
+        elif self.depth and tag == "tr":
+            self.rows.append([])
+        elif self.depth and tag in ("td", "th"):
+            self.rows[-1].append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "table" and self.depth:
+            self.depth -= 1
+
+    def handle_data(self, data: str) -> None:
+        if self.depth and self.rows and self.rows[-1]:
+            self.rows[-1][-1] = " ".join((self.rows[-1][-1] + " " + data).split())
+
+
+def table_rows(html: str, table_id: str) -> list[list[str]]:
+    parser = _Tables(table_id)
+    parser.feed(html)
+    return parser.rows
+
+
+def expected_accuracy_rows(url: str) -> list[list[str]]:
+    """The accuracy table as the stored evaluations say it must read."""
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        stored = conn.execute(
+            select(readouts.c.offset_s, evaluations.c.method, evaluations.c.accuracy, evaluations.c.ci_low,
+                   evaluations.c.ci_high)
+            .join(readouts, readouts.c.id == evaluations.c.readout_id).order_by(readouts.c.offset_s)
+        ).all()  # fmt: skip
+    engine.dispose()
+    offsets = sorted({r.offset_s for r in stored})
+    cell = {(r.offset_s, r.method): f"{r.accuracy:.2f} % [{r.ci_low:.1f}, {r.ci_high:.1f}]" for r in stored}
+    return [["Time", "none", "GDC", "AdaBS"]] + [
+        [duration(t), *(cell[(t, m)] for m in METHODS)] for t in offsets
+    ]
+
+
+def test_duration_reads_in_the_largest_whole_unit() -> None:
+    assert [duration(s) for s in (25.0, 90.0, 5_400.0, 86_400.0)] == ["25 s", "1.5 min", "1.5 h", "1.0 d"]
+
+
+def test_experiment_page_shows_every_stored_accuracy_by_time_and_method(finished: FinishedCampaign) -> None:
+    with TestClient(create_app(api_settings(finished.url))) as client:
+        page = client.get(f"/dashboard/experiments/{finished.experiment_id}")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    rows = table_rows(page.text, "accuracy")
+    assert len(rows) == 1 + finished.n_readouts
+    assert rows == expected_accuracy_rows(finished.url)
+    for name in PLOT_NAMES:
+        assert f'src="/experiments/{finished.experiment_id}/plots/{name}"' in page.text
+
+
+def test_overview_shows_queues_and_follows_the_running_job_live(db_url: str) -> None:
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        station_id = add_station(
+            conn, "bench-7", resource="sim://virtual", chip_serial="SIM-7", geometry=Geometry(1, 8, 8),
+            amplitude_limit_ua=400.0,
+        )  # fmt: skip
+        network_id = add_network(conn, "digits", architecture="digits-resnet", checkpoint=b"x")
+        experiment_id = add_experiment(
+            conn, "<b>night run</b>", network_id=network_id, station_id=station_id,
+            settings={"network_id": network_id, "station": "bench-7"},
+        )  # fmt: skip
+        job_ids = [
+            conn.execute(insert(jobs).values(
+                kind=kind, station_id=station_id, experiment_id=experiment_id, status="queued", run_at_s=at_s,
+            ).returning(jobs.c.id)).scalar_one()
+            for kind, at_s in (("program", 0.0), ("readback", 3_600.0), ("readback", 7_200.0))
+        ]  # fmt: skip
+        conn.execute(
+            update(jobs).where(jobs.c.id == job_ids[0]).values(status="running", progress=0.4,
+                                                                 progress_message="iteration 3")
+        )  # fmt: skip
+    engine.dispose()
+    with TestClient(create_app(api_settings(db_url))) as client:
+        html = client.get("/", headers={"X-API-Key": API_KEY}).text
+    assert table_rows(html, "stations")[1][:4] == ["bench-7", "sim://virtual", "real", "2"]
+    assert f'data-events="/jobs/{job_ids[0]}/events"' in html
+    assert '<progress max="1" value="0.4">' in html and "iteration 3" in html
+    assert "readback at 1.0 h" in html  # the next due job of the station's queue
+    assert "&lt;b&gt;night run&lt;/b&gt;" in html and "<b>night run</b>" not in html
+
+
+def test_dashboard_is_html_outside_the_openapi_schema(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert not [p for p in paths if p == "/" or p.startswith("/dashboard")]
+    assert client.get("/dashboard/experiments/999").status_code == 404
+
+
+def test_dashboard_needs_a_key_when_reads_do(db_url: str) -> None:
+    with TestClient(create_app(api_settings(db_url, api_read_requires_key=True))) as client:
+        assert client.get("/dashboard").status_code == 401
+        assert client.get("/dashboard", headers={"X-API-Key": API_KEY}).status_code == 200
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if found is None:
+        message = f"headless Chromium is not installed (Debian: {CHROMIUM_APT})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def _headless(chromium: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={profile}", "--window-size=1280,900", "--virtual-time-budget=5000", *args,
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+
+
+def test_experiment_page_renders_in_headless_chromium(finished: FinishedCampaign, tmp_path: Path) -> None:
+    chromium = _chromium()
+    with BackgroundServer(create_app(api_settings(finished.url))) as server:
+        page_url = f"{server.url}/dashboard/experiments/{finished.experiment_id}"
+        dom = _headless(chromium, tmp_path / "profile", "--dump-dom", page_url).stdout
+        screenshot = tmp_path / "experiment.png"
+        _headless(chromium, tmp_path / "profile", f"--screenshot={screenshot}", page_url)
+    assert table_rows(dom, "accuracy") == expected_accuracy_rows(finished.url)
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert screenshot.stat().st_size > 20_000  # a rendered page with tables, not a blank canvas
