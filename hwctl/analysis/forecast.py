@@ -1,0 +1,123 @@
+"""Accuracy beyond the measured schedule: 1 week, 1 month, 1 year after programming.
+
+As Joshi et al. (2020) did, the forecast does not extrapolate the accuracy curve; it
+extrapolates the devices. Each device's fitted line G(t) = G(t0)·(t/t0)^−ν is evaluated
+at the future time, single-read noise is drawn from the (fitted) model's read-noise
+law (pcm-model.md §4), and the network rebuilt from those conductances is evaluated
+with every compensation method exactly as a measured readout would be. Records carry
+`kind="forecast"` so that nobody mistakes them for measurements.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from drivers.sim.pcm import PCMModel
+from hwctl.analysis.drift import DriftFit
+from hwctl.nn.compensation import METHODS
+from hwctl.nn.data import ImageSet
+from hwctl.nn.evaluation import ReadoutEvaluator
+from hwctl.schedule import DAY_S
+
+FORECAST_HORIZONS_S: dict[str, float] = {
+    "1 week": 7 * DAY_S,
+    "1 month": 30 * DAY_S,
+    "1 year": 365 * DAY_S,
+}
+
+RecordKind = Literal["measured", "forecast"]
+
+
+@dataclass(frozen=True)
+class AccuracyRecord:
+    """One accuracy point: measured from a stored readout, or forecast from the fits."""
+
+    kind: RecordKind
+    t_s: float  # time since programming
+    method: str  # none | gdc | adabs
+    accuracy: float  # percent
+    ci_low: float | None
+    ci_high: float | None
+    n_images: int
+    label: str = ""  # e.g. "1 week" for forecasts
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def forecast_conductances_us(
+    fit: DriftFit, t_s: float, model: PCMModel | None = None, seed: int = 0
+) -> npt.NDArray[np.float32]:
+    """One synthetic readout of every fitted device at `t_s` after its programming.
+
+    Drift starts at t0 (as in the simulator and on the chip, relaxation dominates before
+    it); devices without a fit (RESET or dead, every reading 0) read as 0 µS. Reads are
+    clipped at 0 like the chip's.
+    """
+    if t_s <= 0:
+        raise ValueError(f"forecast time must be positive seconds, got {t_s}")
+    m = model or PCMModel()
+    age = max(t_s, fit.t0_s) / fit.t0_s
+    g = np.nan_to_num(fit.g_t0_us * age ** -np.nan_to_num(fit.nu), nan=0.0)
+    sigma = g * m.read_noise_q_s(g) * m.read_time_factor(np.full(g.shape, t_s))
+    g = g + sigma * np.random.default_rng(seed).standard_normal(g.size)
+    return np.maximum(g, 0.0).astype(np.float32)
+
+
+def forecast_accuracy(
+    evaluator: ReadoutEvaluator,
+    data: ImageSet,
+    fit: DriftFit,
+    horizons_s: Mapping[str, float] = FORECAST_HORIZONS_S,
+    methods: Sequence[str] = METHODS,
+    model: PCMModel | None = None,
+    g_reference_us: npt.NDArray[np.floating] | None = None,
+    seed: int = 0,
+) -> list[AccuracyRecord]:
+    """Forecast accuracy per (horizon, method) from the per-device fits.
+
+    `g_reference_us` is GDC's t0 reference; pass the measured first readout so the
+    forecast compensates as the measurements did. Without it, a synthetic read at the
+    fit's t0 stands in. One synthetic readout per horizon is shared by all methods, so
+    methods differ only by their compensation.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown compensation {unknown}; choose from {', '.join(METHODS)}")
+    if fit.n_devices != evaluator.device_map.n_devices:
+        raise ValueError(f"{fit.n_devices} fitted devices for a network of {evaluator.device_map.n_devices}")
+    reference = g_reference_us
+    if reference is None and "gdc" in methods:
+        reference = forecast_conductances_us(fit, fit.t0_s, model, seed=_seed(seed, -1))
+    records = []
+    for k, (label, t_s) in enumerate(horizons_s.items()):
+        g_us = forecast_conductances_us(fit, t_s, model, seed=_seed(seed, k))
+        for method in methods:
+            result = evaluator.evaluate(data, g_us, method, reference, seed=seed)
+            records.append(
+                AccuracyRecord("forecast", float(t_s), method, result.accuracy, result.ci95_low,
+                               result.ci95_high, result.n_images, label)
+            )  # fmt: skip
+    return records
+
+
+def _seed(seed: int, horizon: int) -> int:
+    """Independent, reproducible noise per horizon (and for the GDC reference)."""
+    return int(np.random.SeedSequence([seed, horizon + 1]).generate_state(1)[0])
+
+
+def horizon_label(t_s: float) -> str:
+    """A readable duration for tables: '25 s', '3.2 h', '1 week'."""
+    for label, value in FORECAST_HORIZONS_S.items():
+        if math.isclose(t_s, value):
+            return label
+    for unit, size in (("d", DAY_S), ("h", 3600.0), ("min", 60.0)):
+        if t_s >= size:
+            return f"{t_s / size:.3g} {unit}"
+    return f"{t_s:.3g} s"
