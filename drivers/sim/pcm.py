@@ -36,7 +36,8 @@ class PCMModel:
     with targets uniform over 0–25 µS (0.13 µS near 0 rising to 0.6 µS at 25 µS, the
     non-converged 0.2 % included); σ_relax is the quadratic least-squares fit of
     sqrt(σ_prog² − σ_resid²). `tests/test_faithfulness.py` pins the outcome per
-    2.5 µS bin; re-fit when the default settings or the SET physics change.
+    2.5 µS bin; re-fit when the default settings or the SET physics change, with
+    `python -m benchmarks.calibrate_relaxation --devices 1000000` (prints the coefficients).
     """
 
     g_max_us: float = 25.0
