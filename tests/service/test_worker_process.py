@@ -1,0 +1,193 @@
+"""The worker as an operating-system process: kill -9, restart, graceful stop.
+
+The simulated chip lives in the test process (a real TCP server on a virtual clock), so
+it outlives the worker exactly as a lab board outlives a crashed host program.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import Engine, func, select
+
+from hwctl.experiment_spec import JOB_PROGRAM, JOB_READBACK
+from hwctl.mapping import DeviceMap
+from hwctl.station import EmbeddedChip
+from hwctl.store.engine import make_engine
+from hwctl.store.schema import jobs, mappings, programming_runs, readouts
+from tests.service.conftest import create_campaign, job_statuses
+
+REPO = Path(__file__).resolve().parents[2]
+BLOCK_DEVICES = 5_000  # the digits network's ~38k devices in 8 blocks per readout
+
+
+@pytest.fixture
+def engine(sqlite_url: str) -> Iterator[Engine]:
+    engine = make_engine(sqlite_url)
+    yield engine
+    engine.dispose()
+
+
+def start_worker(database_url: str, station: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "HWCTL_DATABASE_URL": database_url}
+    command = [sys.executable, "-m", "hwctl.cli", "worker", "--station", station,
+               "--block-devices", str(BLOCK_DEVICES), "--poll-s", "0.1"]  # fmt: skip
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def scalar(engine: Engine, query) -> object:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        return conn.execute(query).scalar()
+
+
+def campaign_idle(engine: Engine) -> bool:
+    return scalar(engine, select(func.count()).where(jobs.c.status.in_(("queued", "running")))) == 0
+
+
+class Gate:
+    """Holds the simulated chip inside one command, so a test can act at an exact point.
+
+    Wraps one `SimBoard` method; the first call for which `when(args)` is true blocks
+    until `release()`. The server is single-threaded, so the worker waits on the link.
+    """
+
+    def __init__(self, chip: EmbeddedChip, method: str, when: Callable[..., bool]) -> None:
+        self.reached = threading.Event()
+        self._open = threading.Event()
+        original = getattr(chip.board, method)
+
+        def gated(*args: object) -> object:
+            if not self.reached.is_set() and when(*args):
+                self.reached.set()
+                self._open.wait(30)
+            return original(*args)
+
+        setattr(chip.board, method, gated)
+
+    def release(self) -> None:
+        self._open.set()
+
+
+def readout_block_gate(engine: Engine, chip: EmbeddedChip, block: int, after_readouts: int) -> Gate:
+    """Stop at the start of `block` (0-based) of a readout once `after_readouts` are stored."""
+
+    def when(addresses: np.ndarray) -> bool:
+        if scalar(engine, select(func.count()).select_from(readouts)) < after_readouts:
+            return False
+        device_map = DeviceMap.from_bytes(scalar(engine, select(mappings.c.device_map)))  # type: ignore[arg-type]
+        return bool(addresses.size and addresses[0] == device_map.addresses[block * BLOCK_DEVICES])
+
+    return Gate(chip, "read_block", when)
+
+
+def test_kill_9_mid_readout_then_restart_resumes_from_the_last_block_and_loses_nothing(
+    sqlite_url: str, engine: Engine, virtual_chip: EmbeddedChip
+) -> None:
+    campaign = create_campaign(engine, virtual_chip.resource)
+    gate = readout_block_gate(engine, virtual_chip, block=3, after_readouts=3)
+    worker = start_worker(sqlite_url, campaign.station)
+    try:
+        assert gate.reached.wait(60), "the worker never reached block 4 of the fourth readout"
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        worker.kill()
+        gate.release()
+    running = select(jobs.c.id, jobs.c.checkpoint).where(jobs.c.kind == JOB_READBACK)
+    running = running.where(jobs.c.status == "running")
+    with engine.connect() as conn:
+        killed_id, checkpoint = conn.execute(running).one()
+    assert checkpoint["next_device"] == 3 * BLOCK_DEVICES  # three blocks committed before the kill
+
+    worker = start_worker(sqlite_url, campaign.station)
+    try:
+        wait_for(lambda: campaign_idle(engine), "the campaign to finish after the restart")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, worker.stderr.read() if worker.stderr else ""
+
+    assert job_statuses(engine, JOB_PROGRAM) == ["succeeded"]
+    assert job_statuses(engine, JOB_READBACK) == ["succeeded"] * len(campaign.offsets_s)
+    with engine.connect() as conn:
+        offsets = conn.execute(select(readouts.c.offset_s).order_by(readouts.c.offset_s)).scalars().all()
+        resumed = conn.execute(select(jobs.c.attempts, jobs.c.result).where(jobs.c.id == killed_id)).one()
+    assert offsets == campaign.offsets_s  # every point once, none lost, none doubled
+    assert resumed.attempts == 2
+    assert len(resumed.result["block_starts_s"]) == 8  # earlier blocks kept, not read again
+    assert not virtual_chip.board.pulser_enabled
+
+
+def test_kill_9_mid_programming_leaves_it_interrupted_and_never_reprograms(
+    sqlite_url: str, engine: Engine, virtual_chip: EmbeddedChip
+) -> None:
+    campaign = create_campaign(engine, virtual_chip.resource)
+    pulses = iter(range(1_000_000))
+    gate = Gate(virtual_chip, "set_pulse", lambda *_: next(pulses) == 3)  # the 4th SET iteration
+    worker = start_worker(sqlite_url, campaign.station)
+    try:
+        assert gate.reached.wait(60), "programming never reached its fourth iteration"
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        worker.kill()
+        gate.release()
+    progress = scalar(engine, select(jobs.c.progress).where(jobs.c.id == campaign.program_job_id))
+    assert 0.0 < progress < 1.0  # type: ignore[operator]
+    time.sleep(0.2)  # let the released SET land before looking at the board
+    clock_before_s = virtual_chip.board.clock.now_s()
+
+    worker = start_worker(sqlite_url, campaign.station)
+    status = select(jobs.c.status).where(jobs.c.id == campaign.program_job_id)
+    try:
+        wait_for(lambda: scalar(engine, status) == "interrupted", "recovery of the programming job")
+        time.sleep(0.5)  # the worker idles: nothing else is due
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+
+    assert job_statuses(engine, JOB_PROGRAM) == ["interrupted"]
+    assert job_statuses(engine, JOB_READBACK) == []
+    assert scalar(engine, select(programming_runs.c.ended_at)) is None
+    assert virtual_chip.board.clock.now_s() == clock_before_s  # nothing scheduled, nothing advanced
+    assert not virtual_chip.board.pulser_enabled
+
+
+def test_sigterm_finishes_the_block_leaves_the_board_safe_and_exits_0(
+    sqlite_url: str, engine: Engine, virtual_chip: EmbeddedChip
+) -> None:
+    campaign = create_campaign(engine, virtual_chip.resource)
+    gate = readout_block_gate(engine, virtual_chip, block=3, after_readouts=2)
+    worker = start_worker(sqlite_url, campaign.station)
+    try:
+        assert gate.reached.wait(60), "the worker never reached block 4 of the third readout"
+        worker.send_signal(signal.SIGTERM)
+        time.sleep(0.3)  # the signal lands while the block is still being read
+        gate.release()
+        assert worker.wait(30) == 0
+    finally:
+        worker.kill()
+    assert not virtual_chip.board.pulser_enabled
+    with engine.connect() as conn:
+        paused = conn.execute(select(jobs.c.status, jobs.c.checkpoint).where(jobs.c.kind == JOB_READBACK)
+                              .where(jobs.c.status.not_in(("queued", "succeeded")))).one()  # fmt: skip
+    assert paused.status == "interrupted"  # queued again, and resumed, by the next worker start
+    assert paused.checkpoint["next_device"] == 4 * BLOCK_DEVICES  # the block under way was finished
+    assert scalar(engine, select(func.count()).select_from(readouts)) == 2
