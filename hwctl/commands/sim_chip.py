@@ -1,0 +1,77 @@
+"""`hwctl sim-chip`: serve a simulated PCM chip on TCP, speaking the board protocol.
+
+Drivers, campaigns and the service then talk to it exactly as to a lab board, e.g.
+`TCPIP::127.0.0.1::5025::SOCKET` via VISA or `socket://127.0.0.1:5025` via pyserial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from drivers.base import Geometry
+from drivers.sim.board import DEFAULT_GEOMETRY, SimBoard
+from drivers.sim.clock import AcceleratedClock, Clock, RealClock, VirtualClock
+from drivers.sim.pcm import PCMModel
+from drivers.sim.server import SimChipServer
+from hwctl.cli import CLIError
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("sim-chip", help="serve a simulated PCM chip over TCP (board protocol)")
+    parser.add_argument("--port", type=int, default=5025, help="TCP port (0: any free port)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the device statistics")
+    parser.add_argument("--geometry", type=_geometry, default=DEFAULT_GEOMETRY, metavar="T,R,C",
+                        help="tiles,rows,cols (default %(default)s)")
+    parser.add_argument("--clock", choices=("virtual", "real", "accelerated"), default="virtual",
+                        help="board clock: advanced by SIM:TIME:ADV only, wall time, or wall time × rate")
+    parser.add_argument("--rate", type=float, default=1.0, help="speed-up of the accelerated clock")
+    parser.add_argument("--model", help="fitted PCM model JSON (PCMModel.to_json)")
+    parser.add_argument("--watchdog-s", type=float, default=60.0,
+                        help="safe state after this many seconds without host traffic (0: off)")
+    parser.set_defaults(func=run)
+
+
+def _geometry(text: str) -> Geometry:
+    try:
+        tiles, rows, cols = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"geometry {text!r} is not T,R,C (three integers)") from None
+    if min(tiles, rows, cols) <= 0:
+        raise argparse.ArgumentTypeError(f"geometry {text!r} must be positive")
+    return Geometry(tiles, rows, cols)
+
+
+def _clock(kind: str, rate: float) -> Clock:
+    if kind == "accelerated":
+        return AcceleratedClock(rate)
+    if rate != 1.0:
+        raise CLIError("--rate applies only to --clock accelerated")
+    return RealClock() if kind == "real" else VirtualClock()
+
+
+async def _serve(server: SimChipServer) -> None:
+    try:
+        await server.start()
+    except OSError as exc:
+        raise CLIError(f"cannot listen on {server.host}:{server.port}: {exc.strerror or exc}") from None
+    print(f"hwctl sim-chip listening on {server.resource}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    model = PCMModel.from_json(args.model) if args.model else None
+    board = SimBoard(args.geometry, model=model, clock=_clock(args.clock, args.rate), seed=args.seed)
+    watchdog_s = args.watchdog_s if args.watchdog_s > 0 else None
+    server = SimChipServer(board, host=args.host, port=args.port, watchdog_s=watchdog_s)
+    try:
+        asyncio.run(_serve(server))
+    except KeyboardInterrupt:
+        print("hwctl sim-chip: stopped", file=sys.stderr)
+    return 0
