@@ -1,0 +1,131 @@
+"""The worker and the schedule: late readbacks run at once, missed ones are marked, cancel."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import Engine, select
+
+from hwctl import queue
+from hwctl.experiment_spec import JOB_PROGRAM, JOB_READBACK
+from hwctl.schedule import readout_window_s
+from hwctl.station import EmbeddedChip
+from hwctl.store.engine import make_engine
+from hwctl.store.schema import jobs, programming_runs, readouts
+from hwctl.worker import Worker
+from tests.service.conftest import create_campaign, job_statuses
+
+
+def run_while(worker: Worker, engine: Engine, busy: str, timeout_s: float = 60.0) -> None:
+    """Run the worker thread until no job of status `busy` (or running) is left."""
+    worker.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            assert worker.error is None, worker.error
+            with engine.connect() as conn:
+                left = conn.execute(select(jobs.c.id).where(jobs.c.status.in_((busy, "running")))).first()
+            if left is None:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"jobs still {busy} after {timeout_s} s")
+    finally:
+        worker.stop()
+
+
+@pytest.fixture
+def engine(sqlite_url: str) -> Engine:
+    return make_engine(sqlite_url)
+
+
+def program_then_stop(engine: Engine, chip: EmbeddedChip, station: str) -> float:
+    """Run the worker until programming is done and it would wait for the first readback.
+
+    The board is taken away at that moment (its clock is not advanced); returns the
+    programming end time in board seconds.
+    """
+    worker = Worker(engine, station)
+    advance = chip.board.clock.advance
+    chip.board.clock.advance = lambda seconds: worker.stop_event.set()  # type: ignore[method-assign]
+    try:
+        worker.start()
+        worker.stop_event.wait(60)
+        worker.stop()
+    finally:
+        chip.board.clock.advance = advance  # type: ignore[method-assign]
+    assert worker.error is None and job_statuses(engine, JOB_PROGRAM) == ["succeeded"]
+    with engine.connect() as conn:
+        result = conn.execute(select(jobs.c.result).where(jobs.c.kind == JOB_PROGRAM)).scalar_one()
+    return float(result["programmed_end_s"])
+
+
+def test_after_downtime_late_readbacks_run_at_once_and_those_past_their_window_are_missed(
+    engine: Engine, virtual_chip: EmbeddedChip
+) -> None:
+    campaign = create_campaign(engine, virtual_chip.resource, points=12)
+    end_s = program_then_stop(engine, virtual_chip, campaign.station)
+    outage_s = 1_300.0  # past the 484 s point and its window, inside the 1015 s one
+    virtual_chip.board.clock.advance(end_s + outage_s - virtual_chip.board.clock.now_s())
+
+    run_while(Worker(engine, campaign.station), engine, "queued")
+
+    with engine.connect() as conn:
+        rows = conn.execute(select(jobs.c.status, jobs.c.payload).where(jobs.c.kind == JOB_READBACK)).all()
+        read = {r.offset_s: r for r in conn.execute(select(readouts))}
+    late = [o for o in campaign.offsets_s if o <= outage_s < o + readout_window_s(o)]
+    missed = [o for o in campaign.offsets_s if o + readout_window_s(o) < outage_s]
+    assert late and missed
+    for row in rows:
+        assert row.status == ("missed" if row.payload["offset_s"] in missed else "succeeded")
+    for offset_s in late:  # read at once on restart, the actual (late) time recorded
+        lateness_s = read[offset_s].board_time_s - read[offset_s].scheduled_s
+        assert lateness_s == pytest.approx(outage_s - offset_s, abs=5.0)
+    assert sorted(read) == [o for o in campaign.offsets_s if o not in missed]
+    engine.dispose()
+
+
+def test_cancelling_a_running_programming_stops_it_at_the_next_iteration_without_readbacks(
+    engine: Engine, virtual_chip: EmbeddedChip
+) -> None:
+    campaign = create_campaign(engine, virtual_chip.resource)
+    original = virtual_chip.board.set_pulse
+    calls = []
+
+    def set_pulse_then_cancel(*args: object) -> None:
+        calls.append(1)
+        if len(calls) == 2:  # the second SET of programming: ask for a cancel
+            assert queue.cancel(engine, campaign.program_job_id) == "running"
+        original(*args)  # type: ignore[arg-type]
+
+    virtual_chip.board.set_pulse = set_pulse_then_cancel  # type: ignore[method-assign]
+    run_while(Worker(engine, campaign.station), engine, "queued")
+
+    assert job_statuses(engine, JOB_PROGRAM) == ["cancelled"]
+    assert len(calls) == 2  # stopped at the heartbeat right after that iteration
+    assert job_statuses(engine, JOB_READBACK) == []
+    with engine.connect() as conn:
+        assert conn.execute(select(programming_runs.c.ended_at)).scalar_one() is None
+    assert not virtual_chip.board.pulser_enabled
+    engine.dispose()
+
+
+def test_a_cancelled_readback_is_skipped_and_the_rest_of_the_campaign_completes(
+    engine: Engine, virtual_chip: EmbeddedChip
+) -> None:
+    campaign = create_campaign(engine, virtual_chip.resource, points=5)
+    program_then_stop(engine, virtual_chip, campaign.station)
+    with engine.connect() as conn:
+        third = conn.execute(
+            select(jobs.c.id).where(jobs.c.kind == JOB_READBACK).order_by(jobs.c.run_at_s).offset(2).limit(1)
+        ).scalar_one()
+    assert queue.cancel(engine, third) == "cancelled"
+
+    run_while(Worker(engine, campaign.station), engine, "queued")
+
+    expected = ["succeeded", "succeeded", "cancelled", "succeeded", "succeeded"]
+    assert job_statuses(engine, JOB_READBACK) == expected
+    with engine.connect() as conn:
+        offsets = conn.execute(select(readouts.c.offset_s).order_by(readouts.c.offset_s)).scalars().all()
+    assert offsets == [o for i, o in enumerate(campaign.offsets_s) if i != 2]
+    engine.dispose()
