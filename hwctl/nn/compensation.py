@@ -41,13 +41,15 @@ def gdc_gains(
 
 @torch.no_grad()
 def adapt_batchnorm(
-    model: nn.Module, calibration_x: torch.Tensor, batch_size: int | None = None
+    model: nn.Module, calibration_x: torch.Tensor, batch_size: int = 500
 ) -> None:
     """AdaBS: replace each BN layer's running mean/var by its input's population statistics.
 
     BN layers run in training mode during the pass (as when the statistics were first
-    learned); per-channel sums and sums of squares are accumulated over the whole
-    calibration set, so the result is exact for any chunking, not a momentum average.
+    learned, so each chunk is normalized by its own statistics on the way down);
+    per-channel sums and sums of squares are accumulated over the whole calibration
+    set, so each layer gets its input's exact population mean/variance, not a
+    momentum average. (One giant batch is slow on CPU; chunks of ~500 are not.)
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     moments: dict[nn.Module, _Moments] = {}
@@ -61,9 +63,8 @@ def adapt_batchnorm(
         model.eval()
         for bn in bns:
             bn.train()
-        step = batch_size or len(calibration_x)
-        for i in range(0, len(calibration_x), step):
-            model(calibration_x[i : i + step])
+        for i in range(0, len(calibration_x), batch_size):
+            model(calibration_x[i : i + batch_size])
     finally:
         for h in handles:
             h.remove()
@@ -84,9 +85,8 @@ class _Moments:
         self.count = 0
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.double()
         dims = [0, *range(2, x.ndim)]
-        s, ss = x.sum(dims), (x * x).sum(dims)
+        s, ss = x.sum(dims, dtype=torch.float64), (x * x).sum(dims, dtype=torch.float64)
         self.total = s if self.total is None else self.total + s
         self.total_sq = ss if self.total_sq is None else self.total_sq + ss
         self.count += x.numel() // x.shape[1]

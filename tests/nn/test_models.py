@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hwctl.nn.data import ImageSet, Normalizer, cifar10_dir
+from hwctl.nn.inference import accuracy_pct
+from hwctl.nn.models import (
+    UnknownModelError, analog_weight_count, build_model, load_checkpoint, save_checkpoint,
+)  # fmt: skip
+
+SHARED_MODELS = Path(__file__).resolve().parents[3] / "shared" / "models"
+# Documented in ../shared/data/README.md for the JPEG-derived test set.
+DOCUMENTED_ACCURACY = {"resnet20-12fca82f.th": ("resnet20", 81.03), "resnet32-d509ac18.th": ("resnet32", 82.56)}
+
+
+@pytest.mark.cifar
+@pytest.mark.parametrize("filename", sorted(DOCUMENTED_ACCURACY))
+def test_shared_checkpoint_loads_strictly_and_gives_documented_accuracy(
+    filename: str, cifar_test: ImageSet
+) -> None:
+    path = SHARED_MODELS / filename
+    if not path.is_file():
+        pytest.skip(f"{path} not available")
+    arch, documented = DOCUMENTED_ACCURACY[filename]
+    model = load_checkpoint(path, arch).build()  # load_state_dict(strict=True) inside
+    subset = cifar_test.subset(600, seed=3)
+    assert abs(accuracy_pct(model, subset, Normalizer(arch)) - documented) < 5.0  # 600 images: ±3.2 pt CI
+
+
+def test_paper_resnet32_has_the_papers_361722_weights_with_fc_bias() -> None:
+    model = build_model("resnet32-paper")
+    fc_bias = model.linear.bias.numel()
+    assert analog_weight_count(model) + fc_bias == 361_722
+
+
+def test_standard_resnet32_has_461872_conv_and_linear_weights() -> None:
+    assert analog_weight_count(build_model("resnet32")) == 461_872
+
+
+def test_checkpoint_round_trip_keeps_arch_recipe_and_weights(tmp_path: Path) -> None:
+    model = build_model("digits-resnet")
+    save_checkpoint(tmp_path / "m.pt", "digits-resnet", model, {"recipe": {"eta": 0.038}, "epochs": 2})
+    raw = torch.load(tmp_path / "m.pt", weights_only=True)  # plain data only
+    assert raw["arch"] == "digits-resnet"
+    ckpt = load_checkpoint(tmp_path / "m.pt")
+    assert ckpt.meta["recipe"]["eta"] == 0.038
+    x = torch.rand(3, 1, 8, 8)
+    torch.testing.assert_close(ckpt.build()(x), model.eval()(x))
+
+
+def test_unknown_model_name_lists_the_known_ones() -> None:
+    with pytest.raises(UnknownModelError, match="resnet32"):
+        build_model("resnet33")
+
+
+def test_cifar_directory_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HWCTL_CIFAR10_DIR", str(tmp_path))
+    assert cifar10_dir() == tmp_path
