@@ -9,7 +9,12 @@ from torch import nn
 from drivers.base import Geometry
 from hwctl.mapping import map_network
 from hwctl.nn.conductance import (
-    ModelMismatchError, analog_modules, export_layers, fold, load_conductances, unroll,
+    ModelMismatchError,
+    analog_modules,
+    export_layers,
+    fold,
+    load_conductances,
+    unroll,
 )  # fmt: skip
 from hwctl.nn.models import build_model
 

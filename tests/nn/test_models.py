@@ -8,12 +8,19 @@ import torch
 from hwctl.nn.data import ImageSet, Normalizer, cifar10_dir
 from hwctl.nn.inference import accuracy_pct
 from hwctl.nn.models import (
-    UnknownModelError, analog_weight_count, build_model, load_checkpoint, save_checkpoint,
+    UnknownModelError,
+    analog_weight_count,
+    build_model,
+    load_checkpoint,
+    save_checkpoint,
 )  # fmt: skip
 
 SHARED_MODELS = Path(__file__).resolve().parents[3] / "shared" / "models"
 # Documented in ../shared/data/README.md for the JPEG-derived test set.
-DOCUMENTED_ACCURACY = {"resnet20-12fca82f.th": ("resnet20", 81.03), "resnet32-d509ac18.th": ("resnet32", 82.56)}
+DOCUMENTED_ACCURACY = {
+    "resnet20-12fca82f.th": ("resnet20", 81.03),
+    "resnet32-d509ac18.th": ("resnet32", 82.56),
+}
 
 
 @pytest.mark.cifar
