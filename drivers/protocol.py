@@ -71,7 +71,7 @@ COMMANDS: tuple[Command, ...] = (
     _c("*IDN?", (), Reply.VALUE, "Identity: `<vendor>,<model>,<serial>,<firmware>`."),
     _c("*RST", (), Reply.OK, "Session limit back to the hardware maximum, faults cleared, safe state."),
     _c("*CLS", (), Reply.OK, "Clear the error queue."),
-    _c("SYST:ERR?", (), Reply.VALUE, 'Pop the oldest queued error: `<code>,"<message>"`; `0,"No error"`.'),
+    _c("SYST:ERR?", (), Reply.VALUE, 'Pop the oldest queued error: `<code>,"<message>"`; `+0,"No error"`.'),
     _c("SYST:TIME?", (), Reply.VALUE, "Board clock in seconds."),
     _c("SYST:TEMP?", (), Reply.VALUE, "Chip temperature in °C."),
     _c("SYST:LIM:AMPL", (N,), Reply.OK, "Set the session amplitude limit (µA); -222 above the maximum."),
