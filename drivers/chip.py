@@ -109,7 +109,7 @@ class ChipDriver:
             code = int(p.parse_values(code_text, [int], "SYST:ERR?")[0])
             if code == 0:
                 return drained
-            drained.append((code, message.strip('"').replace('""', '"')))
+            drained.append((code, p.unquote(message)))
 
     def clear_errors(self) -> None:
         self._ok("*CLS")

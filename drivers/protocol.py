@@ -133,12 +133,22 @@ def encode_command(header: str, *args: str | float | int | np.ndarray) -> list[B
     return parts
 
 
+def quote(message: str) -> str:
+    """A SCPI string: one line, in double quotes, inner quotes doubled."""
+    return '"' + message.replace("\n", " ").replace('"', '""') + '"'
+
+
+def unquote(text: str) -> str:
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        raise ProtocolError(f"expected a quoted string, got {text[:40]!r}")
+    return text[1:-1].replace('""', '"')
+
+
 def encode_error(code: int, message: str) -> bytes:
-    text = message.replace("\n", " ").replace('"', '""')
-    return f'ERR,{code:+d},"{text}"\n'.encode("ascii", "replace")
+    return f"ERR,{code:+d},{quote(message)}\n".encode("ascii", "replace")
 
 
-_ERR = re.compile(r'^ERR,([+-]?\d+),"(.*)"$')
+_ERR = re.compile(r'^ERR,([+-]?\d+),(".*")$')
 
 
 def check_line(line: bytes, command: str) -> str:
@@ -153,7 +163,7 @@ def check_line(line: bytes, command: str) -> str:
         match = _ERR.match(text)
         if not match:
             raise ProtocolError(f"malformed error reply to {command!r}: {text[:80]!r}")
-        raise BoardError(int(match.group(1)), match.group(2).replace('""', '"'), command)
+        raise BoardError(int(match.group(1)), unquote(match.group(2)), command)
     return text
 
 

@@ -173,7 +173,7 @@ class BoardSession:
 
     def _pop_error(self, args: list[Any]) -> list[p.Buffer]:
         code, message = self.core.errors.popleft() if self.core.errors else p.NO_ERROR
-        return [f'{code:+d},"{message}"\n'.encode("ascii", "replace")]
+        return [f"{code:+d},{p.quote(message)}\n".encode("ascii", "replace")]
 
     def _reset(self, args: list[Any]) -> list[p.Buffer]:
         addresses = args[0]
