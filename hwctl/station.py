@@ -10,6 +10,7 @@ the next due job). Every kind is reached through the same driver over a real tra
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,10 +19,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from drivers.base import Geometry
 from drivers.chip import ChipDriver
+from drivers.errors import DriverError
 from drivers.sim.board import DEFAULT_GEOMETRY, SimBoard
 from drivers.sim.clock import AcceleratedClock, Clock, VirtualClock
 from drivers.sim.server import serve_in_thread
 from drivers.transports.factory import open_transport
+
+log = logging.getLogger(__name__)
 
 SIM_SCHEME = "sim://"
 DEFAULT_SIM_RATE = 3600.0  # 24 h of board time in 24 s of wall time
@@ -154,6 +158,10 @@ class Station:
         self._closed = True
         try:
             self.chip.safe_state()
+        except DriverError as exc:
+            # The board's watchdog grounds the lines when the host goes silent.
+            log.error("station %s: could not put the board in its safe state: %s", self.name, exc)
+            raise
         finally:
             try:
                 self.chip.close()
@@ -167,7 +175,11 @@ class Station:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        try:
+            self.close()
+        except DriverError:
+            if exc is None:
+                raise  # otherwise the original error is the one to report; the failure is logged
 
 
 def open_station(
