@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import io
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,8 +45,6 @@ from hwctl.store.schema import (
 )
 from hwctl.store.schema import jobs as jobs_table
 from hwctl.store.vectors import encode
-
-log = logging.getLogger(__name__)
 
 # Devices per readback block: ~1 MB of float32 per round trip and per checkpoint.
 READ_BLOCK_DEVICES = 262_144
@@ -123,20 +120,20 @@ def load_network(conn: Connection, network_id: int) -> Checkpoint:
     return load_checkpoint(row.checkpoint_path, row.architecture)
 
 
-def run_device_map(ctx: JobContext, conn: Connection, run_id: int) -> tuple[int, DeviceMap]:
-    """The (mapping id, device map) a programming run wrote, cached per worker."""
+def run_device_map(ctx: JobContext, conn: Connection, run_id: int) -> DeviceMap:
+    """The device map a programming run was written with, decoded once per worker."""
     key = ("device_map", run_id)
     if key not in ctx.cache:
-        row = conn.execute(
-            select(mappings.c.id, mappings.c.device_map)
+        stored = conn.execute(
+            select(mappings.c.device_map)
             .join(programming_runs, programming_runs.c.mapping_id == mappings.c.id)
             .where(programming_runs.c.id == run_id)
-        ).one_or_none()
-        if row is None:
+        ).scalar()
+        if stored is None:
             raise CampaignError(f"programming run {run_id} has no mapping")
-        ctx.cache[key] = (int(row.id), DeviceMap.from_bytes(row.device_map))
-    mapping_id, device_map = ctx.cache[key]
-    return mapping_id, device_map
+        ctx.cache[key] = DeviceMap.from_bytes(stored)
+    device_map: DeviceMap = ctx.cache[key]
+    return device_map
 
 
 def _program_settings(spec: ExperimentSpec) -> ProgramSettings:
@@ -257,7 +254,7 @@ def handle_readback(ctx: JobContext) -> None:
         stored = conn.execute(
             select(readouts.c.id).where(readouts.c.run_id == run_id, readouts.c.offset_s == offset_s)
         ).scalar()
-        _, device_map = run_device_map(ctx, conn, run_id)
+        device_map = run_device_map(ctx, conn, run_id)
     if stored is not None:  # stored before a crash, job not yet marked done
         ctx.complete({"readout_id": int(stored)})
         return
@@ -314,7 +311,7 @@ def _evaluator(ctx: JobContext, conn: Connection, spec: ExperimentSpec, run_id: 
     """One evaluator per run and worker: the model, its device map and the AdaBS images."""
     key = ("evaluator", run_id)
     if key not in ctx.cache:
-        _, device_map = run_device_map(ctx, conn, run_id)
+        device_map = run_device_map(ctx, conn, run_id)
         calibration = None
         if "adabs" in spec.evaluation.methods:
             train = load_dataset(spec.evaluation.dataset, "train")
@@ -358,7 +355,7 @@ def handle_analyze(ctx: JobContext) -> None:
     run_id = int(ctx.payload["run_id"])
     with ctx.engine.connect() as conn:
         programmed = store_readouts.load_programming_result(conn, run_id)
-        _, device_map = run_device_map(ctx, conn, run_id)
+        device_map = run_device_map(ctx, conn, run_id)
         stored = [
             store_readouts.load_readout(conn, rid) for rid, _ in store_readouts.run_readouts(conn, run_id)
         ]
