@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "hwctl.commands.db",
     "hwctl.commands.serve",
     "hwctl.commands.worker",
+    "hwctl.commands.report",
 )
 
 

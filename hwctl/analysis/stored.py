@@ -1,0 +1,175 @@
+"""One experiment as the store holds it, loaded whole for analysis and reports.
+
+Reads what the station worker wrote (`hwctl.campaign`): the experiment and its
+specification, the network, the station's chip geometry, the latest finished
+programming run with its device map, every readout of that run, and the accuracy
+evaluations of those readouts. Times are seconds since programming on the station
+clock: each device's own age (`board_time_s − programmed_s[device]`) for drift fits,
+and the age since the end of programming for accuracy points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import Connection, Engine, select
+
+from drivers.base import Geometry
+from hwctl.analysis.forecast import AccuracyRecord
+from hwctl.experiment_spec import ExperimentSpec
+from hwctl.mapping import DeviceMap
+from hwctl.store.errors import NotFoundError
+from hwctl.store.readouts import (
+    ProgrammingResult,
+    Readout,
+    load_programming_result,
+    load_readout,
+    run_readouts,
+)
+from hwctl.store.schema import (
+    evaluations,
+    experiments,
+    mappings,
+    networks,
+    programming_runs,
+    readouts,
+    stations,
+)
+
+
+class NotReadyError(NotFoundError):
+    """The experiment exists but has not produced what was asked for yet (e.g. no readouts)."""
+
+
+@dataclass(frozen=True)
+class StoredExperiment:
+    """An experiment's rows; `run_id` and everything after it are None before programming ends."""
+
+    experiment_id: int
+    name: str
+    status: str
+    created_at: datetime
+    spec: ExperimentSpec
+    network_name: str
+    architecture: str
+    station_name: str
+    geometry: Geometry
+    run_id: int | None
+    device_map: DeviceMap | None
+    programming: ProgrammingResult | None
+    readouts: list[Readout]
+    measured: list[AccuracyRecord]  # kind="measured", ordered by time then method
+
+    @property
+    def programmed_end_s(self) -> float:
+        """Board time at which the last device was programmed."""
+        if self.programming is None or self.programming.programmed_s.size == 0:
+            raise NotReadyError(f"experiment {self.experiment_id} has no finished programming run")
+        return float(self.programming.programmed_s.max())
+
+    def require_readouts(self, at_least: int = 1) -> tuple[DeviceMap, ProgrammingResult]:
+        """The device map and programming result, once `at_least` readouts exist."""
+        if self.device_map is None or self.programming is None or len(self.readouts) < at_least:
+            raise NotReadyError(
+                f"experiment {self.experiment_id} ({self.status}) has {len(self.readouts)} readouts; "
+                f"this needs at least {at_least}"
+            )
+        return self.device_map, self.programming
+
+    def readout_matrix_us(self) -> npt.NDArray[np.float32]:
+        """Conductances (n_readouts, n_devices) in schedule order."""
+        return np.stack([r.g_us for r in self.readouts])
+
+    def device_ages_s(self) -> npt.NDArray[np.float64]:
+        """Each device's time since its own programming at each readout, (n_readouts, n_devices)."""
+        _, programming = self.require_readouts()
+        return np.stack([r.board_time_s - programming.programmed_s for r in self.readouts])
+
+
+@contextmanager
+def open_connection(db: Engine | Connection) -> Iterator[Connection]:
+    """`db` itself if it is a connection (the caller's transaction), else a new one."""
+    if isinstance(db, Connection):
+        yield db
+    else:
+        with db.connect() as conn:
+            yield conn
+
+
+def load_experiment(db: Engine | Connection, experiment_id: int) -> StoredExperiment:
+    """Everything stored about `experiment_id`; `NotFoundError` if there is no such experiment."""
+    with open_connection(db) as conn:
+        row = conn.execute(
+            select(
+                experiments,
+                networks.c.name.label("network_name"),
+                networks.c.architecture,
+                stations.c.name.label("station_name"),
+                stations.c.tiles,
+                stations.c.rows,
+                stations.c.cols,
+            )
+            .join(networks, networks.c.id == experiments.c.network_id)
+            .join(stations, stations.c.id == experiments.c.station_id)
+            .where(experiments.c.id == experiment_id)
+        ).one_or_none()
+        if row is None:
+            raise NotFoundError(f"experiment {experiment_id} does not exist")
+        run = conn.execute(
+            select(programming_runs.c.id, mappings.c.device_map)
+            .join(mappings, mappings.c.id == programming_runs.c.mapping_id)
+            .where(
+                programming_runs.c.experiment_id == experiment_id, programming_runs.c.ended_at.is_not(None)
+            )
+            .order_by(programming_runs.c.id.desc())
+            .limit(1)
+        ).one_or_none()
+        run_id = None if run is None else int(run.id)
+        device_map = None if run is None else DeviceMap.from_bytes(run.device_map)
+        programming = None if run_id is None else load_programming_result(conn, run_id)
+        stored = [] if run_id is None else [load_readout(conn, rid) for rid, _ in run_readouts(conn, run_id)]
+        measured = (
+            [] if programming is None else _measured(conn, run_id, float(programming.programmed_s.max()))
+        )
+    return StoredExperiment(
+        experiment_id=experiment_id,
+        name=row.name,
+        status=row.status,
+        created_at=row.created_at,
+        spec=ExperimentSpec.model_validate(row.settings),
+        network_name=row.network_name,
+        architecture=row.architecture,
+        station_name=row.station_name,
+        geometry=Geometry(row.tiles, row.rows, row.cols),
+        run_id=run_id,
+        device_map=device_map,
+        programming=programming,
+        readouts=stored,
+        measured=measured,
+    )
+
+
+def _measured(conn: Connection, run_id: int | None, programmed_end_s: float) -> list[AccuracyRecord]:
+    rows = conn.execute(
+        select(evaluations, readouts.c.board_time_s)
+        .join(readouts, readouts.c.id == evaluations.c.readout_id)
+        .where(readouts.c.run_id == run_id)
+        .order_by(readouts.c.board_time_s, evaluations.c.method)
+    )
+    return [
+        AccuracyRecord(
+            "measured",
+            float(r.board_time_s - programmed_end_s),
+            r.method,
+            float(r.accuracy),
+            r.ci_low,
+            r.ci_high,
+            int(r.n_images),
+        )
+        for r in rows
+    ]
