@@ -139,10 +139,10 @@ class BoardSession:
                 replies.append(Outgoing([self._error(event.code, event.message)], self._delay_s, event.fatal))
                 self.closed = event.fatal
                 continue
+            # Faults armed by this command act from the next reply on.
+            garble, self._garble_next, delay_s = self._garble_next, False, self._delay_s
             parts = self._dispatch(event)
-            if self._garble_next:
-                self._garble_next, parts = False, [GARBLED_REPLY]
-            replies.append(Outgoing(parts, self._delay_s))
+            replies.append(Outgoing([GARBLED_REPLY] if garble else parts, delay_s))
         return replies
 
     def _error(self, code: int, message: str) -> bytes:
@@ -258,7 +258,7 @@ class SimChipServer:
     max_block_bytes: int = 64 << 20
     core: BoardCore = field(init=False)
     _server: asyncio.Server | None = field(default=None, init=False)
-    _writers: set[asyncio.StreamWriter] = field(default_factory=set, init=False)
+    _connections: set[asyncio.Task[None]] = field(default_factory=set, init=False)
     _watchdog_task: asyncio.Task[None] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -281,8 +281,9 @@ class SimChipServer:
             self._watchdog_task.cancel()
         if self._server is not None:
             self._server.close()
-        for writer in list(self._writers):
-            writer.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -294,7 +295,9 @@ class SimChipServer:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = BoardSession(self.core, self.max_block_bytes)
-        self._writers.add(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
         peer = writer.get_extra_info("peername")
         log.info("host connected from %s", peer)
         try:
@@ -310,7 +313,7 @@ class SimChipServer:
         except ConnectionError as exc:
             log.info("host %s dropped the link: %s", peer, exc)
         finally:
-            self._writers.discard(writer)
+            self._connections.discard(task)
             writer.close()
             log.info("host %s disconnected", peer)
 
