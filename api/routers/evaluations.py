@@ -10,6 +10,7 @@ from sqlalchemy import Row, Select, select
 from api.deps import Db, ReadAccess
 from api.lookup import count
 from api.pagination import Page, Paging
+from api.params import PathId, QueryId
 from api.problems import problem_responses
 from api.schemas.results import Evaluation
 from hwctl.store.schema import evaluations, programming_runs, readouts
@@ -41,7 +42,7 @@ def evaluations_query(
 
 @router.get("", response_model=Page[Evaluation], dependencies=[ReadAccess])
 def list_evaluations(
-    db: Db, page: Paging, experiment_id: int | None = None,
+    db: Db, page: Paging, experiment_id: QueryId = None,
     method: Literal["none", "gdc", "adabs"] | None = None,
 ) -> Page[Evaluation]:
     query = evaluations_query(experiment_id, method)
@@ -54,7 +55,7 @@ def list_evaluations(
     "/{evaluation_id}", response_model=Evaluation, dependencies=[ReadAccess],
     responses=problem_responses(404),
 )
-def get_evaluation(evaluation_id: int, db: Db) -> Evaluation:
+def get_evaluation(evaluation_id: PathId, db: Db) -> Evaluation:
     row = db.execute(evaluations_query().where(evaluations.c.id == evaluation_id)).first()
     if row is None:
         raise HTTPException(404, f"evaluation {evaluation_id} does not exist")

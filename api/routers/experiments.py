@@ -10,6 +10,7 @@ from sqlalchemy import Row, func, select
 from api.deps import Db, EngineDep, ReadAccess, WriteAccess
 from api.lookup import count, one_or_404
 from api.pagination import Page, Paging
+from api.params import MAX_ROW_ID, PathId
 from api.problems import problem_responses
 from api.routers.evaluations import evaluation_out, evaluations_query
 from api.routers.jobs import TERMINAL_STATUSES, load_job
@@ -47,7 +48,9 @@ def _station_id(db: Db, name: str) -> int:
 
 
 def _network_name(db: Db, network_id: int) -> str:
-    name = db.execute(select(networks.c.name).where(networks.c.id == network_id)).scalar()
+    name = None
+    if 1 <= network_id <= MAX_ROW_ID:  # beyond it no row can exist, and the driver would overflow
+        name = db.execute(select(networks.c.name).where(networks.c.id == network_id)).scalar()
     if name is None:
         raise HTTPException(422, f"network {network_id} does not exist; upload it with POST /networks")
     return str(name)
@@ -80,7 +83,8 @@ def submit_experiment(
         if existing is not None:
             return _accepted(db, int(existing), response)
     station_id = _station_id(db, spec.station)
-    name = spec.name or f"{_network_name(db, spec.network_id)} on {spec.station}"
+    network_name = _network_name(db, spec.network_id)
+    name = spec.name or f"{network_name} on {spec.station}"
     experiment_id = records.add_experiment(
         db, name, network_id=spec.network_id, station_id=station_id, settings=spec.model_dump(mode="json")
     )
@@ -110,7 +114,7 @@ def list_experiments(
     "/{experiment_id}", response_model=ExperimentDetail, dependencies=[ReadAccess],
     responses=problem_responses(404),
 )
-def get_experiment(experiment_id: int, db: Db) -> ExperimentDetail:
+def get_experiment(experiment_id: PathId, db: Db) -> ExperimentDetail:
     """The experiment with its progress and every result so far (readouts, accuracies per method)."""
     one_or_404(db, experiments, experiment_id, "experiment")
     experiment = experiment_out(db.execute(_select().where(experiments.c.id == experiment_id)).one())

@@ -8,6 +8,7 @@ from sqlalchemy import Row, select
 from api.deps import Db, ReadAccess
 from api.lookup import count, one_or_404
 from api.pagination import Page, Paging
+from api.params import PathId, QueryId
 from api.problems import problem_responses
 from api.schemas.results import DriftFitBins, DriftFitSummary
 from hwctl.store.schema import device_fits, programming_runs
@@ -26,7 +27,7 @@ def fit_out(row: Row) -> DriftFitSummary:
 
 @router.get("", response_model=Page[DriftFitSummary], dependencies=[ReadAccess])
 def list_fits(
-    db: Db, page: Paging, experiment_id: int | None = None, run_id: int | None = None
+    db: Db, page: Paging, experiment_id: QueryId = None, run_id: QueryId = None
 ) -> Page[DriftFitSummary]:
     query = select(*_SUMMARY).order_by(device_fits.c.id)
     if run_id is not None:
@@ -44,7 +45,7 @@ def list_fits(
     "/{fit_id}", response_model=DriftFitSummary, dependencies=[ReadAccess],
     responses=problem_responses(404),
 )
-def get_fit(fit_id: int, db: Db) -> DriftFitSummary:
+def get_fit(fit_id: PathId, db: Db) -> DriftFitSummary:
     one_or_404(db, device_fits, fit_id, "drift fit")
     return fit_out(db.execute(select(*_SUMMARY).where(device_fits.c.id == fit_id)).one())
 
@@ -53,7 +54,7 @@ def get_fit(fit_id: int, db: Db) -> DriftFitSummary:
     "/{fit_id}/bins", response_model=DriftFitBins, dependencies=[ReadAccess],
     responses=problem_responses(404),
 )
-def get_fit_bins(fit_id: int, db: Db) -> DriftFitBins:
+def get_fit_bins(fit_id: PathId, db: Db) -> DriftFitBins:
     """Per-bin statistics as the analysis stored them in the summary (`bins`)."""
     row = one_or_404(db, device_fits, fit_id, "drift fit")
     return DriftFitBins(id=fit_id, bins=list(row.summary.get("bins", [])))

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import Db, EngineDep, ReadAccess, SettingsDep, WriteAccess
 from api.lookup import count
 from api.pagination import Page, Paging
+from api.params import PathId, QueryId
 from api.problems import problem_responses
 from api.schemas.jobs import TERMINAL_STATUSES, Job, JobStatus
 from hwctl import queue
@@ -30,7 +31,7 @@ def job_out(row: Row) -> Job:
 
 def jobs_query(
     status: JobStatus | None = None, kind: str | None = None, station: str | None = None,
-    experiment_id: int | None = None,
+    experiment_id: QueryId = None,
 ) -> Select[Any]:
     query = select(jobs).order_by(jobs.c.id)
     if status is not None:
@@ -54,7 +55,7 @@ def load_job(db: Connection, job_id: int) -> Job:
 @router.get("", response_model=Page[Job], dependencies=[ReadAccess])
 def list_jobs(
     db: Db, page: Paging, status: JobStatus | None = None, kind: str | None = None,
-    station: str | None = None, experiment_id: int | None = None,
+    station: str | None = None, experiment_id: QueryId = None,
 ) -> Page[Job]:
     query = jobs_query(status, kind, station, experiment_id)
     rows = db.execute(query.limit(page.limit).offset(page.offset)).all()
@@ -63,7 +64,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=Job, dependencies=[ReadAccess], responses=problem_responses(404))
-def get_job(job_id: int, db: Db) -> Job:
+def get_job(job_id: PathId, db: Db) -> Job:
     return load_job(db, job_id)
 
 
@@ -71,7 +72,7 @@ def get_job(job_id: int, db: Db) -> Job:
     "/{job_id}/cancel", response_model=Job, dependencies=[WriteAccess],
     responses=problem_responses(401, 403, 404, 409),
 )
-def cancel_job(job_id: int, engine: EngineDep) -> Job:
+def cancel_job(job_id: PathId, engine: EngineDep) -> Job:
     """A queued job is cancelled at once; a running one is asked to stop at its next block."""
     queue.cancel(engine, job_id)
     return _read_job(engine, job_id)
@@ -96,7 +97,7 @@ def _event(name: str, job: Job) -> str:
     },
 )
 async def job_events(
-    job_id: int, request: Request, engine: EngineDep, settings: SettingsDep
+    job_id: PathId, request: Request, engine: EngineDep, settings: SettingsDep
 ) -> StreamingResponse:
     """Server-Sent Events: the job as JSON whenever it changes, until it reaches a terminal state."""
     first = await run_in_threadpool(_read_job, engine, job_id)  # 404 before the stream starts

@@ -13,6 +13,7 @@ from sqlalchemy import Row, func, select
 from api.deps import Db, ReadAccess, SettingsDep, WriteAccess
 from api.lookup import count, one_or_404
 from api.pagination import Page, Paging
+from api.params import PathId
 from api.problems import problem_responses
 from api.schemas.networks import Network
 from hwctl.nn.models import Checkpoint, load_checkpoint
@@ -93,6 +94,6 @@ def list_networks(db: Db, page: Paging) -> Page[Network]:
     "/{network_id}", response_model=Network, dependencies=[ReadAccess],
     responses=problem_responses(404),
 )
-def get_network(network_id: int, db: Db) -> Network:
+def get_network(network_id: PathId, db: Db) -> Network:
     one_or_404(db, networks, network_id, "network")
     return network_out(db.execute(select(*_COLUMNS).where(networks.c.id == network_id)).one())

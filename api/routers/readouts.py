@@ -17,6 +17,7 @@ from sqlalchemy import Row, Select, select
 from api.deps import Db, ReadAccess
 from api.lookup import count, one_or_404
 from api.pagination import Page, Paging
+from api.params import MAX_ROW_ID, PathId, QueryId
 from api.problems import problem_responses
 from api.schemas.results import DeviceSeries, Readout
 from hwctl.mapping import DeviceMap
@@ -51,7 +52,7 @@ def readouts_query(experiment_id: int | None = None, run_id: int | None = None) 
 
 @router.get("/readouts", response_model=Page[Readout], dependencies=[ReadAccess])
 def list_readouts(
-    db: Db, page: Paging, experiment_id: int | None = None, run_id: int | None = None
+    db: Db, page: Paging, experiment_id: QueryId = None, run_id: QueryId = None
 ) -> Page[Readout]:
     query = readouts_query(experiment_id, run_id)
     rows = db.execute(query.limit(page.limit).offset(page.offset)).all()
@@ -63,7 +64,7 @@ def list_readouts(
     "/readouts/{readout_id}", response_model=Readout, dependencies=[ReadAccess],
     responses=problem_responses(404),
 )
-def get_readout(readout_id: int, db: Db) -> Readout:
+def get_readout(readout_id: PathId, db: Db) -> Readout:
     one_or_404(db, readouts, readout_id, "readout")
     return readout_out(db.execute(select(*_META).where(readouts.c.id == readout_id)).one())
 
@@ -109,7 +110,7 @@ def _addresses(db: Db, run_id: int) -> np.ndarray:
     },
 )
 def download_readout(
-    readout_id: int,
+    readout_id: PathId,
     db: Db,
     format: Annotated[Literal["npy", "parquet"], Query(description="npy vector or long Parquet")] = "npy",
 ) -> Response:
@@ -126,7 +127,9 @@ def download_readout(
     "/runs/{run_id}/devices/{device}/series", response_model=DeviceSeries, dependencies=[ReadAccess],
     responses=problem_responses(404, 422),
 )
-def get_device_series(run_id: int, device: Annotated[int, Path(ge=0)], db: Db) -> DeviceSeries:
+def get_device_series(
+    run_id: PathId, device: Annotated[int, Path(ge=0, le=MAX_ROW_ID)], db: Db
+) -> DeviceSeries:
     """One device across every readout of a run: time since it was programmed, and conductance."""
     series = store_readouts.device_series(db, run_id, device)
     return DeviceSeries(run_id=run_id, device=device, t_s=series.t_s.tolist(), g_us=series.g_us.tolist())

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from pydantic import BaseModel, Field
 
+from api.schemas.common import UtcDatetime
 from api.schemas.jobs import Job
 from api.schemas.results import Evaluation, Readout
 from hwctl.experiment_spec import ExperimentSpec
@@ -18,7 +17,7 @@ class Experiment(BaseModel):
     station: str
     status: str
     spec: ExperimentSpec
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class ExperimentAccepted(BaseModel):

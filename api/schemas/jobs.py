@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+from api.schemas.common import UtcDatetime
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted", "missed"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "missed"})
@@ -27,6 +28,6 @@ class Job(BaseModel):
     cancel_requested: bool
     error: str | None
     result: dict[str, Any] | None
-    created_at: datetime
+    created_at: UtcDatetime
     started_s: float | None
     finished_s: float | None

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+from api.schemas.common import UtcDatetime
 
 
 class Network(BaseModel):
@@ -15,4 +16,4 @@ class Network(BaseModel):
     sha256: str = Field(description="of the uploaded checkpoint bytes")
     size_bytes: int | None = Field(None, description="checkpoint size; None when stored by path")
     metadata: dict[str, Any] = Field(description="training recipe and results recorded in the checkpoint")
-    created_at: datetime
+    created_at: UtcDatetime

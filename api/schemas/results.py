@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+from api.schemas.common import UtcDatetime
 
 
 class Readout(BaseModel):
@@ -16,7 +17,7 @@ class Readout(BaseModel):
     offset_s: float = Field(description="scheduled offset after programming, station seconds")
     scheduled_s: float = Field(description="scheduled board time")
     board_time_s: float = Field(description="board time when the read started")
-    read_at: datetime
+    read_at: UtcDatetime
     temperature_c: float | None
     n_devices: int
 
@@ -39,7 +40,7 @@ class Evaluation(BaseModel):
     ci_low: float | None
     ci_high: float | None
     n_images: int
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class DriftFitSummary(BaseModel):
@@ -47,7 +48,7 @@ class DriftFitSummary(BaseModel):
     run_id: int
     n_devices: int
     summary: dict[str, Any] = Field(description="chip-level drift statistics as the analysis stored them")
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class DriftFitBins(BaseModel):

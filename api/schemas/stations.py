@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from api.schemas.common import UtcDatetime
 
 STATION_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -33,4 +34,4 @@ class StationCreate(BaseModel):
 class Station(StationCreate):
     model_config = ConfigDict(extra="forbid")
     id: int
-    created_at: datetime
+    created_at: UtcDatetime
