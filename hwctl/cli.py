@@ -18,6 +18,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "hwctl.commands.sim_chip",
     "hwctl.commands.db",
     "hwctl.commands.serve",
+    "hwctl.commands.train",
+    "hwctl.commands.evaluate",
     "hwctl.commands.worker",
     "hwctl.commands.report",
 )

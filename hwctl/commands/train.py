@@ -37,11 +37,13 @@ def run(args: argparse.Namespace) -> int:
     if data != model_spec(args.model).dataset:
         raise CLIError(f"model {args.model} is for {model_spec(args.model).dataset}, not {data}")
     model = build_model(args.model)
+    init_meta = None
     if args.init:
         ckpt = load_checkpoint(args.init, arch=args.model)
         if ckpt.arch != args.model:
             raise CLIError(f"--init holds a {ckpt.arch}, not a {args.model}")
         model.load_state_dict(ckpt.state_dict, strict=True)
+        init_meta = ckpt.meta  # provenance of a fine-tune chain
     recipe = TrainRecipe(
         arch=args.model, data=data, eta=args.eta, alpha=args.alpha or None, epochs=args.epochs,
         lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size, seed=args.seed,
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     meta = train(model, recipe, load_dataset(data, "train"), load_dataset(data, "test"),
-                 checkpoint_path=args.out, progress=not args.no_progress)
+                 checkpoint_path=args.out, progress=not args.no_progress, init_meta=init_meta)
     save_checkpoint(args.out, args.model, model, meta)
     print(json.dumps({"out": args.out, "fp_test_accuracy": meta.get("fp_test_accuracy"),
                       "epochs": meta.get("epochs_done")}))

@@ -93,6 +93,7 @@ def train(
     test_set: ImageSet | None = None,
     checkpoint_path: str | Path | None = None,
     progress: bool = True,
+    init_meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train `model` in place by `recipe`; return (and checkpoint each epoch) the metadata.
 
@@ -111,6 +112,8 @@ def train(
     total_steps = max(1, math.ceil(recipe.epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
     meta: dict[str, Any] = {"recipe": asdict(recipe), "history": []}
+    if init_meta:
+        meta["init_meta"] = init_meta
     step, epoch, t_start = 0, 0, time.perf_counter()
     while step < total_steps:
         model.train()

@@ -1,0 +1,70 @@
+"""`hwctl evaluate`: accuracy of a checkpoint from PCM conductances (simulated chip or a readout file)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from drivers.sim.board import DEFAULT_GEOMETRY
+from hwctl.cli import CLIError
+from hwctl.mapping import DeviceMap, map_network
+from hwctl.nn.chip_readout import simulate_readouts
+from hwctl.nn.compensation import METHODS, AnalogIO
+from hwctl.nn.conductance import export_layers
+from hwctl.nn.data import load_dataset
+from hwctl.nn.evaluation import ReadoutEvaluator, calibration_set
+from hwctl.nn.models import MODELS, load_checkpoint, model_spec
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("evaluate", help="inference accuracy from PCM conductances")
+    p.add_argument("checkpoint")
+    p.add_argument("--arch", choices=sorted(MODELS), help="for checkpoints that do not name it")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--sim-times", help="comma-separated seconds after programming on a simulated chip")
+    src.add_argument("--readout", type=Path, help=".npy conductance vector (µS, canonical device order)")
+    p.add_argument("--readout-t0", type=Path, help=".npy t0 readout (GDC reference)")
+    p.add_argument("--device-map", type=Path, help="DeviceMap bytes; default: re-map the checkpoint")
+    p.add_argument("--seed", type=int, default=0, help="simulated chip seed")
+    p.add_argument("--method", action="append", choices=METHODS, help="repeatable; default: all")
+    p.add_argument("--images", type=int, help="evaluate on a fixed subset of the test set")
+    p.add_argument("--adc-bits", type=int, help="quantize DAC/ADC to this many bits (default ideal)")
+    p.set_defaults(func=run)
+
+
+def _device_map(args: argparse.Namespace, model_layers: list) -> DeviceMap:
+    if args.device_map:
+        return DeviceMap.from_bytes(args.device_map.read_bytes())
+    return map_network(model_layers, DEFAULT_GEOMETRY)
+
+
+def run(args: argparse.Namespace) -> int:
+    ckpt = load_checkpoint(args.checkpoint, args.arch)
+    dataset = model_spec(ckpt.arch).dataset
+    test = load_dataset(dataset, "test").subset(args.images)
+    calib = calibration_set(load_dataset(dataset, "train"), dataset)
+    methods = args.method or list(METHODS)
+    io = AnalogIO.quantized(args.adc_bits) if args.adc_bits else None
+    if args.readout is not None:
+        device_map = _device_map(args, export_layers(ckpt.build()))
+        g_t = np.load(args.readout, allow_pickle=False)
+        g_t0 = np.load(args.readout_t0, allow_pickle=False) if args.readout_t0 else None
+        if "gdc" in methods and g_t0 is None:
+            raise CLIError("GDC needs --readout-t0")
+        readouts = {"readout": (g_t, g_t0)}
+    else:
+        times = sorted(float(t) for t in args.sim_times.split(","))
+        sim = simulate_readouts(ckpt.build(), times, seed=args.seed)
+        device_map = sim.device_map
+        g0 = sim.g_us_by_time_s[times[0]]
+        readouts = {f"{t:g}s": (g, g0) for t, g in sim.g_us_by_time_s.items()}
+    evaluator = ReadoutEvaluator(ckpt, device_map, calib, io)
+    for label, (g_t, g_t0) in readouts.items():
+        for method in methods:
+            result = evaluator.evaluate(test, g_t, method, g_t0, seed=args.seed)
+            print(json.dumps({"readout": label, **asdict(result)}), flush=True)
+    return 0
