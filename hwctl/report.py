@@ -25,7 +25,7 @@ from drivers.sim.pcm import PCMModel
 from hwctl.analysis import document as doc
 from hwctl.analysis.document import Block
 from hwctl.analysis.drift import DriftFit, fit_drift
-from hwctl.analysis.fitted_model import fit_model
+from hwctl.analysis.fitted_model import eta_from_fit, fit_model
 from hwctl.analysis.forecast import AccuracyRecord, forecast_accuracy, horizon_label
 from hwctl.analysis.plots import (
     AccuracyCurve,
@@ -114,6 +114,15 @@ def plot_bytes(db: Engine | Connection, experiment_id: int, name: str, fmt: Imag
     if name not in PLOT_NAMES:
         raise UnknownPlotError(f"unknown plot {name!r}; available: {', '.join(PLOT_NAMES)}")
     return render(analyze_experiment(db, experiment_id, forecast=False).figure(name), fmt)
+
+
+def training_noise_eta(db: Engine | Connection, experiment_id: int) -> float:
+    """η for noise-aware training (`hwctl train --noise-from EXPERIMENT_ID`), measured on this chip.
+
+    Closes the loop of pcm-model.md §7: the median programming σ over target bins,
+    as a fraction of G_max, replaces the default η with what the chip actually did.
+    """
+    return eta_from_fit(analyze_experiment(db, experiment_id, forecast=False).stats)
 
 
 def write_report(analysis: ExperimentAnalysis, out_dir: str | Path) -> Path:

@@ -8,12 +8,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import Engine, func, select
 
 from hwctl.analysis.stored import NotReadyError
 from hwctl.cli import main
-from hwctl.report import PLOT_NAMES, UnknownPlotError, build_report, plot_bytes
+from hwctl.report import PLOT_NAMES, UnknownPlotError, build_report, plot_bytes, training_noise_eta
 from hwctl.station import SimChipOptions, start_embedded_chip
 from hwctl.store.engine import make_engine
 from hwctl.store.errors import NotFoundError
@@ -72,7 +73,8 @@ def test_accuracy_table_has_each_method_measured_at_every_readout_and_forecast_t
     html = reported.index.read_text()
     header = re.search(r"<th>time since programming</th>.*?</tr>", html)
     assert header is not None
-    assert [h for h in re.findall(r"<th>([^<]*)</th>", header.group(0))][2:] == ["none (%)", "GDC (%)", "AdaBS (%)"]
+    methods = re.findall(r"<th>([^<]*)</th>", header.group(0))[2:]
+    assert methods == ["none (%)", "GDC (%)", "AdaBS (%)"]
     rows = re.findall(r"<tr><td>([^<]*)</td><td>(measured|forecast)</td>((?:<td>[^<]*</td>){3})</tr>", html)
     assert [kind for _, kind, _ in rows] == ["measured"] * READOUTS + ["forecast"] * 3
     assert [label for label, kind, _ in rows if kind == "forecast"] == ["1 week", "1 month", "1 year"]
@@ -127,7 +129,19 @@ def test_cli_prints_the_report_path_and_a_summary(
         assert conn.execute(select(func.count()).select_from(evaluations)).scalar_one() == 3 * READOUTS
 
 
-def test_cli_names_an_unknown_experiment(reported: Reported, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_names_an_unknown_experiment(
+    reported: Reported, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(["report", "424242", "--out", str(tmp_path), "--database-url", reported.url])
     assert code == 2
     assert "experiment 424242 does not exist" in capsys.readouterr().err
+
+
+def test_training_noise_comes_from_the_chips_measured_programming_error(reported: Reported) -> None:
+    """The simulated chip programs as its model says: η ≈ median model σ_prog over bins / G_max."""
+    eta = training_noise_eta(reported.engine, reported.experiment_id)
+    data = json.loads((reported.index.parent / "report.json").read_text())
+    bins = [b for b in data["statistics"]["bins"] if b["n_used"] > 0]
+    modelled = float(np.median([b["model_prog_sigma_us"] for b in bins])) / data["statistics"]["g_max_us"]
+    assert eta == pytest.approx(modelled, rel=0.15)
+    assert eta != pytest.approx(0.038, rel=0.05)  # not the training default
