@@ -5,28 +5,26 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import insert, select, update
 
 from api.app import create_app
 from api.dashboard import PLOT_NAMES, duration
 from api.server import BackgroundServer
 from drivers.base import Geometry
-from hwctl.campaign import load_network
-from hwctl.mapping import DeviceMap
-from hwctl.nn.data import load_digits
-from hwctl.nn.evaluation import ReadoutEvaluator
 from hwctl.station import SimChipOptions, start_embedded_chip
 from hwctl.store.engine import make_engine
-from hwctl.store.readouts import load_programming_result, load_readout, run_readouts
-from hwctl.store.records import add_evaluation, add_experiment, add_network, add_station
-from hwctl.store.schema import evaluations, experiments, jobs, mappings, programming_runs, readouts
+from hwctl.store.records import add_experiment, add_network, add_station
+from hwctl.store.schema import evaluations, jobs, readouts
 from hwctl.worker import Worker, WorkerOptions
 from tests.api.conftest import API_KEY, api_settings, migrated_sqlite_url
 from tests.service.conftest import SMALL_CHIP, create_campaign
@@ -43,45 +41,18 @@ class FinishedCampaign:
     n_readouts: int
 
 
-def _evaluate_every_readout(engine: Engine, experiment_id: int, network_id: int) -> None:
-    """Accuracy of each readout with each compensation, through the nn evaluation library."""
-    test_set, calibration = load_digits("test").subset(100, seed=0), load_digits("train").subset(100, seed=0)
-    with engine.begin() as conn:
-        run_id, device_map = conn.execute(
-            select(programming_runs.c.id, mappings.c.device_map)
-            .join(mappings, mappings.c.id == programming_runs.c.mapping_id)
-            .where(programming_runs.c.experiment_id == experiment_id)
-        ).one()
-        checkpoint = load_network(conn, network_id)
-        evaluator = ReadoutEvaluator(checkpoint, DeviceMap.from_bytes(device_map), calibration)
-        g_t0_us = load_programming_result(conn, run_id).g_final_us
-        for readout_id, _ in run_readouts(conn, run_id):
-            g_t_us = load_readout(conn, readout_id).g_us
-            for method in METHODS:
-                result = evaluator.evaluate(test_set, g_t_us, method, g_t0_us)
-                add_evaluation(
-                    conn, readout_id, method=method, accuracy=result.accuracy, n_images=result.n_images,
-                    ci=(result.ci95_low, result.ci95_high),
-                )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedCampaign]:
-    """A digits network programmed on the simulated chip and read back 3 times over 24 h (virtual)."""
+    """A digits network programmed on the simulated chip, read back and evaluated 3 times over 24 h
+    (virtual time), by the station worker."""
     url = migrated_sqlite_url(tmp_path_factory.mktemp("dashboard"))
     engine = make_engine(url)
     chip = start_embedded_chip(SimChipOptions(virtual=True, geometry=SMALL_CHIP, seed=3))
     try:
-        campaign = create_campaign(engine, chip.resource, points=3)
+        campaign = create_campaign(engine, chip.resource, points=3, evaluate=True)
         run_until_idle(Worker(engine, campaign.station, WorkerOptions(read_block_devices=50_000)), engine)
     finally:
         chip.stop()
-    with engine.connect() as conn:
-        network_id = int(
-            conn.execute(select(experiments.c.network_id).where(experiments.c.id == campaign.experiment_id))
-            .scalar_one()
-        )
-    _evaluate_every_readout(engine, campaign.experiment_id, network_id)
     engine.dispose()
     yield FinishedCampaign(url, campaign.experiment_id, len(campaign.offsets_s))
 
@@ -210,6 +181,55 @@ def _headless(chromium: str, profile: Path, *args: str) -> subprocess.CompletedP
         f"--user-data-dir={profile}", "--window-size=1280,900", "--virtual-time-budget=5000", *args,
     ]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+
+
+def watching(app: Any, path_suffix: str, seen: threading.Event) -> Any:
+    """The ASGI app, setting `seen` when a request for a path ending in `path_suffix` arrives."""
+
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].endswith(path_suffix):
+            seen.set()
+        await app(scope, receive, send)
+
+    return asgi
+
+
+def test_running_job_progress_updates_live_in_headless_chromium(db_url: str, tmp_path: Path) -> None:
+    chromium = _chromium()
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        station_id = add_station(
+            conn, "bench-live", resource="sim://virtual", chip_serial="SIM-8", geometry=Geometry(1, 8, 8),
+            amplitude_limit_ua=400.0,
+        )  # fmt: skip
+        job_id = conn.execute(insert(jobs).values(
+            kind="readback", station_id=station_id, status="running", run_at_s=0.0, progress=0.1,
+            progress_message="read 1/10 blocks",
+        ).returning(jobs.c.id)).scalar_one()  # fmt: skip
+    subscribed = threading.Event()
+
+    def finish_job_once_the_page_listens() -> None:
+        assert subscribed.wait(30), "the page never opened the job's event stream"
+        updates = [
+            {"progress": 0.7, "progress_message": "read 7/10 blocks"},
+            {"status": "succeeded", "progress": 1.0, "progress_message": "read 10/10 blocks"},
+        ]
+        for values in updates:
+            time.sleep(0.2)
+            with engine.begin() as conn:
+                conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+
+    app = watching(create_app(api_settings(db_url, api_keys=[])), f"/jobs/{job_id}/events", subscribed)
+    updater = threading.Thread(target=finish_job_once_the_page_listens)
+    with BackgroundServer(app) as server:
+        updater.start()
+        dom = _headless(chromium, tmp_path / "profile", "--dump-dom", f"{server.url}/dashboard").stdout
+        updater.join()
+    engine.dispose()
+    assert subscribed.is_set()
+    assert "read 10/10 blocks" in dom  # only the event stream ever said so
+    assert 'class="status status-succeeded">succeeded<' in dom
+    assert '<progress max="1" value="1">' in dom
 
 
 def test_experiment_page_renders_in_headless_chromium(finished: FinishedCampaign, tmp_path: Path) -> None:
