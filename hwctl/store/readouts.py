@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Connection, func, insert, select, update
 
-from hwctl.store.engine import is_sqlite
+from hwctl.store.engine import BINARY_RESULTS, is_sqlite
 from hwctl.store.errors import NotFoundError, StoreError
 from hwctl.store.schema import programming_runs, readouts, utc_now
 from hwctl.store.vectors import decode_row, encode
@@ -87,7 +87,8 @@ def finish_programming_run(conn: Connection, run_id: int, result: ProgrammingRes
 
 
 def load_programming_result(conn: Connection, run_id: int) -> ProgrammingResult:
-    row = conn.execute(select(programming_runs).where(programming_runs.c.id == run_id)).one_or_none()
+    query = select(programming_runs).where(programming_runs.c.id == run_id)
+    row = conn.execute(query, execution_options=BINARY_RESULTS).one_or_none()
     if row is None:
         raise NotFoundError(f"programming run {run_id} does not exist")
     if row.ended_at is None:
@@ -126,7 +127,8 @@ def add_readout(
 
 def load_readout(conn: Connection, readout_id: int) -> Readout:
     """The readout with its conductances, length and checksum verified."""
-    row = conn.execute(select(readouts).where(readouts.c.id == readout_id)).one_or_none()
+    query = select(readouts).where(readouts.c.id == readout_id)
+    row = conn.execute(query, execution_options=BINARY_RESULTS).one_or_none()
     if row is None:
         raise NotFoundError(f"readout {readout_id} does not exist")
     return Readout(
