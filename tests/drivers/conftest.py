@@ -14,6 +14,7 @@ from drivers.transports.factory import open_transport
 
 SMALL = Geometry(tiles=2, rows=64, cols=64)
 TIMEOUT_S = 2.0
+SHORT_TIMEOUT_S = 0.5
 TRANSPORTS = ("inproc", "visa-tcp", "serial-tcp")
 
 
@@ -37,10 +38,21 @@ def resource_for(kind: str, server: ServerThread) -> str:
     }[kind]
 
 
+def _driver(kind: str, board: SimBoard, server: ServerThread, timeout_s: float) -> Iterator[ChipDriver]:
+    driver = ChipDriver(open_transport(resource_for(kind, server), timeout_s=timeout_s, board=board))
+    yield driver
+    driver.close()
+
+
 @pytest.fixture(params=TRANSPORTS)
 def chip(request: pytest.FixtureRequest, board: SimBoard, server: ServerThread) -> Iterator[ChipDriver]:
     """The same board behind each transport: the contract must hold for all of them."""
-    transport = open_transport(resource_for(request.param, server), timeout_s=TIMEOUT_S, board=board)
-    driver = ChipDriver(transport)
-    yield driver
-    driver.close()
+    yield from _driver(request.param, board, server, TIMEOUT_S)
+
+
+@pytest.fixture(params=TRANSPORTS)
+def impatient_chip(
+    request: pytest.FixtureRequest, board: SimBoard, server: ServerThread
+) -> Iterator[ChipDriver]:
+    """Like `chip` with a short timeout, for tests that must wait one out."""
+    yield from _driver(request.param, board, server, SHORT_TIMEOUT_S)

@@ -1,0 +1,39 @@
+"""`hwctl sim-chip` as a user runs it: a process that listens, serves, and stops on Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from drivers.chip import ChipDriver
+from drivers.transports.factory import open_transport
+from hwctl.cli import main
+
+
+def test_sim_chip_prints_its_address_serves_and_stops_cleanly_on_ctrl_c() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hwctl.cli", "sim-chip", "--port", "0", "--geometry", "1,8,8", "--seed", "3"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        assert line.startswith("hwctl sim-chip listening on TCPIP::127.0.0.1::")
+        resource = line.rsplit(" ", 1)[1]
+        with ChipDriver(open_transport(resource, timeout_s=5.0)) as chip:
+            assert chip.geometry().n_devices == 64
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=10)
+    finally:
+        process.kill()
+    assert process.returncode == 0
+    assert "stopped" in stderr and "Traceback" not in stderr
+
+
+def test_bad_geometry_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["sim-chip", "--geometry", "2,x"])
+    assert exited.value.code == 2 and "T,R,C" in capsys.readouterr().err
