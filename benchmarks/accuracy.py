@@ -103,13 +103,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="ResNet-20 baseline, 2,000 images (≤ 5 min)")
     parser.add_argument("--models", default="noise_trained,baseline")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--images", type=int, help="fixed test subset (default: all 10,000; 2,000 quick)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     table = QUICK_CHECKPOINTS if args.quick else CHECKPOINTS
     names = [n for n in args.models.split(",") if n in table]
-    test = load_cifar10("test").subset(2000 if args.quick else None, seed=0)
+    test = load_cifar10("test").subset(args.images or (2000 if args.quick else None), seed=0)
     calib = calibration_set(load_cifar10("train"), "cifar10", seed=0)
     result: dict[str, Any] = json.loads(args.json.read_text()) if args.json.exists() else {}
     result.setdefault("models", {})
