@@ -44,12 +44,16 @@ class ScheduleSpec(BaseModel):
         return validate_offsets_s(value)
 
 
+def _all_methods() -> list[CompensationMethod]:
+    return ["none", "gdc", "adabs"]
+
+
 class EvaluationSpec(BaseModel):
     """How each readout is turned into accuracy."""
 
     model_config = ConfigDict(extra="forbid")
     dataset: Literal["digits", "cifar10"] = "digits"
-    methods: list[CompensationMethod] = Field(default_factory=lambda: ["none", "gdc", "adabs"])
+    methods: list[CompensationMethod] = Field(default_factory=_all_methods)
     n_images: int | None = Field(None, ge=1, description="test images used (None: all)")
     calibration_images: int | None = Field(None, ge=1, description="AdaBS calibration set size")
     enabled: bool = True

@@ -11,17 +11,9 @@ import numpy as np
 
 from drivers.base import Addresses, Float32s, Geometry, Identity
 from drivers.errors import BoardError
+from drivers.protocol import ERR_BAD_ADDRESS, ERR_COMMAND, ERR_DATA_OUT_OF_RANGE
 from drivers.sim.clock import Clock, VirtualClock
 from drivers.sim.pcm import PCMArray, PCMModel
-
-# SCPI-flavoured error codes (see docs/protocol.md).
-ERR_COMMAND = -100
-ERR_UNDEFINED_HEADER = -113
-ERR_DATA_OUT_OF_RANGE = -222
-ERR_TOO_MUCH_DATA = -223
-ERR_QUEUE_OVERFLOW = -350
-ERR_SIM_ONLY = 100
-ERR_BAD_ADDRESS = 101
 
 DEFAULT_GEOMETRY = Geometry(tiles=16, rows=512, cols=256)
 HARDWARE_MAX_AMPLITUDE_UA = 500.0
