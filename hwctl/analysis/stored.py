@@ -23,6 +23,7 @@ from drivers.base import Geometry
 from hwctl.analysis.forecast import AccuracyRecord
 from hwctl.experiment_spec import ExperimentSpec
 from hwctl.mapping import DeviceMap
+from hwctl.nn.compensation import METHODS
 from hwctl.store.errors import NotFoundError
 from hwctl.store.readouts import (
     ProgrammingResult,
@@ -155,12 +156,14 @@ def load_experiment(db: Engine | Connection, experiment_id: int) -> StoredExperi
 
 
 def _measured(conn: Connection, run_id: int | None, programmed_end_s: float) -> list[AccuracyRecord]:
-    rows = conn.execute(
+    """The run's evaluations by time, methods in `METHODS` order (none, gdc, adabs)."""
+    found = conn.execute(
         select(evaluations, readouts.c.board_time_s)
         .join(readouts, readouts.c.id == evaluations.c.readout_id)
         .where(readouts.c.run_id == run_id)
-        .order_by(readouts.c.board_time_s, evaluations.c.method)
-    )
+    ).all()
+    order = {method: k for k, method in enumerate(METHODS)}
+    rows = sorted(found, key=lambda r: (r.board_time_s, order.get(r.method, len(order))))
     return [
         AccuracyRecord(
             "measured",
