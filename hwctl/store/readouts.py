@@ -39,6 +39,27 @@ class Readout:
 
 
 @dataclass(frozen=True)
+class ReadoutInfo:
+    """A readout without its vector: when it was scheduled and taken, how many devices."""
+
+    id: int
+    run_id: int
+    offset_s: float
+    scheduled_s: float
+    board_time_s: float
+    read_at: datetime
+    temperature_c: float | None
+    n_devices: int
+
+
+# The columns of `ReadoutInfo`, for queries that list readouts their own way.
+READOUT_INFO_COLUMNS = (
+    readouts.c.id, readouts.c.run_id, readouts.c.offset_s, readouts.c.scheduled_s, readouts.c.board_time_s,
+    readouts.c.read_at, readouts.c.temperature_c, readouts.c.g_len.label("n_devices"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
 class ProgrammingResult:
     """Per-device outcome of program-and-verify, in canonical device order."""
 
@@ -209,8 +230,12 @@ def _series(device: int, board_time_s: list[float], g_bytes: list[bytes], t0_byt
     return DeviceSeries(device, np.asarray(board_time_s, np.float64) - t0_s, g_us)
 
 
+def list_readouts(conn: Connection, run_id: int) -> list[ReadoutInfo]:
+    """A run's readouts in schedule order, without their vectors."""
+    query = select(*READOUT_INFO_COLUMNS).where(readouts.c.run_id == run_id)
+    return [ReadoutInfo(**row._asdict()) for row in conn.execute(query.order_by(readouts.c.offset_s))]
+
+
 def run_readouts(conn: Connection, run_id: int) -> list[tuple[int, float]]:
     """(readout id, offset s) of a run's readouts, in schedule order."""
-    query = select(readouts.c.id, readouts.c.offset_s).where(readouts.c.run_id == run_id)
-    rows = conn.execute(query.order_by(readouts.c.offset_s))
-    return [(int(r.id), float(r.offset_s)) for r in rows]
+    return [(r.id, r.offset_s) for r in list_readouts(conn, run_id)]

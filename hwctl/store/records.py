@@ -1,16 +1,45 @@
-"""Creating the small descriptive rows: stations, networks, mappings, experiments,
-evaluations, calibrations. Each returns the new row's id."""
+"""The small descriptive rows: stations, networks, mappings, experiments, evaluations,
+calibrations. Each `add_*` returns the new row's id; evaluations are also listed here."""
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Table, insert, select
 
 from drivers.base import Geometry
 from hwctl.store.errors import NotFoundError, StoreError
-from hwctl.store.schema import calibrations, evaluations, experiments, mappings, networks, stations
+from hwctl.store.schema import (
+    calibrations,
+    evaluations,
+    experiments,
+    mappings,
+    networks,
+    programming_runs,
+    readouts,
+    stations,
+)
+
+
+@dataclass(frozen=True)
+class EvaluationRecord:
+    """An accuracy measured from one readout, with when that readout was taken."""
+
+    id: int
+    readout_id: int
+    run_id: int
+    offset_s: float  # the readout's scheduled offset after programming
+    board_time_s: float  # when the readout started, station clock
+    method: str
+    accuracy: float
+    ci_low: float | None
+    ci_high: float | None
+    n_images: int
+    settings: dict[str, Any]
+    created_at: datetime
 
 
 def _insert(conn: Connection, table: Table, **values: Any) -> int:
@@ -101,6 +130,26 @@ def add_evaluation(
         conn, evaluations, readout_id=readout_id, method=method, accuracy=accuracy, n_images=n_images,
         ci_low=ci_low, ci_high=ci_high, settings=settings or {},
     )  # fmt: skip
+
+
+def list_evaluations(
+    conn: Connection, experiment_id: int, method: str | None = None
+) -> list[EvaluationRecord]:
+    """An experiment's evaluations in readout time order (then method), of every run."""
+    query = (
+        select(
+            evaluations.c.id, evaluations.c.readout_id, readouts.c.run_id, readouts.c.offset_s,
+            readouts.c.board_time_s, evaluations.c.method, evaluations.c.accuracy, evaluations.c.ci_low,
+            evaluations.c.ci_high, evaluations.c.n_images, evaluations.c.settings, evaluations.c.created_at,
+        )
+        .join(readouts, readouts.c.id == evaluations.c.readout_id)
+        .join(programming_runs, programming_runs.c.id == readouts.c.run_id)
+        .where(programming_runs.c.experiment_id == experiment_id)
+        .order_by(readouts.c.board_time_s, evaluations.c.method, evaluations.c.id)
+    )  # fmt: skip
+    if method is not None:
+        query = query.where(evaluations.c.method == method)
+    return [EvaluationRecord(**row._asdict()) for row in conn.execute(query)]
 
 
 def add_calibration(conn: Connection, station_id: int, kind: str, payload: dict[str, Any]) -> int:

@@ -172,10 +172,14 @@ device_fits = Table(
     metadata,
     _id(),
     _fk("run_id", "programming_runs"),
+    # Per-device fit of ln G = ln G(t0) − ν·ln(t/t0) (float32; status int8 FitStatus).
     *vector_columns("nu"),
     *vector_columns("g_t0"),
     *vector_columns("r2"),
+    *vector_columns("status", nullable=True),  # added in 0002: NULL on older fits
+    Column("t0_s", Float, nullable=True, doc="reference time of g_t0, s since programming"),
     Column("summary", Json, nullable=False, default=dict),
+    Column("statistics", Json, nullable=True, doc="per-bin statistics and outliers"),
     _created(),
 )
 

@@ -24,6 +24,7 @@ DTYPES: dict[str, np.dtype] = {
     "int32": np.dtype("<i4"),
     "uint16": np.dtype("<u2"),
     "uint8": np.dtype("u1"),
+    "int8": np.dtype("i1"),
 }
 
 

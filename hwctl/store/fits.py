@@ -1,0 +1,136 @@
+"""Per-device drift fits of a programming run: ν, G(t0), R² and fit status as blobs.
+
+`hwctl.analysis.drift.fit_drift` gives one value per device (~10⁶); like readouts they
+are stored as vectors, in the run's canonical device order, with a small chip-level
+summary (computed here, so every fit has the same one) and the per-bin statistics of
+`hwctl.analysis.statistics.ChipStatistics.to_dict()` as JSON. A run may be fitted more
+than once (more readouts, other settings); the latest fit is the current one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import Connection, Row, insert, select
+
+from hwctl.analysis.drift import DriftFit, FitStatus
+from hwctl.store.engine import BINARY_RESULTS
+from hwctl.store.errors import NotFoundError, StoreError
+from hwctl.store.schema import device_fits
+from hwctl.store.vectors import decode_row, encode
+
+Floats32 = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class StoredDeviceFit:
+    """A stored fit; `status` and `t0_s` are None for fits stored before revision 0002."""
+
+    id: int
+    run_id: int
+    created_at: datetime
+    t0_s: float | None
+    nu: Floats32
+    g_t0_us: Floats32
+    r_squared: Floats32
+    status: npt.NDArray[np.int8] | None
+    summary: dict[str, Any]
+    statistics: dict[str, Any] | None
+
+    @property
+    def n_devices(self) -> int:
+        return int(self.nu.size)
+
+    @property
+    def ok(self) -> npt.NDArray[np.bool_]:
+        """Devices with a drift exponent (where `status` is unknown: where ν is finite)."""
+        return np.isfinite(self.nu) if self.status is None else self.status == FitStatus.OK
+
+    @property
+    def bins(self) -> list[dict[str, Any]]:
+        """Per target-conductance bin statistics, [] when none were stored."""
+        return list((self.statistics or {}).get("bins", []))
+
+
+def fit_summary(fit: DriftFit) -> dict[str, Any]:
+    """Chip-level numbers of a fit: how many devices have a ν, and its distribution."""
+    nu = fit.nu[fit.ok]
+    counts = np.bincount(fit.status.astype(np.int64), minlength=len(FitStatus))
+
+    def stat(value: float) -> float | None:
+        return None if not math.isfinite(value) else round(float(value), 6)
+
+    return {
+        "t0_s": fit.t0_s,
+        "n_devices": fit.n_devices,
+        "n_fitted": int(nu.size),
+        "status_counts": {s.name.lower(): int(counts[s]) for s in FitStatus},
+        "nu_mean": stat(float(nu.mean())) if nu.size else None,
+        "nu_median": stat(float(np.median(nu))) if nu.size else None,
+        "nu_std": stat(float(nu.std())) if nu.size else None,
+        "r2_median": stat(float(np.nanmedian(fit.r_squared[fit.ok]))) if nu.size else None,
+    }
+
+
+def save_device_fit(
+    conn: Connection,
+    run_id: int,
+    fit: DriftFit,
+    *,
+    statistics: Mapping[str, Any] | None = None,
+    extra_summary: Mapping[str, Any] | None = None,
+) -> int:
+    """Store `fit` of run `run_id` (statistics: `ChipStatistics.to_dict()`); returns its id.
+
+    `extra_summary` adds caller context (e.g. `n_readouts`) to `fit_summary(fit)`.
+    """
+    clash = set(extra_summary or {}) & set(summary := fit_summary(fit))
+    if clash:
+        raise StoreError(f"extra summary keys {sorted(clash)} would overwrite the fit's own")
+    values = {
+        "run_id": run_id,
+        "t0_s": fit.t0_s,
+        "summary": {**summary, **(extra_summary or {})},
+        "statistics": dict(statistics) if statistics is not None else None,
+        **encode(fit.nu, "float32").columns("nu"),
+        **encode(fit.g_t0_us, "float32").columns("g_t0"),
+        **encode(fit.r_squared, "float32").columns("r2"),
+        **encode(fit.status, "int8").columns("status"),
+    }
+    return int(conn.execute(insert(device_fits).values(**values).returning(device_fits.c.id)).scalar_one())
+
+
+def load_device_fit(conn: Connection, fit_id: int) -> StoredDeviceFit:
+    """The fit with every vector, lengths and checksums verified."""
+    query = select(device_fits).where(device_fits.c.id == fit_id)
+    row = conn.execute(query, execution_options=BINARY_RESULTS).one_or_none()
+    if row is None:
+        raise NotFoundError(f"drift fit {fit_id} does not exist")
+    return _stored(row)
+
+
+def latest_device_fit(conn: Connection, run_id: int) -> StoredDeviceFit:
+    """The run's most recent fit; `NotFoundError` if the run has not been fitted."""
+    query = select(device_fits).where(device_fits.c.run_id == run_id).order_by(device_fits.c.id.desc())
+    row = conn.execute(query.limit(1), execution_options=BINARY_RESULTS).one_or_none()
+    if row is None:
+        raise NotFoundError(f"programming run {run_id} has no drift fit")
+    return _stored(row)
+
+
+def _stored(row: Row[Any]) -> StoredDeviceFit:
+    what = f"drift fit {row.id}"
+    return StoredDeviceFit(
+        id=row.id, run_id=row.run_id, created_at=row.created_at, t0_s=row.t0_s,
+        nu=decode_row(row, "nu", what=f"{what} nu"),
+        g_t0_us=decode_row(row, "g_t0", what=f"{what} g_t0"),
+        r_squared=decode_row(row, "r2", what=f"{what} r2"),
+        status=None if row.status_blob is None else decode_row(row, "status", what=f"{what} status"),
+        summary=dict(row.summary), statistics=row.statistics,
+    )  # fmt: skip
