@@ -37,7 +37,7 @@ def run_until_idle(worker: Worker, engine, timeout_s: float = 60.0) -> None:  # 
         worker.stop()
 
 
-@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_24h_campaign_stores_every_readout_with_its_times(
     database: str, request: pytest.FixtureRequest, virtual_chip: EmbeddedChip
 ) -> None:

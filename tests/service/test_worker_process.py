@@ -24,10 +24,14 @@ from hwctl.mapping import DeviceMap
 from hwctl.station import EmbeddedChip
 from hwctl.store.engine import make_engine
 from hwctl.store.schema import jobs, mappings, programming_runs, readouts
+from hwctl.worker import Worker, WorkerOptions
 from tests.service.conftest import create_campaign, job_statuses
 
 REPO = Path(__file__).resolve().parents[2]
 BLOCK_DEVICES = 5_000  # the digits network's ~38k devices in 8 blocks per readout
+POINTS = 10
+# A worker process imports torch and programs the network first: generous on a busy machine.
+STARTUP_S = 120.0
 
 
 @pytest.fixture
@@ -38,10 +42,20 @@ def engine(sqlite_url: str) -> Iterator[Engine]:
 
 
 def start_worker(database_url: str, station: str) -> subprocess.Popen[bytes]:
+    """`hwctl worker` as a child process; its log goes to a file next to the database."""
     env = {**os.environ, "HWCTL_DATABASE_URL": database_url}
     command = [sys.executable, "-m", "hwctl.cli", "worker", "--station", station,
                "--block-devices", str(BLOCK_DEVICES), "--poll-s", "0.1"]  # fmt: skip
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log_path = Path(database_url.removeprefix("sqlite:///")).with_suffix(".worker.log")
+    with log_path.open("ab") as log_file:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+
+
+def restart_in_thread(engine: Engine, station: str) -> Worker:
+    """The restart after a kill: the same worker code, in this process to save a torch import."""
+    worker = Worker(engine, station, WorkerOptions(poll_s=0.1, read_block_devices=BLOCK_DEVICES))
+    worker.start()
+    return worker
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
@@ -88,24 +102,28 @@ class Gate:
 
 def readout_block_gate(engine: Engine, chip: EmbeddedChip, block: int, after_readouts: int) -> Gate:
     """Stop at the start of `block` (0-based) of a readout once `after_readouts` are stored."""
+    first_address: list[int] = []
 
     def when(addresses: np.ndarray) -> bool:
         if scalar(engine, select(func.count()).select_from(readouts)) < after_readouts:
             return False
-        device_map = DeviceMap.from_bytes(scalar(engine, select(mappings.c.device_map)))  # type: ignore[arg-type]
-        return bool(addresses.size and addresses[0] == device_map.addresses[block * BLOCK_DEVICES])
+        if not first_address:
+            device_map = DeviceMap.from_bytes(scalar(engine, select(mappings.c.device_map)))  # type: ignore[arg-type]
+            first_address.append(int(device_map.addresses[block * BLOCK_DEVICES]))
+        return bool(addresses.size and addresses[0] == first_address[0])
 
     return Gate(chip, "read_block", when)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_readout_then_restart_resumes_from_the_last_block_and_loses_nothing(
     sqlite_url: str, engine: Engine, virtual_chip: EmbeddedChip
 ) -> None:
-    campaign = create_campaign(engine, virtual_chip.resource)
+    campaign = create_campaign(engine, virtual_chip.resource, points=POINTS)
     gate = readout_block_gate(engine, virtual_chip, block=3, after_readouts=3)
     worker = start_worker(sqlite_url, campaign.station)
     try:
-        assert gate.reached.wait(60), "the worker never reached block 4 of the fourth readout"
+        assert gate.reached.wait(STARTUP_S), "the worker never reached block 4 of the fourth readout"
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
     finally:
@@ -117,12 +135,12 @@ def test_kill_9_mid_readout_then_restart_resumes_from_the_last_block_and_loses_n
         killed_id, checkpoint = conn.execute(running).one()
     assert checkpoint["next_device"] == 3 * BLOCK_DEVICES  # three blocks committed before the kill
 
-    worker = start_worker(sqlite_url, campaign.station)
+    restarted = restart_in_thread(engine, campaign.station)
     try:
         wait_for(lambda: campaign_idle(engine), "the campaign to finish after the restart")
     finally:
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(30) == 0, worker.stderr.read() if worker.stderr else ""
+        restarted.stop()
+    assert restarted.error is None
 
     assert job_statuses(engine, JOB_PROGRAM) == ["succeeded"]
     assert job_statuses(engine, JOB_READBACK) == ["succeeded"] * len(campaign.offsets_s)
@@ -135,15 +153,16 @@ def test_kill_9_mid_readout_then_restart_resumes_from_the_last_block_and_loses_n
     assert not virtual_chip.board.pulser_enabled
 
 
+@pytest.mark.slow
 def test_kill_9_mid_programming_leaves_it_interrupted_and_never_reprograms(
     sqlite_url: str, engine: Engine, virtual_chip: EmbeddedChip
 ) -> None:
-    campaign = create_campaign(engine, virtual_chip.resource)
+    campaign = create_campaign(engine, virtual_chip.resource, points=POINTS)
     pulses = iter(range(1_000_000))
     gate = Gate(virtual_chip, "set_pulse", lambda *_: next(pulses) == 3)  # the 4th SET iteration
     worker = start_worker(sqlite_url, campaign.station)
     try:
-        assert gate.reached.wait(60), "programming never reached its fourth iteration"
+        assert gate.reached.wait(STARTUP_S), "programming never reached its fourth iteration"
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
     finally:
@@ -154,14 +173,14 @@ def test_kill_9_mid_programming_leaves_it_interrupted_and_never_reprograms(
     time.sleep(0.2)  # let the released SET land before looking at the board
     clock_before_s = virtual_chip.board.clock.now_s()
 
-    worker = start_worker(sqlite_url, campaign.station)
+    restarted = restart_in_thread(engine, campaign.station)
     status = select(jobs.c.status).where(jobs.c.id == campaign.program_job_id)
     try:
-        wait_for(lambda: scalar(engine, status) == "interrupted", "recovery of the programming job")
+        wait_for(lambda: scalar(engine, status) == "interrupted", "programming recovery")
         time.sleep(0.5)  # the worker idles: nothing else is due
     finally:
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(30) == 0
+        restarted.stop()
+    assert restarted.error is None
 
     assert job_statuses(engine, JOB_PROGRAM) == ["interrupted"]
     assert job_statuses(engine, JOB_READBACK) == []
@@ -173,11 +192,11 @@ def test_kill_9_mid_programming_leaves_it_interrupted_and_never_reprograms(
 def test_sigterm_finishes_the_block_leaves_the_board_safe_and_exits_0(
     sqlite_url: str, engine: Engine, virtual_chip: EmbeddedChip
 ) -> None:
-    campaign = create_campaign(engine, virtual_chip.resource)
+    campaign = create_campaign(engine, virtual_chip.resource, points=POINTS)
     gate = readout_block_gate(engine, virtual_chip, block=3, after_readouts=2)
     worker = start_worker(sqlite_url, campaign.station)
     try:
-        assert gate.reached.wait(60), "the worker never reached block 4 of the third readout"
+        assert gate.reached.wait(STARTUP_S), "the worker never reached block 4 of the third readout"
         worker.send_signal(signal.SIGTERM)
         time.sleep(0.3)  # the signal lands while the block is still being read
         gate.release()
