@@ -180,7 +180,9 @@ def _headless(chromium: str, profile: Path, *args: str) -> subprocess.CompletedP
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         f"--user-data-dir={profile}", "--window-size=1280,900", "--virtual-time-budget=5000", *args,
     ]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"chromium exited with {done.returncode}: {done.stderr[-3000:]}"
+    return done
 
 
 def watching(app: Any, path_suffix: str, seen: threading.Event) -> Any:
