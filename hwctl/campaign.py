@@ -61,6 +61,10 @@ class JobPaused(Exception):
     """The worker is shutting down; the job's last checkpoint is committed, resume later."""
 
 
+class JobOvertaken(Exception):
+    """A later readback fell due while this one was between blocks: let it go first."""
+
+
 class CampaignError(RuntimeError):
     """The stored campaign is inconsistent (missing mapping, run not finished...)."""
 
@@ -77,7 +81,8 @@ class JobContext:
     returns False when the job's cancel flag is set; `complete(result)` marks the job
     succeeded once the handler's final transaction has committed (handlers check what is
     already stored, so a crash between the two never stores anything twice);
-    `stopping()` is the worker's shutdown request.
+    `stopping()` is the worker's shutdown request; `overtaken()` says a later readback
+    of the station is due now.
     """
 
     engine: Engine
@@ -90,6 +95,7 @@ class JobContext:
     heartbeat: Heartbeat
     complete: Complete
     stopping: Callable[[], bool]
+    overtaken: Callable[[], bool]
     cache: dict[Any, Any] = field(default_factory=dict)
     read_block_devices: int = READ_BLOCK_DEVICES
 
@@ -270,6 +276,8 @@ def handle_readback(ctx: JobContext) -> None:
         partial.next_device = stop
         if stop < n:
             ctx.safe_point(stop / n, f"read {stop}/{n} devices", partial.to_checkpoint())
+            if ctx.overtaken():  # the later point is read on time; this one resumes after it
+                raise JobOvertaken(f"job {ctx.job_id} yields after {stop}/{n} devices")
     _finish_readback(ctx, run_id, offset_s, partial)
 
 

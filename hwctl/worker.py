@@ -18,16 +18,17 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Select, select
 
 from drivers.errors import LinkError
 from hwctl import queue
-from hwctl.campaign import HANDLERS, READ_BLOCK_DEVICES, JobCancelled, JobContext, JobPaused
+from hwctl.campaign import HANDLERS, READ_BLOCK_DEVICES, JobCancelled, JobContext, JobOvertaken, JobPaused
+from hwctl.experiment_spec import JOB_READBACK
 from hwctl.settings import Settings
 from hwctl.station import DEFAULT_TIMEOUT_S, Station, open_station
 from hwctl.store.engine import make_engine
 from hwctl.store.migrate import ensure_migrated
-from hwctl.store.schema import stations
+from hwctl.store.schema import jobs, stations
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,12 @@ class Worker:
         poll_s = self.options.poll_s
         self.stop_event.wait(poll_s if next_s is None else station.wall_delay_s(next_s - now_s, poll_s))
 
+    def _overtaken(self, station: Station, station_id: int, job: queue.Job) -> bool:
+        """Whether a readback scheduled after `job` is due now (only readbacks yield)."""
+        with self.engine.connect() as conn:
+            due = conn.execute(_later_readback_due(station_id, job, station.clock_now_s())).first()
+        return due is not None
+
     def _run_job(self, station: Station, station_id: int, job: queue.Job) -> None:
         def heartbeat(progress: float, message: str, checkpoint: dict[str, Any] | None) -> bool:
             now_s = station.clock_now_s()
@@ -130,7 +137,8 @@ class Worker:
             engine=self.engine, station=station, station_id=station_id, job_id=job.id, kind=job.kind,
             payload=job.payload, checkpoint=job.checkpoint, heartbeat=heartbeat,
             complete=lambda result: queue.complete(self.engine, job.id, station.clock_now_s(), result),
-            stopping=self.stop_event.is_set, cache=self._cache,
+            stopping=self.stop_event.is_set, overtaken=lambda: self._overtaken(station, station_id, job),
+            cache=self._cache,
             read_block_devices=self.options.read_block_devices,
         )  # fmt: skip
         log.info("station %s: %s job %d starts", self.station_name, job.kind, job.id)
@@ -138,6 +146,10 @@ class Worker:
             HANDLERS[job.kind](ctx)
         except JobCancelled:
             queue.acknowledge_cancel(self.engine, job.id, station.clock_now_s())
+        except JobOvertaken:
+            now_s = station.clock_now_s()
+            queue.recover_stale(self.engine, station_id, _ANY_AGE_S, now_s)
+            queue.resume(self.engine, job.id, now_s)  # due now, behind the readback that overtook it
         except JobPaused:
             # The last block is committed; the next start queues readbacks again and
             # leaves programming interrupted for an operator.
@@ -150,6 +162,15 @@ class Worker:
         except Exception as exc:
             log.exception("station %s: %s job %d failed", self.station_name, job.kind, job.id)
             queue.fail(self.engine, job.id, station.clock_now_s(), f"{type(exc).__name__}: {exc}")
+
+
+def _later_readback_due(station_id: int, job: queue.Job, now_s: float) -> Select[tuple[int]]:
+    return (
+        select(jobs.c.id)
+        .where(jobs.c.station_id == station_id, jobs.c.status == "queued", jobs.c.kind == JOB_READBACK)
+        .where(jobs.c.run_at_s <= now_s, jobs.c.run_at_s > job.run_at_s)
+        .limit(1)
+    )
 
 
 def run_worker(

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from hwctl import queue
 from hwctl.experiment_spec import JOB_PROGRAM, JOB_READBACK
+from hwctl.mapping import DeviceMap
 from hwctl.schedule import readout_window_s
 from hwctl.station import EmbeddedChip
 from hwctl.store.engine import make_engine
-from hwctl.store.schema import jobs, programming_runs, readouts
-from hwctl.worker import Worker
+from hwctl.store.schema import jobs, mappings, programming_runs, readouts
+from hwctl.worker import Worker, WorkerOptions
 from tests.service.conftest import create_campaign, job_statuses
 
 
@@ -55,6 +57,11 @@ def program_then_stop(engine: Engine, chip: EmbeddedChip, station: str) -> float
     finally:
         chip.board.clock.advance = advance  # type: ignore[method-assign]
     assert worker.error is None and job_statuses(engine, JOB_PROGRAM) == ["succeeded"]
+    return program_end_s(engine)
+
+
+def program_end_s(engine: Engine) -> float:
+    """Board time at which programming ended (the campaign's time origin)."""
     with engine.connect() as conn:
         result = conn.execute(select(jobs.c.result).where(jobs.c.kind == JOB_PROGRAM)).scalar_one()
     return float(result["programmed_end_s"])
@@ -129,3 +136,40 @@ def test_a_cancelled_readback_is_skipped_and_the_rest_of_the_campaign_completes(
         offsets = conn.execute(select(readouts.c.offset_s).order_by(readouts.c.offset_s)).scalars().all()
     assert offsets == [o for i, o in enumerate(campaign.offsets_s) if i != 2]
     engine.dispose()
+
+
+def test_a_later_readback_due_between_blocks_goes_first_and_the_earlier_one_resumes_after_it(
+    engine: Engine, virtual_chip: EmbeddedChip
+) -> None:
+    block = 5_000
+    campaign = create_campaign(engine, virtual_chip.resource, points=8)
+    original = virtual_chip.board.read_block
+    jumped: list[float] = []
+
+    def read_block(addresses: np.ndarray) -> np.ndarray:
+        """While the fourth readout reads its third block, the fifth point falls due."""
+        with engine.connect() as conn:
+            stored = conn.execute(select(func.count()).select_from(readouts)).scalar_one()
+            device_map = conn.execute(select(mappings.c.device_map)).scalar()
+        if not jumped and stored == 3 and device_map is not None:
+            third_block = DeviceMap.from_bytes(device_map).addresses[2 * block]
+            if addresses.size and addresses[0] == third_block:
+                end_s = program_end_s(engine)
+                jumped.append(end_s + campaign.offsets_s[4] + 1.0)
+                virtual_chip.board.clock.advance(jumped[0] - virtual_chip.board.clock.now_s())
+        return original(addresses)
+
+    virtual_chip.board.read_block = read_block  # type: ignore[method-assign]
+    run_while(Worker(engine, campaign.station, WorkerOptions(read_block_devices=block)), engine, "queued")
+
+    assert jumped, "the fourth readout never reached its third block"
+    assert job_statuses(engine, JOB_READBACK) == ["succeeded"] * 8
+    with engine.connect() as conn:
+        rows = conn.execute(select(jobs).where(jobs.c.kind == JOB_READBACK))
+        overtaken = next(r for r in rows if r.payload["offset_s"] == campaign.offsets_s[3])
+        read = {r.offset_s: r.board_time_s for r in conn.execute(select(readouts))}
+    fifth_read_s = read[campaign.offsets_s[4]]
+    assert fifth_read_s == pytest.approx(jumped[0], abs=1.0)  # on time, not behind the fourth
+    blocks_s = overtaken.result["block_starts_s"]
+    assert overtaken.attempts == 2
+    assert blocks_s[2] < fifth_read_s <= blocks_s[3]  # blocks 1–3 before it, the rest after
