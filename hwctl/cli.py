@@ -22,6 +22,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "hwctl.commands.evaluate",
     "hwctl.commands.worker",
     "hwctl.commands.report",
+    "hwctl.commands.demo",
+    "hwctl.commands.experiment",
 )
 
 

@@ -312,6 +312,10 @@ class SimChipServer:
                         return
         except ConnectionError as exc:
             log.info("host %s dropped the link: %s", peer, exc)
+        except asyncio.CancelledError:
+            # The server is closing (a power cycle). End quietly: Python 3.11's stream
+            # callback logs a cancelled connection task as an error with a traceback.
+            log.info("host %s cut off: the simulated chip is shutting down", peer)
         finally:
             self._connections.discard(task)
             writer.close()

@@ -1,0 +1,142 @@
+"""A small typed client of the hwctl REST API, for the command line.
+
+`hwctl demo` and `hwctl experiment` go through the same HTTP API a lab script or the
+dashboard uses, never around it, so what they show is what the service serves. Every
+failure a user can act on (service down, bad request, unknown id) is an `ApiError`
+carrying the server's problem detail, never an httpx traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from drivers.base import Geometry
+from hwctl.experiment_spec import ExperimentSpec
+
+API_KEY_HEADER = "X-API-Key"
+PAGE_LIMIT = 500  # the API's largest page
+TERMINAL_JOB_STATUSES = frozenset({"succeeded", "failed", "cancelled", "missed"})
+
+Json = dict[str, Any]
+
+
+class ApiError(RuntimeError):
+    """The API could not be reached, or answered with an error (its detail is the message)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class HwctlClient:
+    """Calls of the hwctl API by name; JSON bodies come back as plain dicts."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 30.0) -> None:
+        headers = {API_KEY_HEADER: api_key} if api_key else {}
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s)
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiError(
+                f"cannot reach the hwctl API at {self.base_url} ({exc}); is `hwctl serve` running?"
+            ) from None
+        if response.is_error:
+            detail = _detail(response)
+            raise ApiError(f"{method} {path}: {response.status_code} {detail}", response.status_code)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Json:
+        body: Json = self._request(method, path, **kwargs).json()
+        return body
+
+    def _all(self, path: str, **params: Any) -> list[Json]:
+        """Every item of a paginated list."""
+        items: list[Json] = []
+        while True:
+            page = self._json("GET", path, params={**params, "limit": PAGE_LIMIT, "offset": len(items)})
+            items.extend(page["items"])
+            if not page["items"] or len(items) >= page["total"]:
+                return items
+
+    # -- stations and networks ------------------------------------------------------------
+    def station(self, name: str) -> Json | None:
+        try:
+            return self._json("GET", f"/stations/{name}")
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def ensure_station(
+        self, name: str, resource: str, chip_serial: str, geometry: Geometry, clock_kind: str = "real"
+    ) -> Json:
+        """The station `name`, registered with these properties unless it already exists."""
+        existing = self.station(name)
+        if existing is not None:
+            return existing
+        body = {
+            "name": name, "resource": resource, "chip_serial": chip_serial, "clock_kind": clock_kind,
+            "geometry": {"tiles": geometry.tiles, "rows": geometry.rows, "cols": geometry.cols},
+        }  # fmt: skip
+        return self._json("POST", "/stations", json=body)
+
+    def upload_network(self, checkpoint: bytes, filename: str, name: str | None = None) -> Json:
+        files = {"file": (filename, checkpoint, "application/octet-stream")}
+        return self._json("POST", "/networks", files=files, data={"name": name} if name else None)
+
+    def upload_network_file(self, path: Path, name: str | None = None) -> Json:
+        return self.upload_network(path.read_bytes(), path.name, name)
+
+    def network(self, network_id: int) -> Json:
+        return self._json("GET", f"/networks/{network_id}")
+
+    # -- experiments and their results ----------------------------------------------------
+    def submit_experiment(self, spec: ExperimentSpec, idempotency_key: str | None = None) -> Json:
+        """POST /experiments: the stored experiment and its program job (202)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._json("POST", "/experiments", json=spec.model_dump(mode="json"), headers=headers)
+
+    def experiment(self, experiment_id: int) -> Json:
+        """The experiment with its progress, readouts and evaluations so far."""
+        return self._json("GET", f"/experiments/{experiment_id}")
+
+    def jobs(self, experiment_id: int, status: str | None = None) -> list[Json]:
+        params: Json = {"experiment_id": experiment_id}
+        if status is not None:
+            params["status"] = status
+        return self._all("/jobs", **params)
+
+    def drift_fits(self, experiment_id: int) -> list[Json]:
+        return self._all("/fits", experiment_id=experiment_id)
+
+    # -- lifetime -----------------------------------------------------------------------------
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> HwctlClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _detail(response: httpx.Response) -> str:
+    """The problem detail of an error response, or its text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or response.reason_phrase
+    if isinstance(body, dict) and body.get("detail"):
+        return str(body["detail"])
+    return json.dumps(body)[:500]
