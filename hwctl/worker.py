@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, Select, select
+from sqlalchemy import Engine, select
 
 from drivers.errors import LinkError
 from hwctl import queue
@@ -120,10 +120,19 @@ class Worker:
         self.stop_event.wait(poll_s if next_s is None else station.wall_delay_s(next_s - now_s, poll_s))
 
     def _overtaken(self, station: Station, station_id: int, job: queue.Job) -> bool:
-        """Whether a readback scheduled after `job` is due now (only readbacks yield)."""
+        """Whether a readback scheduled later than `job` is due now (only readbacks yield).
+
+        Compared by scheduled time, not `run_at_s`: a resumed readback is due "now" but
+        keeps its place in the schedule, so two readbacks never hand the chip back and forth.
+        """
+        due = (
+            select(jobs.c.payload)
+            .where(jobs.c.station_id == station_id, jobs.c.status == "queued", jobs.c.kind == JOB_READBACK)
+            .where(jobs.c.run_at_s <= station.clock_now_s())
+        )
         with self.engine.connect() as conn:
-            due = conn.execute(_later_readback_due(station_id, job, station.clock_now_s())).first()
-        return due is not None
+            scheduled_s = [float(p["scheduled_s"]) for p in conn.execute(due).scalars()]
+        return any(s > float(job.payload["scheduled_s"]) for s in scheduled_s)
 
     def _run_job(self, station: Station, station_id: int, job: queue.Job) -> None:
         def heartbeat(progress: float, message: str, checkpoint: dict[str, Any] | None) -> bool:
@@ -162,15 +171,6 @@ class Worker:
         except Exception as exc:
             log.exception("station %s: %s job %d failed", self.station_name, job.kind, job.id)
             queue.fail(self.engine, job.id, station.clock_now_s(), f"{type(exc).__name__}: {exc}")
-
-
-def _later_readback_due(station_id: int, job: queue.Job, now_s: float) -> Select[tuple[int]]:
-    return (
-        select(jobs.c.id)
-        .where(jobs.c.station_id == station_id, jobs.c.status == "queued", jobs.c.kind == JOB_READBACK)
-        .where(jobs.c.run_at_s <= now_s, jobs.c.run_at_s > job.run_at_s)
-        .limit(1)
-    )
 
 
 def run_worker(

@@ -165,9 +165,11 @@ def test_a_later_readback_due_between_blocks_goes_first_and_the_earlier_one_resu
     assert jumped, "the fourth readout never reached its third block"
     assert job_statuses(engine, JOB_READBACK) == ["succeeded"] * 8
     with engine.connect() as conn:
-        rows = conn.execute(select(jobs).where(jobs.c.kind == JOB_READBACK))
+        rows = conn.execute(select(jobs).where(jobs.c.kind == JOB_READBACK)).all()
         overtaken = next(r for r in rows if r.payload["offset_s"] == campaign.offsets_s[3])
         read = {r.offset_s: r.board_time_s for r in conn.execute(select(readouts))}
+    fifth = next(r for r in rows if r.payload["offset_s"] == campaign.offsets_s[4])
+    assert fifth.attempts == 1  # never handed the chip back to the one it overtook
     fifth_read_s = read[campaign.offsets_s[4]]
     assert fifth_read_s == pytest.approx(jumped[0], abs=1.0)  # on time, not behind the fourth
     blocks_s = overtaken.result["block_starts_s"]
