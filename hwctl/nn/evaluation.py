@@ -78,9 +78,12 @@ class ReadoutEvaluator:
         self.model.load_state_dict(self.checkpoint.state_dict, strict=True)  # fresh BN statistics
         matrices = self.device_map.weights_from_g(np.asarray(g_t_us))
         gains = None
-        if method == "gdc":
-            if g_t0_us is None:
-                raise ValueError("GDC needs the t0 readout as its reference")
+        if method == "gdc" and g_t0_us is None:
+            raise ValueError("GDC needs the t0 readout as its reference")
+        if g_t0_us is not None and method in ("gdc", "adabs"):
+            # AdaBS also takes the GDC gains: BN makes them irrelevant for layers it
+            # follows, and they are the only correction for the final FC, whose drifted
+            # MVM output would otherwise shrink against its digital bias.
             gains = gdc_gains(self.device_map.weights_from_g(np.asarray(g_t0_us)), matrices)
         load_matrices(self.model, matrices, gains)
         if method == "adabs":
