@@ -23,13 +23,11 @@ from api.routers.jobs import job_out, jobs_query
 from api.schemas.experiments import Experiment
 from api.schemas.jobs import Job, JobStatus
 from api.schemas.results import Evaluation
+from hwctl.report import METHOD_LABELS, PLOT_NAMES  # PLOT_NAMES: what /experiments/{id}/plots/ serves
 from hwctl.store.schema import experiments, jobs, stations
 
 router = APIRouter(include_in_schema=False, dependencies=[ReadAccess])
 
-# The names /experiments/{id}/plots/{name} serves (hwctl.report.plot_bytes).
-PLOT_NAMES = ("accuracy", "histograms", "programming_error", "drift", "heatmap")
-METHOD_LABELS = {"none": "none", "gdc": "GDC", "adabs": "AdaBS"}
 RECENT_EXPERIMENTS = 100
 AUTO_REFRESH_S = 30  # while jobs are pending, so queues and tables follow without SSE
 

@@ -18,9 +18,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import insert, select, update
 
 from api.app import create_app
-from api.dashboard import PLOT_NAMES, duration
+from api.dashboard import duration
 from api.server import BackgroundServer
 from drivers.base import Geometry
+from hwctl.report import PLOT_NAMES
 from hwctl.station import SimChipOptions, start_embedded_chip
 from hwctl.store.engine import make_engine
 from hwctl.store.records import add_experiment, add_network, add_station
