@@ -39,11 +39,13 @@ def run(args: Any) -> int:
         logging.getLogger(__name__).info("%s: stopping after the current block", signal.Signals(signum).name)
         stop.set()
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     options = WorkerOptions(poll_s=args.poll_s, read_block_devices=args.block_devices)
     try:
         run_worker(get_settings(), args.station, stop, options)
     except (WorkerError, StoreError) as exc:
         raise CLIError(str(exc)) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0

@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine, func, select
 
+from hwctl.cli import main
 from hwctl.experiment_spec import JOB_PROGRAM, JOB_READBACK
 from hwctl.mapping import DeviceMap
+from hwctl.settings import get_settings
 from hwctl.station import EmbeddedChip
 from hwctl.store.engine import make_engine
 from hwctl.store.schema import jobs, mappings, programming_runs, readouts
@@ -30,6 +32,8 @@ from tests.service.conftest import create_campaign, job_statuses
 REPO = Path(__file__).resolve().parents[2]
 BLOCK_DEVICES = 5_000  # the digits network's ~38k devices in 8 blocks per readout
 POINTS = 10
+# The `hwctl` entry point (not `-m hwctl.cli`, which would load the CLI module twice).
+HWCTL = "import sys; from hwctl.cli import main; sys.exit(main())"
 # A worker process imports torch and programs the network first: generous on a busy machine.
 STARTUP_S = 120.0
 
@@ -44,7 +48,7 @@ def engine(sqlite_url: str) -> Iterator[Engine]:
 def start_worker(database_url: str, station: str) -> subprocess.Popen[bytes]:
     """`hwctl worker` as a child process; its log goes to a file next to the database."""
     env = {**os.environ, "HWCTL_DATABASE_URL": database_url}
-    command = [sys.executable, "-m", "hwctl.cli", "worker", "--station", station,
+    command = [sys.executable, "-c", HWCTL, "worker", "--station", station,
                "--block-devices", str(BLOCK_DEVICES), "--poll-s", "0.1"]  # fmt: skip
     log_path = Path(database_url.removeprefix("sqlite:///")).with_suffix(".worker.log")
     with log_path.open("ab") as log_file:
@@ -210,3 +214,15 @@ def test_sigterm_finishes_the_block_leaves_the_board_safe_and_exits_0(
     assert paused.status == "interrupted"  # queued again, and resumed, by the next worker start
     assert paused.checkpoint["next_device"] == 4 * BLOCK_DEVICES  # the block under way was finished
     assert scalar(engine, select(func.count()).select_from(readouts)) == 2
+
+
+def test_worker_for_an_unknown_station_is_a_clear_error_not_a_traceback(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HWCTL_DATABASE_URL", sqlite_url)
+    get_settings.cache_clear()
+    try:
+        assert main(["worker", "--station", "nowhere"]) == 2
+    finally:
+        get_settings.cache_clear()
+    assert "no station named 'nowhere'" in capsys.readouterr().err
