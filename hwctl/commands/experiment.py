@@ -142,11 +142,11 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[s
 def accuracy_rows(detail: Json, readback_jobs: Sequence[Json]) -> tuple[list[str], list[list[str]]]:
     """Accuracy % per planned readout and method; a readout that did not happen says why.
 
-    The time shown is the readout's actual age (its start minus the end of programming),
-    which is the scheduled offset unless the readback ran late.
+    Beside the scheduled time since programming stands the readout's actual one (its
+    start minus the end of programming), which differs when the readback ran late.
     """
     methods = list(detail["spec"]["evaluation"]["methods"])
-    header = ["time since programming", *(f"{METHOD_LABELS[m]} (%)" for m in methods)]
+    header = ["scheduled", "read at", *(f"{METHOD_LABELS[m]} (%)" for m in methods)]
     readouts = {r["offset_s"]: r for r in detail["readouts"]}
     accuracy = {(e["offset_s"], e["method"]): e["accuracy"] for e in detail["evaluations"]}
     job_status = {float(j["payload"]["offset_s"]): j["status"] for j in readback_jobs}
@@ -155,11 +155,11 @@ def accuracy_rows(detail: Json, readback_jobs: Sequence[Json]) -> tuple[list[str
         readout = readouts.get(offset_s)
         if readout is None:
             why = job_status.get(offset_s, "not scheduled")
-            rows.append([duration_label(offset_s), *([why] * len(methods))])
+            rows.append([duration_label(offset_s), why, *(["–"] * len(methods))])
             continue
         age_s = readout["board_time_s"] - readout["scheduled_s"] + offset_s
         cells = [f"{accuracy[(offset_s, m)]:.1f}" if (offset_s, m) in accuracy else "–" for m in methods]
-        rows.append([duration_label(age_s), *cells])
+        rows.append([duration_label(offset_s), duration_label(age_s), *cells])
     return header, rows
 
 
@@ -194,7 +194,7 @@ def result_lines(client: HwctlClient, detail: Json) -> list[str]:
     lines = [
         f"experiment {experiment_id} '{detail['name']}' on {detail['station']}: {detail['status']}",
         "",
-        "Accuracy vs time since programming:",
+        "Accuracy (%) vs time since programming, per drift compensation:",
         *format_table(*accuracy_rows(detail, readbacks)),
     ]
     fits = client.drift_fits(experiment_id)
