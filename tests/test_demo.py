@@ -28,7 +28,8 @@ def accuracy_table(stdout: str) -> list[list[str]]:
     """The rows of the printed accuracy table, split into cells."""
     lines = stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("scheduled"))
-    assert re.split(r"\s{2,}", lines[start].strip()) == ["scheduled", "read at", *(f"{m} (%)" for m in METHODS)]
+    header = re.split(r"\s{2,}", lines[start].strip())
+    assert header == ["scheduled", "read at", *(f"{m} (%)" for m in METHODS)]
     rows = []
     for line in lines[start + 2 :]:
         if not line.strip():
