@@ -51,6 +51,8 @@ READ_BLOCK_DEVICES = 262_144
 # Readbacks outrank evaluation and analysis: a due read must never wait behind them.
 PRIORITY_READBACK = 10
 PRIORITY_FOLLOW_UP = 0
+# A drift line per device needs three points to have a residual.
+MIN_READOUTS_TO_FIT = 3
 
 
 class JobCancelled(Exception):
@@ -213,6 +215,11 @@ def handle_program(ctx: JobContext) -> None:
                 window_s=readout_window_s(offset_s), key=f"readback:{run_id}:{offset_s}",
                 priority=PRIORITY_READBACK,
             )  # fmt: skip
+        # The drift fit waits until the last readback is done or past its window; the
+        # last readback to finish pulls it forward (see _finish_readback).
+        last_s = spec.schedule.offsets_s[-1]
+        _enqueue(conn, ctx, JOB_ANALYZE, {"experiment_id": experiment_id, "run_id": run_id},
+                 run_at_s=end_s + last_s + readout_window_s(last_s), key=_analyze_key(run_id))  # fmt: skip
         _set_experiment_status(conn, experiment_id, "reading")
     ctx.complete({
         "run_id": run_id, "mapping_id": mapping_id, "n_devices": n, "programmed_end_s": end_s,
@@ -295,12 +302,18 @@ def _finish_readback(ctx: JobContext, run_id: int, offset_s: float, partial: Par
             _enqueue(conn, ctx, JOB_EVALUATE, {"experiment_id": experiment_id, "run_id": run_id,
                      "readout_id": readout_id}, run_at_s=now_s, key=f"evaluate:{readout_id}")  # fmt: skip
         if not _readbacks_pending(conn, ctx, run_id):
-            _enqueue(conn, ctx, JOB_ANALYZE, {"experiment_id": experiment_id, "run_id": run_id},
-                     run_at_s=now_s, key=f"analyze:{run_id}")  # fmt: skip
+            analyze = update(jobs_table).where(
+                jobs_table.c.idempotency_key == _analyze_key(run_id), jobs_table.c.status == "queued"
+            )
+            conn.execute(analyze.values(run_at_s=now_s))
     ctx.complete({
         "readout_id": readout_id, "late_s": partial.block_starts_s[0] - scheduled_s,
         "block_starts_s": partial.block_starts_s, "n_devices": int(partial.g_us.size),
     })  # fmt: skip
+
+
+def _analyze_key(run_id: int) -> str:
+    return f"analyze:{run_id}"
 
 
 def _readbacks_pending(conn: Connection, ctx: JobContext, run_id: int) -> bool:
@@ -367,9 +380,14 @@ def handle_analyze(ctx: JobContext) -> None:
         stored = [
             store_readouts.load_readout(conn, rid) for rid, _ in store_readouts.run_readouts(conn, run_id)
         ]
+    if len(stored) < MIN_READOUTS_TO_FIT:
+        with ctx.engine.begin() as conn:
+            _set_experiment_status(conn, int(ctx.payload["experiment_id"]), "done")
+        ctx.complete({"n_readouts": len(stored), "skipped": f"fewer than {MIN_READOUTS_TO_FIT} readouts"})
+        return
     g_us = np.stack([r.g_us for r in stored])
     t_s = np.stack([r.board_time_s - programmed.programmed_s for r in stored]).astype(np.float32)
-    fit = fit_drift(g_us, t_s)
+    fit = fit_drift(g_us, t_s, min_points=MIN_READOUTS_TO_FIT)
     converged = programmed.status == DeviceStatus.CONVERGED
     stats = chip_statistics(fit, device_map.target_g_us, t_s, converged=converged)
     summary = {"n_readouts": len(stored), "n_fitted": int(fit.ok.sum()), "statistics": stats.to_dict()}

@@ -9,12 +9,12 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from hwctl import queue
-from hwctl.experiment_spec import JOB_PROGRAM, JOB_READBACK
+from hwctl.experiment_spec import JOB_ANALYZE, JOB_PROGRAM, JOB_READBACK
 from hwctl.mapping import DeviceMap
 from hwctl.schedule import readout_window_s
 from hwctl.station import EmbeddedChip
 from hwctl.store.engine import make_engine
-from hwctl.store.schema import jobs, mappings, programming_runs, readouts
+from hwctl.store.schema import device_fits, jobs, mappings, programming_runs, readouts
 from hwctl.worker import Worker, WorkerOptions
 from tests.service.conftest import create_campaign, job_statuses
 
@@ -41,15 +41,25 @@ def engine(sqlite_url: str) -> Engine:
     return make_engine(sqlite_url)
 
 
-def program_then_stop(engine: Engine, chip: EmbeddedChip, station: str) -> float:
-    """Run the worker until programming is done and it would wait for the first readback.
+def program_then_stop(engine: Engine, chip: EmbeddedChip, station: str, after_readouts: int = 0) -> float:
+    """Run the worker until programming and `after_readouts` readouts are done and it would
+    wait for the next readback.
 
     The board is taken away at that moment (its clock is not advanced); returns the
     programming end time in board seconds.
     """
     worker = Worker(engine, station)
     advance = chip.board.clock.advance
-    chip.board.clock.advance = lambda seconds: worker.stop_event.set()  # type: ignore[method-assign]
+
+    def advance_or_stop(seconds: float) -> None:
+        with engine.connect() as conn:
+            stored = conn.execute(select(func.count()).select_from(readouts)).scalar_one()
+        if stored >= after_readouts:
+            worker.stop_event.set()
+        else:
+            advance(seconds)
+
+    chip.board.clock.advance = advance_or_stop  # type: ignore[method-assign]
     try:
         worker.start()
         worker.stop_event.wait(60)
@@ -175,3 +185,20 @@ def test_a_later_readback_due_between_blocks_goes_first_and_the_earlier_one_resu
     blocks_s = overtaken.result["block_starts_s"]
     assert overtaken.attempts == 2
     assert blocks_s[2] < fifth_read_s <= blocks_s[3]  # blocks 1–3 before it, the rest after
+
+
+def test_when_the_last_readbacks_are_missed_the_drift_fit_still_runs_once_their_windows_close(
+    engine: Engine, virtual_chip: EmbeddedChip
+) -> None:
+    campaign = create_campaign(engine, virtual_chip.resource, points=6)
+    end_s = program_then_stop(engine, virtual_chip, campaign.station, after_readouts=3)
+    virtual_chip.board.clock.advance(end_s + 3 * 86_400.0 - virtual_chip.board.clock.now_s())  # outage
+
+    run_while(Worker(engine, campaign.station), engine, "queued")
+
+    assert job_statuses(engine, JOB_READBACK) == ["succeeded"] * 3 + ["missed"] * 3
+    assert job_statuses(engine, JOB_ANALYZE) == ["succeeded"]
+    with engine.connect() as conn:
+        fit = conn.execute(select(device_fits.c.summary)).scalar_one()
+    assert fit["n_readouts"] == 3
+    engine.dispose()
