@@ -33,9 +33,9 @@ from hwctl.program_verify import DeviceStatus, ProgramSettings, program_and_veri
 from hwctl.schedule import readout_window_s
 from hwctl.station import Station
 from hwctl.store import readouts as store_readouts
+from hwctl.store.fits import save_device_fit
 from hwctl.store.records import add_evaluation, add_mapping
 from hwctl.store.schema import (
-    device_fits,
     evaluations,
     experiments,
     mappings,
@@ -44,7 +44,6 @@ from hwctl.store.schema import (
     readouts,
 )
 from hwctl.store.schema import jobs as jobs_table
-from hwctl.store.vectors import encode
 
 # Devices per readback block: ~1 MB of float32 per round trip and per checkpoint.
 READ_BLOCK_DEVICES = 262_144
@@ -390,17 +389,12 @@ def handle_analyze(ctx: JobContext) -> None:
     fit = fit_drift(g_us, t_s, min_points=MIN_READOUTS_TO_FIT)
     converged = programmed.status == DeviceStatus.CONVERGED
     stats = chip_statistics(fit, device_map.target_g_us, t_s, converged=converged)
-    summary = {"n_readouts": len(stored), "n_fitted": int(fit.ok.sum()), "statistics": stats.to_dict()}
     with ctx.engine.begin() as conn:
-        fit_id = conn.execute(
-            device_fits.insert().values(
-                run_id=run_id, summary=summary, **encode(fit.nu, "float32").columns("nu"),
-                **encode(fit.g_t0_us, "float32").columns("g_t0"),
-                **encode(fit.r_squared, "float32").columns("r2"),
-            ).returning(device_fits.c.id)
-        ).scalar_one()  # fmt: skip
+        fit_id = save_device_fit(
+            conn, run_id, fit, statistics=stats.to_dict(), extra_summary={"n_readouts": len(stored)}
+        )
         _set_experiment_status(conn, int(ctx.payload["experiment_id"]), "done")
-    ctx.complete({"device_fit_id": int(fit_id), "n_readouts": len(stored), "n_fitted": summary["n_fitted"]})
+    ctx.complete({"device_fit_id": fit_id, "n_readouts": len(stored), "n_fitted": int(fit.ok.sum())})
 
 
 HANDLERS: dict[str, Callable[[JobContext], None]] = {
