@@ -20,7 +20,6 @@ from hwctl.experiment_spec import ExperimentSpec
 
 API_KEY_HEADER = "X-API-Key"
 PAGE_LIMIT = 500  # the API's largest page
-TERMINAL_JOB_STATUSES = frozenset({"succeeded", "failed", "cancelled", "missed"})
 
 Json = dict[str, Any]
 
@@ -116,7 +115,13 @@ class HwctlClient:
         return self._all("/jobs", **params)
 
     def drift_fits(self, experiment_id: int) -> list[Json]:
+        """Chip-level summaries of the experiment's drift fits, oldest first."""
         return self._all("/fits", experiment_id=experiment_id)
+
+    def drift_fit_bins(self, fit_id: int) -> list[Json]:
+        """Per target-conductance bin statistics of one fit, measured beside the model."""
+        bins: list[Json] = self._json("GET", f"/fits/{fit_id}/bins")["bins"]
+        return bins
 
     # -- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:

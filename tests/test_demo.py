@@ -53,6 +53,7 @@ def test_demo_programs_reads_back_over_24h_and_reports_every_method_at_every_rea
     assert rows[-1][0] == "1 d"
     assert min(float(cell) for cell in rows[0][2:]) > 5 * CHANCE_PCT, rows[0]  # at t0, before drift
 
+    assert re.search(r"outliers: stuck \d+, dead \d+", out), out  # the report's drift summary
     report = re.search(r"report: (\S+index\.html)", out)
     assert report is not None, out
     report_dir = Path(report.group(1)).parent

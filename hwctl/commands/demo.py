@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     from api.server import BackgroundServer
     from hwctl.client import ApiError, HwctlClient
     from hwctl.experiment_spec import EvaluationSpec, ExperimentSpec, ScheduleSpec
-    from hwctl.report import build_report
+    from hwctl.report import analyze_experiment, summary_lines, write_report
     from hwctl.schedule import log_spaced_offsets_s
     from hwctl.settings import Settings
     from hwctl.station import SimChipOptions
@@ -172,8 +172,10 @@ def run(args: argparse.Namespace) -> int:
             detail = follow_experiment(client, experiment_id, check=_alive(worker))
             step("campaign finished")
             print("\n".join(result_lines(client, detail)), flush=True)
-            report_dir = workdir / f"report-experiment-{experiment_id}"
-            index = build_report(engine, experiment_id, report_dir, forecast=not args.no_forecast)
+            forecast = not args.no_forecast
+            analysis = analyze_experiment(engine, experiment_id, forecast=forecast, seed=args.seed)
+            index = write_report(analysis, workdir / f"report-experiment-{experiment_id}")
+            print("\n".join(summary_lines(analysis)))
             step(f"report: {index.resolve()}")
             print(f"dashboard: {server.url}/dashboard/experiments/{experiment_id}")
         print(f"demo finished in {time.monotonic() - started_s:.1f} s", flush=True)

@@ -163,9 +163,8 @@ def accuracy_rows(detail: Json, readback_jobs: Sequence[Json]) -> tuple[list[str
     return header, rows
 
 
-def drift_lines(fit: Json) -> list[str]:
-    """Per target bin: σ_prog, μ_ν and σ_ν measured beside the device model; outlier counts."""
-    stats = fit["summary"]["statistics"]
+def drift_lines(fit: Json, bins: Sequence[Json]) -> list[str]:
+    """Per target bin: σ_prog, μ_ν and σ_ν measured beside the device model; then the fit's outcome."""
     header = ["G_T bin (µS)", "devices", "σ_prog µS meas/model", "μ_ν meas/model", "σ_ν meas/model"]
     rows = [
         [
@@ -174,12 +173,15 @@ def drift_lines(fit: Json) -> list[str]:
             f"{_num(b['nu_mean'])} / {_num(b['model_nu_mean'])}",
             f"{_num(b['nu_sigma'])} / {_num(b['model_nu_sigma'])}",
         ]
-        for b in stats["bins"]
+        for b in bins
         if b["n_used"] > 0
     ]  # fmt: skip
-    outliers = ", ".join(f"{kind.replace('_', ' ')} {len(ids)}" for kind, ids in stats["outliers"].items())
-    summary = f"{fit['summary']['n_fitted']:,} of {fit['n_devices']:,} devices fitted; outliers: {outliers}"
-    return [*format_table(header, rows), summary]
+    summary = fit["summary"]
+    statuses = ", ".join(f"{k.replace('_', ' ')} {n:,}" for k, n in summary.get("status_counts", {}).items())
+    outcome = f"{summary['n_fitted']:,} of {fit['n_devices']:,} devices fitted" + (
+        f" (fit status: {statuses})" if statuses else ""
+    )
+    return [*(format_table(header, rows) if rows else []), outcome]
 
 
 def _num(value: float | None) -> str:
@@ -199,7 +201,9 @@ def result_lines(client: HwctlClient, detail: Json) -> list[str]:
     ]
     fits = client.drift_fits(experiment_id)
     if fits:
-        lines += ["", "Drift per target-conductance bin (measured / model):", *drift_lines(fits[-1])]
+        fit = fits[-1]
+        lines += ["", "Drift per target-conductance bin (measured / model):",
+                  *drift_lines(fit, client.drift_fit_bins(fit["id"]))]  # fmt: skip
     lines += [f"{j['kind']} job {j['id']} failed: {j['error']}" for j in failed]
     return lines
 
