@@ -181,7 +181,9 @@ def drift_lines(fit: Json, bins: Sequence[Json]) -> list[str]:
     outcome = f"{summary['n_fitted']:,} of {fit['n_devices']:,} devices fitted" + (
         f" (fit status: {statuses})" if statuses else ""
     )
-    return [*(format_table(header, rows) if rows else []), outcome]
+    if not rows:
+        return [f"(the API serves no per-bin statistics for fit {fit['id']})", outcome]
+    return [*format_table(header, rows), outcome]
 
 
 def _num(value: float | None) -> str:
