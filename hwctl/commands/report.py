@@ -6,11 +6,6 @@ import argparse
 from pathlib import Path
 
 from hwctl.cli import CLIError
-from hwctl.report import analyze_experiment, summary_lines, write_report
-from hwctl.settings import get_settings
-from hwctl.store.engine import make_engine
-from hwctl.store.errors import StoreError
-from hwctl.store.migrate import ensure_migrated
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,6 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hwctl.report import analyze_experiment, summary_lines, write_report
+    from hwctl.settings import get_settings
+    from hwctl.store.engine import make_engine
+    from hwctl.store.errors import StoreError
+    from hwctl.store.migrate import ensure_migrated
+
     engine = make_engine(args.database_url or get_settings().database_url)
     out = args.out or Path(f"report-experiment-{args.experiment_id}")
     try:

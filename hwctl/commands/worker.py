@@ -13,24 +13,26 @@ from types import FrameType
 from typing import Any
 
 from hwctl.cli import CLIError
-from hwctl.settings import get_settings
-from hwctl.store.errors import StoreError
-from hwctl.worker import WorkerError, WorkerOptions, run_worker
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("worker", help="run the job worker of one station (owns its chip)")
     parser.add_argument("--station", required=True, help="name of a registered station")
-    parser.add_argument("--poll-s", type=float, default=WorkerOptions.poll_s,
-                        help="longest wall-clock wait between looks at the queue (default %(default)s)")
-    parser.add_argument("--block-devices", type=int, default=WorkerOptions.read_block_devices,
+    parser.add_argument("--poll-s", type=float,
+                        help="longest wall-clock wait between looks at the queue (default 0.5)")
+    parser.add_argument("--block-devices", type=int,
                         help="devices per readback block, the unit of checkpoints and stops "
-                             "(default %(default)s)")
+                             "(default 262,144)")
     parser.set_defaults(func=run)
 
 
 def run(args: Any) -> int:
-    if args.poll_s <= 0 or args.block_devices <= 0:
+    from hwctl.settings import get_settings
+    from hwctl.store.errors import StoreError
+    from hwctl.worker import WorkerError, WorkerOptions, run_worker
+
+    given = {"poll_s": args.poll_s, "read_block_devices": args.block_devices}
+    if any(value is not None and value <= 0 for value in given.values()):
         raise CLIError("--poll-s and --block-devices must be positive")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     stop = threading.Event()
@@ -40,7 +42,7 @@ def run(args: Any) -> int:
         stop.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    options = WorkerOptions(poll_s=args.poll_s, read_block_devices=args.block_devices)
+    options = WorkerOptions(**{k: v for k, v in given.items() if v is not None})
     try:
         run_worker(get_settings(), args.station, stop, options)
     except (WorkerError, StoreError) as exc:
