@@ -37,6 +37,7 @@ DEFAULT_WORKDIR = Path("var/demo")
 DEMO_ARCH = "digits-resnet"
 DEMO_SERIAL = "SIM-0001"  # what drivers.sim.board.SimBoard reports
 WORKER_POLL_S = 0.05
+FIRST_OFFSET_S = 25.0  # the paper's t0
 
 
 def register(subparsers: Any) -> None:
@@ -69,6 +70,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CLIError(f"--points must be at least 2, got {args.points}")
     if (args.rate is not None and args.rate <= 0) or args.epochs <= 0 or args.threads < 1:
         raise CLIError("--rate, --epochs and --threads must be positive")
+    if args.last_s <= FIRST_OFFSET_S:
+        raise CLIError(f"--last-s must be after the first readback at {FIRST_OFFSET_S:g} s")
     if not 0 <= args.port <= 65535:
         raise CLIError(f"--port must be 0..65535, got {args.port}")
 
@@ -111,9 +114,9 @@ def _station_resource(args: argparse.Namespace) -> tuple[str, str, str]:
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     started_s = time.monotonic()
-    import torch
+    import torch  # the torch and web stacks load only for this command
 
-    from api.app import create_app  # the web and torch stacks load only for this command
+    from api.app import create_app
     from api.server import BackgroundServer
     from hwctl.client import ApiError, HwctlClient
     from hwctl.experiment_spec import EvaluationSpec, ExperimentSpec, ScheduleSpec
@@ -161,9 +164,10 @@ def run(args: argparse.Namespace) -> int:
                             station["name"], WorkerOptions(poll_s=WORKER_POLL_S))  # fmt: skip
             worker.start()
             step(f"station {station['name']}: simulated chip over TCP ({resource}), worker started")
+            offsets_s = log_spaced_offsets_s(FIRST_OFFSET_S, args.last_s, args.points)
             spec = ExperimentSpec(
                 network_id=network["id"], station=station["name"], name="digits demo",
-                schedule=ScheduleSpec(offsets_s=log_spaced_offsets_s(25.0, args.last_s, args.points)),
+                schedule=ScheduleSpec(offsets_s=offsets_s),
                 evaluation=EvaluationSpec(dataset="digits"),
             )  # fmt: skip
             experiment_id = int(client.submit_experiment(spec)["experiment"]["id"])
@@ -172,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
             detail = follow_experiment(client, experiment_id, check=_alive(worker))
             step("campaign finished")
             print("\n".join(result_lines(client, detail)), flush=True)
+            if detail["status"] != "done":
+                raise CLIError(f"experiment {experiment_id} stopped while {detail['status']}; no report")
             forecast = not args.no_forecast
             analysis = analyze_experiment(engine, experiment_id, forecast=forecast, seed=args.seed)
             index = write_report(analysis, workdir / f"report-experiment-{experiment_id}")

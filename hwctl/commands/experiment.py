@@ -14,12 +14,12 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hwctl.cli import CLIError
-from hwctl.client import ApiError, HwctlClient, Json
-from hwctl.experiment_spec import EvaluationSpec, ExperimentSpec, ScheduleSpec
-from hwctl.schedule import DAY_S, log_spaced_offsets_s
+
+if TYPE_CHECKING:  # httpx, pydantic and numpy load when a command runs, not for `hwctl --help`
+    from hwctl.client import HwctlClient, Json
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 METHOD_LABELS = {"none": "none", "gdc": "GDC", "adabs": "AdaBS"}
@@ -121,6 +121,8 @@ def _activity(client: HwctlClient, experiment_id: int, status: str) -> str:
 # -- tables ------------------------------------------------------------------------------------
 def duration_label(t_s: float) -> str:
     """A readable time since programming: '25 s', '3.2 min', '4.1 h', '1 d'."""
+    from hwctl.schedule import DAY_S
+
     for unit, size in (("d", DAY_S), ("h", 3600.0), ("min", 60.0)):
         if t_s >= size:
             return f"{t_s / size:.3g} {unit}"
@@ -231,6 +233,10 @@ def _dataset_of(architecture: str) -> str:
 
 
 def run_experiment(args: argparse.Namespace) -> int:
+    from hwctl.client import ApiError, HwctlClient
+    from hwctl.experiment_spec import EvaluationSpec, ExperimentSpec, ScheduleSpec
+    from hwctl.schedule import DAY_S, log_spaced_offsets_s
+
     with HwctlClient(args.api, args.api_key) as client:
         try:
             network = _resolve_network(client, args.network)
@@ -255,6 +261,8 @@ def run_experiment(args: argparse.Namespace) -> int:
 
 
 def show_experiment(args: argparse.Namespace) -> int:
+    from hwctl.client import ApiError, HwctlClient
+
     with HwctlClient(args.api, args.api_key) as client:
         try:
             detail = client.experiment(args.experiment_id)
