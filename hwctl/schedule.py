@@ -37,3 +37,11 @@ def readout_window_s(offset_s: float, fraction: float = 0.5, minimum_s: float = 
     belongs on a log axis; a 25-s point may not) with a floor for short offsets.
     """
     return max(offset_s * fraction, minimum_s)
+
+
+def duration_label(t_s: float) -> str:
+    """A readable time since programming for tables: '25 s', '3.2 min', '4.1 h', '1 d'."""
+    for unit, size in (("d", DAY_S), ("h", 3600.0), ("min", 60.0)):
+        if t_s >= size:
+            return f"{t_s / size:.3g} {unit}"
+    return f"{t_s:.3g} s"

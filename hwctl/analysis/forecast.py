@@ -23,7 +23,7 @@ from hwctl.analysis.drift import DriftFit
 from hwctl.nn.compensation import METHODS
 from hwctl.nn.data import ImageSet
 from hwctl.nn.evaluation import ReadoutEvaluator
-from hwctl.schedule import DAY_S
+from hwctl.schedule import DAY_S, duration_label
 
 FORECAST_HORIZONS_S: dict[str, float] = {
     "1 week": 7 * DAY_S,
@@ -117,7 +117,4 @@ def horizon_label(t_s: float) -> str:
     for label, value in FORECAST_HORIZONS_S.items():
         if math.isclose(t_s, value):
             return label
-    for unit, size in (("d", DAY_S), ("h", 3600.0), ("min", 60.0)):
-        if t_s >= size:
-            return f"{t_s / size:.3g} {unit}"
-    return f"{t_s:.3g} s"
+    return duration_label(t_s)

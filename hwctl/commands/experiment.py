@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hwctl.cli import CLIError
+from hwctl.schedule import duration_label
 
 if TYPE_CHECKING:  # httpx, pydantic and numpy load when a command runs, not for `hwctl --help`
     from hwctl.client import HwctlClient, Json
@@ -119,16 +120,6 @@ def _activity(client: HwctlClient, experiment_id: int, status: str) -> str:
 
 
 # -- tables ------------------------------------------------------------------------------------
-def duration_label(t_s: float) -> str:
-    """A readable time since programming: '25 s', '3.2 min', '4.1 h', '1 d'."""
-    from hwctl.schedule import DAY_S
-
-    for unit, size in (("d", DAY_S), ("h", 3600.0), ("min", 60.0)):
-        if t_s >= size:
-            return f"{t_s / size:.3g} {unit}"
-    return f"{t_s:.3g} s"
-
-
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     """Plain-text columns, right-aligned after the first."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
