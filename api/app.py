@@ -14,6 +14,7 @@ from fastapi.routing import APIRoute
 
 import hwctl
 from api import dashboard
+from api.deps import writer_lock
 from api.problems import install_problem_handlers
 from api.routers import evaluations, experiments, fits, jobs, networks, readouts, stations
 from hwctl.mapping import MappingError
@@ -73,6 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.write_lock = writer_lock(engine)
     install_problem_handlers(app, DOMAIN_STATUSES)
     for module in (stations, networks, experiments, jobs, readouts, evaluations, fits):
         app.include_router(module.router)

@@ -7,7 +7,9 @@ server build independent apps in one process.
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Security
@@ -15,6 +17,7 @@ from fastapi.security import APIKeyHeader
 from sqlalchemy import Connection, Engine
 
 from hwctl.settings import Settings
+from hwctl.store.engine import SQLITE_BEGIN_OPTION, is_sqlite
 
 API_KEY_HEADER = "X-API-Key"
 _api_key = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="a key from HWCTL_API_KEYS")
@@ -37,9 +40,40 @@ def get_connection(request: Request) -> Iterator[Connection]:
         yield connection
 
 
+class Writes:
+    """Write transactions that take the database's write lock up front, one at a time.
+
+    SQLite admits one writer. A deferred transaction that reads then writes fails at once
+    with "database is locked" when another writer commits in between (WAL snapshot), and
+    its busy handler makes waiting writers sleep and retry, which under load is unfair
+    and gives second-long tails. So: BEGIN IMMEDIATE, and this process's writers queue on
+    a lock in arrival order. On PostgreSQL the lock is a no-op.
+    """
+
+    def __init__(self, engine: Engine, lock: AbstractContextManager[object]) -> None:
+        self.engine = engine
+        self.serialized = lock  # reentrant: a handler may hold it around several transactions
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with self.serialized, self.engine.connect() as connection:
+            connection.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+            with connection.begin():
+                yield connection
+
+
+def writer_lock(engine: Engine) -> AbstractContextManager[object]:
+    return threading.RLock() if is_sqlite(engine) else nullcontext()
+
+
+def get_writes(request: Request) -> Writes:
+    return Writes(get_engine(request), request.app.state.write_lock)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 Db = Annotated[Connection, Depends(get_connection)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
+WritesDep = Annotated[Writes, Depends(get_writes)]
 
 
 def _check_key(presented: str | None, settings: Settings) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Response
-from sqlalchemy import Row, func, select
+from sqlalchemy import Engine, Row, func, select
 
-from api.deps import Db, EngineDep, ReadAccess, WriteAccess
+from api.deps import Db, EngineDep, ReadAccess, WriteAccess, WritesDep
 from api.lookup import count, one_or_404
 from api.pagination import Page, Paging
 from api.params import MAX_ROW_ID, PathId
@@ -56,10 +56,12 @@ def _network_name(db: Db, network_id: int) -> str:
     return str(name)
 
 
-def _accepted(db: Db, job_id: int, response: Response) -> ExperimentAccepted:
-    job = load_job(db, job_id)
-    assert job.experiment_id is not None
-    row = db.execute(_select().where(experiments.c.id == job.experiment_id)).one()
+def _accepted(engine: Engine, job_id: int, response: Response) -> ExperimentAccepted:
+    """Read back on a plain connection: no write lock needed to answer."""
+    with engine.connect() as db:
+        job = load_job(db, job_id)
+        assert job.experiment_id is not None
+        row = db.execute(_select().where(experiments.c.id == job.experiment_id)).one()
     response.headers["Location"] = f"/experiments/{row.id}"
     return ExperimentAccepted(experiment=experiment_out(row), program_job=job)
 
@@ -70,30 +72,38 @@ def _accepted(db: Db, job_id: int, response: Response) -> ExperimentAccepted:
 )
 def submit_experiment(
     spec: ExperimentSpec,
-    db: Db,
     engine: EngineDep,
+    writes: WritesDep,
     response: Response,
     idempotency_key: Annotated[
         str | None, Header(max_length=128, description="resubmitting with it returns the same experiment")
     ] = None,
 ) -> ExperimentAccepted:
-    """Store the experiment and enqueue its program job; the station worker does the rest."""
-    if idempotency_key is not None:
-        existing = db.execute(select(jobs.c.id).where(jobs.c.idempotency_key == idempotency_key)).scalar()
+    """Store the experiment and enqueue its program job; the station worker does the rest.
+
+    One connection at a time (never one held while the queue takes another), so a busy
+    server cannot exhaust its pool with half-done submissions.
+    """
+    with writes.serialized:  # both transactions in one turn: no other writer in between
+        with writes.transaction() as db:
+            existing = None
+            if idempotency_key is not None:
+                by_key = select(jobs.c.id).where(jobs.c.idempotency_key == idempotency_key)
+                existing = db.execute(by_key).scalar()
+            if existing is None:
+                station_id = _station_id(db, spec.station)
+                network_name = _network_name(db, spec.network_id)  # checked even when a name is given
+                experiment_id = records.add_experiment(
+                    db, spec.name or f"{network_name} on {spec.station}", network_id=spec.network_id,
+                    station_id=station_id, settings=spec.model_dump(mode="json"),
+                )
         if existing is not None:
-            return _accepted(db, int(existing), response)
-    station_id = _station_id(db, spec.station)
-    network_name = _network_name(db, spec.network_id)
-    name = spec.name or f"{network_name} on {spec.station}"
-    experiment_id = records.add_experiment(
-        db, name, network_id=spec.network_id, station_id=station_id, settings=spec.model_dump(mode="json")
-    )
-    db.commit()  # the queue writes in its own transaction; SQLite has one writer at a time
-    job_id = queue.enqueue(
-        engine, kind=JOB_PROGRAM, station_id=station_id, experiment_id=experiment_id,
-        payload={"experiment_id": experiment_id}, run_at_s=0.0, idempotency_key=idempotency_key,
-    )  # due at once: run_at_s 0 is before any station clock
-    return _accepted(db, job_id, response)
+            return _accepted(engine, int(existing), response)
+        job_id = queue.enqueue(
+            engine, kind=JOB_PROGRAM, station_id=station_id, experiment_id=experiment_id,
+            payload={"experiment_id": experiment_id}, run_at_s=0.0, idempotency_key=idempotency_key,
+        )  # due at once: run_at_s 0 is before any station clock
+    return _accepted(engine, job_id, response)
 
 
 @router.get("", response_model=Page[Experiment], dependencies=[ReadAccess])

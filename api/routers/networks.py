@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
 from sqlalchemy import Row, func, select
 
-from api.deps import Db, ReadAccess, SettingsDep, WriteAccess
+from api.deps import Db, ReadAccess, SettingsDep, WriteAccess, WritesDep
 from api.lookup import count, one_or_404
 from api.pagination import Page, Paging
 from api.params import PathId
@@ -58,6 +58,7 @@ def _parse_checkpoint(data: bytes, filename: str) -> Checkpoint:
 def upload_network(
     request: Request,
     db: Db,
+    writes: WritesDep,
     settings: SettingsDep,
     response: Response,
     file: Annotated[UploadFile, File(description="checkpoint saved by `hwctl train` (torch.save)")],
@@ -73,11 +74,11 @@ def upload_network(
     filename = file.filename or "upload"
     checkpoint = _parse_checkpoint(data, filename)
     meta = json.loads(json.dumps(checkpoint.meta, default=str))  # JSON-safe whatever was recorded
-    new_id = records.add_network(
-        db, name or PurePath(filename).stem or checkpoint.arch, architecture=checkpoint.arch,
-        checkpoint=data, meta=meta,
-    )
-    db.commit()
+    with writes.transaction() as conn:
+        new_id = records.add_network(
+            conn, name or PurePath(filename).stem or checkpoint.arch, architecture=checkpoint.arch,
+            checkpoint=data, meta=meta,
+        )
     response.headers["Location"] = f"/networks/{new_id}"
     return network_out(db.execute(select(*_COLUMNS).where(networks.c.id == new_id)).one())
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Response
-from sqlalchemy import Row, select
+from sqlalchemy import Connection, Row, select
 from sqlalchemy.exc import IntegrityError
 
-from api.deps import Db, ReadAccess, WriteAccess
+from api.deps import Db, ReadAccess, WriteAccess, WritesDep
 from api.lookup import count
 from api.pagination import Page, Paging
 from api.problems import problem_responses
@@ -26,7 +26,7 @@ def station_out(row: Row) -> Station:
     )
 
 
-def station_by_name(db: Db, name: str) -> Row | None:
+def station_by_name(db: Connection, name: str) -> Row | None:
     return db.execute(select(stations).where(stations.c.name == name)).first()
 
 
@@ -34,18 +34,19 @@ def station_by_name(db: Db, name: str) -> Row | None:
     "", status_code=201, response_model=Station,
     dependencies=[WriteAccess], responses=problem_responses(401, 403, 409, 422),
 )
-def create_station(body: StationCreate, db: Db, response: Response) -> Station:
-    if station_by_name(db, body.name) is not None:
-        raise HTTPException(409, f"a station named {body.name!r} already exists")
+def create_station(body: StationCreate, db: Db, writes: WritesDep, response: Response) -> Station:
+    conflict = HTTPException(409, f"a station named {body.name!r} already exists")
     try:
-        new_id = records.add_station(
-            db, body.name, resource=body.resource, chip_serial=body.chip_serial,
-            geometry=Geometry(**body.geometry.model_dump()), amplitude_limit_ua=body.amplitude_limit_ua,
-            clock_kind=body.clock_kind,
-        )
-        db.commit()
-    except IntegrityError:
-        raise HTTPException(409, f"a station named {body.name!r} already exists") from None
+        with writes.transaction() as conn:
+            if station_by_name(conn, body.name) is not None:
+                raise conflict
+            new_id = records.add_station(
+                conn, body.name, resource=body.resource, chip_serial=body.chip_serial,
+                geometry=Geometry(**body.geometry.model_dump()), amplitude_limit_ua=body.amplitude_limit_ua,
+                clock_kind=body.clock_kind,
+            )
+    except IntegrityError:  # another process registered the name between our check and insert
+        raise conflict from None
     response.headers["Location"] = f"/stations/{body.name}"
     return station_out(db.execute(select(stations).where(stations.c.id == new_id)).one())
 

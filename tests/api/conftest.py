@@ -31,7 +31,7 @@ def migrated_sqlite_url(directory: Path) -> str:
 
 def api_settings(url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {"database_url": url, "api_keys": [API_KEY], "sse_poll_s": 0.02, **overrides}
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture

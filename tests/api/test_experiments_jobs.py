@@ -125,3 +125,19 @@ def test_job_events_stream_progress_until_the_job_ends(
 
 def test_events_of_an_unknown_job_are_404(client: TestClient) -> None:
     assert_problem(client.get("/jobs/12345/events"), 404, "job 12345")
+
+
+def test_concurrent_submissions_all_succeed_on_sqlite(client: TestClient, ready: dict[str, Any]) -> None:
+    """Writers that read before writing must queue, not fail with "database is locked"."""
+    statuses: list[int] = []
+
+    def submit_four() -> None:
+        statuses.extend(submit(client, ready).status_code for _ in range(4))
+
+    threads = [threading.Thread(target=submit_four) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [202] * 32
+    assert client.get("/jobs", params={"kind": "program"}).json()["total"] == 32
