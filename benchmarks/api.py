@@ -4,7 +4,7 @@ Each submission validates the spec, looks up the station and network, stores the
 experiment and enqueues its program job (SQLite `BEGIN IMMEDIATE`). Baseline in the same
 run, same concurrency: `GET /jobs/{id}`, a read-only call through the same stack.
 No worker runs: this measures the API and the queue insert, not the chip. The server is
-`hwctl serve --no-embedded` in its own process, so the 20 client threads do not share
+`hwctl serve --no-embedded --no-access-log` in its own process, so the 20 client threads do not share
 its interpreter lock.
 
     python -m benchmarks.api --json benchmarks/results/api.json
@@ -51,7 +51,8 @@ def serve_subprocess(directory: Path) -> Iterator[str]:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = os.environ | {"HWCTL_DATABASE_URL": url, "HWCTL_API_KEYS": json.dumps([API_KEY])}
-    command = [sys.executable, "-m", "hwctl.cli", "serve", "--no-embedded", "--port", str(port)]
+    command = [sys.executable, "-m", "hwctl.cli", "serve", "--no-embedded", "--no-access-log",
+               "--port", str(port)]
     log = directory / "server.log"
     with log.open("w") as log_file:  # a file, not a pipe: a full pipe would stall the server
         server = subprocess.Popen(command, env=env, cwd=directory, stdout=log_file, stderr=subprocess.STDOUT)

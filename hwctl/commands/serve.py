@@ -32,6 +32,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--embedded", action=argparse.BooleanOptionalAction, default=True,
                         help="also run a simulated chip and its station worker in this process")
     parser.add_argument("--station", default="sim", help="name of the embedded station (default: sim)")
+    parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
+                        help="log every request (uvicorn access log)")
     parser.set_defaults(func=run)
 
 
@@ -47,7 +49,9 @@ def ensure_embedded_station(engine: Engine, name: str, resource: str = EMBEDDED_
         )
 
 
-def serve(settings: Settings, host: str, port: int, embedded_station: str | None) -> None:
+def serve(
+    settings: Settings, host: str, port: int, embedded_station: str | None, access_log: bool = True
+) -> None:
     """Serve until interrupted; the embedded worker leaves its chip safe on the way out."""
     import uvicorn
 
@@ -67,7 +71,7 @@ def serve(settings: Settings, host: str, port: int, embedded_station: str | None
         worker = Worker(worker_engine, embedded_station)
         worker.start()
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
     finally:
         if worker is not None:
             worker.stop()
@@ -75,5 +79,5 @@ def serve(settings: Settings, host: str, port: int, embedded_station: str | None
 
 
 def run(args: argparse.Namespace) -> int:
-    serve(get_settings(), args.host, args.port, args.station if args.embedded else None)
+    serve(get_settings(), args.host, args.port, args.station if args.embedded else None, args.access_log)
     return 0
