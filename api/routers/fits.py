@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 from sqlalchemy import Row, select
 
 from api.deps import Db, ReadAccess
@@ -56,5 +56,7 @@ def get_fit(fit_id: PathId, db: Db) -> DriftFitSummary:
 )
 def get_fit_bins(fit_id: PathId, db: Db) -> DriftFitBins:
     """Per-bin statistics as the analysis stored them in the summary (`bins`)."""
-    row = one_or_404(db, device_fits, fit_id, "drift fit")
-    return DriftFitBins(id=fit_id, bins=list(row.summary.get("bins", [])))
+    summary = db.execute(select(device_fits.c.summary).where(device_fits.c.id == fit_id)).scalar()
+    if summary is None:
+        raise HTTPException(404, f"drift fit {fit_id} does not exist")
+    return DriftFitBins(id=fit_id, bins=list(summary.get("bins", [])))
