@@ -61,7 +61,7 @@ class EvaluationSpec(BaseModel):
 
 class ExperimentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    network_id: int
+    network_id: int = Field(ge=1, le=2**31 - 1)
     station: str
     name: str | None = None
     g_max_us: float = Field(25.0, gt=0, le=100)
