@@ -2,6 +2,9 @@
 
     python -m benchmarks.program_verify --devices 923744 --json benchmarks/results/program_verify.json
 
+In-process and pyvisa TCP runs alternate `--repeats` times (medians reported), so a
+shared machine's load swings hit both sides of the wire-overhead ratio alike.
+
 Targets come from the ResNet-32 checkpoint through `hwctl.mapping` when the shared
 models folder is found (../shared relative to the repo, or $HWCTL_SHARED_DIR);
 otherwise from a documented synthetic stand-in: |N(0, 1)| weights, half of them
@@ -16,6 +19,7 @@ import itertools
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -29,6 +33,7 @@ from hwctl.program_verify import ProgramResult, program_and_verify
 
 RESNET32 = "models/resnet32-d509ac18.th"
 BINS_US = np.arange(0.0, 27.5, 2.5)
+VISA_NOTE = "ChipDriver + VisaTransport (pyvisa-py) over TCP to the simulated chip server on 127.0.0.1"
 
 
 def shared_dir() -> Path:
@@ -84,19 +89,24 @@ def sigma_ratios(board: SimBoard, result: ProgramResult) -> tuple[list[float | N
     return ratios, max(biases)
 
 
-def run_visa(addresses: np.ndarray, targets: np.ndarray) -> tuple[float | None, str]:
+def run_inprocess(addresses: np.ndarray, targets: np.ndarray) -> tuple[float, SimBoard, ProgramResult]:
+    board = SimBoard(seed=1)
+    start = time.perf_counter()
+    result = program_and_verify(board, addresses, targets)
+    return time.perf_counter() - start, board, result
+
+
+def run_visa(addresses: np.ndarray, targets: np.ndarray) -> float:
+    from drivers.chip import ChipDriver
+    from drivers.sim.server import serve_in_thread
+    from drivers.transports.visa import VisaTransport
+
+    server = serve_in_thread(SimBoard(seed=1))
     try:
-        from drivers.chip import ChipDriver
-        from drivers.sim.server import ServerThread, SimChipServer
-        from drivers.transports.visa import VisaTransport
-    except ImportError as exc:
-        return None, f"wire driver not available: {exc}"
-    server = ServerThread(SimChipServer(SimBoard(seed=1), port=0, watchdog_s=None))
-    try:
-        with ChipDriver(VisaTransport(f"TCPIP::127.0.0.1::{server.port}::SOCKET", timeout_s=60.0)) as chip:
+        with ChipDriver(VisaTransport(server.resource, timeout_s=60.0)) as chip:
             start = time.perf_counter()
             program_and_verify(chip, addresses, targets)
-            return time.perf_counter() - start, "pyvisa TCP to the simulated chip server on 127.0.0.1"
+            return time.perf_counter() - start
     finally:
         server.stop()
 
@@ -105,24 +115,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=923_744)
     parser.add_argument("--json", type=Path, help="write results here")
-    parser.add_argument("--no-visa", action="store_true", help="skip the pyvisa TCP run")
+    parser.add_argument("--no-visa", action="store_true", help="skip the pyvisa TCP runs")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating in-process/visa runs")
     args = parser.parse_args()
 
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     addresses, targets, source = targets_and_addresses(args.devices, DEFAULT_GEOMETRY)
-    board = SimBoard(seed=1)
-    start = time.perf_counter()
-    result = program_and_verify(board, addresses, targets)
-    seconds_inprocess = time.perf_counter() - start
+    load_before = os.getloadavg()
+    seconds, board, result = run_inprocess(addresses, targets)
     ratios, bias_max = sigma_ratios(board, result)
-    seconds_visa, visa_note = (None, "skipped (--no-visa)") if args.no_visa else run_visa(addresses, targets)
+    runs_inprocess = [seconds]
+    runs_visa = [] if args.no_visa else [run_visa(addresses, targets)]
+    for _ in range(args.repeats - 1):
+        runs_inprocess.append(run_inprocess(addresses, targets)[0])
+        runs_visa += [] if args.no_visa else [run_visa(addresses, targets)]
+    seconds_inprocess = statistics.median(runs_inprocess)
+    seconds_visa = statistics.median(runs_visa) if runs_visa else None
 
     report = {
         "devices": int(addresses.size),
         "targets": source,
         "seconds_inprocess": round(seconds_inprocess, 3),
         "seconds_visa": None if seconds_visa is None else round(seconds_visa, 3),
-        "visa_note": visa_note,
+        "runs_inprocess": [round(s, 3) for s in runs_inprocess],
+        "runs_visa": [round(s, 3) for s in runs_visa],
+        "visa_note": "skipped (--no-visa)" if args.no_visa else VISA_NOTE,
         "wire_overhead_ratio": None if seconds_visa is None else round(seconds_visa / seconds_inprocess, 2),
+        "target_wire_overhead_ratio": 2.0,
         "target_seconds_inprocess": 3.0,
         "target_seconds_visa": 6.0,
         "devices_per_second_inprocess": round(addresses.size / seconds_inprocess),
@@ -134,6 +154,7 @@ def main() -> None:
         "sigma_ratio_by_bin": dict(zip([f"{lo:g}-{lo + 2.5:g}" for lo in BINS_US[:-1]], ratios, strict=True)),
         "bias_us_max": round(bias_max, 4),
         "machine": {
+            "load_average_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
             "python": platform.python_version(),
