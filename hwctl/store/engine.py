@@ -10,7 +10,8 @@ Readout blobs (~3.7 MB) decide the page layout: with 32 KiB pages a blob is a ch
 a 1 MiB auto-checkpoint threshold makes every readout commit copy its pages from the WAL
 into the memory-mapped file (a reader then walks the chain by pointer, not by `pread`).
 Measured (benchmarks/RESULTS.md, store): one device's series over 20 readouts straight
-after ingest 24 ms → 0.4 ms, for ~15 ms more per readout commit.
+after ingest 0.4 ms (2.1 ms with 4 KiB pages, ~10 ms under load); the checkpoint costs a
+readout commit ~15 ms under load.
 
 psycopg returns results as text by default, so a 3.7 MB bytea arrives as 7.4 MB of hex
 to decode. Statements that fetch whole vectors carry the `binary_results` execution
