@@ -17,6 +17,7 @@ from drivers.errors import DriverError
 COMMAND_MODULES: tuple[str, ...] = (
     "hwctl.commands.sim_chip",
     "hwctl.commands.db",
+    "hwctl.commands.station",
     "hwctl.commands.serve",
     "hwctl.commands.train",
     "hwctl.commands.evaluate",
