@@ -57,12 +57,19 @@ def test_unknown_station_is_422_and_lists_the_known_ones(client: TestClient, rea
     assert client.get("/jobs").json()["total"] == 0
 
 
-@pytest.mark.parametrize("network_id", [999, -5, 2**40])
 def test_unknown_network_is_422_even_when_the_experiment_is_named(
-    client: TestClient, ready: dict[str, Any], network_id: int
+    client: TestClient, ready: dict[str, Any]
+) -> None:
+    response = submit(client, ready | {"network_id": 999, "name": "named"})
+    assert_problem(response, 422, "network 999")
+
+
+@pytest.mark.parametrize(("network_id", "bound"), [(-5, "greater than or equal to 1"), (2**40, "less than")])
+def test_network_id_outside_database_ids_is_422_naming_the_field(
+    client: TestClient, ready: dict[str, Any], network_id: int, bound: str
 ) -> None:
     response = submit(client, ready | {"network_id": network_id, "name": "named"})
-    assert_problem(response, 422, f"network {network_id}")
+    assert_problem(response, 422, "network_id", bound)
 
 
 def test_negative_schedule_offset_is_422_naming_the_field(client: TestClient, ready: dict[str, Any]) -> None:
