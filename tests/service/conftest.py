@@ -22,6 +22,7 @@ from hwctl.store.engine import make_engine
 from hwctl.store.migrate import upgrade
 from hwctl.store.records import add_experiment, add_network, add_station
 from hwctl.store.schema import jobs
+from tests.conftest import unavailable
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 # 4 tiles of 256×256: room for the digits ResNet (~2×24k devices) several times over.
@@ -45,8 +46,8 @@ def postgres_url() -> Iterator[str]:
         with admin.connect() as conn:
             name = f"hwctl_service_{uuid.uuid4().hex[:10]}"
             conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # no server: say so instead of failing
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 not usable: {exc}")
+    except Exception as exc:  # no server: say so (and fail in CI, where it must run)
+        unavailable(f"PostgreSQL at 127.0.0.1:5432 not usable: {exc}")
     url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     engine = make_engine(url)
     upgrade(engine)

@@ -25,6 +25,7 @@ from hwctl.store import records
 from hwctl.store.engine import make_engine
 from hwctl.store.migrate import upgrade
 from hwctl.store.readouts import ProgrammingResult, finish_programming_run, start_programming_run
+from tests.conftest import unavailable
 
 POSTGRES_URL = os.environ.get("HWCTL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 GEOMETRY = Geometry(tiles=2, rows=16, cols=16)
@@ -38,9 +39,7 @@ def _postgres_admin() -> Engine:
     except OperationalError as exc:
         admin.dispose()
         reason = f"PostgreSQL at {POSTGRES_URL} is unreachable: {exc.orig}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(reason)
     return admin
 
 
