@@ -5,10 +5,6 @@ from __future__ import annotations
 import argparse
 
 from hwctl.cli import CLIError
-from hwctl.settings import Settings
-from hwctl.store.engine import describe, make_engine
-from hwctl.store.errors import StoreError
-from hwctl.store.migrate import current_revision, ensure_migrated, head_revision, upgrade
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,6 +15,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hwctl.settings import Settings
+    from hwctl.store.engine import describe, make_engine
+    from hwctl.store.errors import StoreError
+    from hwctl.store.migrate import current_revision, ensure_migrated, head_revision, upgrade
+
     settings = Settings()
     url = args.url or settings.database_url
     engine = make_engine(url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms)
