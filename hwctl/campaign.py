@@ -11,14 +11,12 @@ cancel or shutdown waits for at most one block.
 from __future__ import annotations
 
 import base64
-import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 from sqlalchemy import Connection, Engine, select, update
 
 from hwctl.analysis.drift import fit_drift
@@ -121,10 +119,8 @@ def load_network(conn: Connection, network_id: int) -> Checkpoint:
     row = conn.execute(select(networks).where(networks.c.id == network_id)).one_or_none()
     if row is None:
         raise CampaignError(f"network {network_id} does not exist")
-    if row.checkpoint is not None:
-        raw = torch.load(io.BytesIO(row.checkpoint), map_location="cpu", weights_only=True)
-        return Checkpoint(raw.get("arch") or row.architecture, raw["state_dict"], dict(raw.get("meta", {})))
-    return load_checkpoint(row.checkpoint_path, row.architecture)
+    source = row.checkpoint if row.checkpoint is not None else row.checkpoint_path
+    return load_checkpoint(source, row.architecture)
 
 
 def run_device_map(ctx: JobContext, conn: Connection, run_id: int) -> DeviceMap:

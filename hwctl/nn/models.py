@@ -8,10 +8,11 @@ Checkpoints are plain tensors + JSON-able metadata, loaded with `weights_only=Tr
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 import torch.nn.functional as F
@@ -126,6 +127,9 @@ def analog_weight_count(model: nn.Module) -> int:
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear))
 
 
+CheckpointSource = str | Path | bytes | BinaryIO  # a file, stored bytes, or an open binary stream
+
+
 @dataclass
 class Checkpoint:
     """A model's weights plus the architecture name and the recipe that produced them."""
@@ -148,15 +152,21 @@ def save_checkpoint(path: str | Path, arch: str, model: nn.Module, meta: dict[st
     tmp.replace(path)  # atomic: a killed run never leaves a half-written checkpoint
 
 
-def load_checkpoint(path: str | Path, arch: str | None = None) -> Checkpoint:
-    """Load an hwctl checkpoint, or an akamaster one (needs `arch`; 'module.' is stripped)."""
-    raw = torch.load(path, map_location="cpu", weights_only=True)
+def load_checkpoint(source: CheckpointSource, arch: str | None = None) -> Checkpoint:
+    """Load an hwctl checkpoint, or an akamaster one (needs `arch`; 'module.' is stripped).
+
+    `source` is a path, the checkpoint's bytes (as stored in the database) or an open
+    binary file, so every caller decodes checkpoints the same safe way.
+    """
+    where = f"{source}" if isinstance(source, str | Path) else "checkpoint"
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    raw = torch.load(stream, map_location="cpu", weights_only=True)
     if not isinstance(raw, dict) or "state_dict" not in raw:
-        raise ValueError(f"{path}: not a checkpoint (no 'state_dict')")
+        raise ValueError(f"{where}: not a checkpoint (no 'state_dict')")
     state = {k.removeprefix("module."): v for k, v in raw["state_dict"].items()}
     name = raw.get("arch") or arch
     if name is None:
-        raise ValueError(f"{path}: checkpoint does not name its architecture; pass arch=")
+        raise ValueError(f"{where}: checkpoint does not name its architecture; pass arch=")
     meta = dict(raw.get("meta", {}))
     if "best_prec1" in raw:
         meta.setdefault("reported_best_prec1", float(raw["best_prec1"]))

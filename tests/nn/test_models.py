@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,24 @@ def test_checkpoint_round_trip_keeps_arch_recipe_and_weights(tmp_path: Path) -> 
     assert ckpt.meta["recipe"]["eta"] == 0.038
     x = torch.rand(3, 1, 8, 8)
     torch.testing.assert_close(ckpt.build()(x), model.eval()(x))
+
+
+def test_checkpoint_loads_the_same_from_a_path_its_bytes_or_an_open_file(tmp_path: Path) -> None:
+    model = build_model("digits-resnet")
+    save_checkpoint(tmp_path / "m.pt", "digits-resnet", model, {"epochs": 3})
+    stored = (tmp_path / "m.pt").read_bytes()  # what the database holds
+    with (tmp_path / "m.pt").open("rb") as stream:
+        loaded = [load_checkpoint(tmp_path / "m.pt"), load_checkpoint(stored), load_checkpoint(stream)]
+    for ckpt in loaded:
+        assert (ckpt.arch, ckpt.meta) == ("digits-resnet", {"epochs": 3})
+        torch.testing.assert_close(ckpt.state_dict, model.state_dict())
+
+
+def test_bytes_that_are_no_checkpoint_are_named_as_such() -> None:
+    buffer = io.BytesIO()
+    torch.save({"weights": torch.zeros(2)}, buffer)
+    with pytest.raises(ValueError, match="not a checkpoint"):
+        load_checkpoint(buffer.getvalue())
 
 
 def test_unknown_model_name_lists_the_known_ones() -> None:
