@@ -1,29 +1,35 @@
-"""`hwctl train`: (noise-aware) training of a registered model, writing a recipe-tagged checkpoint."""
+"""`hwctl train`: (noise-aware) training of a registered model, writing a recipe-tagged checkpoint.
+
+η is the recipe's default, chosen by hand (--eta), or measured on the lab's own chip
+(--noise-from EXPERIMENT_ID: the programming error of that stored experiment). Torch
+and the store load only when the command runs, so `hwctl --help` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-import torch
-
 from hwctl.cli import CLIError
-from hwctl.nn.data import load_dataset
-from hwctl.nn.models import MODELS, build_model, load_checkpoint, model_spec, save_checkpoint
-from hwctl.nn.training import TrainRecipe, train
+from hwctl.nn.recipe import TrainRecipe
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a network with PCM weight-noise injection")
-    p.add_argument("--model", required=True, choices=sorted(MODELS))
+    p.add_argument("--model", required=True, help="registered model name, e.g. digits-resnet, resnet32")
     p.add_argument("--data", choices=("cifar10", "digits"), help="default: the model's dataset")
-    p.add_argument("--eta", type=float, default=0.038, help="noise std as a fraction of max|W_l|")
-    p.add_argument("--alpha", type=float, default=2.5, help="clip to ±alpha·std(W_l); 0 disables")
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+    noise = p.add_mutually_exclusive_group()
+    noise.add_argument("--eta", type=float, default=TrainRecipe.eta,
+                       help=f"noise std as a fraction of max|W_l| (default {TrainRecipe.eta})")  # fmt: skip
+    noise.add_argument("--noise-from", type=int, metavar="EXPERIMENT_ID",
+                       help="η from the programming error measured in this stored experiment")  # fmt: skip
+    p.add_argument("--database-url", help="for --noise-from (default: HWCTL_DATABASE_URL or the settings)")
+    p.add_argument("--alpha", type=float, default=TrainRecipe.alpha, help="clip to ±α·std(W_l); 0 disables")
+    p.add_argument("--epochs", type=float, default=TrainRecipe.epochs)
+    p.add_argument("--lr", type=float, default=TrainRecipe.lr)
+    p.add_argument("--weight-decay", type=float, default=TrainRecipe.weight_decay)
+    p.add_argument("--batch-size", type=int, default=TrainRecipe.batch_size)
+    p.add_argument("--seed", type=int, default=TrainRecipe.seed)
     p.add_argument("--init", help="start from this checkpoint (hwctl or akamaster format)")
     p.add_argument("--out", required=True, help="checkpoint file, rewritten after every epoch")
     p.add_argument("--max-train-images", type=int)
@@ -32,10 +38,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def measured_eta(experiment_id: int, database_url: str | None) -> float:
+    """η from the programming error of a stored experiment's chip (pcm-model.md §7)."""
+    from hwctl.report import training_noise_eta
+    from hwctl.settings import get_settings
+    from hwctl.store.engine import make_engine
+    from hwctl.store.errors import StoreError
+    from hwctl.store.migrate import ensure_migrated
+
+    engine = make_engine(database_url or get_settings().database_url)
+    try:
+        ensure_migrated(engine)
+        return training_noise_eta(engine, experiment_id)
+    except StoreError as exc:  # unknown experiment, not read back yet, database not migrated
+        raise CLIError(str(exc)) from None
+    except ValueError as exc:  # no populated target bin to measure σ_prog in
+        raise CLIError(f"experiment {experiment_id}: {exc}") from None
+    finally:
+        engine.dispose()
+
+
 def run(args: argparse.Namespace) -> int:
-    data = args.data or model_spec(args.model).dataset
-    if data != model_spec(args.model).dataset:
-        raise CLIError(f"model {args.model} is for {model_spec(args.model).dataset}, not {data}")
+    import torch
+
+    from hwctl.nn.data import load_dataset
+    from hwctl.nn.models import build_model, load_checkpoint, model_spec, save_checkpoint
+    from hwctl.nn.training import train
+
+    dataset = model_spec(args.model).dataset  # an unknown name lists the known ones
+    data = args.data or dataset
+    if data != dataset:
+        raise CLIError(f"model {args.model} is for {dataset}, not {data}")
+    if args.database_url and args.noise_from is None:
+        raise CLIError("--database-url is only read with --noise-from")
+    eta = args.eta if args.noise_from is None else measured_eta(args.noise_from, args.database_url)
     model = build_model(args.model)
     init_meta = None
     if args.init:
@@ -45,16 +81,20 @@ def run(args: argparse.Namespace) -> int:
         model.load_state_dict(ckpt.state_dict, strict=True)
         init_meta = ckpt.meta  # provenance of a fine-tune chain
     recipe = TrainRecipe(
-        arch=args.model, data=data, eta=args.eta, alpha=args.alpha or None, epochs=args.epochs,
+        arch=args.model, data=data, eta=eta, alpha=args.alpha or None, epochs=args.epochs,
         lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size, seed=args.seed,
         init=args.init, max_train_images=args.max_train_images, augment=data == "cifar10",
-    )
+        eta_from_experiment=args.noise_from,
+    )  # fmt: skip
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     meta = train(model, recipe, load_dataset(data, "train"), load_dataset(data, "test"),
-                 checkpoint_path=args.out, progress=not args.no_progress, init_meta=init_meta)
+                 checkpoint_path=args.out, progress=not args.no_progress, init_meta=init_meta)  # fmt: skip
     save_checkpoint(args.out, args.model, model, meta)
-    print(json.dumps({"out": args.out, "fp_test_accuracy": meta.get("fp_test_accuracy"),
-                      "epochs": meta.get("epochs_done")}))
+    summary = {
+        "out": args.out, "eta": eta, "eta_from_experiment": args.noise_from,
+        "fp_test_accuracy": meta.get("fp_test_accuracy"), "epochs": meta.get("epochs_done"),
+    }  # fmt: skip
+    print(json.dumps(summary))
     return 0

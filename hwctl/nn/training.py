@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +26,7 @@ from tqdm import tqdm
 from hwctl.nn.data import ImageSet, Normalizer, augment_crop_flip, batches
 from hwctl.nn.inference import accuracy_pct
 from hwctl.nn.models import save_checkpoint
-
-
-@dataclass(frozen=True)
-class TrainRecipe:
-    """Everything that determines a training run; stored in the checkpoint's metadata."""
-
-    arch: str
-    data: str = "cifar10"
-    eta: float = 0.038
-    alpha: float | None = 2.5
-    epochs: float = 1.0
-    lr: float = 0.01
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    batch_size: int = 128
-    seed: int = 0
-    augment: bool = True
-    init: str | None = None
-    max_train_images: int | None = None
+from hwctl.nn.recipe import TrainRecipe
 
 
 def analog_layers(model: nn.Module) -> list[nn.Conv2d | nn.Linear]:
