@@ -53,4 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m hwctl.cli` runs this file as `__main__`, a second copy of the module:
+    # go through the importable one so its `CLIError` is the class commands raise.
+    from hwctl.cli import main as imported_main
+
+    sys.exit(imported_main())
