@@ -14,7 +14,7 @@ from fastapi.routing import APIRoute
 
 import hwctl
 from api import dashboard
-from api.deps import writer_lock
+from api.deps import Writes
 from api.problems import install_problem_handlers
 from api.routers import evaluations, experiments, fits, jobs, networks, readouts, stations
 from hwctl.mapping import MappingError
@@ -61,9 +61,12 @@ def create_app(settings: Settings) -> FastAPI:
         engine.dispose()
         raise
 
+    writes = Writes(engine)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        writes.group.stop()
         engine.dispose()
 
     app = FastAPI(
@@ -74,7 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = engine
-    app.state.write_lock = writer_lock(engine)
+    app.state.writes = writes
     install_problem_handlers(app, DOMAIN_STATUSES)
     for module in (stations, networks, experiments, jobs, readouts, evaluations, fits):
         app.include_router(module.router)

@@ -1,5 +1,8 @@
 """Request dependencies: settings, a DB session per request, and API-key checks.
 
+Those that never block are `async def`: FastAPI runs a plain `def` dependency in its
+threadpool, a thread hop per dependency per request.
+
 The app keeps its settings and engine on `app.state`, so tests and the embedded
 server build independent apps in one process.
 """
@@ -16,6 +19,7 @@ from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 from sqlalchemy import Connection, Engine
 
+from api.group_commit import GroupCommit
 from hwctl.settings import Settings
 from hwctl.store.engine import SQLITE_BEGIN_OPTION, is_sqlite
 
@@ -23,20 +27,24 @@ API_KEY_HEADER = "X-API-Key"
 _api_key = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="a key from HWCTL_API_KEYS")
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_engine(request: Request) -> Engine:
-    """For calls that manage their own transactions (the job queue, event streams)."""
+def _engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
 
 
+async def get_engine(request: Request) -> Engine:
+    """For calls that manage their own transactions (the job queue, event streams)."""
+    return _engine(request)
+
+
 def get_connection(request: Request) -> Iterator[Connection]:
     """One connection per request; a handler commits what it writes, the rest rolls back."""
-    with get_engine(request).connect() as connection:
+    with _engine(request).connect() as connection:
         yield connection
 
 
@@ -47,12 +55,16 @@ class Writes:
     with "database is locked" when another writer commits in between (WAL snapshot), and
     its busy handler makes waiting writers sleep and retry, which under load is unfair
     and gives second-long tails. So: BEGIN IMMEDIATE, and this process's writers queue on
-    a lock in arrival order. On PostgreSQL the lock is a no-op.
+    a lock in arrival order. On PostgreSQL the lock is a no-op. Frequent small writes
+    (submissions) go through `group`, which shares one commit among concurrent ones.
     """
 
-    def __init__(self, engine: Engine, lock: AbstractContextManager[object]) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.serialized = lock  # reentrant: a handler may hold it around several transactions
+        self.serialized: AbstractContextManager[object] = (
+            threading.RLock() if is_sqlite(engine) else nullcontext()
+        )  # reentrant: a handler may hold it around several transactions
+        self.group = GroupCommit(engine, self.serialized)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -62,12 +74,9 @@ class Writes:
                 yield connection
 
 
-def writer_lock(engine: Engine) -> AbstractContextManager[object]:
-    return threading.RLock() if is_sqlite(engine) else nullcontext()
-
-
-def get_writes(request: Request) -> Writes:
-    return Writes(get_engine(request), request.app.state.write_lock)
+async def get_writes(request: Request) -> Writes:
+    writes: Writes = request.app.state.writes
+    return writes
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -88,12 +97,12 @@ def _check_key(presented: str | None, settings: Settings) -> None:
         raise HTTPException(403, f"the {API_KEY_HEADER} presented is not a valid API key")
 
 
-def require_write_key(settings: SettingsDep, key: Annotated[str | None, Security(_api_key)]) -> None:
+async def require_write_key(settings: SettingsDep, key: Annotated[str | None, Security(_api_key)]) -> None:
     """Every mutating call needs a valid key."""
     _check_key(key, settings)
 
 
-def require_read_key(settings: SettingsDep, key: Annotated[str | None, Security(_api_key)]) -> None:
+async def require_read_key(settings: SettingsDep, key: Annotated[str | None, Security(_api_key)]) -> None:
     """Read-only calls need a key only when the settings say so."""
     if settings.api_read_requires_key:
         _check_key(key, settings)

@@ -10,7 +10,7 @@ job per station (a partial unique index); a claim is one atomic UPDATE … RETUR
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NotRequired, TypedDict, Unpack
 
 from sqlalchemy import Connection, Engine, Row, and_, exists, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -61,34 +61,51 @@ def _write(engine: Engine) -> Connection:
     return engine.connect().execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
 
 
-def enqueue(
-    engine: Engine,
-    *,
-    kind: str,
-    station_id: int,
-    run_at_s: float,
-    payload: dict[str, Any] | None = None,
-    window_s: float | None = None,
-    priority: int = 0,
-    experiment_id: int | None = None,
-    idempotency_key: str | None = None,
-) -> int:
-    """Queue a job; with an `idempotency_key` already used, return that job's id instead."""
-    values = dict(
-        kind=kind, station_id=station_id, run_at_s=run_at_s, payload=payload or {}, window_s=window_s,
-        priority=priority, experiment_id=experiment_id, idempotency_key=idempotency_key,
-    )  # fmt: skip
+class NewJob(TypedDict):
+    """A job to queue: what `enqueue` and `enqueue_in` take as keywords."""
+
+    kind: str
+    station_id: int
+    run_at_s: float
+    payload: NotRequired[dict[str, Any] | None]
+    window_s: NotRequired[float | None]
+    priority: NotRequired[int]
+    experiment_id: NotRequired[int | None]
+    idempotency_key: NotRequired[str | None]
+
+
+def enqueue_in(conn: Connection, **job: Unpack[NewJob]) -> int:
+    """Queue a job inside the caller's transaction, so it commits with the caller's rows.
+
+    A used `idempotency_key` raises IntegrityError (the caller's transaction is then void).
+    """
+    values = {**job, "payload": job.get("payload") or {}}
+    return int(conn.execute(insert(jobs).values(**values).returning(jobs.c.id)).scalar_one())
+
+
+def enqueue(engine: Engine, **job: Unpack[NewJob]) -> int:
+    """Queue a job in its own transaction; with an `idempotency_key` already used, return
+    that job's id instead."""
     try:
         with _write(engine) as conn, conn.begin():
-            return int(conn.execute(insert(jobs).values(**values).returning(jobs.c.id)).scalar_one())
+            return enqueue_in(conn, **job)
     except IntegrityError:
-        if idempotency_key is None:
-            raise
-        with engine.connect() as conn:
-            found = conn.execute(select(jobs.c.id).where(jobs.c.idempotency_key == idempotency_key)).scalar()
+        key = job.get("idempotency_key")
+        found = None if key is None else job_id_for_key(engine, key)
         if found is None:
             raise
-        return int(found)
+        return found
+
+
+def job_id_for_key(db: Engine | Connection, idempotency_key: str) -> int | None:
+    """The job queued with `idempotency_key`, if any."""
+    query = select(jobs.c.id).where(jobs.c.idempotency_key == idempotency_key)
+    if isinstance(db, Connection):
+        found = db.execute(query).scalar()
+    else:
+        with db.connect() as conn:
+            found = conn.execute(query).scalar()
+    return None if found is None else int(found)
 
 
 def claim(engine: Engine, station_id: int, now_s: float) -> Job | None:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Response
-from sqlalchemy import Engine, Row, func, select
+from sqlalchemy import Connection, Engine, Row, bindparam, func, select
+from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import Db, EngineDep, ReadAccess, WriteAccess, WritesDep
 from api.lookup import count, one_or_404
 from api.pagination import Page, Paging
-from api.params import MAX_ROW_ID, PathId
+from api.params import PathId
 from api.problems import problem_responses
 from api.routers.evaluations import evaluation_out, evaluations_query
-from api.routers.jobs import TERMINAL_STATUSES, load_job
+from api.routers.jobs import TERMINAL_STATUSES, job_out
 from api.routers.readouts import readout_out, readouts_query
 from api.schemas.experiments import Experiment, ExperimentAccepted, ExperimentDetail, ExperimentProgress
 from hwctl import queue
@@ -37,40 +40,55 @@ def experiment_out(row: Row) -> Experiment:
     )
 
 
-def _station_id(db: Db, name: str) -> int:
-    station_id = db.execute(select(stations.c.id).where(stations.c.name == name)).scalar()
+# Built once, run by every submission (a statement built per call costs as much as running it).
+_TARGETS = select(
+    select(stations.c.id).where(stations.c.name == bindparam("station")).scalar_subquery(),
+    select(networks.c.name).where(networks.c.id == bindparam("network_id")).scalar_subquery(),
+)
+_JOB_BY_ID = select(jobs).where(jobs.c.id == bindparam("job_id"))
+_EXPERIMENT_BY_ID = _select().where(experiments.c.id == bindparam("experiment_id"))
+
+
+def _targets(db: Connection, spec: ExperimentSpec) -> tuple[int, str]:
+    """The station's id and the network's name, in one round trip; 422 if either is unknown."""
+    station_id, network_name = db.execute(
+        _TARGETS, {"station": spec.station, "network_id": spec.network_id}
+    ).one()
     if station_id is None:
         known = db.execute(select(stations.c.name).order_by(stations.c.name).limit(20)).scalars().all()
         raise HTTPException(
-            422, f"unknown station {name!r}; known stations: {', '.join(known) or 'none (POST /stations)'}"
+            422, f"unknown station {spec.station!r}; known stations: "
+            f"{', '.join(known) or 'none (POST /stations)'}",
         )
-    return int(station_id)
+    if network_name is None:
+        raise HTTPException(422, f"network {spec.network_id} does not exist; upload it with POST /networks")
+    return int(station_id), str(network_name)
 
 
-def _network_name(db: Db, network_id: int) -> str:
-    name = None
-    if 1 <= network_id <= MAX_ROW_ID:  # beyond it no row can exist, and the driver would overflow
-        name = db.execute(select(networks.c.name).where(networks.c.id == network_id)).scalar()
-    if name is None:
-        raise HTTPException(422, f"network {network_id} does not exist; upload it with POST /networks")
-    return str(name)
+def _accepted_rows(db: Connection, job_id: int) -> tuple[Row, Row]:
+    """The job and its experiment as stored (server defaults included)."""
+    job = db.execute(_JOB_BY_ID, {"job_id": job_id}).one()
+    return db.execute(_EXPERIMENT_BY_ID, {"experiment_id": job.experiment_id}).one(), job
 
 
-def _accepted(engine: Engine, job_id: int, response: Response) -> ExperimentAccepted:
-    """Read back on a plain connection: no write lock needed to answer."""
-    with engine.connect() as db:
-        job = load_job(db, job_id)
-        assert job.experiment_id is not None
-        row = db.execute(_select().where(experiments.c.id == job.experiment_id)).one()
-    response.headers["Location"] = f"/experiments/{row.id}"
-    return ExperimentAccepted(experiment=experiment_out(row), program_job=job)
+def _store_submission(db: Connection, spec: ExperimentSpec, idempotency_key: str | None) -> int:
+    """The experiment row and its program job; returns the job's id."""
+    station_id, network_name = _targets(db, spec)  # the network is checked even when a name is given
+    experiment_id = records.add_experiment(
+        db, spec.name or f"{network_name} on {spec.station}", network_id=spec.network_id,
+        station_id=station_id, settings=spec.model_dump(mode="json"),
+    )
+    return queue.enqueue_in(
+        db, kind=JOB_PROGRAM, station_id=station_id, experiment_id=experiment_id,
+        payload={"experiment_id": experiment_id}, run_at_s=0.0, idempotency_key=idempotency_key,
+    )  # due at once: run_at_s 0 is before any station clock
 
 
 @router.post(
     "", status_code=202, response_model=ExperimentAccepted, dependencies=[WriteAccess],
     responses=problem_responses(401, 403, 422),
 )
-def submit_experiment(
+async def submit_experiment(
     spec: ExperimentSpec,
     engine: EngineDep,
     writes: WritesDep,
@@ -79,31 +97,36 @@ def submit_experiment(
         str | None, Header(max_length=128, description="resubmitting with it returns the same experiment")
     ] = None,
 ) -> ExperimentAccepted:
-    """Store the experiment and enqueue its program job; the station worker does the rest.
+    """Store the experiment and enqueue its program job in one transaction, which
+    concurrent submissions share (api.group_commit); answered once it is committed.
 
-    One connection at a time (never one held while the queue takes another), so a busy
-    server cannot exhaust its pool with half-done submissions.
+    A resubmitted `Idempotency-Key` finds its job. Two racing with the same key from two
+    API processes collide on the key's unique index; the loser's savepoint leaves nothing
+    behind and it answers with the winner's job.
     """
-    with writes.serialized:  # both transactions in one turn: no other writer in between
-        with writes.transaction() as db:
-            existing = None
-            if idempotency_key is not None:
-                by_key = select(jobs.c.id).where(jobs.c.idempotency_key == idempotency_key)
-                existing = db.execute(by_key).scalar()
-            if existing is None:
-                station_id = _station_id(db, spec.station)
-                network_name = _network_name(db, spec.network_id)  # checked even when a name is given
-                experiment_id = records.add_experiment(
-                    db, spec.name or f"{network_name} on {spec.station}", network_id=spec.network_id,
-                    station_id=station_id, settings=spec.model_dump(mode="json"),
-                )
-        if existing is not None:
-            return _accepted(engine, int(existing), response)
-        job_id = queue.enqueue(
-            engine, kind=JOB_PROGRAM, station_id=station_id, experiment_id=experiment_id,
-            payload={"experiment_id": experiment_id}, run_at_s=0.0, idempotency_key=idempotency_key,
-        )  # due at once: run_at_s 0 is before any station clock
-    return _accepted(engine, job_id, response)
+
+    def store(db: Connection) -> tuple[Row, Row]:
+        job_id = None if idempotency_key is None else queue.job_id_for_key(db, idempotency_key)
+        if job_id is None:
+            job_id = _store_submission(db, spec, idempotency_key)
+        return _accepted_rows(db, job_id)
+
+    try:
+        experiment, job = await asyncio.wrap_future(writes.group.submit(store))
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        experiment, job = await run_in_threadpool(_accepted_for_key, engine, idempotency_key)
+    response.headers["Location"] = f"/experiments/{experiment.id}"
+    return ExperimentAccepted(experiment=experiment_out(experiment), program_job=job_out(job))
+
+
+def _accepted_for_key(engine: Engine, idempotency_key: str) -> tuple[Row, Row]:
+    with engine.connect() as db:
+        job_id = queue.job_id_for_key(db, idempotency_key)
+        if job_id is None:
+            raise HTTPException(409, "a concurrent submission with this Idempotency-Key failed; retry")
+        return _accepted_rows(db, job_id)
 
 
 @router.get("", response_model=Page[Experiment], dependencies=[ReadAccess])

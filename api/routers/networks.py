@@ -42,7 +42,7 @@ def _too_large(size: int, limit: int) -> HTTPException:
 def _parse_checkpoint(data: bytes, filename: str) -> Checkpoint:
     """Tensors and plain data only (`weights_only=True`), and it must build its architecture."""
     try:
-        checkpoint = load_checkpoint(io.BytesIO(data))  # type: ignore[arg-type]
+        checkpoint = load_checkpoint(io.BytesIO(data))
         checkpoint.build()
     except Exception as exc:  # untrusted bytes: any failure means "not a usable checkpoint"
         raise HTTPException(

@@ -148,3 +148,24 @@ def test_concurrent_submissions_all_succeed_on_sqlite(client: TestClient, ready:
         thread.join()
     assert statuses == [202] * 32
     assert client.get("/jobs", params={"kind": "program"}).json()["total"] == 32
+
+
+def test_concurrent_submissions_sharing_a_key_store_one_experiment_beside_failing_ones(
+    client: TestClient, ready: dict[str, Any]
+) -> None:
+    """Submissions committed together: same key → one job; an invalid one fails alone."""
+    answers: list[Any] = []
+
+    def submit_both() -> None:
+        answers.append(submit(client, ready, **{"Idempotency-Key": "shared"}))
+        answers.append(submit(client, ready | {"station": "nowhere"}))
+
+    threads = [threading.Thread(target=submit_both) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    accepted = [a.json() for a in answers if a.status_code == 202]
+    assert sorted(a.status_code for a in answers) == [202] * 6 + [422] * 6
+    assert len({a["program_job"]["id"] for a in accepted}) == 1
+    assert client.get("/experiments").json()["total"] == 1
