@@ -10,19 +10,29 @@ from api.lookup import count, one_or_404
 from api.pagination import Page, Paging
 from api.params import PathId, QueryId
 from api.problems import problem_responses
-from api.schemas.results import DriftFitBins, DriftFitSummary
+from api.schemas.results import OUTLIERS_LISTED, DriftFitBins, DriftFitSummary, OutlierDevices
 from hwctl.store.schema import device_fits, programming_runs
 
 router = APIRouter(prefix="/fits", tags=["fits"])
 
+# Never the vectors: a fit's blobs are megabytes.
 _SUMMARY = (
     device_fits.c.id, device_fits.c.run_id, device_fits.c.nu_len.label("n_devices"),
-    device_fits.c.summary, device_fits.c.created_at,
+    device_fits.c.summary, device_fits.c.statistics, device_fits.c.created_at,
 )
 
 
 def fit_out(row: Row) -> DriftFitSummary:
-    return DriftFitSummary.model_validate(row, from_attributes=True)
+    outliers = None
+    if row.statistics is not None:
+        outliers = {
+            kind: OutlierDevices(count=len(devices), first=devices[:OUTLIERS_LISTED])
+            for kind, devices in row.statistics["outliers"].items()
+        }
+    return DriftFitSummary(
+        id=row.id, run_id=row.run_id, n_devices=row.n_devices, summary=row.summary, outliers=outliers,
+        created_at=row.created_at,
+    )
 
 
 @router.get("", response_model=Page[DriftFitSummary], dependencies=[ReadAccess])
@@ -55,8 +65,12 @@ def get_fit(fit_id: PathId, db: Db) -> DriftFitSummary:
     responses=problem_responses(404),
 )
 def get_fit_bins(fit_id: PathId, db: Db) -> DriftFitBins:
-    """Per-bin statistics as the analysis stored them in the summary (`bins`)."""
-    summary = db.execute(select(device_fits.c.summary).where(device_fits.c.id == fit_id)).scalar()
-    if summary is None:
+    """Per target-conductance bin statistics (`ChipStatistics.to_dict()["bins"]`)."""
+    row = db.execute(
+        select(device_fits.c.summary, device_fits.c.statistics).where(device_fits.c.id == fit_id)
+    ).first()
+    if row is None:
         raise HTTPException(404, f"drift fit {fit_id} does not exist")
-    return DriftFitBins(id=fit_id, bins=list(summary.get("bins", [])))
+    # Fits stored before the statistics column carried their bins in the summary.
+    bins = row.statistics["bins"] if row.statistics is not None else row.summary.get("bins", [])
+    return DriftFitBins(id=fit_id, bins=list(bins))

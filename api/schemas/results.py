@@ -43,11 +43,23 @@ class Evaluation(BaseModel):
     created_at: UtcDatetime
 
 
+OUTLIERS_LISTED = 10
+
+
+class OutlierDevices(BaseModel):
+    count: int
+    first: list[int] = Field(description=f"the first {OUTLIERS_LISTED} device indices, canonical order")
+
+
 class DriftFitSummary(BaseModel):
     id: int
     run_id: int
     n_devices: int
     summary: dict[str, Any] = Field(description="chip-level drift statistics as the analysis stored them")
+    outliers: dict[str, OutlierDevices] | None = Field(
+        description="misbehaving devices per kind (stuck, dead, fast_drifters, non_converged); "
+        "null for a fit stored without statistics"
+    )
     created_at: UtcDatetime
 
 

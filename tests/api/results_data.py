@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine
 
 from drivers.base import Geometry
+from hwctl.analysis.drift import fit_drift
+from hwctl.analysis.statistics import chip_statistics
 from hwctl.experiment_spec import ExperimentSpec
 from hwctl.mapping import DeviceMap, LayerWeights, map_network
 from hwctl.store import readouts, records
-from hwctl.store.schema import device_fits
-from hwctl.store.vectors import encode
+from hwctl.store.fits import save_device_fit
 
 GEOMETRY = Geometry(tiles=1, rows=16, cols=16)
 OFFSETS_S = (25.0, 250.0, 2500.0)
@@ -28,6 +29,7 @@ class Campaign:
     device_map: DeviceMap
     programmed_s: np.ndarray
     fit_id: int
+    dead_device: int  # programmed to a non-zero target, never read above 0
 
 
 def write_campaign(engine: Engine, seed: int = 0) -> Campaign:
@@ -59,9 +61,11 @@ def write_campaign(engine: Engine, seed: int = 0) -> Campaign:
             g_final_us=device_map.target_g_us.astype(np.float32), iterations=np.ones(n, np.int32),
             status=np.zeros(n, np.uint8), programmed_s=programmed_s,
         ))
+        dead = int(np.flatnonzero(device_map.target_g_us > 5.0)[0])
         g_us, readout_ids = [], []
         for k, offset_s in enumerate(OFFSETS_S):
             g = (device_map.target_g_us * (1.0 - 0.05 * k)).astype(np.float32)
+            g[dead] = 0.0
             board_s = PROGRAMMED_AT_S + n + offset_s
             readout_ids.append(readouts.add_readout(
                 conn, run_id, offset_s=offset_s, scheduled_s=board_s, board_time_s=board_s, g_us=g
@@ -70,11 +74,9 @@ def write_campaign(engine: Engine, seed: int = 0) -> Campaign:
             for method, accuracy in (("none", 90.0 - 5 * k), ("gdc", 91.0 - k)):
                 records.add_evaluation(conn, readout_ids[-1], method=method, accuracy=accuracy, n_images=100,
                                        ci=(accuracy - 2, accuracy + 2))
-        bins = [{"target_lo_us": 0.0, "target_hi_us": 2.5, "nu_mean": 0.05}]
-        fit_id = conn.execute(insert(device_fits).values(
-            run_id=run_id, summary={"median_nu": 0.05, "bins": bins},
-            **encode(np.full(n, 0.05), "float32").columns("nu"),
-            **encode(device_map.target_g_us, "float32").columns("g_t0"),
-            **encode(np.ones(n), "float32").columns("r2"),
-        ).returning(device_fits.c.id)).scalar_one()
-    return Campaign(experiment_id, run_id, readout_ids, g_us, device_map, programmed_s, fit_id)
+        # What the analyze job stores: real fits and statistics of these readouts.
+        t_s = np.asarray(OFFSETS_S)[:, None] + n - np.arange(n)[None, :]
+        fit = fit_drift(np.stack(g_us), t_s)
+        statistics = chip_statistics(fit, device_map.target_g_us, t_s).to_dict()
+        fit_id = save_device_fit(conn, run_id, fit, statistics=statistics, extra_summary={"n_readouts": 3})
+    return Campaign(experiment_id, run_id, readout_ids, g_us, device_map, programmed_s, fit_id, dead)

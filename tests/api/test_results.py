@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from hwctl.store.engine import make_engine
+from hwctl.store.fits import load_device_fit
 from tests.api.conftest import assert_problem
 from tests.api.results_data import OFFSETS_S, Campaign, write_campaign
 
@@ -87,10 +88,21 @@ def test_evaluations_filter_by_method(client: TestClient, campaign: Campaign) ->
     assert one == page["items"][0]
 
 
-def test_drift_fit_summary_and_bins(client: TestClient, campaign: Campaign) -> None:
+def test_drift_fit_serves_its_summary_outliers_and_per_bin_statistics(
+    client: TestClient, campaign: Campaign, db_url: str
+) -> None:
+    engine = make_engine(db_url)
+    with engine.connect() as conn:
+        stored = load_device_fit(conn, campaign.fit_id)
+    engine.dispose()
     fits = client.get("/fits", params={"experiment_id": campaign.experiment_id}).json()
     assert fits["total"] == 1
-    assert fits["items"][0]["summary"]["median_nu"] == 0.05
-    assert fits["items"][0]["n_devices"] == campaign.device_map.n_devices
+    fit = fits["items"][0]
+    assert fit["summary"] == stored.summary and fit["n_devices"] == campaign.device_map.n_devices
+    assert fit["outliers"]["dead"] == {"count": 1, "first": [campaign.dead_device]}
+    assert fit["outliers"]["stuck"] == {"count": 0, "first": []}
+    assert client.get(f"/fits/{campaign.fit_id}").json() == fit
+
     bins = client.get(f"/fits/{campaign.fit_id}/bins").json()["bins"]
-    assert bins == [{"target_lo_us": 0.0, "target_hi_us": 2.5, "nu_mean": 0.05}]
+    assert bins == stored.bins and len(bins) == 10
+    assert sum(b["n_devices"] for b in bins) == int((campaign.device_map.target_g_us > 0).sum())
