@@ -77,6 +77,8 @@ class GroupCommit:
                 conn.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
                 with conn.begin():
                     for future, work in batch:
+                        if not future.set_running_or_notify_cancel():
+                            continue  # its request was cancelled (client gone): store nothing
                         try:
                             with conn.begin_nested():
                                 outcomes.append((future, work(conn), None))
@@ -84,7 +86,8 @@ class GroupCommit:
                             outcomes.append((future, None, exc))
         except Exception as exc:  # the transaction itself failed: nothing in it was stored
             for future, _ in batch:
-                future.set_exception(exc)
+                if future.running() or future.set_running_or_notify_cancel():
+                    future.set_exception(exc)
             return
         for future, value, error in outcomes:
             if error is None:

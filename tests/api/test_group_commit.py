@@ -39,14 +39,19 @@ def station_names(engine: Engine) -> list[str]:
         return list(conn.execute(select(stations.c.name).order_by(stations.c.name)).scalars())
 
 
+def wait_until_taken(group: GroupCommit) -> None:
+    """Until the writer holds the first submission (and waits for the lock the test holds)."""
+    deadline = time.monotonic() + 10
+    while group._pending.qsize() and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
 def test_submissions_waiting_together_commit_in_one_transaction_and_fail_alone(engine: Engine) -> None:
     lock = threading.RLock()
     group = GroupCommit(engine, lock)
     with lock:  # the writer takes the first submission, then waits here while the rest queue
         first = group.submit(add_station("a-first"))
-        deadline = time.monotonic() + 10
-        while group._pending.qsize() and time.monotonic() < deadline:
-            time.sleep(0.001)
+        wait_until_taken(group)
         waiting = [group.submit(add_station(name)) for name in ("b-ok", "bad-one", "c-ok")]
     ok_b, bad, ok_c = waiting
     with pytest.raises(ValueError, match="bad-one refused"):
@@ -54,6 +59,21 @@ def test_submissions_waiting_together_commit_in_one_transaction_and_fail_alone(e
     assert ok_b.result(timeout=10) is ok_c.result(timeout=10)  # one shared transaction
     assert first.result(timeout=10) is not ok_b.result()
     assert station_names(engine) == ["a-first", "b-ok", "c-ok"]  # the failed one left nothing
+    group.stop()
+
+
+def test_a_submission_cancelled_while_waiting_is_not_stored_and_the_writer_goes_on(engine: Engine) -> None:
+    lock = threading.RLock()
+    group = GroupCommit(engine, lock)
+    with lock:
+        first = group.submit(add_station("first"))
+        wait_until_taken(group)
+        abandoned = group.submit(add_station("abandoned"))
+        assert abandoned.cancel()  # what asyncio does to the future when the client goes away
+        last = group.submit(add_station("last"))
+    first.result(timeout=10)
+    last.result(timeout=10)
+    assert station_names(engine) == ["first", "last"]
     group.stop()
 
 
