@@ -5,13 +5,15 @@ A campaign is one programming run followed by readbacks at log-spaced offsets af
 transaction, the campaign's readback jobs, so a crash can never leave a programmed
 chip without its schedule. A readback reads the mapped devices in blocks and commits
 a checkpoint after each, so a restart resumes from the last committed block and a
-cancel or shutdown waits for at most one block.
+cancel or shutdown waits for at most one block. Programming and readbacks run in the
+station's chip lane; evaluation and drift analysis in its compute lane, without the chip.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Connection, Engine, select, update
 
+from hwctl import queue
 from hwctl.analysis.drift import fit_drift
 from hwctl.analysis.statistics import chip_statistics
 from hwctl.experiment_spec import JOB_ANALYZE, JOB_EVALUATE, JOB_PROGRAM, JOB_READBACK, ExperimentSpec
@@ -31,6 +34,7 @@ from hwctl.program_verify import DeviceStatus, ProgramSettings, program_and_veri
 from hwctl.schedule import readout_window_s
 from hwctl.station import Station
 from hwctl.store import readouts as store_readouts
+from hwctl.store.engine import SQLITE_BEGIN_OPTION
 from hwctl.store.fits import save_device_fit
 from hwctl.store.records import add_evaluation, add_mapping
 from hwctl.store.schema import (
@@ -50,6 +54,13 @@ PRIORITY_READBACK = 10
 PRIORITY_FOLLOW_UP = 0
 # A drift line per device needs three points to have a residual.
 MIN_READOUTS_TO_FIT = 3
+# Only programming and readbacks need the instrument.
+LANES = {
+    JOB_PROGRAM: queue.LANE_CHIP,
+    JOB_READBACK: queue.LANE_CHIP,
+    JOB_EVALUATE: queue.LANE_COMPUTE,
+    JOB_ANALYZE: queue.LANE_COMPUTE,
+}
 
 
 class JobCancelled(Exception):
@@ -81,11 +92,11 @@ class JobContext:
     succeeded once the handler's final transaction has committed (handlers check what is
     already stored, so a crash between the two never stores anything twice);
     `stopping()` is the worker's shutdown request; `overtaken()` says a later readback
-    of the station is due now.
+    of the station is due now. `station` is None in the compute lane.
     """
 
     engine: Engine
-    station: Station
+    station: Station | None
     station_id: int
     job_id: int
     kind: str
@@ -97,6 +108,21 @@ class JobContext:
     overtaken: Callable[[], bool]
     cache: dict[Any, Any] = field(default_factory=dict)
     read_block_devices: int = READ_BLOCK_DEVICES
+
+    @property
+    def chip_station(self) -> Station:
+        """The station with its chip: only chip-lane jobs have it."""
+        if self.station is None:
+            raise CampaignError(f"{self.kind} job {self.job_id} needs the chip but runs in the compute lane")
+        return self.station
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """A write transaction that takes SQLite's write lock up front: with the other lane
+        writing too, it then waits its turn instead of failing on a stale read snapshot."""
+        immediate = {SQLITE_BEGIN_OPTION: "IMMEDIATE"}
+        with self.engine.connect().execution_options(**immediate) as conn, conn.begin():
+            yield conn
 
     def safe_point(self, progress: float, message: str, checkpoint: dict[str, Any] | None = None) -> None:
         """Commit progress; raise if the job was cancelled or the worker is stopping."""
@@ -157,9 +183,9 @@ def _enqueue(
 ) -> None:
     conn.execute(
         jobs_table.insert().values(
-            kind=kind, station_id=ctx.station_id, experiment_id=payload.get("experiment_id"),
-            payload=payload, status="queued", run_at_s=run_at_s, window_s=window_s, priority=priority,
-            idempotency_key=key,
+            kind=kind, lane=LANES[kind], station_id=ctx.station_id, payload=payload, status="queued",
+            experiment_id=payload.get("experiment_id"), run_at_s=run_at_s, window_s=window_s,
+            priority=priority, idempotency_key=key,
         )
     )  # fmt: skip
 
@@ -172,10 +198,10 @@ def _set_experiment_status(conn: Connection, experiment_id: int, status: str) ->
 def handle_program(ctx: JobContext) -> None:
     """Map the network, program-and-verify it, store the run and schedule its readbacks."""
     experiment_id = int(ctx.payload["experiment_id"])
-    with ctx.engine.begin() as conn:
+    with ctx.writing() as conn:
         spec = load_spec(conn, experiment_id)
         model = load_network(conn, spec.network_id).build()
-        device_map = map_network(export_layers(model), ctx.station.chip.geometry(), spec.g_max_us)
+        device_map = map_network(export_layers(model), ctx.chip_station.chip.geometry(), spec.g_max_us)
         mapping_id = add_mapping(
             conn, network_id=spec.network_id, station_id=ctx.station_id, device_map=device_map.to_bytes(),
             n_devices=device_map.n_devices, utilisation=device_map.utilisation.fraction_of_chip,
@@ -192,10 +218,10 @@ def handle_program(ctx: JobContext) -> None:
         ctx.safe_point(converged / n, f"iteration {iteration}: {converged}/{n} devices converged")
 
     result = program_and_verify(
-        ctx.station.chip, device_map.addresses, device_map.target_g_us, settings, progress
+        ctx.chip_station.chip, device_map.addresses, device_map.target_g_us, settings, progress
     )
-    end_s = float(result.t_programmed_s.max()) if n else ctx.station.clock_now_s()
-    with ctx.engine.begin() as conn:
+    end_s = float(result.t_programmed_s.max()) if n else ctx.chip_station.clock_now_s()
+    with ctx.writing() as conn:
         store_readouts.finish_programming_run(
             conn, run_id,
             store_readouts.ProgrammingResult(
@@ -229,6 +255,7 @@ class PartialReadout:
 
     g_us: npt.NDArray[np.float32]
     next_device: int = 0
+    block_first_devices: list[int] = field(default_factory=list)
     block_starts_s: list[float] = field(default_factory=list)
     temperature_c: float | None = None
 
@@ -237,9 +264,16 @@ class PartialReadout:
         return {
             "next_device": self.next_device,
             "g_us_b64": base64.b64encode(done.astype("<f4").tobytes()).decode(),
+            "block_first_devices": self.block_first_devices,
             "block_starts_s": self.block_starts_s,
             "temperature_c": self.temperature_c,
         }
+
+    def block_starts(self) -> list[list[float]]:
+        """[[first device, board s], …]: the readout row's record of when each block was read."""
+        return [
+            [first, t_s] for first, t_s in zip(self.block_first_devices, self.block_starts_s, strict=True)
+        ]
 
     @classmethod
     def from_checkpoint(cls, n_devices: int, checkpoint: dict[str, Any] | None) -> PartialReadout:
@@ -250,6 +284,7 @@ class PartialReadout:
             if done.size != partial.next_device or done.size > n_devices:
                 raise CampaignError(f"readback checkpoint holds {done.size} values for {partial.next_device}")
             partial.g_us[: done.size] = done
+            partial.block_first_devices = [int(d) for d in checkpoint["block_first_devices"]]
             partial.block_starts_s = [float(t) for t in checkpoint["block_starts_s"]]
             partial.temperature_c = checkpoint.get("temperature_c")
         return partial
@@ -269,12 +304,14 @@ def handle_readback(ctx: JobContext) -> None:
     addresses = device_map.addresses
     n = addresses.size
     partial = PartialReadout.from_checkpoint(n, ctx.checkpoint)
+    station = ctx.chip_station
     if partial.temperature_c is None:
-        partial.temperature_c = ctx.station.temperature_c()
+        partial.temperature_c = station.temperature_c()
     while partial.next_device < n:
         start, stop = partial.next_device, min(partial.next_device + ctx.read_block_devices, n)
-        partial.block_starts_s.append(ctx.station.clock_now_s())
-        partial.g_us[start:stop] = ctx.station.chip.read_block(addresses[start:stop])
+        partial.block_first_devices.append(start)
+        partial.block_starts_s.append(station.clock_now_s())
+        partial.g_us[start:stop] = station.chip.read_block(addresses[start:stop])
         partial.next_device = stop
         if stop < n:
             ctx.safe_point(stop / n, f"read {stop}/{n} devices", partial.to_checkpoint())
@@ -286,12 +323,16 @@ def handle_readback(ctx: JobContext) -> None:
 def _finish_readback(ctx: JobContext, run_id: int, offset_s: float, partial: PartialReadout) -> None:
     experiment_id = int(ctx.payload["experiment_id"])
     scheduled_s = float(ctx.payload["scheduled_s"])
-    with ctx.engine.begin() as conn:
+    with ctx.writing() as conn:
         spec = load_spec(conn, experiment_id)
         readout_id = store_readouts.add_readout(
             conn, run_id, offset_s=offset_s, scheduled_s=scheduled_s, board_time_s=partial.block_starts_s[0],
             g_us=partial.g_us, temperature_c=partial.temperature_c,
         )  # fmt: skip
+        blocks = (
+            update(readouts).where(readouts.c.id == readout_id).values(block_starts=partial.block_starts())
+        )
+        conn.execute(blocks)
         now_s = partial.block_starts_s[-1]
         if spec.evaluation.enabled:
             _enqueue(conn, ctx, JOB_EVALUATE, {"experiment_id": experiment_id, "run_id": run_id,
@@ -305,6 +346,22 @@ def _finish_readback(ctx: JobContext, run_id: int, offset_s: float, partial: Par
         "readout_id": readout_id, "late_s": partial.block_starts_s[0] - scheduled_s,
         "block_starts_s": partial.block_starts_s, "n_devices": int(partial.g_us.size),
     })  # fmt: skip
+
+
+def device_read_times_s(conn: Connection, readout_id: int) -> npt.NDArray[np.float64]:
+    """When each device of a readout was read (board s): its block's start time.
+
+    A whole-chip readout spans seconds of wall time, hours of board time on an accelerated
+    clock; readouts stored before the blocks were recorded count from their first block.
+    """
+    row = conn.execute(
+        select(readouts.c.board_time_s, readouts.c.block_starts, readouts.c.g_len).where(
+            readouts.c.id == readout_id
+        )
+    ).one()
+    starts = row.block_starts or [[0, row.board_time_s]]
+    firsts = [int(first) for first, _ in starts] + [int(row.g_len)]
+    return np.repeat([float(t_s) for _, t_s in starts], np.diff(firsts)).astype(np.float64)
 
 
 def _analyze_key(run_id: int) -> str:
@@ -356,7 +413,7 @@ def handle_evaluate(ctx: JobContext) -> None:
     for index, method in enumerate(m for m in spec.evaluation.methods if m not in done):
         ctx.safe_point(index / len(spec.evaluation.methods), f"evaluating with {method}")
         result = evaluator.evaluate(data, g_t_us, method, g_t0_us)
-        with ctx.engine.begin() as conn:
+        with ctx.writing() as conn:
             add_evaluation(
                 conn, readout_id, method=method, accuracy=result.accuracy, n_images=result.n_images,
                 ci=(result.ci95_low, result.ci95_high),
@@ -375,17 +432,18 @@ def handle_analyze(ctx: JobContext) -> None:
         stored = [
             store_readouts.load_readout(conn, rid) for rid, _ in store_readouts.run_readouts(conn, run_id)
         ]
+        read_times_s = [device_read_times_s(conn, r.id) for r in stored]
     if len(stored) < MIN_READOUTS_TO_FIT:
-        with ctx.engine.begin() as conn:
+        with ctx.writing() as conn:
             _set_experiment_status(conn, int(ctx.payload["experiment_id"]), "done")
         ctx.complete({"n_readouts": len(stored), "skipped": f"fewer than {MIN_READOUTS_TO_FIT} readouts"})
         return
     g_us = np.stack([r.g_us for r in stored])
-    t_s = np.stack([r.board_time_s - programmed.programmed_s for r in stored]).astype(np.float32)
+    t_s = np.stack([read_s - programmed.programmed_s for read_s in read_times_s]).astype(np.float32)
     fit = fit_drift(g_us, t_s, min_points=MIN_READOUTS_TO_FIT)
     converged = programmed.status == DeviceStatus.CONVERGED
     stats = chip_statistics(fit, device_map.target_g_us, t_s, converged=converged)
-    with ctx.engine.begin() as conn:
+    with ctx.writing() as conn:
         fit_id = save_device_fit(
             conn, run_id, fit, statistics=stats.to_dict(), extra_summary={"n_readouts": len(stored)}
         )

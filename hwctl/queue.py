@@ -2,9 +2,12 @@
 
 Every time here is *station-clock* seconds (`now_s`), passed in by the caller: a
 simulated station on an accelerated or virtual clock drives due times, heartbeats and
-windows exactly like a real board's clock. The database guarantees at most one running
-job per station (a partial unique index); a claim is one atomic UPDATE … RETURNING
-(inside `BEGIN IMMEDIATE` on SQLite, with `FOR UPDATE SKIP LOCKED` on PostgreSQL).
+windows exactly like a real board's clock. Each job runs in a lane: 'chip' jobs hold the
+instrument, 'compute' jobs (evaluation, analysis) do not, so a station runs one of each
+at a time and a long evaluation never delays a readback. The database guarantees at
+most one running job per station and lane (a partial unique index); a claim is one
+atomic UPDATE … RETURNING (inside `BEGIN IMMEDIATE` on SQLite, with `FOR UPDATE SKIP
+LOCKED` on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -12,15 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict, Unpack
 
-from sqlalchemy import Connection, Engine, Row, and_, exists, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Row, and_, exists, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 
 from hwctl.store.engine import SQLITE_BEGIN_OPTION
 from hwctl.store.errors import NotFoundError, StoreError
-from hwctl.store.schema import jobs
+from hwctl.store.schema import JOB_LANES, jobs
 
 PROGRAM = "program"  # interrupted programming is never re-run without an operator
 READBACK = "readback"
+LANE_CHIP, LANE_COMPUTE = JOB_LANES
 
 
 class JobStateError(StoreError):
@@ -31,6 +35,7 @@ class JobStateError(StoreError):
 class Job:
     id: int
     kind: str
+    lane: str
     station_id: int
     experiment_id: int | None
     payload: dict[str, Any]
@@ -72,6 +77,7 @@ class NewJob(TypedDict):
     priority: NotRequired[int]
     experiment_id: NotRequired[int | None]
     idempotency_key: NotRequired[str | None]
+    lane: NotRequired[str]  # LANE_CHIP unless the job never touches the instrument
 
 
 def enqueue_in(conn: Connection, **job: Unpack[NewJob]) -> int:
@@ -108,18 +114,21 @@ def job_id_for_key(db: Engine | Connection, idempotency_key: str) -> int | None:
     return None if found is None else int(found)
 
 
-def claim(engine: Engine, station_id: int, now_s: float) -> Job | None:
-    """Start the most urgent due job of a station; None if none is due or one is running.
+def claim(engine: Engine, station_id: int, now_s: float, lane: str = LANE_CHIP) -> Job | None:
+    """Start the most urgent due job of a station's lane; None if none is due or one is running.
 
-    Due jobs whose window has passed are marked missed first, in the same transaction.
+    Due jobs of the lane whose window has passed are marked missed first, in the same
+    transaction.
     """
     # Aliases keep both subqueries from being correlated with the updated row.
     candidate, busy = jobs.alias("candidate"), jobs.alias("busy")
     due = (
         select(candidate.c.id)
-        .where(candidate.c.station_id == station_id, candidate.c.status == "queued")
+        .where(candidate.c.station_id == station_id, candidate.c.lane == lane, candidate.c.status == "queued")
         .where(candidate.c.run_at_s <= now_s)
-        .where(~exists().where(busy.c.station_id == station_id, busy.c.status == "running"))
+        .where(
+            ~exists().where(busy.c.station_id == station_id, busy.c.lane == lane, busy.c.status == "running")
+        )
         .order_by(candidate.c.priority.desc(), candidate.c.run_at_s, candidate.c.id)
         .limit(1)
         .with_for_update(skip_locked=True)
@@ -133,16 +142,22 @@ def claim(engine: Engine, station_id: int, now_s: float) -> Job | None:
     )
     try:
         with _write(engine) as conn, conn.begin():
-            _mark_missed(conn, station_id, now_s)
+            _mark_missed(conn, station_id, now_s, lane)
             row = conn.execute(start).one_or_none()
     except IntegrityError:
-        return None  # another worker started a job for this station first (the index said no)
+        return None  # another worker started a job in this lane first (the index said no)
     return Job.from_row(row) if row is not None else None
 
 
-def _mark_missed(conn: Connection, station_id: int, now_s: float) -> list[int]:
+def _in_lane(lane: str | None) -> Any:
+    """The condition selecting one lane's jobs, or every lane's (None)."""
+    return true() if lane is None else jobs.c.lane == lane
+
+
+def _mark_missed(conn: Connection, station_id: int, now_s: float, lane: str | None = None) -> list[int]:
     late = update(jobs).where(
         jobs.c.station_id == station_id,
+        _in_lane(lane),
         jobs.c.status == "queued",
         jobs.c.window_s.is_not(None),
         jobs.c.run_at_s + jobs.c.window_s < now_s,
@@ -218,10 +233,14 @@ def resume(engine: Engine, job_id: int, now_s: float) -> None:
     _transition(engine, job_id, ("interrupted", "failed"), values)
 
 
-def recover_stale(engine: Engine, station_id: int, stale_after_s: float, now_s: float) -> list[int]:
-    """Mark running jobs whose heartbeat is older than `stale_after_s` as interrupted."""
+def recover_stale(
+    engine: Engine, station_id: int, stale_after_s: float, now_s: float, lane: str | None = None
+) -> list[int]:
+    """Mark running jobs (of one lane, or all) whose heartbeat is older than `stale_after_s`
+    as interrupted."""
     stale = update(jobs).where(
         jobs.c.station_id == station_id,
+        _in_lane(lane),
         jobs.c.status == "running",
         or_(jobs.c.heartbeat_s.is_(None), jobs.c.heartbeat_s < now_s - stale_after_s),
     )
@@ -231,7 +250,7 @@ def recover_stale(engine: Engine, station_id: int, stale_after_s: float, now_s: 
 
 
 def recover_on_start(engine: Engine, station_id: int, stale_after_s: float, now_s: float) -> Recovery:
-    """What a station's worker does before its first claim.
+    """What a station's worker (the owner of all its lanes) does before its first claim.
 
     Stale running jobs become interrupted. Interrupted jobs other than programming are
     queued again (a readback still inside its window then runs at once, and its start
@@ -249,10 +268,17 @@ def recover_on_start(engine: Engine, station_id: int, stale_after_s: float, now_
     return Recovery(interrupted=interrupted, requeued=sorted(set(requeued) - set(missed)), missed=missed)
 
 
-def next_run_at_s(engine: Engine, station_id: int) -> float | None:
-    """When the station's next queued job is due (station-clock s), for a worker to sleep until."""
+def next_run_at_s(
+    engine: Engine, station_id: int, lane: str | None = None, after_s: float | None = None
+) -> float | None:
+    """When the station's next queued job (of one lane, or any; due after `after_s` if
+    given) is due, in station-clock s: what a worker sleeps until."""
+    due = select(jobs.c.run_at_s).where(jobs.c.station_id == station_id, jobs.c.status == "queued")
+    if lane is not None:
+        due = due.where(jobs.c.lane == lane)
+    if after_s is not None:
+        due = due.where(jobs.c.run_at_s > after_s)
     with engine.connect() as conn:
-        due = select(jobs.c.run_at_s).where(jobs.c.station_id == station_id, jobs.c.status == "queued")
         return conn.execute(due.order_by(jobs.c.run_at_s).limit(1)).scalar()
 
 

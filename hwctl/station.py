@@ -111,23 +111,34 @@ class Station:
         self._on_close = on_close
         self._origin_wall_s = time.monotonic()
         self._origin_board_s = chip.board_time_s()
-        self._last_wall_s = self._origin_wall_s
-        self._last_board_s = self._origin_board_s
+        # (wall s, board s) of the last reading, replaced whole so other threads see a pair.
+        self._last = (self._origin_wall_s, self._origin_board_s)
         self._closed = False
 
     # -- the station clock -------------------------------------------------------
     def clock_now_s(self) -> float:
         """Board time in seconds: what readback schedules and drift are measured against."""
         now_s = self.chip.board_time_s()
-        self._last_wall_s, self._last_board_s = time.monotonic(), now_s
+        self._last = (time.monotonic(), now_s)
         return now_s
 
     def clock_rate(self) -> float:
         """Board seconds per wall second, as observed since the station was opened."""
-        wall_s = self._last_wall_s - self._origin_wall_s
+        last_wall_s, last_board_s = self._last
+        wall_s = last_wall_s - self._origin_wall_s
         if wall_s <= 0.05:
             return 1.0  # too early to tell; 1 is the conservative (short-sleep) guess
-        return (self._last_board_s - self._origin_board_s) / wall_s
+        return (last_board_s - self._origin_board_s) / wall_s
+
+    def estimated_now_s(self) -> float:
+        """Board time extrapolated from the last reading, without a word to the board.
+
+        For threads that must not use the link (the compute lane): its job times need
+        not be exact, and a virtual clock only moves when the chip's owner moves it.
+        """
+        last_wall_s, last_board_s = self._last
+        rate = 0.0 if self.advances_clock else self.clock_rate()
+        return last_board_s + rate * (time.monotonic() - last_wall_s)
 
     def wall_delay_s(self, station_delay_s: float, cap_s: float) -> float:
         """How long to sleep (wall seconds, at most `cap_s`) for the board to move `station_delay_s`."""

@@ -44,6 +44,9 @@ metadata = MetaData(naming_convention=NAMING)
 Json = JSON().with_variant(JSONB(), "postgresql")
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted", "missed")
+# A station runs one job per lane at a time: 'chip' jobs hold the instrument, 'compute'
+# jobs (evaluation, analysis) only read the database, so they never delay a readback.
+JOB_LANES = ("chip", "compute")
 EVALUATION_METHODS = ("none", "gdc", "adabs")
 
 
@@ -149,6 +152,12 @@ readouts = Table(
     Column("read_at", DateTime(timezone=True), nullable=False, default=utc_now),
     Column("temperature_c", Float, nullable=True),
     *vector_columns("g"),
+    Column(
+        "block_starts",
+        Json,
+        nullable=True,
+        doc="[[first device, board s], …] per read block; NULL before 0003 (board_time_s for all)",
+    ),
     UniqueConstraint("run_id", "offset_s"),
 )
 
@@ -198,6 +207,7 @@ jobs = Table(
     metadata,
     _id(),
     Column("kind", String(32), nullable=False),
+    Column("lane", String(8), nullable=False, default="chip", server_default="chip"),
     _fk("station_id", "stations"),
     _fk("experiment_id", "experiments", nullable=True),
     Column("payload", Json, nullable=False, default=dict),
@@ -218,12 +228,14 @@ jobs = Table(
     Column("started_s", Float, nullable=True),
     Column("finished_s", Float, nullable=True),
     _one_of("status", JOB_STATUSES),
+    _one_of("lane", JOB_LANES),
     CheckConstraint("progress >= 0 AND progress <= 1", name="progress_fraction"),
-    Index("ix_jobs_due", "station_id", "status", "priority", "run_at_s"),
-    # At most one running job per station, enforced by the database itself.
+    Index("ix_jobs_due", "station_id", "lane", "status", "priority", "run_at_s"),
+    # At most one running job per station and lane, enforced by the database itself.
     Index(
-        "uq_jobs_one_running_per_station",
+        "uq_jobs_one_running_per_lane",
         "station_id",
+        "lane",
         unique=True,
         sqlite_where=text("status = 'running'"),
         postgresql_where=text("status = 'running'"),
