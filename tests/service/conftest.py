@@ -83,10 +83,13 @@ class Campaign:
 
 def create_campaign(
     engine: Engine, resource: str, *, clock_kind: str = "virtual", points: int = 20, evaluate: bool = False,
-    station: str = "bench",
+    station: str = "bench", offsets_s: list[float] | None = None,
 ) -> Campaign:
-    """Register a station, a digits network and an experiment, and queue its programming."""
-    offsets_s = log_spaced_offsets_s(25.0, 86_400.0, points)
+    """Register a station, a digits network and an experiment, and queue its programming.
+
+    The readbacks are `points` log-spaced from 25 s to 24 h unless `offsets_s` are given.
+    """
+    offsets_s = offsets_s or log_spaced_offsets_s(25.0, 86_400.0, points)
     with engine.begin() as conn:
         station_id = add_station(
             conn, station, resource=resource, chip_serial="SIM-0001", geometry=SMALL_CHIP,
