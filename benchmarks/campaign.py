@@ -8,7 +8,9 @@ the simulated chip behind its TCP server. `--clock virtual` lets the worker jump
 board to each due readback (the campaign costs only its work); `--clock accelerated
 --rate R` runs board time at R× wall time, so waiting is part of the cost and late or
 missed readbacks show up. The ResNet-32 is the shared akamaster checkpoint (923,744
-devices); evaluation is off so the numbers are the station's own cost.
+devices); evaluation is off so the numbers are the station's own cost, unless
+`--evaluate` asks for one per readout (all test images, every compensation method) to
+show whether evaluations delay readbacks (they run in the worker's compute lane).
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def count(engine: Engine, kind: str, status: str) -> int:
         return int(conn.execute(query).scalar_one())
 
 
-def run(network: str, clock: str, rate: float, block_devices: int) -> dict[str, object]:
+def run(network: str, clock: str, rate: float, block_devices: int, evaluate: bool) -> dict[str, object]:
     workdir = Path(tempfile.mkdtemp(prefix="hwctl-bench-"))
     engine = make_engine(f"sqlite:///{workdir / 'hwctl.sqlite'}")
     upgrade(engine)
@@ -76,7 +78,9 @@ def run(network: str, clock: str, rate: float, block_devices: int) -> dict[str, 
             amplitude_limit_ua=500.0, clock_kind=clock,
         )  # fmt: skip
     network_id = add_benchmark_network(engine, network)
-    spec = ExperimentSpec(network_id=network_id, station="bench", evaluation=EvaluationSpec(enabled=False))
+    dataset = "cifar10" if network == "resnet32" else "digits"
+    evaluation = EvaluationSpec(enabled=evaluate, dataset=dataset)
+    spec = ExperimentSpec(network_id=network_id, station="bench", evaluation=evaluation)
     with engine.begin() as conn:
         experiment_id = add_experiment(
             conn, "bench", network_id=network_id, station_id=station_id, settings=spec.model_dump()
@@ -98,8 +102,13 @@ def run(network: str, clock: str, rate: float, block_devices: int) -> dict[str, 
         settled = sum(count(engine, JOB_READBACK, s) for s in ("succeeded", "missed"))
         if "readbacks_s" not in marks and settled == n_points:
             marks["readbacks_s"] = time.perf_counter() - started
-        if count(engine, "analyze", "succeeded"):
+        if "analyze_s" not in marks and count(engine, "analyze", "succeeded"):
             marks["analyze_s"] = time.perf_counter() - started
+        evaluated = not evaluate or count(engine, "evaluate", "succeeded") == count(
+            engine, JOB_READBACK, "succeeded"
+        )
+        if "analyze_s" in marks and evaluated:
+            marks["evaluations_s"] = time.perf_counter() - started
             break
         time.sleep(0.05)
     worker.stop()
@@ -109,20 +118,25 @@ def run(network: str, clock: str, rate: float, block_devices: int) -> dict[str, 
         program_result = conn.execute(select(jobs.c.result).where(jobs.c.kind == JOB_PROGRAM)).scalar_one()
     chip.stop()
     engine.dispose()
+    late_s = sorted(r.board_time_s - r.scheduled_s for r in rows)
     return {
         "network": network,
         "n_devices": program_result["n_devices"],
         "clock": clock,
         "rate": rate if clock == "accelerated" else None,
         "block_devices": block_devices,
+        "evaluate": evaluate,
+        "torch_threads": torch.get_num_threads(),
         "wall_s": {
             "program": marks["program_s"],
             "program_and_readbacks": marks["readbacks_s"],
             "total_with_drift_fit": marks["analyze_s"],
+            "total_with_evaluations": marks["evaluations_s"],
         },
         "readouts_stored": len(rows),
         "readbacks_missed": count(engine, JOB_READBACK, "missed"),
-        "max_lateness_board_s": max((r.board_time_s - r.scheduled_s for r in rows), default=None),
+        "max_lateness_board_s": late_s[-1] if late_s else None,
+        "median_lateness_board_s": late_s[len(late_s) // 2] if late_s else None,
         "converged_fraction": program_result["converged_fraction"],
     }
 
@@ -133,6 +147,7 @@ def main() -> None:
     parser.add_argument("--clock", choices=("virtual", "accelerated"), default="virtual")
     parser.add_argument("--rate", type=float, default=3600.0)
     parser.add_argument("--block-devices", type=int, default=262_144)
+    parser.add_argument("--evaluate", action="store_true", help="evaluate every readout")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     result = {
@@ -140,8 +155,9 @@ def main() -> None:
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
+            "load_average_1min_at_start": os.getloadavg()[0],
         },
-        "campaign": run(args.network, args.clock, args.rate, args.block_devices),
+        "campaign": run(args.network, args.clock, args.rate, args.block_devices, args.evaluate),
     }
     text = json.dumps(result, indent=2)
     print(text)

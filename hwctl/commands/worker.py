@@ -1,5 +1,9 @@
 """`hwctl worker --station NAME`: the process that owns one station's chip and runs its jobs.
 
+Jobs run in two lanes, one job at a time in each: programming and readbacks in the chip
+lane (which holds the driver), evaluation and drift analysis in the compute lane (a
+second thread without the driver), so an evaluation never delays a readback.
+
 SIGTERM and SIGINT ask for a graceful stop: the current block is finished and
 committed, the board is put in its safe state, and the process exits 0.
 """
