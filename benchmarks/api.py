@@ -41,8 +41,8 @@ TARGET_P99_MS = 100.0
 
 
 @contextmanager
-def serve_subprocess(directory: Path) -> Iterator[str]:
-    """`hwctl serve --no-embedded` over a fresh migrated SQLite file; yields its base URL."""
+def serve_subprocess(directory: Path) -> Iterator[tuple[str, int]]:
+    """`hwctl serve --no-embedded` over a fresh migrated SQLite file; yields its base URL and pid."""
     url = f"sqlite:///{directory / 'api-bench.sqlite'}"
     engine = make_engine(url)
     upgrade(engine)
@@ -67,7 +67,7 @@ def serve_subprocess(directory: Path) -> Iterator[str]:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"server did not start:\n{log.read_text()}") from None
                 time.sleep(0.2)
-        yield base
+        yield base, server.pid
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -126,6 +126,25 @@ def _load(url: str, clients: int, per_client: int, request: Callable[[httpx.Clie
     }
 
 
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` so far (None where /proc is missing)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measured(pid: int, load: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`load()`'s latencies plus the server's CPU time per request: the part load cannot inflate."""
+    before = _cpu_s(pid)
+    result = load()
+    after = _cpu_s(pid)
+    if before is not None and after is not None:
+        result["server_cpu_ms_per_request"] = round((after - before) / result["requests"] * 1e3, 2)
+    return result
+
+
 def _machine() -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
@@ -141,16 +160,18 @@ def main() -> None:
     args = parser.parse_args()
     per_client = args.submissions // args.clients
 
-    with tempfile.TemporaryDirectory() as tmp, serve_subprocess(Path(tmp)) as base_url:
+    with tempfile.TemporaryDirectory() as tmp, serve_subprocess(Path(tmp)) as (base_url, pid):
         with httpx.Client(base_url=base_url, headers={"X-API-Key": API_KEY}) as client:
             network_id = _seed(client, Path(tmp))
             spec = {"network_id": network_id, "station": "bench"}
             for _ in range(20):  # warm-up: connections, caches, the first WAL checkpoint
                 client.post("/experiments", json=spec).raise_for_status()
-        submit = _load(base_url, args.clients, per_client,
-                       lambda c, i: c.post("/experiments", json=spec), expected_status=202)
-        read = _load(base_url, args.clients, per_client,
-                     lambda c, i: c.get(f"/jobs/{1 + i % 500}"), expected_status=200)
+        submit = _measured(pid, lambda: _load(
+            base_url, args.clients, per_client, lambda c, i: c.post("/experiments", json=spec), 202
+        ))
+        read = _measured(pid, lambda: _load(
+            base_url, args.clients, per_client, lambda c, i: c.get(f"/jobs/{1 + i % 500}"), 200
+        ))
 
     result = {
         "benchmark": "api",

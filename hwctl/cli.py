@@ -1,7 +1,8 @@
-"""The `hwctl` command line: one sub-command module per domain under `hwctl.commands`.
+"""hwctl: program networks onto PCM chips, read them back over time, measure accuracy.
 
-Each module defines `register(subparsers)`; errors that a user can act on are raised as
-`CLIError` (or a `DriverError`) and printed as one message, never a traceback.
+One sub-command module per domain under `hwctl.commands`, each with a `register(subparsers)`.
+Errors that a user can act on are raised as `CLIError` (or a `DriverError`) and printed
+as one message, never a traceback.
 """
 
 from __future__ import annotations

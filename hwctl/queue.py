@@ -80,13 +80,14 @@ class NewJob(TypedDict):
     lane: NotRequired[str]  # LANE_CHIP unless the job never touches the instrument
 
 
-def enqueue_in(conn: Connection, **job: Unpack[NewJob]) -> int:
-    """Queue a job inside the caller's transaction, so it commits with the caller's rows.
+def enqueue_in(conn: Connection, **job: Unpack[NewJob]) -> Row[Any]:
+    """Queue a job inside the caller's transaction, so it commits with the caller's rows;
+    returns the new row as stored (server defaults included).
 
     A used `idempotency_key` raises IntegrityError (the caller's transaction is then void).
     """
     values = {**job, "payload": job.get("payload") or {}}
-    return int(conn.execute(insert(jobs).values(**values).returning(jobs.c.id)).scalar_one())
+    return conn.execute(insert(jobs).values(**values).returning(*jobs.c)).one()
 
 
 def enqueue(engine: Engine, **job: Unpack[NewJob]) -> int:
@@ -94,7 +95,7 @@ def enqueue(engine: Engine, **job: Unpack[NewJob]) -> int:
     that job's id instead."""
     try:
         with _write(engine) as conn, conn.begin():
-            return enqueue_in(conn, **job)
+            return int(enqueue_in(conn, **job).id)
     except IntegrityError:
         key = job.get("idempotency_key")
         found = None if key is None else job_id_for_key(engine, key)

@@ -45,7 +45,7 @@ _TARGETS = select(
     select(stations.c.id).where(stations.c.name == bindparam("station")).scalar_subquery(),
     select(networks.c.name).where(networks.c.id == bindparam("network_id")).scalar_subquery(),
 )
-_JOB_BY_ID = select(jobs).where(jobs.c.id == bindparam("job_id"))
+_JOB_BY_KEY = select(jobs).where(jobs.c.idempotency_key == bindparam("key"))
 _EXPERIMENT_BY_ID = _select().where(experiments.c.id == bindparam("experiment_id"))
 
 
@@ -65,14 +65,13 @@ def _targets(db: Connection, spec: ExperimentSpec) -> tuple[int, str]:
     return int(station_id), str(network_name)
 
 
-def _accepted_rows(db: Connection, job_id: int) -> tuple[Row, Row]:
-    """The job and its experiment as stored (server defaults included)."""
-    job = db.execute(_JOB_BY_ID, {"job_id": job_id}).one()
+def _with_experiment(db: Connection, job: Row) -> tuple[Row, Row]:
+    """The job's experiment as stored (server defaults included), and the job."""
     return db.execute(_EXPERIMENT_BY_ID, {"experiment_id": job.experiment_id}).one(), job
 
 
-def _store_submission(db: Connection, spec: ExperimentSpec, idempotency_key: str | None) -> int:
-    """The experiment row and its program job; returns the job's id."""
+def _store_submission(db: Connection, spec: ExperimentSpec, idempotency_key: str | None) -> Row:
+    """The experiment row and its program job; returns the job as stored."""
     station_id, network_name = _targets(db, spec)  # the network is checked even when a name is given
     experiment_id = records.add_experiment(
         db, spec.name or f"{network_name} on {spec.station}", network_id=spec.network_id,
@@ -106,10 +105,10 @@ async def submit_experiment(
     """
 
     def store(db: Connection) -> tuple[Row, Row]:
-        job_id = None if idempotency_key is None else queue.job_id_for_key(db, idempotency_key)
-        if job_id is None:
-            job_id = _store_submission(db, spec, idempotency_key)
-        return _accepted_rows(db, job_id)
+        job = None if idempotency_key is None else db.execute(_JOB_BY_KEY, {"key": idempotency_key}).first()
+        if job is None:
+            job = _store_submission(db, spec, idempotency_key)
+        return _with_experiment(db, job)
 
     try:
         experiment, job = await asyncio.wrap_future(writes.group.submit(store))
@@ -123,10 +122,10 @@ async def submit_experiment(
 
 def _accepted_for_key(engine: Engine, idempotency_key: str) -> tuple[Row, Row]:
     with engine.connect() as db:
-        job_id = queue.job_id_for_key(db, idempotency_key)
-        if job_id is None:
+        job = db.execute(_JOB_BY_KEY, {"key": idempotency_key}).first()
+        if job is None:
             raise HTTPException(409, "a concurrent submission with this Idempotency-Key failed; retry")
-        return _accepted_rows(db, job_id)
+        return _with_experiment(db, job)
 
 
 @router.get("", response_model=Page[Experiment], dependencies=[ReadAccess])
