@@ -112,3 +112,22 @@ def test_a_wrong_key_or_absent_service_is_a_message_not_a_traceback(
     err = capsys.readouterr().err
     assert f"cannot reach the hwctl API at http://127.0.0.1:{closed_port}" in err
     assert "Traceback" not in err
+
+
+def test_an_invalid_spec_is_one_message_naming_the_field_as_the_api_does(
+    api_url: str, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api = ["--api", api_url, "--api-key", API_KEY]
+    assert main(["experiment", "run", "--network", str(checkpoint), "--station", STATION,
+                 "--offsets=-5,25", *api]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+
+    answer = httpx.post(f"{api_url}/experiments", headers={"X-API-Key": API_KEY}, json={
+        "network_id": 1, "station": STATION, "schedule": {"offsets_s": [-5, 25]},
+    })  # fmt: skip
+    assert answer.status_code == 422
+    api_detail = answer.json()["detail"].removeprefix("body.")
+    assert "schedule.offsets_s" in api_detail and "positive" in api_detail
+    assert f"invalid experiment: {api_detail}" in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "errors.pydantic.dev" not in err and "Traceback" not in err

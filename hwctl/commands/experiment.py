@@ -21,6 +21,7 @@ from hwctl.schedule import duration_label
 
 if TYPE_CHECKING:  # httpx, pydantic and numpy load when a command runs, not for `hwctl --help`
     from hwctl.client import HwctlClient, Json
+    from hwctl.experiment_spec import ExperimentSpec
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 METHOD_LABELS = {"none": "none", "gdc": "GDC", "adabs": "AdaBS"}
@@ -223,24 +224,34 @@ def _dataset_of(architecture: str) -> str:
         raise CLIError(f"{exc}; pass --dataset") from None
 
 
+def _experiment_spec(args: argparse.Namespace, network: Json) -> ExperimentSpec:
+    """The spec the flags describe; an invalid one is a CLI error worded as the API words it."""
+    from pydantic import ValidationError
+
+    from hwctl.experiment_spec import ExperimentSpec
+    from hwctl.schedule import DAY_S, log_spaced_offsets_s
+
+    offsets_s = args.offsets or log_spaced_offsets_s(FIRST_OFFSET_S, DAY_S, args.schedule_points)
+    fields = {
+        "network_id": network["id"], "station": args.station, "name": args.name,
+        "schedule": {"offsets_s": offsets_s},
+        "evaluation": {"dataset": args.dataset or _dataset_of(network["architecture"]),
+                       "methods": args.methods, "n_images": args.n_images},
+    }  # fmt: skip
+    try:
+        return ExperimentSpec.model_validate(fields)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise CLIError(f"invalid experiment: {problems}") from None
+
+
 def run_experiment(args: argparse.Namespace) -> int:
     from hwctl.client import ApiError, HwctlClient
-    from hwctl.experiment_spec import EvaluationSpec, ExperimentSpec, ScheduleSpec
-    from hwctl.schedule import DAY_S, log_spaced_offsets_s
 
     with HwctlClient(args.api, args.api_key) as client:
         try:
             network = _resolve_network(client, args.network)
-            offsets_s = args.offsets or log_spaced_offsets_s(FIRST_OFFSET_S, DAY_S, args.schedule_points)
-            spec = ExperimentSpec(
-                network_id=network["id"], station=args.station, name=args.name,
-                schedule=ScheduleSpec(offsets_s=offsets_s),
-                evaluation=EvaluationSpec(
-                    dataset=args.dataset or _dataset_of(network["architecture"]),
-                    methods=args.methods, n_images=args.n_images,
-                ),
-            )  # fmt: skip
-            experiment = client.submit_experiment(spec)["experiment"]
+            experiment = client.submit_experiment(_experiment_spec(args, network))["experiment"]
             print(f"experiment {experiment['id']} submitted: {experiment['name']}", flush=True)
             if args.no_follow:
                 return 0
