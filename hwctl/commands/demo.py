@@ -183,11 +183,14 @@ def run(args: argparse.Namespace) -> int:
             index = write_report(analysis, workdir / f"report-experiment-{experiment_id}")
             print("\n".join(summary_lines(analysis)))
             step(f"report: {index.resolve()}")
-            print(f"dashboard: {server.url}/dashboard/experiments/{experiment_id}")
         print(f"demo finished in {time.monotonic() - started_s:.1f} s", flush=True)
-        if args.keep_serving:
+        if args.keep_serving:  # the dashboard URL is printed only while something serves it
+            print(f"dashboard: {server.url}/dashboard/experiments/{experiment_id}", flush=True)
             print(f"serving {server.url} until Ctrl-C", flush=True)
             _wait_for_interrupt()
+        else:
+            print("the API has stopped; open the report above, or rerun with --keep-serving "
+                  "to keep the API and dashboard up", flush=True)  # fmt: skip
     except ApiError as exc:
         raise CLIError(str(exc)) from None
     finally:
