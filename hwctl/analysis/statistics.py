@@ -171,15 +171,21 @@ def _bin_statistics(
         "mean_log_x": float(log_x.mean()),
         "var_log_x": float(log_x.var()),
         "prog_bias_us": float(error.mean()),
-        "prog_sigma_us": math.sqrt(max(prog_var, 0.0)),
+        "prog_sigma_us": _unresolved_if_negative(prog_var),
         "model_prog_sigma_us": _rms(model.sigma_prog_us(g_t)),
         "nu_mean": float(nu.mean()),
-        "nu_sigma": math.sqrt(max(nu_var, 0.0)),
+        "nu_sigma": _unresolved_if_negative(nu_var),
         "model_nu_mean": float(folded_mean.mean()),
         "model_nu_sigma": math.sqrt(float(folded_var.mean() + folded_mean.var())),
         "read_noise_rel": _rms(fit.residual_std[used]),
         "model_read_noise_rel": _rms(rel_noise_model[used]),
     }
+
+
+def _unresolved_if_negative(variance: float) -> float:
+    """A spread, or NaN where the fit's own error exceeds the measured scatter (e.g. low-G
+    bins read once per point): 0 would claim a perfect chip, NaN says "not resolved"."""
+    return math.sqrt(variance) if variance > 0 else math.nan
 
 
 def _model_relative_read_noise(fit: DriftFit, t_s: np.ndarray, model: PCMModel) -> np.ndarray:
