@@ -167,12 +167,12 @@ class Worker:
         """Claim and run compute jobs until stopped; an error stops the whole worker."""
         try:
             while not self.stop_event.is_set():
+                self._compute_wakeup.clear()  # before the claim, so no wake-up is lost
                 job = queue.claim(self.engine, station_id, lane.now_s(), queue.LANE_COMPUTE)
                 if job is not None:
                     self._run_job(lane, station_id, job)
-                    continue
-                self._compute_wakeup.wait(self.options.poll_s)
-                self._compute_wakeup.clear()
+                else:
+                    self._compute_wakeup.wait(self.options.poll_s)
         except BaseException as exc:
             log.exception("worker for station %s: compute lane stopped on an error", self.station_name)
             errors.append(exc)
