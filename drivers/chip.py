@@ -183,13 +183,23 @@ class ChipDriver:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        """Safe state whenever the link is alive; a dead link's own error is the one that counts."""
+        resource = self.transport.resource
         try:
-            self.safe_state()
-        except DriverError as failure:
-            # The board's own watchdog grounds the lines; never mask the original error.
-            log.error("could not put %s in its safe state: %s", self.transport.resource, failure)
-            if exc is None:
-                raise
+            if self._link_down:
+                # Nothing reaches the board; its watchdog grounds the lines. The caller already
+                # has the LinkError that took the link down, so a second report would only confuse.
+                log.debug("%s: safe state not sent, link down since %s", resource, self._link_down)
+                if exc is None:
+                    raise LinkError(f"{resource}: safe state not sent, link down since {self._link_down}")
+                return
+            try:
+                self.safe_state()
+            except DriverError as failure:
+                # The link was up until now: worth an operator's attention, but never mask `exc`.
+                log.error("could not put %s in its safe state: %s", resource, failure)
+                if exc is None:
+                    raise
         finally:
             self.close()
 

@@ -86,6 +86,17 @@ def test_refused_connection_is_a_link_error(board: SimBoard) -> None:
             ChipDriver(open_transport(resource_for(kind, handle), timeout_s=SHORT_TIMEOUT_S)).identify()
 
 
+@pytest.mark.parametrize("resource", ["sim://?clock=virtual", "http://lab-board:5025", "board-7"])
+def test_an_unknown_resource_is_refused_naming_the_documented_forms(resource: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        open_transport(resource)
+    message = str(caught.value)
+    assert repr(resource) in message
+    for form in ("TCPIP::host::port::SOCKET", "ASRL", "::INSTR", "socket://host:port"):
+        assert form in message
+    assert "inproc://" not in message  # an in-process test double, not something a user types
+
+
 def test_garbled_reply_is_a_protocol_error_and_the_link_stays_in_sync(chip: ChipDriver) -> None:
     _raw(chip, "SIM:FAUL:GARB")
     with pytest.raises(ProtocolError, match="garbled"):
@@ -126,12 +137,33 @@ def test_watchdog_puts_an_idle_board_in_safe_state(board: SimBoard) -> None:
         handle.stop()
 
 
-def test_exit_on_a_dead_link_logs_and_keeps_the_original_error(
+def test_exit_on_a_dead_link_keeps_the_original_error_and_warns_nobody(
     board: SimBoard, server: ServerThread, caplog: pytest.LogCaptureFixture
 ) -> None:
     chip = ChipDriver(open_transport(resource_for("serial-tcp", server), timeout_s=SHORT_TIMEOUT_S))
-    with caplog.at_level(logging.ERROR), pytest.raises(LinkError) as caught, chip:
+    with caplog.at_level(logging.DEBUG, "drivers.chip"), pytest.raises(LinkError) as caught, chip:
         _raw(chip, "SIM:FAUL:DISC")
         chip.identify()
     assert "SAFE" not in str(caught.value)
+    assert [r.levelno for r in caplog.records if "safe state" in r.getMessage()] == [logging.DEBUG]
+
+
+def test_a_link_that_never_came_up_gives_only_its_own_error(
+    board: SimBoard, caplog: pytest.LogCaptureFixture
+) -> None:
+    handle = serve_in_thread(board)
+    handle.stop()  # nothing listens on the port any more
+    chip = ChipDriver(open_transport(handle.resource, timeout_s=SHORT_TIMEOUT_S))
+    with caplog.at_level(logging.WARNING), pytest.raises(LinkError) as caught, chip:
+        chip.geometry()
+    assert "link down" not in str(caught.value)
+    assert caplog.records == []
+
+
+def test_exit_on_a_live_link_whose_safe_state_fails_logs_an_error_and_keeps_the_original(
+    chip: ChipDriver, caplog: pytest.LogCaptureFixture
+) -> None:
+    _raw(chip, "SIM:FAUL:GARB")  # the next reply, SAFE's, comes back garbled
+    with caplog.at_level(logging.ERROR), pytest.raises(KeyError), chip:
+        raise KeyError("the caller's own failure")
     assert "could not put" in caplog.text
