@@ -24,7 +24,9 @@ def test_station_is_registered_from_flags_and_listed(database_url: str, capsys: 
     assert main(argv) == 0
     assert main(["station", "list", "--url", database_url]) == 0
     listing = capsys.readouterr().out
-    assert "bench-1\tTCPIP::10.0.0.5::5025::SOCKET\tPCM-042\t16x512x256" in listing
+    header, *rows = listing.splitlines()[-2:]
+    assert header.split("\t") == ["name", "resource", "chip", "tiles x rows x cols", "limit", "clock"]
+    assert rows[0].startswith("bench-1\tTCPIP::10.0.0.5::5025::SOCKET\tPCM-042\t16x512x256")
 
 
 def test_station_probe_reads_serial_and_geometry_from_the_board(database_url: str, capsys: Output) -> None:
@@ -54,3 +56,47 @@ def test_duplicate_name_is_an_error_unless_if_missing(database_url: str, capsys:
 def test_missing_chip_description_is_a_clear_error(database_url: str, capsys: Output) -> None:
     assert main(["station", "add", "b", "--resource", "sim://", "--url", database_url]) == 2
     assert "--serial and --geometry" in capsys.readouterr().err
+
+
+def test_probe_of_a_board_nobody_serves_says_it_cannot_reach_it_and_nothing_else(
+    database_url: str, capsys: Output
+) -> None:
+    from drivers.base import Geometry
+    from drivers.sim.board import SimBoard
+    from drivers.sim.server import serve_in_thread
+
+    server = serve_in_thread(SimBoard(Geometry(1, 8, 8)), port=0)
+    resource = server.resource  # TCPIP::127.0.0.1::PORT::SOCKET
+    server.stop()  # nothing listens there any more
+    argv = ["station", "add", "gone", "--resource", resource, "--probe", "--url", database_url]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"hwctl station: error: cannot reach the board at {resource}: ")
+    assert len(captured.err.strip().splitlines()) == 1, captured.err
+    assert "safe state" not in captured.err + captured.out
+
+
+def test_probe_of_a_sim_station_explains_that_its_chip_lives_in_the_worker(
+    database_url: str, capsys: Output
+) -> None:
+    argv = ["station", "add", "lab-g", "--resource", "sim://?clock=virtual", "--probe", "--url", database_url]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--probe needs a running board" in err
+    assert "--serial and --geometry" in err and "hwctl sim-chip" in err
+    assert "unknown resource" not in err
+
+
+@pytest.mark.parametrize(("resource", "clock"), [
+    ("sim://?clock=virtual", "virtual"),
+    ("sim://?rate=100", "accelerated"),
+    ("socket://10.0.0.5:5025", "real"),
+])  # fmt: skip
+def test_the_clock_kind_defaults_to_what_the_resource_says(
+    database_url: str, capsys: Output, resource: str, clock: str
+) -> None:
+    argv = ["station", "add", "s", "--resource", resource, "--serial", "S", "--geometry", "1,8,8",
+            "--url", database_url]  # fmt: skip
+    assert main(argv) == 0
+    assert main(["station", "list", "--url", database_url]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith(f"\t{clock}")

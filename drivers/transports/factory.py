@@ -24,6 +24,7 @@ def open_transport(
     if resource.startswith("inproc://"):
         return InProcessTransport(board, timeout_s)
     raise ValueError(
-        f"unknown resource {resource!r}: use TCPIP::host::port::SOCKET, ASRLn::INSTR, "
-        "socket://host:port, /dev/ttyX or inproc://"
+        f"unknown resource {resource!r}: a board is TCPIP::host::port::SOCKET (LAN), "
+        "ASRL/dev/ttyUSB0::INSTR or ASRL1::INSTR (serial via VISA), or socket://host:port "
+        "(e.g. `hwctl sim-chip`)"
     )

@@ -12,6 +12,7 @@ import argparse
 from hwctl.cli import CLIError
 
 CLOCK_KINDS = ("real", "accelerated", "virtual")
+LIST_HEADER = ("name", "resource", "chip", "tiles x rows x cols", "limit", "clock")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("--serial", help="chip serial (required without --probe)")
     add.add_argument("--geometry", help="TILES,ROWS,COLS (required without --probe)")
     add.add_argument("--limit-ua", type=float, default=500.0, help="session pulse amplitude limit, µA")
-    add.add_argument("--clock", choices=CLOCK_KINDS, default="real", help="the station clock's kind")
+    add.add_argument("--clock", choices=CLOCK_KINDS,
+                     help="the station clock's kind (the board protocol cannot report it, so --probe "
+                          "does not read it; default: a sim:// resource's own clock, else real)")
     add.add_argument("--if-missing", action="store_true", help="do nothing if the name is taken")
     actions.add_parser("list", help="list registered stations")
     for sub in (add, actions.choices["list"]):
@@ -37,13 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _describe_chip(args: argparse.Namespace) -> tuple[str, tuple[int, int, int], float]:
     """Serial, geometry and limit: from the board with --probe, else from the flags."""
     if args.probe:
-        from drivers.chip import ChipDriver
-        from drivers.transports.factory import open_transport
-
-        with ChipDriver(open_transport(args.resource)) as chip:
-            g = chip.geometry()
-            limit_ua = min(args.limit_ua, chip.max_amplitude_ua())
-            return chip.identify().serial, (g.tiles, g.rows, g.cols), limit_ua
+        return _probe(args.resource, args.limit_ua)
     if not args.serial or not args.geometry:
         raise CLIError("give --serial and --geometry TILES,ROWS,COLS, or --probe to ask the board")
     try:
@@ -51,6 +48,46 @@ def _describe_chip(args: argparse.Namespace) -> tuple[str, tuple[int, int, int],
     except ValueError:
         raise CLIError(f"--geometry must be TILES,ROWS,COLS, got {args.geometry!r}") from None
     return args.serial, (tiles, rows, cols), args.limit_ua
+
+
+def _probe(resource: str, limit_ua: float) -> tuple[str, tuple[int, int, int], float]:
+    """Serial, geometry and limit as the board at `resource` reports them."""
+    from drivers.chip import ChipDriver
+    from drivers.errors import DriverError, LinkError
+    from drivers.transports.factory import open_transport
+
+    if resource.startswith("sim://"):
+        raise CLIError(
+            "--probe needs a running board, and a sim:// station's chip is simulated inside its "
+            "worker: give --serial and --geometry, or serve one with `hwctl sim-chip` and register "
+            "socket://HOST:PORT"
+        )
+    try:
+        with ChipDriver(open_transport(resource)) as chip:
+            g = chip.geometry()
+            limit_ua = min(limit_ua, chip.max_amplitude_ua())
+            return chip.identify().serial, (g.tiles, g.rows, g.cols), limit_ua
+    except LinkError as exc:
+        raise CLIError(f"cannot reach the board at {resource}: {_without(resource, exc)}") from None
+    except DriverError as exc:
+        raise CLIError(f"the board at {resource} failed the probe: {_without(resource, exc)}") from None
+
+
+def _default_clock(resource: str) -> str:
+    """A sim:// resource names its clock; any other board keeps wall time."""
+    if not resource.startswith("sim://"):
+        return "real"
+    from hwctl.station import SimChipOptions, StationError
+
+    try:
+        return "virtual" if SimChipOptions.parse(resource).virtual else "accelerated"
+    except StationError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _without(resource: str, exc: Exception) -> str:
+    """The error's message without the resource the sentence already names."""
+    return str(exc).removeprefix(f"{resource}: ")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         ensure_migrated(engine)
         with engine.begin() as conn:
             if args.action == "list":
+                print("\t".join(LIST_HEADER))
                 for row in conn.execute(select(stations).order_by(stations.c.name)):
                     print(f"{row.name}\t{row.resource}\t{row.chip_serial}\t"
                           f"{row.tiles}x{row.rows}x{row.cols}\t{row.amplitude_limit_ua} uA\t{row.clock_kind}")
@@ -84,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             serial, (tiles, rows, cols), limit_ua = _describe_chip(args)
             add_station(conn, args.name, resource=args.resource, chip_serial=serial,
                         geometry=Geometry(tiles, rows, cols), amplitude_limit_ua=limit_ua,
-                        clock_kind=args.clock)  # fmt: skip
+                        clock_kind=args.clock or _default_clock(args.resource))  # fmt: skip
             print(f"station {args.name!r} registered: {args.resource}, chip {serial}, "
                   f"{tiles}x{rows}x{cols}, limit {limit_ua} uA")
     except StoreError as exc:
