@@ -21,17 +21,21 @@ from hwctl.cli import CLIError
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("sim-chip", help="serve a simulated PCM chip over TCP (board protocol)")
-    parser.add_argument("--port", type=int, default=5025, help="TCP port (0: any free port)")
+    parser.add_argument("--port", type=int, default=5025,
+                        help="TCP port, 0: any free port (default %(default)s)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the device statistics")
     parser.add_argument("--geometry", type=_geometry, default=DEFAULT_GEOMETRY, metavar="T,R,C",
-                        help="tiles,rows,cols (default %(default)s)")
+                        help=f"tiles,rows,cols (default {_geometry_text(DEFAULT_GEOMETRY)})")
     parser.add_argument("--clock", choices=("virtual", "real", "accelerated"), default="virtual",
-                        help="board clock: advanced by SIM:TIME:ADV only, wall time, or wall time × rate")
-    parser.add_argument("--rate", type=float, default=1.0, help="speed-up of the accelerated clock")
+                        help="board clock: advanced by SIM:TIME:ADV only, wall time, or wall time × rate "
+                             "(default %(default)s)")
+    parser.add_argument("--rate", type=float, default=1.0,
+                        help="speed-up of the accelerated clock (default %(default)g)")
     parser.add_argument("--model", help="fitted PCM model JSON (PCMModel.to_json)")
-    parser.add_argument("--watchdog-s", type=float, default=60.0,
-                        help="safe state after this many seconds without host traffic (0: off)")
+    parser.add_argument("--watchdog-s", type=float, default=60.0, metavar="S",
+                        help="safe state after this many seconds without host traffic, 0: off "
+                             "(default %(default)g)")
     parser.set_defaults(func=run)
 
 
@@ -43,6 +47,10 @@ def _geometry(text: str) -> Geometry:
     if min(tiles, rows, cols) <= 0:
         raise argparse.ArgumentTypeError(f"geometry {text!r} must be positive")
     return Geometry(tiles, rows, cols)
+
+
+def _geometry_text(geometry: Geometry) -> str:
+    return f"{geometry.tiles},{geometry.rows},{geometry.cols}"
 
 
 def _clock(kind: str, rate: float) -> Clock:
@@ -59,6 +67,10 @@ async def _serve(server: SimChipServer) -> None:
     except OSError as exc:
         raise CLIError(f"cannot listen on {server.host}:{server.port}: {exc.strerror or exc}") from None
     print(f"hwctl sim-chip listening on {server.resource}", flush=True)
+    if server.watchdog_s is None:
+        print("watchdog off: the board stays as the host left it", flush=True)
+    else:
+        print(f"watchdog: safe state after {server.watchdog_s:g} s without host traffic", flush=True)
     try:
         await asyncio.Event().wait()
     finally:

@@ -23,6 +23,7 @@ def test_sim_chip_prints_its_address_serves_and_stops_cleanly_on_ctrl_c() -> Non
         line = process.stdout.readline().strip()
         assert line.startswith("hwctl sim-chip listening on TCPIP::127.0.0.1::")
         resource = line.rsplit(" ", 1)[1]
+        assert process.stdout.readline().strip() == "watchdog: safe state after 60 s without host traffic"
         with ChipDriver(open_transport(resource, timeout_s=5.0)) as chip:
             assert chip.geometry().n_devices == 64
         process.send_signal(signal.SIGINT)
@@ -37,3 +38,12 @@ def test_bad_geometry_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit) as exited:
         main(["sim-chip", "--geometry", "2,x"])
     assert exited.value.code == 2 and "T,R,C" in capsys.readouterr().err
+
+
+def test_help_shows_every_default_as_it_is_typed(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["sim-chip", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for default in ("(default 5025)", "(default 16,512,256)", "(default virtual)", "(default 60)"):
+        assert default in shown
+    assert "Geometry(" not in shown
