@@ -22,7 +22,10 @@ def run(args: argparse.Namespace) -> int:
 
     settings = Settings()
     url = args.url or settings.database_url
-    engine = make_engine(url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+    try:
+        engine = make_engine(url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+    except StoreError as exc:
+        raise CLIError(str(exc)) from None
     try:
         if args.action == "upgrade":
             upgrade(engine)
@@ -33,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
             ensure_migrated(engine)
             print(f"{describe(engine)}: migrated (revision {head_revision()})")
     except StoreError as exc:
-        raise CLIError(str(exc)) from exc
+        raise CLIError(str(exc)) from None
     finally:
         engine.dispose()
     return 0

@@ -17,15 +17,25 @@ psycopg returns results as text by default, so a 3.7 MB bytea arrives as 7.4 MB 
 to decode. Statements that fetch whole vectors carry the `binary_results` execution
 option (`BINARY_RESULTS`), which asks PostgreSQL for the binary format instead; other
 statements keep the default, which every type (and Alembic's reflection) understands.
+
+Only these two are supported, so a URL naming anything else is refused here, before any
+driver loads. Creating an engine touches nothing on disk: a SQLite file and its
+directory are created by `create_sqlite_file`, which only migrating calls, so a check
+or a failed start leaves no empty database behind.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+
+from hwctl.store.errors import DatabaseUnavailableError, DatabaseURLError
 
 SQLITE_BEGIN_OPTION = "sqlite_begin"
 BINARY_RESULTS_OPTION = "binary_results"
@@ -33,21 +43,64 @@ BINARY_RESULTS: dict[str, Any] = {BINARY_RESULTS_OPTION: True}
 SQLITE_MMAP_BYTES = 1 << 40
 SQLITE_PAGE_BYTES = 32_768  # takes effect only when the file is created
 SQLITE_CHECKPOINT_BYTES = 1 << 20
+SUPPORTED_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite", "postgresql+psycopg"})
 
 
 def make_engine(url: str, *, sqlite_busy_timeout_ms: int = 10_000, **kwargs: Any) -> Engine:
-    """An engine for `url`; SQLite files get their directory created and their pragmas set."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        engine = create_engine(url, **kwargs)
-        if engine.dialect.driver == "psycopg":
-            _configure_psycopg(engine)
-        return engine
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, **kwargs)
-    _configure_sqlite(engine, sqlite_busy_timeout_ms)
+    """An engine for `url` (nothing is opened yet); raises `DatabaseURLError` for any other database."""
+    parsed = _supported_url(url)
+    engine = create_engine(parsed, **kwargs)
+    if parsed.get_backend_name() == "sqlite":
+        _configure_sqlite(engine, sqlite_busy_timeout_ms)
+    else:
+        _configure_psycopg(engine)
     return engine
+
+
+def _supported_url(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseURLError(url) from None
+    if parsed.drivername not in SUPPORTED_DRIVERS:
+        raise DatabaseURLError(url)
+    return parsed
+
+
+def sqlite_file(engine: Engine) -> Path | None:
+    """The file of a file-backed SQLite database; None for PostgreSQL and in-memory SQLite."""
+    database = engine.url.database
+    if not is_sqlite(engine) or not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def create_sqlite_file(engine: Engine) -> None:
+    """Create a SQLite database's directory (the file follows on first connect); only migrating should."""
+    path = sqlite_file(engine)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+
+@contextmanager
+def connect(engine: Engine, *, begin: bool = False) -> Iterator[Connection]:
+    """A connection (in a transaction if `begin`); failing to open one raises `DatabaseUnavailableError`."""
+    try:
+        connection = engine.connect()
+    except DBAPIError as exc:
+        raise DatabaseUnavailableError(describe(engine), _reason(exc)) from None
+    with connection:
+        if begin:
+            with connection.begin():
+                yield connection
+        else:
+            yield connection
+
+
+def _reason(exc: DBAPIError) -> str:
+    """The driver's one-line reason, without libpq's `connection failed: ... FATAL:` preamble."""
+    first_line = str(exc.orig).splitlines()[0] if str(exc.orig) else type(exc.orig).__name__
+    return first_line.split("FATAL:", 1)[-1].strip().removeprefix("connection failed: ")
 
 
 def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:

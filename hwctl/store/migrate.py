@@ -1,7 +1,8 @@
 """Schema migrations: upgrade, inspect and refuse to run on an unmigrated database.
 
 The Alembic configuration is built in code from the `migrations` package's location,
-so `hwctl db upgrade` works from an installed package without an ini file.
+so `hwctl db upgrade` works from an installed package without an ini file. Only
+`upgrade` may create a SQLite file; inspecting a missing one says to run it instead.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 import migrations
-from hwctl.store.engine import describe
-from hwctl.store.errors import NotMigratedError
+from hwctl.store.engine import connect, create_sqlite_file, describe, sqlite_file
+from hwctl.store.errors import NoDatabaseError, NotMigratedError
 from hwctl.store.schema import metadata
 
 
@@ -35,29 +36,43 @@ def head_revision() -> str | None:
 
 
 def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as connection:
+    """The revision the database is at (None: empty); a missing SQLite file raises `NoDatabaseError`."""
+    _require_existing(engine)
+    with connect(engine) as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
 
+def _require_existing(engine: Engine) -> None:
+    path = sqlite_file(engine)
+    if path is not None and not path.exists():
+        raise NoDatabaseError(str(path), head_revision())
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Migrate the database up to `revision` (idempotent at head)."""
+    """Migrate the database up to `revision` (idempotent at head), creating a SQLite file if needed."""
+    create_sqlite_file(engine)
     _run(engine, "upgrade", revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Migrate down to `revision` (`base` drops every hwctl table)."""
+    _require_existing(engine)
     _run(engine, "downgrade", revision)
 
 
 def _run(engine: Engine, direction: str, revision: str) -> None:
     config = alembic_config(engine)
-    with engine.begin() as connection:
+    with connect(engine, begin=True) as connection:
         config.attributes["connection"] = connection
         getattr(command, direction)(config, revision)
 
 
 def ensure_migrated(engine: Engine) -> None:
-    """Raise `NotMigratedError` unless the database is at the head revision."""
+    """Raise `NotMigratedError` unless the database is at the head revision.
+
+    Every command and service calls this first, so it is also where an unreachable
+    database (`DatabaseUnavailableError`) or a missing SQLite file (`NoDatabaseError`) is told.
+    """
     current, head = current_revision(engine), head_revision()
     if current != head:
         raise NotMigratedError(describe(engine), current, head)
@@ -65,5 +80,5 @@ def ensure_migrated(engine: Engine) -> None:
 
 def schema_drift(engine: Engine) -> list[object]:
     """Differences between the migrated database and `hwctl.store.schema` (empty: in sync)."""
-    with engine.connect() as connection:
+    with connect(engine) as connection:
         return list(compare_metadata(MigrationContext.configure(connection), metadata))

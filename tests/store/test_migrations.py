@@ -41,6 +41,7 @@ def test_downgrade_to_base_removes_every_table_and_upgrade_again_works(database_
 
 def test_unmigrated_database_is_refused_with_the_command_to_run(database_url: str) -> None:
     engine = make_engine(database_url)
+    engine.connect().close()  # an empty database, on SQLite an empty file
     with pytest.raises(NotMigratedError) as refused:
         ensure_migrated(engine)
     message = str(refused.value)
