@@ -6,10 +6,12 @@ workers and the CLI agree on them.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/hwctl.sqlite"
 
@@ -23,9 +25,10 @@ class Settings(BaseSettings):
         default=DEFAULT_DATABASE_URL,
         description="SQLAlchemy URL; the embedded default is a SQLite file relative to the cwd.",
     )
-    api_keys: list[str] = Field(
+    api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description='Keys accepted in the X-API-Key header, as JSON: \'["k1", "k2"]\'. Empty: no auth.',
+        description='Keys accepted in the X-API-Key header: "k1,k2" or a JSON list \'["k1", "k2"]\'. '
+        "Empty: no auth.",
     )
     api_read_requires_key: bool = Field(
         default=False,
@@ -43,6 +46,16 @@ class Settings(BaseSettings):
     job_stale_after_s: float = Field(
         default=60.0, gt=0, description="A running job whose heartbeat is older than this is interrupted."
     )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_api_keys(cls, value: Any) -> Any:
+        """The environment gives one string: a JSON list if it looks like one, else comma-separated."""
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            return json.loads(value)
+        return [key.strip() for key in value.split(",") if key.strip()]
 
 
 @lru_cache(maxsize=1)
