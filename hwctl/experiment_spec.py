@@ -32,11 +32,18 @@ class ProgramSpec(BaseModel):
     seed: int = 0
 
 
+DEFAULT_OFFSETS_S: tuple[float, ...] = tuple(log_spaced_offsets_s(25.0, DAY_S, 20))
+
+
+def _default_offsets() -> list[float]:
+    return list(DEFAULT_OFFSETS_S)
+
+
 class ScheduleSpec(BaseModel):
     """Readback times after programming, in seconds (station clock)."""
 
     model_config = ConfigDict(extra="forbid")
-    offsets_s: list[float] = Field(default_factory=lambda: log_spaced_offsets_s(25.0, DAY_S, 20))
+    offsets_s: list[float] = Field(default_factory=_default_offsets)
 
     @field_validator("offsets_s")
     @classmethod
