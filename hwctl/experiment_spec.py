@@ -55,18 +55,36 @@ def _all_methods() -> list[CompensationMethod]:
     return ["none", "gdc", "adabs"]
 
 
-class EvaluationSpec(BaseModel):
-    """How each readout is turned into accuracy."""
+DatasetName = Literal["digits", "cifar10"]
+# Image shape (channels, height, width) of each evaluation data set: what a network must take.
+DATASET_IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {"digits": (1, 8, 8), "cifar10": (3, 32, 32)}
+
+
+class _EvaluationSettings(BaseModel):
+    """How each readout is turned into accuracy (all but the data set)."""
 
     model_config = ConfigDict(extra="forbid")
-    dataset: Literal["digits", "cifar10"] = "digits"
     methods: list[CompensationMethod] = Field(default_factory=_all_methods)
     n_images: int | None = Field(None, ge=1, description="test images used (None: all)")
     calibration_images: int | None = Field(None, ge=1, description="AdaBS calibration set size")
     enabled: bool = True
 
 
-class ExperimentSpec(BaseModel):
+class EvaluationSpec(_EvaluationSettings):
+    """As stored and run: the data set is concrete (the API fills it in from the network)."""
+
+    dataset: DatasetName = "digits"
+
+
+class EvaluationRequest(_EvaluationSettings):
+    """As submitted: no data set means the network architecture's own."""
+
+    dataset: DatasetName | None = Field(
+        None, description="test set; omitted: the architecture's (digits-resnet: digits, resnets: cifar10)"
+    )
+
+
+class _ExperimentSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     network_id: int = Field(ge=1, le=2**31 - 1)
     station: str
@@ -74,4 +92,20 @@ class ExperimentSpec(BaseModel):
     g_max_us: float = Field(25.0, gt=0, le=100)
     program: ProgramSpec = Field(default_factory=ProgramSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+
+
+class ExperimentSpec(_ExperimentSettings):
+    """What the station worker runs, read back from the experiment row."""
+
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+
+
+class ExperimentRequest(_ExperimentSettings):
+    """What a user submits; `resolved` turns it into the stored `ExperimentSpec`."""
+
+    evaluation: EvaluationRequest = Field(default_factory=EvaluationRequest)
+
+    def resolved(self, dataset: DatasetName) -> ExperimentSpec:
+        fields = self.model_dump()
+        fields["evaluation"]["dataset"] = dataset
+        return ExperimentSpec.model_validate(fields)

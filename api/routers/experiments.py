@@ -6,7 +6,7 @@ import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Response
-from sqlalchemy import Connection, Engine, Row, bindparam, func, select
+from sqlalchemy import Connection, Engine, Row, and_, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
@@ -20,11 +20,24 @@ from api.routers.jobs import TERMINAL_STATUSES, job_out
 from api.routers.readouts import readout_out, readouts_query
 from api.schemas.experiments import Experiment, ExperimentAccepted, ExperimentDetail, ExperimentProgress
 from hwctl import queue
-from hwctl.experiment_spec import JOB_PROGRAM, ExperimentSpec
+from hwctl.experiment_spec import (
+    DATASET_IMAGE_SHAPES,
+    JOB_PROGRAM,
+    JOB_READBACK,
+    DatasetName,
+    ExperimentRequest,
+    ExperimentSpec,
+)
+from hwctl.nn.models import UnknownModelError, model_spec
+from hwctl.schedule import duration_label
 from hwctl.store import records
 from hwctl.store.schema import experiments, jobs, networks, stations
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
+
+# An experiment in one of these holds its station's devices: a second one would be placed
+# on the same tiles (every mapping starts at tile 0), so a station runs one at a time.
+ACTIVE_STATUSES = ("created", "programming", "reading")
 
 _COLUMNS = (*experiments.c, stations.c.name.label("station"))
 
@@ -44,14 +57,34 @@ def experiment_out(row: Row) -> Experiment:
 _TARGETS = select(
     select(stations.c.id).where(stations.c.name == bindparam("station")).scalar_subquery(),
     select(networks.c.name).where(networks.c.id == bindparam("network_id")).scalar_subquery(),
+    select(networks.c.architecture).where(networks.c.id == bindparam("network_id")).scalar_subquery(),
 )
+# The station row is locked (PostgreSQL) so two submissions for one station, even from two
+# API processes, take turns at the busy check; SQLite's BEGIN IMMEDIATE already serialises them.
+_ACTIVE_ON_STATION = (
+    select(stations.c.name, experiments.c.id, experiments.c.status)
+    .select_from(stations.outerjoin(experiments, and_(
+        experiments.c.station_id == stations.c.id, experiments.c.status.in_(ACTIVE_STATUSES)
+    )))
+    .where(stations.c.id == bindparam("station_id"))
+    .order_by(experiments.c.id)
+    .limit(1)
+    .with_for_update(of=stations)
+)
+_NEXT_READBACK = (
+    select(jobs.c.payload)
+    .where(jobs.c.experiment_id == bindparam("experiment_id"), jobs.c.kind == JOB_READBACK,
+           jobs.c.status.in_(("queued", "running", "interrupted")))
+    .order_by(jobs.c.run_at_s)
+    .limit(1)
+)  # fmt: skip
 _JOB_BY_KEY = select(jobs).where(jobs.c.idempotency_key == bindparam("key"))
 _EXPERIMENT_BY_ID = _select().where(experiments.c.id == bindparam("experiment_id"))
 
 
-def _targets(db: Connection, spec: ExperimentSpec) -> tuple[int, str]:
-    """The station's id and the network's name, in one round trip; 422 if either is unknown."""
-    station_id, network_name = db.execute(
+def _targets(db: Connection, spec: ExperimentRequest) -> tuple[int, str, str]:
+    """The station's id, the network's name and architecture, in one round trip; 422 if unknown."""
+    station_id, network_name, architecture = db.execute(
         _TARGETS, {"station": spec.station, "network_id": spec.network_id}
     ).one()
     if station_id is None:
@@ -62,7 +95,48 @@ def _targets(db: Connection, spec: ExperimentSpec) -> tuple[int, str]:
         )
     if network_name is None:
         raise HTTPException(422, f"network {spec.network_id} does not exist; upload it with POST /networks")
-    return int(station_id), str(network_name)
+    return int(station_id), str(network_name), str(architecture)
+
+
+def _dataset(spec: ExperimentRequest, architecture: str) -> DatasetName:
+    """The requested test set, or the architecture's own; 422 if it does not fit the network."""
+    requested = spec.evaluation.dataset
+    try:
+        own: DatasetName = model_spec(architecture).dataset  # type: ignore[assignment]
+    except UnknownModelError:
+        if requested is None and spec.evaluation.enabled:
+            raise HTTPException(
+                422, f"network {spec.network_id} is a {architecture!r}, which has no default data set; "
+                "give evaluation.dataset",
+            ) from None
+        return requested or "digits"  # not evaluated: nothing reads it
+    if requested is not None and DATASET_IMAGE_SHAPES[requested] != DATASET_IMAGE_SHAPES[own]:
+        raise HTTPException(
+            422, f"evaluation.dataset {requested!r} ({_shape(requested)} images) does not fit network "
+            f"{spec.network_id}, a {architecture} that takes {_shape(own)} {own} images; "
+            f"omit evaluation.dataset to use {own!r}",
+        )
+    return requested or own
+
+
+def _shape(dataset: str) -> str:
+    return "×".join(str(n) for n in DATASET_IMAGE_SHAPES[dataset])
+
+
+def _refuse_if_busy(db: Connection, station_id: int) -> None:
+    """409 while another experiment holds the station's devices (see ACTIVE_STATUSES)."""
+    station, experiment_id, status = db.execute(_ACTIVE_ON_STATION, {"station_id": station_id}).one()
+    if experiment_id is None:
+        return
+    detail = status
+    if status == "reading":
+        payload = db.execute(_NEXT_READBACK, {"experiment_id": experiment_id}).scalar()
+        if payload is not None:
+            detail += f", next readback at {duration_label(float(payload['offset_s']))} after programming"
+    raise HTTPException(
+        409, f"station {station!r} is busy with experiment {experiment_id} ({detail}); wait for it to "
+        f"finish or cancel it (POST /experiments/{experiment_id}/cancel)",
+    )
 
 
 def _with_experiment(db: Connection, job: Row) -> tuple[Row, Row]:
@@ -70,9 +144,11 @@ def _with_experiment(db: Connection, job: Row) -> tuple[Row, Row]:
     return db.execute(_EXPERIMENT_BY_ID, {"experiment_id": job.experiment_id}).one(), job
 
 
-def _store_submission(db: Connection, spec: ExperimentSpec, idempotency_key: str | None) -> Row:
-    """The experiment row and its program job; returns the job as stored."""
-    station_id, network_name = _targets(db, spec)  # the network is checked even when a name is given
+def _store_submission(db: Connection, request: ExperimentRequest, idempotency_key: str | None) -> Row:
+    """The experiment row (its spec resolved) and its program job; returns the job as stored."""
+    station_id, network_name, architecture = _targets(db, request)  # checked even when a name is given
+    spec = request.resolved(_dataset(request, architecture))
+    _refuse_if_busy(db, station_id)
     experiment_id = records.add_experiment(
         db, spec.name or f"{network_name} on {spec.station}", network_id=spec.network_id,
         station_id=station_id, settings=spec.model_dump(mode="json"),
@@ -85,10 +161,10 @@ def _store_submission(db: Connection, spec: ExperimentSpec, idempotency_key: str
 
 @router.post(
     "", status_code=202, response_model=ExperimentAccepted, dependencies=[WriteAccess],
-    responses=problem_responses(401, 403, 422),
+    responses=problem_responses(401, 403, 409, 422),
 )
 async def submit_experiment(
-    spec: ExperimentSpec,
+    spec: ExperimentRequest,
     engine: EngineDep,
     writes: WritesDep,
     response: Response,
@@ -98,6 +174,10 @@ async def submit_experiment(
 ) -> ExperimentAccepted:
     """Store the experiment and enqueue its program job in one transaction, which
     concurrent submissions share (api.group_commit); answered once it is committed.
+
+    A station runs one experiment at a time: 409 while another on it is not finished or
+    cancelled (checked in the same transaction, so two racing submissions cannot both pass).
+    A missing `evaluation.dataset` is the network architecture's own, stored resolved.
 
     A resubmitted `Idempotency-Key` finds its job. Two racing with the same key from two
     API processes collide on the key's unique index; the loser's savepoint leaves nothing
@@ -167,3 +247,31 @@ def get_experiment(experiment_id: PathId, db: Db) -> ExperimentDetail:
     return ExperimentDetail(
         **experiment.model_dump(), progress=progress, readouts=readout_rows, evaluations=evaluation_rows
     )
+
+
+_OPEN_JOBS = ("queued", "interrupted")
+
+
+@router.post(
+    "/{experiment_id}/cancel", response_model=Experiment, dependencies=[WriteAccess],
+    responses=problem_responses(401, 403, 404, 409),
+)
+async def cancel_experiment(experiment_id: PathId, writes: WritesDep) -> Experiment:
+    """Free the station: the experiment's waiting jobs are cancelled, a running one is asked to
+    stop at its next block, and the experiment is `cancelled` at once."""
+
+    def cancel(db: Connection) -> Row:
+        experiment = db.execute(_EXPERIMENT_BY_ID, {"experiment_id": experiment_id}).first()
+        if experiment is None:
+            raise HTTPException(404, f"experiment {experiment_id} does not exist")
+        if experiment.status not in ACTIVE_STATUSES:
+            raise HTTPException(
+                409, f"experiment {experiment_id} is already {experiment.status}; nothing to cancel"
+            )
+        mine = jobs.c.experiment_id == experiment_id
+        db.execute(update(jobs).where(mine, jobs.c.status.in_(_OPEN_JOBS)).values(status="cancelled"))
+        db.execute(update(jobs).where(mine, jobs.c.status == "running").values(cancel_requested=True))
+        db.execute(update(experiments).where(experiments.c.id == experiment_id).values(status="cancelled"))
+        return db.execute(_EXPERIMENT_BY_ID, {"experiment_id": experiment_id}).one()
+
+    return experiment_out(await asyncio.wrap_future(writes.group.submit(cancel)))

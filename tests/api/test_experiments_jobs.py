@@ -78,9 +78,11 @@ def test_negative_schedule_offset_is_422_naming_the_field(client: TestClient, re
 
 
 def test_jobs_filter_by_status_and_station(client: TestClient, ready: dict[str, Any]) -> None:
-    for _ in range(3):
-        submit(client, ready)
-    assert client.get("/jobs", params={"status": "queued", "station": "bench-1"}).json()["total"] == 3
+    submit(client, ready)
+    client.post("/stations", json=station_body("bench-2"), headers=AUTH)
+    submit(client, ready | {"station": "bench-2"})
+    assert client.get("/jobs", params={"status": "queued", "station": "bench-1"}).json()["total"] == 1
+    assert client.get("/jobs", params={"status": "queued"}).json()["total"] == 2
     assert client.get("/jobs", params={"status": "running"}).json()["total"] == 0
     assert client.get("/jobs", params={"station": "other"}).json()["total"] == 0
     assert_problem(client.get("/jobs", params={"status": "sleeping"}), 422, "status")
@@ -137,11 +139,14 @@ def test_events_of_an_unknown_job_are_404(client: TestClient) -> None:
 def test_concurrent_submissions_all_succeed_on_sqlite(client: TestClient, ready: dict[str, Any]) -> None:
     """Writers that read before writing must queue, not fail with "database is locked"."""
     statuses: list[int] = []
+    for i in range(32):
+        client.post("/stations", json=station_body(f"s{i}"), headers=AUTH)
 
-    def submit_four() -> None:
-        statuses.extend(submit(client, ready).status_code for _ in range(4))
+    def submit_four(first: int) -> None:
+        for i in range(first, first + 4):
+            statuses.append(submit(client, ready | {"station": f"s{i}"}).status_code)
 
-    threads = [threading.Thread(target=submit_four) for _ in range(8)]
+    threads = [threading.Thread(target=submit_four, args=(4 * k,)) for k in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
