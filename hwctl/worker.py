@@ -167,8 +167,8 @@ class Worker:
         """Claim and run compute jobs until stopped; an error stops the whole worker."""
         try:
             while not self.stop_event.is_set():
-                self._compute_wakeup.clear()  # before the claim, so no wake-up is lost
-                job = queue.claim(self.engine, station_id, lane.now_s(), queue.LANE_COMPUTE)
+                self._compute_wakeup.clear()  # before the look, so no wake-up is lost
+                job = self._claim_if_due(lane, station_id)
                 if job is not None:
                     self._run_job(lane, station_id, job)
                 else:
@@ -177,6 +177,15 @@ class Worker:
             log.exception("worker for station %s: compute lane stopped on an error", self.station_name)
             errors.append(exc)
             self.stop_event.set()
+
+    def _claim_if_due(self, lane: _Lane, station_id: int) -> queue.Job | None:
+        """Claim only when a read says a job is due: a claim takes SQLite's write lock, which
+        the chip lane's commits would otherwise queue behind at every poll."""
+        now_s = lane.now_s()
+        due_s = queue.next_run_at_s(self.engine, station_id, lane.name)
+        if due_s is None or due_s > now_s:
+            return None
+        return queue.claim(self.engine, station_id, now_s, lane.name)
 
     def _overtaken(self, station: Station, station_id: int, job: queue.Job) -> bool:
         """Whether a readback scheduled later than `job` is due now (only readbacks yield).
