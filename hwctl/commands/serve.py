@@ -1,8 +1,11 @@
 """`hwctl serve`: the REST API under uvicorn, by default with a simulated station beside it.
 
 Embedded mode (the default) makes one process a complete lab: a station named `sim`
-whose resource is an embedded simulated chip (`sim://`, accelerated clock) and its
-station worker thread, so experiments submitted to the API run without any hardware.
+whose resource is an embedded simulated chip (`sim://`) and its station worker thread,
+so experiments submitted to the API run without any hardware. Its clock is virtual by
+default: the worker jumps it to each due readback, so a 24 h schedule runs in minutes and
+no readback is missed while programming takes wall seconds (an accelerated 3600× clock
+turns 2 s of programming into 2 h of board time, past the early readbacks).
 `--no-embedded` serves the API only; workers then run as `hwctl worker` processes.
 """
 
@@ -11,7 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
 from hwctl.cli import CLIError
 from hwctl.settings import Settings, get_settings
@@ -21,7 +24,7 @@ from hwctl.store.engine import make_engine
 from hwctl.store.errors import NotMigratedError
 from hwctl.store.schema import stations
 
-EMBEDDED_RESOURCE = "sim://?clock=accelerated&rate=3600"
+DEFAULT_RATE = 3600.0  # board seconds per wall second with --clock accelerated
 EMBEDDED_SERIAL = "SIM-0001"  # what drivers.sim.board.SimBoard reports by default
 
 
@@ -32,25 +35,48 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--embedded", action=argparse.BooleanOptionalAction, default=True,
                         help="also run a simulated chip and its station worker in this process")
     parser.add_argument("--station", default="sim", help="name of the embedded station (default: sim)")
+    parser.add_argument("--clock", choices=("virtual", "accelerated"), default="virtual",
+                        help="embedded chip's clock: virtual (default; the worker jumps it to each due "
+                             "readback) or accelerated (runs --rate times real time)")
+    parser.add_argument("--rate", type=float, default=DEFAULT_RATE,
+                        help="board seconds per wall second with --clock accelerated (default: %(default)g)")
     parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
                         help="log every request (uvicorn access log)")
     parser.set_defaults(func=run)
 
 
-def ensure_embedded_station(engine: Engine, name: str, resource: str = EMBEDDED_RESOURCE) -> None:
-    """Register the embedded simulated station once; an existing row of that name is kept."""
+def embedded_resource(clock: str = "virtual", rate: float = DEFAULT_RATE) -> str:
+    """The embedded chip's `sim://` resource for a clock choice."""
+    if clock == "virtual":
+        return "sim://?clock=virtual"
+    if rate <= 0:
+        raise CLIError(f"--rate must be positive, got {rate:g}")
+    return f"sim://?clock=accelerated&rate={rate:g}"
+
+
+def ensure_embedded_station(engine: Engine, name: str, resource: str | None = None) -> None:
+    """Register the embedded simulated station; an existing `sim://` row of that name takes
+    the requested clock, a row naming real hardware is kept as it is."""
+    resource = resource or embedded_resource()
+    options = SimChipOptions.parse(resource)
+    clock_kind = "virtual" if options.virtual else "accelerated"
     with engine.begin() as conn:
-        if conn.execute(select(stations.c.id).where(stations.c.name == name)).first() is not None:
-            return
-        options = SimChipOptions.parse(resource)
-        records.add_station(
-            conn, name, resource=resource, chip_serial=EMBEDDED_SERIAL, geometry=options.geometry,
-            amplitude_limit_ua=500.0, clock_kind="virtual" if options.virtual else "accelerated",
-        )
+        existing = conn.execute(
+            select(stations.c.id, stations.c.resource).where(stations.c.name == name)
+        ).first()
+        if existing is None:
+            records.add_station(
+                conn, name, resource=resource, chip_serial=EMBEDDED_SERIAL, geometry=options.geometry,
+                amplitude_limit_ua=500.0, clock_kind=clock_kind,
+            )
+        elif existing.resource.startswith("sim://") and existing.resource != resource:
+            values = {"resource": resource, "clock_kind": clock_kind}
+            conn.execute(update(stations).where(stations.c.id == existing.id).values(**values))
 
 
 def serve(
-    settings: Settings, host: str, port: int, embedded_station: str | None, access_log: bool = True
+    settings: Settings, host: str, port: int, embedded_station: str | None, access_log: bool = True,
+    embedded_resource: str | None = None,
 ) -> None:
     """Serve until interrupted; the embedded worker leaves its chip safe on the way out."""
     import uvicorn
@@ -67,7 +93,7 @@ def serve(
         worker_engine = make_engine(
             settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms
         )
-        ensure_embedded_station(worker_engine, embedded_station)
+        ensure_embedded_station(worker_engine, embedded_station, embedded_resource)
         worker = Worker(worker_engine, embedded_station)
         worker.start()
     try:
@@ -79,5 +105,7 @@ def serve(
 
 
 def run(args: argparse.Namespace) -> int:
-    serve(get_settings(), args.host, args.port, args.station if args.embedded else None, args.access_log)
+    resource = embedded_resource(args.clock, args.rate)
+    station = args.station if args.embedded else None
+    serve(get_settings(), args.host, args.port, station, args.access_log, resource)
     return 0
