@@ -73,12 +73,17 @@ def serve_subprocess(directory: Path) -> Iterator[tuple[str, int]]:
         server.wait(timeout=30)
 
 
-def _seed(client: httpx.Client, directory: Path) -> int:
-    """One station and one uploaded network; returns the network id."""
-    client.post("/stations", json={
-        "name": "bench", "resource": "sim://", "chip_serial": "SIM-0001",
-        "geometry": {"tiles": 16, "rows": 512, "cols": 256},
-    }).raise_for_status()
+WARM_UP = 20
+
+
+def _seed(client: httpx.Client, directory: Path, n_stations: int) -> int:
+    """`n_stations` stations (a station runs one experiment at a time) and one uploaded network;
+    returns the network id."""
+    for i in range(n_stations):
+        client.post("/stations", json={
+            "name": f"bench-{i}", "resource": "sim://", "chip_serial": "SIM-0001",
+            "geometry": {"tiles": 16, "rows": 512, "cols": 256},
+        }).raise_for_status()
     torch.manual_seed(0)
     path = directory / "digits.pt"
     save_checkpoint(path, "digits-resnet", build_model("digits-resnet"), {})
@@ -162,12 +167,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp, serve_subprocess(Path(tmp)) as (base_url, pid):
         with httpx.Client(base_url=base_url, headers={"X-API-Key": API_KEY}) as client:
-            network_id = _seed(client, Path(tmp))
-            spec = {"network_id": network_id, "station": "bench"}
-            for _ in range(20):  # warm-up: connections, caches, the first WAL checkpoint
-                client.post("/experiments", json=spec).raise_for_status()
+            network_id = _seed(client, Path(tmp), WARM_UP + args.submissions)
+
+            def spec(i: int) -> dict[str, Any]:
+                return {"network_id": network_id, "station": f"bench-{i}"}
+
+            for i in range(WARM_UP):  # connections, caches, the first WAL checkpoint
+                client.post("/experiments", json=spec(args.submissions + i)).raise_for_status()
         submit = _measured(pid, lambda: _load(
-            base_url, args.clients, per_client, lambda c, i: c.post("/experiments", json=spec), 202
+            base_url, args.clients, per_client, lambda c, i: c.post("/experiments", json=spec(i)), 202
         ))
         read = _measured(pid, lambda: _load(
             base_url, args.clients, per_client, lambda c, i: c.get(f"/jobs/{1 + i % 500}"), 200
