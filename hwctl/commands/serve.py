@@ -21,7 +21,7 @@ from hwctl.settings import Settings, get_settings
 from hwctl.station import SimChipOptions
 from hwctl.store import records
 from hwctl.store.engine import make_engine
-from hwctl.store.errors import NotMigratedError
+from hwctl.store.errors import StoreError
 from hwctl.store.schema import stations
 
 DEFAULT_RATE = 3600.0  # board seconds per wall second with --clock accelerated
@@ -86,7 +86,7 @@ def serve(
 
     try:
         app = create_app(settings)
-    except NotMigratedError as exc:
+    except StoreError as exc:
         raise CLIError(str(exc)) from None
     worker = None
     if embedded_station is not None:
