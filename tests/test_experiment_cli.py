@@ -80,9 +80,14 @@ def test_experiment_run_submits_an_uploaded_network_by_id_without_following(
     api = ["--api", api_url, "--api-key", API_KEY]
     assert main(["experiment", "run", "--network", str(checkpoint), "--station", STATION, "--no-follow",
                  "--schedule-points", "3", *api]) == 0  # fmt: skip
+    # One experiment at a time per station: the second waits for the first, or its cancel.
+    assert main(["experiment", "run", "--network", "1", "--station", STATION, "--no-follow", *api]) == 2
+    assert "busy with experiment 1" in capsys.readouterr().err
+    cancel = httpx.post(f"{api_url}/experiments/1/cancel", headers={"X-API-Key": API_KEY})
+    assert cancel.status_code == 200, cancel.text
     assert main(["experiment", "run", "--network", "1", "--station", STATION, "--no-follow", *api]) == 0
     out = capsys.readouterr().out
-    assert "experiment 1 submitted" in out and "experiment 2 submitted" in out
+    assert "experiment 2 submitted" in out
 
 
 def test_unknown_experiment_and_station_are_reported_from_the_api(
