@@ -48,6 +48,9 @@ JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interr
 # jobs (evaluation, analysis) only read the database, so they never delay a readback.
 JOB_LANES = ("chip", "compute")
 EVALUATION_METHODS = ("none", "gdc", "adabs")
+# An experiment in one of these holds its station's devices (every mapping starts at tile 0),
+# so a station has at most one: the API checks first, the unique index below makes it certain.
+EXPERIMENT_ACTIVE_STATUSES = ("created", "programming", "reading")
 
 
 def utc_now() -> datetime:
@@ -100,6 +103,8 @@ networks = Table(
     CheckConstraint("checkpoint IS NOT NULL OR checkpoint_path IS NOT NULL", name="has_checkpoint"),
 )
 
+_ACTIVE_EXPERIMENT = text(f"status IN ({', '.join(repr(s) for s in EXPERIMENT_ACTIVE_STATUSES)})")
+
 experiments = Table(
     "experiments",
     metadata,
@@ -110,6 +115,13 @@ experiments = Table(
     Column("settings", Json, nullable=False, default=dict),
     Column("status", String(16), nullable=False, default="created"),
     _created(),
+    Index(
+        "uq_experiments_one_active_per_station",
+        "station_id",
+        unique=True,
+        sqlite_where=_ACTIVE_EXPERIMENT,
+        postgresql_where=_ACTIVE_EXPERIMENT,
+    ),
 )
 
 mappings = Table(
