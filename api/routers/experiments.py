@@ -31,13 +31,14 @@ from hwctl.experiment_spec import (
 from hwctl.nn.models import UnknownModelError, model_spec
 from hwctl.schedule import duration_label
 from hwctl.store import records
-from hwctl.store.schema import experiments, jobs, networks, stations
+from hwctl.store.schema import EXPERIMENT_ACTIVE_STATUSES, experiments, jobs, networks, stations
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
-# An experiment in one of these holds its station's devices: a second one would be placed
-# on the same tiles (every mapping starts at tile 0), so a station runs one at a time.
-ACTIVE_STATUSES = ("created", "programming", "reading")
+# The store's guard: at most one active experiment per station. PostgreSQL names the index
+# in the error; SQLite names the indexed column, the only unique one on experiments.station_id.
+_ONE_ACTIVE_INDEX = "uq_experiments_one_active_per_station"
+_SQLITE_ONE_ACTIVE = "UNIQUE constraint failed: experiments.station_id"
 
 _COLUMNS = (*experiments.c, stations.c.name.label("station"))
 
@@ -64,7 +65,7 @@ _TARGETS = select(
 _ACTIVE_ON_STATION = (
     select(stations.c.name, experiments.c.id, experiments.c.status)
     .select_from(stations.outerjoin(experiments, and_(
-        experiments.c.station_id == stations.c.id, experiments.c.status.in_(ACTIVE_STATUSES)
+        experiments.c.station_id == stations.c.id, experiments.c.status.in_(EXPERIMENT_ACTIVE_STATUSES)
     )))
     .where(stations.c.id == bindparam("station_id"))
     .order_by(experiments.c.id)
@@ -124,7 +125,7 @@ def _shape(dataset: str) -> str:
 
 
 def _refuse_if_busy(db: Connection, station_id: int) -> None:
-    """409 while another experiment holds the station's devices (see ACTIVE_STATUSES)."""
+    """409 while another experiment holds the station's devices (see EXPERIMENT_ACTIVE_STATUSES)."""
     station, experiment_id, status = db.execute(_ACTIVE_ON_STATION, {"station_id": station_id}).one()
     if experiment_id is None:
         return
@@ -179,9 +180,9 @@ async def submit_experiment(
     cancelled (checked in the same transaction, so two racing submissions cannot both pass).
     A missing `evaluation.dataset` is the network architecture's own, stored resolved.
 
-    A resubmitted `Idempotency-Key` finds its job. Two racing with the same key from two
-    API processes collide on the key's unique index; the loser's savepoint leaves nothing
-    behind and it answers with the winner's job.
+    A resubmitted `Idempotency-Key` finds its job. Two racing from two API processes collide
+    on a unique index (the key's, or one active experiment per station); the loser's savepoint
+    leaves nothing behind and it answers with the winner's job, or the station's 409.
     """
 
     def store(db: Connection) -> tuple[Row, Row]:
@@ -192,20 +193,35 @@ async def submit_experiment(
 
     try:
         experiment, job = await asyncio.wrap_future(writes.group.submit(store))
-    except IntegrityError:
-        if idempotency_key is None:
-            raise
-        experiment, job = await run_in_threadpool(_accepted_for_key, engine, idempotency_key)
+    except IntegrityError as exc:
+        experiment, job = await run_in_threadpool(
+            _after_collision, engine, exc, spec.station, idempotency_key
+        )
     response.headers["Location"] = f"/experiments/{experiment.id}"
     return ExperimentAccepted(experiment=experiment_out(experiment), program_job=job_out(job))
 
 
-def _accepted_for_key(engine: Engine, idempotency_key: str) -> tuple[Row, Row]:
+def _takes_busy_station(exc: IntegrityError) -> bool:
+    constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)  # psycopg
+    return constraint == _ONE_ACTIVE_INDEX or _SQLITE_ONE_ACTIVE in str(exc.orig)
+
+
+def _after_collision(
+    engine: Engine, exc: IntegrityError, station: str, idempotency_key: str | None
+) -> tuple[Row, Row]:
+    """A unique index caught a submission the checks passed (a racing API process):
+    the key's winner if there is one, else the busy station's 409."""
     with engine.connect() as db:
-        job = db.execute(_JOB_BY_KEY, {"key": idempotency_key}).first()
-        if job is None:
+        job = None if idempotency_key is None else db.execute(_JOB_BY_KEY, {"key": idempotency_key}).first()
+        if job is not None:
+            return _with_experiment(db, job)
+        if _takes_busy_station(exc):
+            station_id = db.execute(select(stations.c.id).where(stations.c.name == station)).scalar_one()
+            _refuse_if_busy(db, station_id)  # the 409 naming the experiment that holds it
+            raise HTTPException(409, f"station {station!r} was busy with another submission; retry")
+        if idempotency_key is not None:
             raise HTTPException(409, "a concurrent submission with this Idempotency-Key failed; retry")
-        return _with_experiment(db, job)
+    raise exc
 
 
 @router.get("", response_model=Page[Experiment], dependencies=[ReadAccess])
@@ -264,7 +280,7 @@ async def cancel_experiment(experiment_id: PathId, writes: WritesDep) -> Experim
         experiment = db.execute(_EXPERIMENT_BY_ID, {"experiment_id": experiment_id}).first()
         if experiment is None:
             raise HTTPException(404, f"experiment {experiment_id} does not exist")
-        if experiment.status not in ACTIVE_STATUSES:
+        if experiment.status not in EXPERIMENT_ACTIVE_STATUSES:
             raise HTTPException(
                 409, f"experiment {experiment_id} is already {experiment.status}; nothing to cancel"
             )

@@ -10,12 +10,14 @@ from typing import Any
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
+from api.routers import experiments as experiments_router
 from hwctl import queue
 from hwctl.nn.models import build_model, save_checkpoint
+from hwctl.store import records
 from hwctl.store.engine import make_engine
-from hwctl.store.schema import experiments
+from hwctl.store.schema import experiments, jobs
 from tests.api.conftest import AUTH, assert_problem, station_body, upload
 
 
@@ -80,6 +82,34 @@ def test_concurrent_submissions_to_one_station_accept_exactly_one(
         thread.join()
     assert sorted(statuses) == [202] + [409] * 11
     assert client.get("/experiments", params={"station": "sim"}).json()["total"] == 1
+
+
+def test_a_check_that_loses_a_race_is_caught_by_the_store_and_answered_409_busy(
+    client: TestClient, ready: dict[str, Any], db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As if another API process stored its experiment between this one's check and insert:
+    the store's unique index refuses the insert, and the client sees the usual busy 409."""
+    station_id = client.get("/stations/sim").json()["id"]
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        rival = records.add_experiment(conn, "rival", network_id=ready["network_id"], station_id=station_id,
+                                       settings={})  # fmt: skip
+    engine.dispose()
+    checks: list[int] = []
+    real_check = experiments_router._refuse_if_busy
+
+    def check_missing_the_rival_once(db: Any, checked_station_id: int) -> None:
+        checks.append(checked_station_id)
+        if len(checks) > 1:
+            real_check(db, checked_station_id)
+
+    monkeypatch.setattr(experiments_router, "_refuse_if_busy", check_missing_the_rival_once)
+    assert_problem(submit(client, ready), 409, "station 'sim' is busy", f"experiment {rival}")
+    assert checks == [station_id, station_id]  # the submission's own check passed; the index refused it
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(experiments)).scalar_one() == 1
+        assert conn.execute(select(func.count()).select_from(jobs)).scalar_one() == 0
+    engine.dispose()
 
 
 def test_cancelling_frees_the_station_and_stops_every_job(
