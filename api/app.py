@@ -11,6 +11,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
 
 import hwctl
 from api import dashboard
@@ -52,6 +54,14 @@ def _operation_id(route: APIRoute) -> str:
     return route.name  # handler names are the operation ids a generated client exposes
 
 
+def _warm_up(engine: Engine, writes: Writes) -> None:
+    """What the first requests would otherwise pay: the writer thread, a pooled connection,
+    the submission's compiled statements (and, run in it, the threadpool's first thread)."""
+    writes.group.start()
+    with engine.connect() as db:
+        experiments.warm_up(db)
+
+
 def create_app(settings: Settings) -> FastAPI:
     """An app bound to `settings.database_url`; raises NotMigratedError if the schema is behind."""
     engine = make_engine(settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms)
@@ -65,6 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(_warm_up, engine, writes)
         yield
         writes.group.stop()
         engine.dispose()

@@ -37,12 +37,16 @@ class GroupCommit:
         self._thread: threading.Thread | None = None
         self._starting = threading.Lock()
 
-    def submit(self, work: Callable[[Connection], T]) -> Future[T]:
-        """Run `work(conn)` in the next group transaction; its result or exception comes back."""
+    def start(self) -> None:
+        """Start the writer thread now (the app does at start-up) rather than on the first submission."""
         with self._starting:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="hwctl-group-commit", daemon=True)
                 self._thread.start()
+
+    def submit(self, work: Callable[[Connection], T]) -> Future[T]:
+        """Run `work(conn)` in the next group transaction; its result or exception comes back."""
+        self.start()
         future: Future[T] = Future()
         self._pending.put((future, work))
         return future
