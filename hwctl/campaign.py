@@ -38,6 +38,7 @@ from hwctl.store.engine import SQLITE_BEGIN_OPTION
 from hwctl.store.fits import save_device_fit
 from hwctl.store.records import add_evaluation, add_mapping
 from hwctl.store.schema import (
+    EXPERIMENT_ACTIVE_STATUSES,
     evaluations,
     experiments,
     mappings,
@@ -190,14 +191,33 @@ def _enqueue(
     )  # fmt: skip
 
 
-def _set_experiment_status(conn: Connection, experiment_id: int, status: str) -> None:
-    conn.execute(update(experiments).where(experiments.c.id == experiment_id).values(status=status))
+def _set_experiment_status(conn: Connection, experiment_id: int, status: str) -> bool:
+    """Move an active experiment on; one already cancelled, failed or done stays as it is
+    (a job finishing after the user's cancel must not bring it back). True if it moved."""
+    moved = conn.execute(
+        update(experiments)
+        .where(experiments.c.id == experiment_id, experiments.c.status.in_(EXPERIMENT_ACTIVE_STATUSES))
+        .values(status=status)
+    )
+    return moved.rowcount > 0
 
 
 # -- program ------------------------------------------------------------------------------
 def handle_program(ctx: JobContext) -> None:
-    """Map the network, program-and-verify it, store the run and schedule its readbacks."""
+    """Map the network, program-and-verify it, store the run and schedule its readbacks.
+
+    A programming that fails leaves its experiment `failed` (the chip state is unknown;
+    an operator decides), so the station is free for the next experiment."""
     experiment_id = int(ctx.payload["experiment_id"])
+    try:
+        _program(ctx, experiment_id)
+    except Exception:
+        with ctx.writing() as conn:
+            _set_experiment_status(conn, experiment_id, "failed")
+        raise
+
+
+def _program(ctx: JobContext, experiment_id: int) -> None:
     with ctx.writing() as conn:
         spec = load_spec(conn, experiment_id)
         model = load_network(conn, spec.network_id).build()
@@ -228,6 +248,10 @@ def handle_program(ctx: JobContext) -> None:
                 result.final_g_us, result.iterations.astype(np.int32), result.status, result.t_programmed_s
             ),
         )  # fmt: skip
+        if not _set_experiment_status(conn, experiment_id, "reading"):
+            # Cancelled while programming: the run is kept, no readbacks follow.
+            ctx.complete({"run_id": run_id, "mapping_id": mapping_id, "cancelled": True})
+            return
         for offset_s in spec.schedule.offsets_s:
             payload = {"experiment_id": experiment_id, "run_id": run_id, "offset_s": offset_s,
                        "scheduled_s": end_s + offset_s}  # fmt: skip
@@ -241,7 +265,6 @@ def handle_program(ctx: JobContext) -> None:
         last_s = spec.schedule.offsets_s[-1]
         _enqueue(conn, ctx, JOB_ANALYZE, {"experiment_id": experiment_id, "run_id": run_id},
                  run_at_s=end_s + last_s + readout_window_s(last_s), key=_analyze_key(run_id))  # fmt: skip
-        _set_experiment_status(conn, experiment_id, "reading")
     ctx.complete({
         "run_id": run_id, "mapping_id": mapping_id, "n_devices": n, "programmed_end_s": end_s,
         "converged_fraction": result.converged_fraction_nonzero, "iterations_mean": result.iterations_mean,

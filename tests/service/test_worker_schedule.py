@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 
 from hwctl import queue
 from hwctl.experiment_spec import JOB_ANALYZE, JOB_PROGRAM, JOB_READBACK
@@ -14,7 +14,7 @@ from hwctl.mapping import DeviceMap
 from hwctl.schedule import readout_window_s
 from hwctl.station import EmbeddedChip
 from hwctl.store.engine import make_engine
-from hwctl.store.schema import device_fits, jobs, mappings, programming_runs, readouts
+from hwctl.store.schema import device_fits, experiments, jobs, mappings, programming_runs, readouts
 from hwctl.worker import Worker, WorkerOptions
 from tests.service.conftest import create_campaign, job_statuses
 
@@ -201,4 +201,43 @@ def test_when_the_last_readbacks_are_missed_the_drift_fit_still_runs_once_their_
     with engine.connect() as conn:
         fit = conn.execute(select(device_fits.c.summary)).scalar_one()
     assert fit["n_readouts"] == 3
+    engine.dispose()
+
+
+def experiment_status(engine: Engine, experiment_id: int) -> str:
+    with engine.connect() as conn:
+        status = conn.execute(select(experiments.c.status).where(experiments.c.id == experiment_id))
+        return str(status.scalar_one())
+
+
+def test_a_programming_that_fails_leaves_its_experiment_failed_and_the_station_free(
+    engine: Engine, virtual_chip: EmbeddedChip
+) -> None:
+    campaign = create_campaign(engine, virtual_chip.resource)
+    virtual_chip.board.set_amplitude_limit_ua(100.0)  # below what program-and-verify needs
+    run_while(Worker(engine, campaign.station), engine, "queued")
+
+    assert job_statuses(engine, JOB_PROGRAM) == ["failed"]
+    assert experiment_status(engine, campaign.experiment_id) == "failed"
+    assert job_statuses(engine, JOB_READBACK) == []
+    engine.dispose()
+
+
+def test_an_experiment_cancelled_while_programming_stays_cancelled_without_readbacks(
+    engine: Engine, virtual_chip: EmbeddedChip
+) -> None:
+    campaign = create_campaign(engine, virtual_chip.resource)
+    original = virtual_chip.board.set_pulse
+
+    def set_pulse_while_the_user_cancels(*args: object) -> None:
+        with engine.begin() as conn:  # what POST /experiments/{id}/cancel writes
+            conn.execute(update(experiments).where(experiments.c.id == campaign.experiment_id)
+                         .values(status="cancelled"))  # fmt: skip
+        original(*args)  # type: ignore[arg-type]
+
+    virtual_chip.board.set_pulse = set_pulse_while_the_user_cancels  # type: ignore[method-assign]
+    run_while(Worker(engine, campaign.station), engine, "queued")
+
+    assert experiment_status(engine, campaign.experiment_id) == "cancelled"
+    assert job_statuses(engine, JOB_READBACK) == []
     engine.dispose()
