@@ -248,27 +248,34 @@ def _program(ctx: JobContext, experiment_id: int) -> None:
                 result.final_g_us, result.iterations.astype(np.int32), result.status, result.t_programmed_s
             ),
         )  # fmt: skip
-        if not _set_experiment_status(conn, experiment_id, "reading"):
-            # Cancelled while programming: the run is kept, no readbacks follow.
-            ctx.complete({"run_id": run_id, "mapping_id": mapping_id, "cancelled": True})
-            return
-        for offset_s in spec.schedule.offsets_s:
-            payload = {"experiment_id": experiment_id, "run_id": run_id, "offset_s": offset_s,
-                       "scheduled_s": end_s + offset_s}  # fmt: skip
-            _enqueue(
-                conn, ctx, JOB_READBACK, payload, run_at_s=end_s + offset_s,
-                window_s=readout_window_s(offset_s), key=f"readback:{run_id}:{offset_s}",
-                priority=PRIORITY_READBACK,
-            )  # fmt: skip
-        # The drift fit waits until the last readback is done or past its window; the
-        # last readback to finish pulls it forward (see _finish_readback).
-        last_s = spec.schedule.offsets_s[-1]
-        _enqueue(conn, ctx, JOB_ANALYZE, {"experiment_id": experiment_id, "run_id": run_id},
-                 run_at_s=end_s + last_s + readout_window_s(last_s), key=_analyze_key(run_id))  # fmt: skip
+        reading = _set_experiment_status(conn, experiment_id, "reading")
+        if reading:  # else cancelled while programming: the run is kept, no readbacks follow
+            _schedule_readbacks(conn, ctx, spec, experiment_id, run_id, end_s)
+    # Completed after the commit: `complete` is a write of its own, and SQLite has one writer.
     ctx.complete({
         "run_id": run_id, "mapping_id": mapping_id, "n_devices": n, "programmed_end_s": end_s,
         "converged_fraction": result.converged_fraction_nonzero, "iterations_mean": result.iterations_mean,
+        "cancelled": not reading,
     })  # fmt: skip
+
+
+def _schedule_readbacks(
+    conn: Connection, ctx: JobContext, spec: ExperimentSpec, experiment_id: int, run_id: int, end_s: float
+) -> None:
+    """Queue the readbacks at their offsets after `end_s`, and the drift fit after them."""
+    for offset_s in spec.schedule.offsets_s:
+        payload = {"experiment_id": experiment_id, "run_id": run_id, "offset_s": offset_s,
+                   "scheduled_s": end_s + offset_s}  # fmt: skip
+        _enqueue(
+            conn, ctx, JOB_READBACK, payload, run_at_s=end_s + offset_s,
+            window_s=readout_window_s(offset_s), key=f"readback:{run_id}:{offset_s}",
+            priority=PRIORITY_READBACK,
+        )  # fmt: skip
+    # The drift fit waits until the last readback is done or past its window; the
+    # last readback to finish pulls it forward (see _finish_readback).
+    last_s = spec.schedule.offsets_s[-1]
+    _enqueue(conn, ctx, JOB_ANALYZE, {"experiment_id": experiment_id, "run_id": run_id},
+             run_at_s=end_s + last_s + readout_window_s(last_s), key=_analyze_key(run_id))  # fmt: skip
 
 
 # -- readback -----------------------------------------------------------------------------

@@ -239,5 +239,6 @@ def test_an_experiment_cancelled_while_programming_stays_cancelled_without_readb
     run_while(Worker(engine, campaign.station), engine, "queued")
 
     assert experiment_status(engine, campaign.experiment_id) == "cancelled"
+    assert job_statuses(engine, JOB_PROGRAM) == ["succeeded"]  # the run is stored, nothing follows
     assert job_statuses(engine, JOB_READBACK) == []
     engine.dispose()
