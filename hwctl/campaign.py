@@ -36,6 +36,7 @@ from hwctl.station import Station
 from hwctl.store import readouts as store_readouts
 from hwctl.store.engine import SQLITE_BEGIN_OPTION
 from hwctl.store.fits import save_device_fit
+from hwctl.store.readouts import device_read_times_s
 from hwctl.store.records import add_evaluation, add_mapping
 from hwctl.store.schema import (
     EXPERIMENT_ACTIVE_STATUSES,
@@ -376,22 +377,6 @@ def _finish_readback(ctx: JobContext, run_id: int, offset_s: float, partial: Par
         "readout_id": readout_id, "late_s": partial.block_starts_s[0] - scheduled_s,
         "block_starts_s": partial.block_starts_s, "n_devices": int(partial.g_us.size),
     })  # fmt: skip
-
-
-def device_read_times_s(conn: Connection, readout_id: int) -> npt.NDArray[np.float64]:
-    """When each device of a readout was read (board s): its block's start time.
-
-    A whole-chip readout spans seconds of wall time, hours of board time on an accelerated
-    clock; readouts stored before the blocks were recorded count from their first block.
-    """
-    row = conn.execute(
-        select(readouts.c.board_time_s, readouts.c.block_starts, readouts.c.g_len).where(
-            readouts.c.id == readout_id
-        )
-    ).one()
-    starts = row.block_starts or [[0, row.board_time_s]]
-    firsts = [int(first) for first, _ in starts] + [int(row.g_len)]
-    return np.repeat([float(t_s) for _, t_s in starts], np.diff(firsts)).astype(np.float64)
 
 
 def _analyze_key(run_id: int) -> str:

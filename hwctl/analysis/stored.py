@@ -4,8 +4,10 @@ Reads what the station worker wrote (`hwctl.campaign`): the experiment and its
 specification, the network, the station's chip geometry, the latest finished
 programming run with its device map, every readout of that run, and the accuracy
 evaluations of those readouts. Times are seconds since programming on the station
-clock: each device's own age (`board_time_s − programmed_s[device]`) for drift fits,
-and the age since the end of programming for accuracy points.
+clock: each device's own age (its block's read time − `programmed_s[device]`) for drift
+fits, and the readout's mean device read time since the end of programming for accuracy
+points. On an accelerated clock one readout spans hours of board time, so its first
+block's time (`board_time_s`) would age every later block wrongly.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from hwctl.store.errors import NotFoundError
 from hwctl.store.readouts import (
     ProgrammingResult,
     Readout,
+    device_read_times_s,
     load_programming_result,
     load_readout,
     run_readouts,
@@ -64,6 +67,7 @@ class StoredExperiment:
     device_map: DeviceMap | None
     programming: ProgrammingResult | None
     readouts: list[Readout]
+    read_times_s: list[npt.NDArray[np.float64]]  # per readout: each device's read time (board s)
     measured: list[AccuracyRecord]  # kind="measured", ordered by time then method
 
     @property
@@ -89,7 +93,7 @@ class StoredExperiment:
     def device_ages_s(self) -> npt.NDArray[np.float64]:
         """Each device's time since its own programming at each readout, (n_readouts, n_devices)."""
         _, programming = self.require_readouts()
-        return np.stack([r.board_time_s - programming.programmed_s for r in self.readouts])
+        return np.stack([read_s - programming.programmed_s for read_s in self.read_times_s])
 
 
 @contextmanager
@@ -134,8 +138,12 @@ def load_experiment(db: Engine | Connection, experiment_id: int) -> StoredExperi
         device_map = None if run is None else DeviceMap.from_bytes(run.device_map)
         programming = None if run_id is None else load_programming_result(conn, run_id)
         stored = [] if run_id is None else [load_readout(conn, rid) for rid, _ in run_readouts(conn, run_id)]
+        read_times_s = [device_read_times_s(conn, r.id) for r in stored]
+        mean_read_s = {r.id: float(t_s.mean()) for r, t_s in zip(stored, read_times_s, strict=True)}
         measured = (
-            [] if programming is None else _measured(conn, run_id, float(programming.programmed_s.max()))
+            []
+            if programming is None
+            else _measured(conn, run_id, mean_read_s, float(programming.programmed_s.max()))
         )
     return StoredExperiment(
         experiment_id=experiment_id,
@@ -151,23 +159,26 @@ def load_experiment(db: Engine | Connection, experiment_id: int) -> StoredExperi
         device_map=device_map,
         programming=programming,
         readouts=stored,
+        read_times_s=read_times_s,
         measured=measured,
     )
 
 
-def _measured(conn: Connection, run_id: int | None, programmed_end_s: float) -> list[AccuracyRecord]:
+def _measured(
+    conn: Connection, run_id: int | None, mean_read_s: dict[int, float], programmed_end_s: float
+) -> list[AccuracyRecord]:
     """The run's evaluations by time, methods in `METHODS` order (none, gdc, adabs)."""
     found = conn.execute(
-        select(evaluations, readouts.c.board_time_s)
+        select(evaluations)
         .join(readouts, readouts.c.id == evaluations.c.readout_id)
         .where(readouts.c.run_id == run_id)
     ).all()
     order = {method: k for k, method in enumerate(METHODS)}
-    rows = sorted(found, key=lambda r: (r.board_time_s, order.get(r.method, len(order))))
+    rows = sorted(found, key=lambda r: (mean_read_s[r.readout_id], order.get(r.method, len(order))))
     return [
         AccuracyRecord(
             "measured",
-            float(r.board_time_s - programmed_end_s),
+            mean_read_s[r.readout_id] - programmed_end_s,
             r.method,
             float(r.accuracy),
             r.ci_low,

@@ -2,8 +2,9 @@
 
 A readout row holds the conductance of every device of a programming run as one
 float32 blob in canonical device order (`hwctl.mapping`). Each device's time since
-programming is `board_time_s − programmed_s[device]`, where `programmed_s` is the
-run's per-device programming end time (board seconds, float64).
+programming is its read time (`device_read_times_s`: its block's start, `board_time_s`
+for rows without blocks) − `programmed_s[device]`, the run's per-device programming end
+time (board seconds, float64).
 """
 
 from __future__ import annotations
@@ -228,6 +229,22 @@ def _series(device: int, board_time_s: list[float], g_bytes: list[bytes], t0_byt
     g_us = np.frombuffer(b"".join(g_bytes), "<f4").astype(np.float32)
     t0_s = float(np.frombuffer(t0_bytes, "<f8")[0])
     return DeviceSeries(device, np.asarray(board_time_s, np.float64) - t0_s, g_us)
+
+
+def device_read_times_s(conn: Connection, readout_id: int) -> npt.NDArray[np.float64]:
+    """When each device of a readout was read (board s): its block's start time.
+
+    A whole-chip readout spans seconds of wall time, hours of board time on an accelerated
+    clock; readouts stored before the blocks were recorded count from their first block.
+    """
+    row = conn.execute(
+        select(readouts.c.board_time_s, readouts.c.block_starts, readouts.c.g_len).where(
+            readouts.c.id == readout_id
+        )
+    ).one()
+    starts = row.block_starts or [[0, row.board_time_s]]
+    firsts = [int(first) for first, _ in starts] + [int(row.g_len)]
+    return np.repeat([float(t_s) for _, t_s in starts], np.diff(firsts)).astype(np.float64)
 
 
 def list_readouts(conn: Connection, run_id: int) -> list[ReadoutInfo]:

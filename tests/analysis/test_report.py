@@ -10,16 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 
-from hwctl.analysis.stored import NotReadyError
+from hwctl.analysis.stored import NotReadyError, load_experiment
 from hwctl.cli import main
 from hwctl.report import PLOT_NAMES, UnknownPlotError, build_report, plot_bytes, training_noise_eta
 from hwctl.station import SimChipOptions, start_embedded_chip
 from hwctl.store.engine import make_engine
 from hwctl.store.errors import NotFoundError
 from hwctl.store.migrate import upgrade
-from hwctl.store.schema import evaluations
+from hwctl.store.schema import evaluations, readouts
 from hwctl.worker import Worker
 from tests.service.conftest import SMALL_CHIP, create_campaign
 from tests.service.test_campaign import run_until_idle
@@ -144,3 +144,23 @@ def test_training_noise_comes_from_the_chips_measured_programming_error(reported
     bins = [b for b in data["statistics"]["bins"] if b["n_used"] > 0]
     modelled = float(np.median([b["model_prog_sigma_us"] for b in bins])) / data["statistics"]["g_max_us"]
     assert eta == pytest.approx(modelled, rel=0.15)
+
+
+def test_device_ages_follow_each_blocks_own_read_time_not_the_readouts_start(reported: Reported) -> None:
+    """On an accelerated clock the second half of a readout is read hours after the first."""
+    with reported.engine.connect() as conn, conn.begin() as transaction:
+        last = load_experiment(conn, reported.experiment_id).readouts[-1]
+        half, later_s = last.g_us.size // 2, last.board_time_s + 7200.0
+        conn.execute(
+            update(readouts)
+            .where(readouts.c.id == last.id)
+            .values(block_starts=[[0, last.board_time_s], [half, later_s]])
+        )
+        stored = load_experiment(conn, reported.experiment_id)
+        transaction.rollback()
+    programmed_s = stored.require_readouts()[1].programmed_s
+    ages_s = stored.device_ages_s()[-1]
+    np.testing.assert_allclose(ages_s[:half], last.board_time_s - programmed_s[:half])
+    np.testing.assert_allclose(ages_s[half:], later_s - programmed_s[half:])
+    last_measured_s = max(r.t_s for r in stored.measured)
+    assert last_measured_s > last.board_time_s - stored.programmed_end_s + 3000.0
