@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.common import machine_info, write_json
 from hwctl.nn.chip_readout import simulate_readouts
 from hwctl.nn.compensation import METHODS, adapt_batchnorm
 from hwctl.nn.conductance import load_conductances
@@ -127,12 +126,9 @@ def main() -> None:
     result.update(
         times_s=TIMES_S, n_test_images=len(test), calibration_images=len(calib), quick=args.quick,
         data="shared CIFAR-10 npz (JPEG-derived: compare accuracies only with each other)",
-        machine={"platform": platform.platform(), "python": platform.python_version(),
-                 "torch": torch.__version__, "cpus": os.cpu_count(), "torch_threads": args.threads,
-                 "load_avg_1m": os.getloadavg()[0]},
+        machine=machine_info(torch=torch.__version__, torch_threads=args.threads),
     )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, args.json)
     print(json.dumps({k: v for k, v in result.items() if k != "models"}, indent=2))
 
 

@@ -16,7 +16,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import socket
 import sqlite3
 import subprocess
@@ -33,6 +32,7 @@ import httpx
 import numpy as np
 import torch
 
+from benchmarks.common import emit, machine_info
 from hwctl.nn.models import build_model, save_checkpoint
 from hwctl.store.engine import make_engine
 from hwctl.store.migrate import upgrade
@@ -151,13 +151,6 @@ def _measured(pid: int, load: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def _machine() -> dict[str, Any]:
-    return {
-        "cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
-        "machine": platform.machine(), "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write results here")
@@ -198,12 +191,9 @@ def main() -> None:
         "ratio_p99_submit_over_read": round(submit["p99_ms"] / read["p99_ms"], 2),
         "target_p99_ms": TARGET_P99_MS,
         "meets_target": submit["p99_ms"] <= TARGET_P99_MS and submit["errors"] == 0,
-        "machine": _machine(),
+        "machine": machine_info(sqlite=sqlite3.sqlite_version),
     }
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

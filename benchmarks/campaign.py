@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +25,7 @@ from pathlib import Path
 import torch
 from sqlalchemy import Engine, func, select
 
+from benchmarks.common import emit, machine_info
 from hwctl import queue
 from hwctl.experiment_spec import JOB_PROGRAM, JOB_READBACK, EvaluationSpec, ExperimentSpec
 from hwctl.nn.models import build_model
@@ -151,19 +150,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     result = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average_1min_at_start": os.getloadavg()[0],
-        },
+        "machine": machine_info(),
         "campaign": run(args.network, args.clock, args.rate, args.block_devices, args.evaluate),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,13 @@ own programming time.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import emit, machine_info
 from drivers.sim.pcm import PCMModel
 from hwctl.analysis.drift import fit_drift
 from hwctl.analysis.synthetic import synthetic_readouts
@@ -72,18 +70,9 @@ def main() -> None:
         "speedup": round(naive_s / vectorized_s, 1),
         "devices_fitted": int(fit.ok.sum()),
         "nu_mean_abs_error_programmed": round(float(np.mean(np.abs(fit.nu - data.nu)[programmed])), 5),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "load_average_1min": os.getloadavg()[0],
-        },
+        "machine": machine_info(numpy=np.__version__),
     }
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

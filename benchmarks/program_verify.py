@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import emit, machine_info
 from drivers.base import Geometry
 from drivers.sim.board import DEFAULT_GEOMETRY, SimBoard
 from drivers.sim.pcm import PCMModel
@@ -153,18 +152,11 @@ def main() -> None:
         "nonzero_fraction": round(float(np.mean(targets > 0)), 4),
         "sigma_ratio_by_bin": dict(zip([f"{lo:g}-{lo + 2.5:g}" for lo in BINS_US[:-1]], ratios, strict=True)),
         "bias_us_max": round(bias_max, 4),
-        "machine": {
-            "load_average_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-        },
+        "machine": machine_info(
+            numpy=np.__version__, load_average_1min_before=round(load_before[0], 2)
+        ),
     }
-    print(json.dumps(report, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    emit(report, args.json)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,7 @@ default auto-checkpoint, and PostgreSQL results in text (hex) instead of binary.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sqlite3
 import statistics
 import tempfile
@@ -32,6 +30,7 @@ import sqlalchemy
 from sqlalchemy import Column, Engine, Float, Integer, MetaData, Table, bindparam, event, insert, select
 from sqlalchemy.engine import make_url
 
+from benchmarks.common import emit, machine_info
 from drivers.base import Geometry
 from hwctl.analysis.drift import fit_drift
 from hwctl.schedule import log_spaced_offsets_s
@@ -230,22 +229,13 @@ def main() -> None:
         "n_devices": N_DEVICES,
         "readouts": READOUTS,
         "baseline_sample_devices": BASELINE_SAMPLE,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "load_average": [round(x, 2) for x in os.getloadavg()],
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "sqlalchemy": sqlalchemy.__version__,
-        },
+        "machine": machine_info(numpy=np.__version__, sqlalchemy=sqlalchemy.__version__),
     }
     for kind in ("sqlite", "postgresql"):
         result.update(measure(kind, args.postgres_url))
     fits = [result["drift_fit_s_sqlite"], result["drift_fit_s_postgresql"]]
     result["drift_fit_s"] = min(fits)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    emit(result, args.json)
 
 
 if __name__ == "__main__":
