@@ -41,16 +41,11 @@ def shared_dir() -> Path:
 
 
 def resnet32_layers(path: Path) -> list[LayerWeights]:
-    import torch  # heavy; only the checkpoint path needs it
+    """The checkpoint's analog weights, unrolled exactly as the network pipeline maps them."""
+    from hwctl.nn.conductance import export_layers  # torch: only the checkpoint path needs it
+    from hwctl.nn.models import load_checkpoint
 
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    layers = []
-    for key, w in state.items():
-        name = key.removeprefix("module.")
-        if name.endswith(".weight") and w.ndim in (2, 4):
-            matrix = w.permute(2, 3, 1, 0).reshape(-1, w.shape[0]) if w.ndim == 4 else w.t()
-            layers.append(LayerWeights(name.removesuffix(".weight"), matrix.numpy().astype(np.float32)))
-    return layers
+    return export_layers(load_checkpoint(path, "resnet32").build())
 
 
 def targets_and_addresses(n_devices: int, geometry: Geometry) -> tuple[np.ndarray, np.ndarray, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import PurePath
 from typing import Annotated
@@ -42,7 +41,7 @@ def _too_large(size: int, limit: int) -> HTTPException:
 def _parse_checkpoint(data: bytes, filename: str) -> Checkpoint:
     """Tensors and plain data only (`weights_only=True`), and it must build its architecture."""
     try:
-        checkpoint = load_checkpoint(io.BytesIO(data))
+        checkpoint = load_checkpoint(data)
         checkpoint.build()
     except Exception as exc:  # untrusted bytes: any failure means "not a usable checkpoint"
         raise HTTPException(
