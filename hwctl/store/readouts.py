@@ -187,6 +187,7 @@ def device_series(conn: Connection, run_id: int, device: int) -> DeviceSeries:
     query = (
         select(
             readouts.c.board_time_s,
+            readouts.c.block_starts,
             readouts.c.g_len,
             func.substr(readouts.c.g_blob, device * G_BYTES + 1, G_BYTES).label("g"),
             func.substr(programming_runs.c.programmed_s_blob, device * T_BYTES + 1, T_BYTES).label("t0"),
@@ -198,11 +199,11 @@ def device_series(conn: Connection, run_id: int, device: int) -> DeviceSeries:
     rows = conn.execute(query).all()
     _check_device(device, run_id, [r.g_len for r in rows], run.programmed_s_len)
     t0 = rows[0].t0 if rows else b""
-    return _series(device, [r.board_time_s for r in rows], [r.g for r in rows], t0)
+    return _series(device, [_read_time_s(r, device) for r in rows], [r.g for r in rows], t0)
 
 
 def _sqlite_device_series(conn: Connection, run_id: int, device: int, n_programmed: int) -> DeviceSeries:
-    columns = select(readouts.c.id, readouts.c.board_time_s, readouts.c.g_len)
+    columns = select(readouts.c.id, readouts.c.board_time_s, readouts.c.block_starts, readouts.c.g_len)
     rows = conn.execute(columns.where(readouts.c.run_id == run_id).order_by(readouts.c.board_time_s)).all()
     _check_device(device, run_id, [r.g_len for r in rows], n_programmed)
     raw = conn.connection.driver_connection  # sqlite3.Connection: blob I/O is not in SQLAlchemy
@@ -214,13 +215,25 @@ def _sqlite_device_series(conn: Connection, run_id: int, device: int, n_programm
 
     g = [read("readouts", "g_blob", r.id, device * G_BYTES, G_BYTES) for r in rows]
     t0 = read("programming_runs", "programmed_s_blob", run_id, device * T_BYTES, T_BYTES)
-    return _series(device, [r.board_time_s for r in rows], g, t0)
+    return _series(device, [_read_time_s(r, device) for r in rows], g, t0)
 
 
 def _check_device(device: int, run_id: int, readout_lengths: list[int], n_programmed: int) -> None:
     n_devices = min([n_programmed, *readout_lengths])
     if device >= n_devices:
         raise StoreError(f"device {device} outside run {run_id}'s {n_devices} devices")
+
+
+def _block_starts(row: Any) -> list[tuple[int, float]]:
+    """(first device, board s) of each block of a readout row; rows stored before the
+    blocks were recorded count as one block read at `board_time_s`."""
+    return [(int(first), float(t_s)) for first, t_s in (row.block_starts or [[0, row.board_time_s]])]
+
+
+def _read_time_s(row: Any, device: int) -> float:
+    """When `device` was read in this readout: the start of the block that holds it."""
+    holding = [t_s for first, t_s in _block_starts(row) if first <= device]
+    return holding[-1] if holding else float(row.board_time_s)
 
 
 def _series(device: int, board_time_s: list[float], g_bytes: list[bytes], t0_bytes: bytes) -> DeviceSeries:
@@ -242,9 +255,9 @@ def device_read_times_s(conn: Connection, readout_id: int) -> npt.NDArray[np.flo
             readouts.c.id == readout_id
         )
     ).one()
-    starts = row.block_starts or [[0, row.board_time_s]]
-    firsts = [int(first) for first, _ in starts] + [int(row.g_len)]
-    return np.repeat([float(t_s) for _, t_s in starts], np.diff(firsts)).astype(np.float64)
+    starts = _block_starts(row)
+    firsts = [first for first, _ in starts] + [int(row.g_len)]
+    return np.repeat([t_s for _, t_s in starts], np.diff(firsts)).astype(np.float64)
 
 
 def list_readouts(conn: Connection, run_id: int) -> list[ReadoutInfo]:

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, select, update
 
 from hwctl.mapping import DeviceMap
 from hwctl.store.errors import CorruptVectorError, StoreError
@@ -96,6 +96,24 @@ def test_one_device_series_is_its_conductance_at_each_readout_against_its_own_ag
         expected_t = [1_001 + offset - result.programmed_s[device] for offset in OFFSETS_S]
         np.testing.assert_allclose(series.t_s, expected_t)
         np.testing.assert_array_equal(series.g_us, [written[offset][device] for offset in OFFSETS_S])
+
+
+def test_a_device_in_a_later_block_is_aged_from_that_block_s_read_time(
+    engine: Engine, programmed_run: tuple[int, ProgrammingResult], device_map: DeviceMap
+) -> None:
+    run, result = programmed_run
+    _read_back(engine, run, device_map.n_devices)
+    second_block = device_map.n_devices // 2
+    with engine.begin() as conn:  # as the campaign records a readout read in two blocks
+        rows = conn.execute(select(readouts.c.id, readouts.c.board_time_s).where(readouts.c.run_id == run))
+        for row in rows.all():
+            starts = [[0, row.board_time_s], [second_block, row.board_time_s + 7_200.0]]
+            conn.execute(update(readouts).where(readouts.c.id == row.id).values(block_starts=starts))
+    with engine.connect() as conn:
+        first, later = device_series(conn, run, 0), device_series(conn, run, second_block)
+    np.testing.assert_allclose(first.t_s, [1_001 + o - result.programmed_s[0] for o in OFFSETS_S])
+    later_programmed_s = result.programmed_s[second_block]
+    np.testing.assert_allclose(later.t_s, [1_001 + o + 7_200.0 - later_programmed_s for o in OFFSETS_S])
 
 
 def test_device_outside_the_run_is_a_clear_error(
