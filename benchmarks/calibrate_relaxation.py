@@ -26,8 +26,8 @@ import numpy as np
 import numpy.typing as npt
 
 from drivers.base import Geometry
+from drivers.pcm_model import PCMModel
 from drivers.sim.board import SimBoard
-from drivers.sim.pcm import PCMModel
 from hwctl.program_verify import program_and_verify
 
 FIT_BIN_US = 0.5

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import emit, machine_info
-from drivers.sim.pcm import PCMModel
+from drivers.pcm_model import PCMModel
 from hwctl.analysis.drift import fit_drift
 from hwctl.analysis.synthetic import synthetic_readouts
 from hwctl.schedule import log_spaced_offsets_s

@@ -25,8 +25,8 @@ import numpy as np
 
 from benchmarks.common import emit, machine_info
 from drivers.base import Geometry
+from drivers.pcm_model import PCMModel
 from drivers.sim.board import DEFAULT_GEOMETRY, SimBoard
-from drivers.sim.pcm import PCMModel
 from hwctl.mapping import LayerWeights, map_network
 from hwctl.program_verify import ProgramResult, program_and_verify
 

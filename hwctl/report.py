@@ -21,7 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from sqlalchemy import Connection, Engine
 
-from drivers.sim.pcm import PCMModel
+from drivers.pcm_model import PCMModel
 from hwctl.analysis import document as doc
 from hwctl.analysis.document import Block
 from hwctl.analysis.drift import DriftFit, fit_drift

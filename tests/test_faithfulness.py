@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from drivers.base import Geometry
+from drivers.pcm_model import PCMModel
 from drivers.sim.board import SimBoard
-from drivers.sim.pcm import PCMModel
 from hwctl.program_verify import DeviceStatus, ProgramResult, program_and_verify
 
 # -- pcm-model.md §2–§5, restated (never imported from the simulator) ----------------------

@@ -11,9 +11,10 @@ import numpy as np
 
 from drivers.base import Addresses, Float32s, Geometry, Identity
 from drivers.errors import BoardError
+from drivers.pcm_model import PCMModel
 from drivers.protocol import ERR_BAD_ADDRESS, ERR_COMMAND, ERR_DATA_OUT_OF_RANGE
 from drivers.sim.clock import Clock, VirtualClock
-from drivers.sim.pcm import PCMArray, PCMModel
+from drivers.sim.pcm import PCMArray
 
 DEFAULT_GEOMETRY = Geometry(tiles=16, rows=512, cols=256)
 HARDWARE_MAX_AMPLITUDE_UA = 500.0

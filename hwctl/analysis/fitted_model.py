@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import least_squares
 
-from drivers.sim.pcm import PCMModel
+from drivers.pcm_model import PCMModel
 from hwctl.analysis.statistics import BinStatistics, ChipStatistics
 
 _QUADRATURE_POINTS = 65

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from drivers.sim.pcm import PCMModel
+from drivers.pcm_model import PCMModel
 from hwctl.analysis.drift import DriftFit
 from hwctl.nn.compensation import METHODS
 from hwctl.nn.data import ImageSet

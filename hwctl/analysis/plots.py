@@ -18,7 +18,7 @@ import numpy.typing as npt
 from matplotlib.figure import Figure
 
 from drivers.base import Geometry
-from drivers.sim.pcm import PCMModel
+from drivers.pcm_model import PCMModel
 from hwctl.analysis.statistics import ChipStatistics
 
 ImageFormat = Literal["png", "svg"]

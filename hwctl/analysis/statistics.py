@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.special import erf
 
-from drivers.sim.pcm import PCMModel
+from drivers.pcm_model import PCMModel
 from hwctl.analysis.drift import DriftFit, FitStatus
 
 _CHUNK_DEVICES = 16_384

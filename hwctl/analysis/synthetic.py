@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from drivers.sim.pcm import PCMModel
+from drivers.pcm_model import PCMModel
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ import sys
 from typing import Any
 
 from drivers.base import Geometry
+from drivers.pcm_model import PCMModel
 from drivers.sim.board import DEFAULT_GEOMETRY, SimBoard
 from drivers.sim.clock import AcceleratedClock, Clock, RealClock, VirtualClock
-from drivers.sim.pcm import PCMModel
 from drivers.sim.server import SimChipServer
 from hwctl.cli import CLIError
 

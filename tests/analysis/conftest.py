@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from drivers.sim.pcm import PCMModel
+from drivers.pcm_model import PCMModel
 from hwctl.analysis.drift import DriftFit, fit_drift
 from hwctl.analysis.synthetic import SyntheticReadouts, synthetic_readouts
 from hwctl.schedule import log_spaced_offsets_s

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from drivers.base import Geometry
+from drivers.pcm_model import PCMModel
 from drivers.sim.board import SimBoard
-from drivers.sim.pcm import PCMModel
 from hwctl.analysis.fitted_model import eta_from_fit, export_fitted_model, fit_model
 from hwctl.analysis.statistics import ChipStatistics, chip_statistics
 from tests.analysis.conftest import FittedChip, fitted_chip

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from drivers.pcm_model import PCMModel
 from drivers.sim.board import DEFAULT_GEOMETRY
-from drivers.sim.pcm import PCMModel
 from hwctl.analysis.drift import DriftFit, fit_drift
 from hwctl.analysis.forecast import FORECAST_HORIZONS_S, forecast_accuracy, forecast_conductances_us
 from hwctl.analysis.synthetic import synthetic_readouts

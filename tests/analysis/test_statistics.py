@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from drivers.sim.pcm import PCMModel
+from drivers.pcm_model import PCMModel
 from hwctl.analysis.drift import fit_drift
 from hwctl.analysis.statistics import chip_statistics
 from hwctl.analysis.synthetic import synthetic_readouts
