@@ -15,8 +15,8 @@ import numpy as np
 
 from drivers import protocol as p
 from drivers.base import Addresses, Float32s, Geometry, Identity
-from drivers.errors import DriverError, LimitError, LinkError, ProtocolError
-from drivers.transports.base import Response, Transport
+from drivers.errors import DesyncError, DriverError, LimitError, LinkError, ProtocolError
+from drivers.transports.base import MAX_LINE_BYTES, Response, Transport
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,10 @@ class ChipDriver:
         self._link_down: str = ""
 
     # -- command plumbing --------------------------------------------------------------
-    def _query(self, header: str, *args: str | float | int | np.ndarray) -> Response:
+    def _query(
+        self, header: str, *args: str | float | int | np.ndarray, block_bytes: int = MAX_LINE_BYTES
+    ) -> Response:
+        """Send one command, read its one reply; `block_bytes`: the largest block it may be."""
         resource = self.transport.resource
         if self._link_down:
             raise LinkError(f"{resource}: link down since {self._link_down}; open a new driver")
@@ -42,8 +45,8 @@ class ChipDriver:
             log.debug("%s → %s %s", resource, header, ",".join(shown))
         try:
             self.transport.write(p.encode_command(header, *args))
-            response = self.transport.read_response()
-        except LinkError as exc:
+            response = self.transport.read_response(block_bytes)
+        except (LinkError, DesyncError) as exc:  # either way, where the next reply starts is unknown
             self._link_down = f"{header}: {exc}"
             raise
         if log.isEnabledFor(logging.DEBUG):
@@ -67,13 +70,14 @@ class ChipDriver:
     def _number(self, header: str) -> float:
         return p.parse_values(self._line(header), [float], header)[0]
 
-    def _block(self, header: str, *args: str | float | int | np.ndarray) -> Float32s:
-        response = self._query(header, *args)
+    def _block(self, header: str, *args: str | float | int | np.ndarray, n_values: int) -> Float32s:
+        n_bytes = n_values * p.VALUE_DTYPE.itemsize
+        response = self._query(header, *args, block_bytes=max(n_bytes, MAX_LINE_BYTES))
         if not response.is_block:
             p.check_line(response.payload, header)  # raises BoardError for an ERR reply
             raise ProtocolError(f"{header}: expected a block, got {response.payload[:40]!r}")
-        if len(response.payload) % p.VALUE_DTYPE.itemsize:
-            raise ProtocolError(f"{header}: {len(response.payload)}-byte block is not float32")
+        if len(response.payload) != n_values * p.VALUE_DTYPE.itemsize:
+            raise ProtocolError(f"{header}: {len(response.payload)}-byte block for {n_values} float32 values")
         return np.frombuffer(response.payload, p.VALUE_DTYPE).astype(np.float32, copy=False)
 
     def _chunks(self, addresses: Addresses) -> Iterator[slice]:
@@ -83,13 +87,16 @@ class ChipDriver:
     # -- identity, geometry, status -----------------------------------------------------
     def identify(self) -> Identity:
         fields = self._line("*IDN?").split(",")
-        if len(fields) != 4:
+        if len(fields) != 4 or not all(fields):
             raise ProtocolError(f"*IDN? reply has {len(fields)} fields, expected 4: {fields}")
         return Identity(*fields)
 
     def geometry(self) -> Geometry:
-        tiles, rows, cols = p.parse_values(self._line("ARR:SIZE?"), [int] * 3, "ARR:SIZE?")
-        return Geometry(int(tiles), int(rows), int(cols))
+        reply = self._line("ARR:SIZE?")
+        tiles, rows, cols = (int(v) for v in p.parse_values(reply, [int] * 3, "ARR:SIZE?"))
+        if min(tiles, rows, cols) <= 0 or tiles * rows * cols > 1 << 32:
+            raise ProtocolError(f"ARR:SIZE?: {reply!r} is no array of up to 2**32 devices")
+        return Geometry(tiles, rows, cols)
 
     def board_time_s(self) -> float:
         return self._number("SYST:TIME?")
@@ -105,8 +112,10 @@ class ChipDriver:
         """Drain the board's SCPI error queue, oldest first."""
         drained: list[tuple[int, str]] = []
         while True:
-            code_text, _, message = self._line("SYST:ERR?").partition(",")
+            code_text, comma, message = self._line("SYST:ERR?").partition(",")
             code = int(p.parse_values(code_text, [int], "SYST:ERR?")[0])
+            if not comma:
+                raise ProtocolError(f"SYST:ERR?: no message after code {code_text[:20]!r}")
             if code == 0:
                 return drained
             drained.append((code, p.unquote(message)))
@@ -150,17 +159,17 @@ class ChipDriver:
 
     def read_block(self, addresses: Addresses) -> Float32s:
         addresses = _as_addresses(addresses)
-        parts = [self._block("MEAS:COND?", addresses[part]) for part in self._chunks(addresses)]
-        values = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        if values.size != addresses.size:
-            raise ProtocolError(f"MEAS:COND?: {values.size} values for {addresses.size} addresses")
-        return values
+        parts = [
+            self._block("MEAS:COND?", addresses[part], n_values=addresses[part].size)
+            for part in self._chunks(addresses)
+        ]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def read_region(self, tile: int, row0: int, col0: int, n_rows: int, n_cols: int) -> Float32s:
         """A rectangle of one tile, shape (n_rows, n_cols)."""
-        values = self._block("MEAS:COND:REG?", tile, row0, col0, n_rows, n_cols)
-        if values.size != n_rows * n_cols:
-            raise ProtocolError(f"MEAS:COND:REG?: {values.size} values for {n_rows}×{n_cols}")
+        if min(n_rows, n_cols) <= 0:
+            raise ValueError(f"a region of {n_rows}×{n_cols} devices is empty")
+        values = self._block("MEAS:COND:REG?", tile, row0, col0, n_rows, n_cols, n_values=n_rows * n_cols)
         return values.reshape(n_rows, n_cols)
 
     def _check_amplitudes(self, addresses: Addresses, amplitudes_ua: Float32s) -> None:
@@ -174,6 +183,15 @@ class ChipDriver:
             )
 
     # -- lifetime ---------------------------------------------------------------------
+    def abort(self) -> None:
+        """From any thread (a signal handler): the command in flight fails now with `LinkError`.
+
+        The link counts as down afterwards, so `__exit__` sends nothing; the board's
+        watchdog grounds the lines, or a new driver sends `SAFE`.
+        """
+        self._link_down = self._link_down or "aborted by the host"
+        self.transport.abort()
+
     def close(self) -> None:
         self.transport.close()
 

@@ -19,6 +19,11 @@ class ProtocolError(DriverError):
     """The board's reply could not be parsed (garbled line, malformed binary block)."""
 
 
+class DesyncError(ProtocolError):
+    """A reply's framing broke (bad block header, oversized block, endless line): where the
+    next reply starts is unknown, so the link must be re-opened before it is used again."""
+
+
 class BoardError(DriverError):
     """The board answered `ERR,<code>,"<message>"`."""
 

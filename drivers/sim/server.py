@@ -3,6 +3,10 @@
 `BoardSession` turns bytes into replies (one per command) over a `SimBoard`, so the
 in-process transport and the TCP server share every rule; `SimChipServer` only moves
 bytes. Errors are `ERR,<code>,"<msg>"` replies and entries on the SCPI error queue.
+
+What connections share (`protocol.SHARING`): the board itself, the error queue, the
+watchdog and the time of the last read are per board (`BoardCore`); framing state, the
+stall timer and injected faults are per connection (`BoardSession`).
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from drivers.sim.board import SimBoard
 
 log = logging.getLogger(__name__)
 
-ERROR_QUEUE_DEPTH = 32
+ERROR_QUEUE_DEPTH = p.ERROR_QUEUE_DEPTH
 GARBLED_REPLY = b"\xff\xfe\x00GARBLED\x07\n"
+DEFAULT_MAX_BLOCK_BYTES = p.DEFAULT_MAX_BLOCK_BYTES
+DEFAULT_STALL_TIMEOUT_S = p.DEFAULT_STALL_TIMEOUT_S
 
 
 @dataclass
@@ -47,6 +53,25 @@ class BoardCore:
         self.last_read_time_s: float | None = None
         self._last_traffic = time.monotonic()
         self._watchdog_tripped = False
+        self._seen: np.ndarray | None = None  # scratch bitmap for duplicate checks
+
+    def first_duplicate(self, addresses: np.ndarray) -> int | None:
+        """An address listed twice, or None. Addresses must be inside the array.
+
+        Sorted blocks (the usual host order) cost one comparison pass; others mark a
+        per-board bitmap, count it and clear the marks again: O(block + devices).
+        """
+        if addresses.size < 2 or bool((addresses[1:] > addresses[:-1]).all()):
+            return None
+        if self._seen is None:
+            self._seen = np.zeros(self.board.geometry().n_devices, bool)
+        self._seen[addresses] = True
+        distinct = int(np.count_nonzero(self._seen))
+        self._seen[addresses] = False
+        if distinct == addresses.size:
+            return None
+        values, counts = np.unique(addresses, return_counts=True)
+        return int(values[np.argmax(counts > 1)])
 
     def push_error(self, code: int, message: str) -> None:
         if len(self.errors) >= ERROR_QUEUE_DEPTH:
@@ -91,10 +116,12 @@ def _line(*values: object) -> list[p.Buffer]:
 class BoardSession:
     """One host connection: frames commands, dispatches them, applies injected faults."""
 
-    def __init__(self, core: BoardCore, max_block_bytes: int = 64 << 20) -> None:
+    def __init__(self, core: BoardCore, max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES) -> None:
         self.core = core
         self.board = core.board
-        self.parser = p.CommandParser(max_block_bytes=max_block_bytes)
+        # No command carries more than one value per device: a longer block is never meant.
+        device_bytes = self.board.geometry().n_devices * p.ADDRESS_DTYPE.itemsize
+        self.parser = p.CommandParser(max_block_bytes=min(max_block_bytes, device_bytes))
         self.closed = False
         self._disconnect_armed = False
         self._garble_next = False
@@ -119,7 +146,7 @@ class BoardSession:
             "SIM:TIME:ADV": lambda a: self._clock_call("advance", a[0]),
             "SIM:TIME:RATE": lambda a: self._clock_call("set_rate", a[0]),
             "SIM:FAUL:DISC": lambda a: _done(lambda: setattr(self, "_disconnect_armed", True)),
-            "SIM:FAUL:DEL": self._fault_delay,
+            "SIM:FAUL:DEL": lambda a: _done(lambda: setattr(self, "_delay_s", a[0])),
             "SIM:FAUL:GARB": lambda a: _done(lambda: setattr(self, "_garble_next", True)),
         }
         assert set(self._handlers) == set(p.BY_HEADER), "server and command table diverge"
@@ -136,7 +163,8 @@ class BoardSession:
         replies: list[Outgoing] = []
         for event in self.parser.feed(data):
             if isinstance(event, p.FramingError):
-                replies.append(Outgoing([self._error(event.code, event.message)], self._delay_s, event.fatal))
+                reply = self.error_reply(event.code, event.message)
+                replies.append(Outgoing([reply], self._delay_s, event.fatal))
                 self.closed = event.fatal
                 continue
             # Faults armed by this command act from the next reply on.
@@ -145,24 +173,44 @@ class BoardSession:
             replies.append(Outgoing([GARBLED_REPLY] if garble else parts, delay_s))
         return replies
 
-    def _error(self, code: int, message: str) -> bytes:
+    def stalled(self, idle_s: float) -> Outgoing:
+        """The reply to a command that stopped arriving: -365, then the link closes
+        (where the host thinks the command ends cannot be known)."""
+        self.closed = True
+        message = f"command stalled: no byte for {idle_s:g} s in the middle of a command; closing"
+        return Outgoing([self.error_reply(p.ERR_TIMEOUT, message)], close=True)
+
+    def error_reply(self, code: int, message: str) -> bytes:
+        """`ERR,<code>,"<message>"`, also queued for `SYST:ERR?`."""
         self.core.push_error(code, message)
         return p.encode_error(code, message)
 
     def _dispatch(self, command: p.ParsedCommand) -> list[p.Buffer]:
         spec = p.BY_HEADER.get(command.header)
         if spec is None:
-            return [self._error(p.ERR_UNDEFINED_HEADER, f"Undefined header {command.header[:40]!r}")]
+            return [self.error_reply(p.ERR_UNDEFINED_HEADER, f"Undefined header {command.header[:40]!r}")]
         try:
             args = _convert_args(spec, command.args)
+            self._refuse_duplicates(spec, args)
             return self._handlers[spec.header](args)
         except BoardError as exc:
-            return [self._error(exc.code, exc.message)]
+            return [self.error_reply(exc.code, exc.message)]
         except ValueError as exc:
-            return [self._error(p.ERR_DATA_OUT_OF_RANGE, f"{spec.header}: {exc}")]
+            return [self.error_reply(p.ERR_DATA_OUT_OF_RANGE, f"{spec.header}: {exc}")]
         except Exception as exc:  # a bug must cost one ERR reply, never the connection
             log.exception("internal error handling %s", spec.header)
-            return [self._error(p.ERR_INTERNAL, f"internal error in {spec.header}: {exc}")]
+            return [self.error_reply(p.ERR_INTERNAL, f"internal error in {spec.header}: {exc}")]
+
+    def _refuse_duplicates(self, spec: p.Command, args: list[Any]) -> None:
+        """Two pulses on one device in one command have no single meaning: refuse them."""
+        n_devices = self.board.geometry().n_devices
+        for kind, value in zip(spec.args, args, strict=True):
+            if kind.kind is not p.Arg.ADDRESSES or not value.size or int(value.max()) >= n_devices:
+                continue  # out-of-range addresses are the board's +101
+            twice = self.core.first_duplicate(value)
+            if twice is not None:
+                message = f"{spec.header}: address {twice} listed more than once; nothing applied"
+                raise BoardError(p.ERR_DUPLICATE_ADDRESS, message)
 
     # -- handlers --------------------------------------------------------------------
     def _rst(self, args: list[Any]) -> list[p.Buffer]:
@@ -212,38 +260,36 @@ class BoardSession:
         call(value)
         return _ok()
 
-    def _fault_delay(self, args: list[Any]) -> list[p.Buffer]:
-        delay_s = args[0]
-        if not 0.0 <= delay_s <= 3600.0:
-            raise ValueError(f"reply delay {delay_s} s outside [0, 3600] s")
-        self._delay_s = delay_s
-        return _ok()
-
 
 def _convert_args(spec: p.Command, raw: list[str | bytearray]) -> list[Any]:
-    """Raw tokens → typed values per the command table; blocks become numpy views."""
+    """Raw tokens → typed values per the command table; blocks become numpy views.
+
+    A number must parse strictly (-100) and lie within its table range, finite (-222).
+    """
     if len(raw) != len(spec.args):
-        kinds = ", ".join(a.value for a in spec.args) or "none"
+        kinds = ", ".join(a.describe() for a in spec.args) or "none"
         message = f"{spec.header} takes {len(spec.args)} argument(s) ({kinds}), got {len(raw)}"
         raise BoardError(p.ERR_COMMAND, message)
     values: list[Any] = []
-    for kind, token in zip(spec.args, raw, strict=True):
-        is_block = kind in (p.Arg.ADDRESSES, p.Arg.AMPLITUDES_UA)
-        if is_block != isinstance(token, bytearray):
-            got = "text" if is_block else "a block"
-            raise BoardError(p.ERR_COMMAND, f"{spec.header}: expected {kind.value}, got {got}")
+    for param, token in zip(spec.args, raw, strict=True):
+        if param.is_block != isinstance(token, bytearray):
+            got = "text" if param.is_block else "a block"
+            raise BoardError(p.ERR_COMMAND, f"{spec.header}: expected {param.kind.value}, got {got}")
         if isinstance(token, bytearray):
-            dtype = p.ADDRESS_DTYPE if kind is p.Arg.ADDRESSES else p.VALUE_DTYPE
+            dtype = p.ADDRESS_DTYPE if param.kind is p.Arg.ADDRESSES else p.VALUE_DTYPE
             if len(token) % dtype.itemsize:
                 message = f"{spec.header}: a {len(token)}-byte block is not a whole number of {dtype}"
                 raise BoardError(p.ERR_COMMAND, message)
             values.append(np.frombuffer(token, dtype))
-        else:
-            try:
-                values.append(int(token) if kind is p.Arg.INTEGER else float(token))
-            except ValueError:
-                message = f"{spec.header}: {token[:20]!r} is not a {kind.value}"
-                raise BoardError(p.ERR_COMMAND, message) from None
+            continue
+        try:
+            value = p.parse_number(token, integral=param.kind is p.Arg.INTEGER)
+        except ValueError as exc:
+            raise BoardError(p.ERR_COMMAND, f"{spec.header}: {exc}") from None
+        refusal = param.check(value)
+        if refusal:
+            raise BoardError(p.ERR_DATA_OUT_OF_RANGE, f"{spec.header}: {refusal}")
+        values.append(value)
     return values
 
 
@@ -255,7 +301,8 @@ class SimChipServer:
     host: str = "127.0.0.1"
     port: int = 5025
     watchdog_s: float | None = 60.0
-    max_block_bytes: int = 64 << 20
+    max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES
+    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S
     core: BoardCore = field(init=False)
     _server: asyncio.Server | None = field(default=None, init=False)
     _connections: set[asyncio.Task[None]] = field(default_factory=set, init=False)
@@ -301,9 +348,20 @@ class SimChipServer:
         peer = writer.get_extra_info("peername")
         log.info("host connected from %s", peer)
         try:
-            while data := await reader.read(1 << 20):
-                self.core.touch()
-                for out in session.feed(data):
+            while True:
+                idle_s = self.stall_timeout_s if session.parser.mid_command else None
+                try:
+                    data = await asyncio.wait_for(reader.read(1 << 20), idle_s)
+                except TimeoutError:
+                    assert idle_s is not None
+                    log.warning("host %s stalled mid-command for %g s: closing", peer, idle_s)
+                    replies = [session.stalled(idle_s)]
+                else:
+                    if not data:
+                        return
+                    self.core.touch()
+                    replies = _feed_guarded(session, data)
+                for out in replies:
                     if out.delay_s:
                         await asyncio.sleep(out.delay_s)
                     writer.writelines(out.parts)
@@ -320,6 +378,17 @@ class SimChipServer:
             self._connections.discard(task)
             writer.close()
             log.info("host %s disconnected", peer)
+
+
+def _feed_guarded(session: BoardSession, data: bytes) -> list[Outgoing]:
+    """`session.feed`, where a bug in framing costs this connection (+199, then closed),
+    never the server: the parser's state can no longer be trusted."""
+    try:
+        return session.feed(data)
+    except Exception as exc:
+        log.exception("internal error framing host input")
+        session.closed = True
+        return [Outgoing([session.error_reply(p.ERR_INTERNAL, f"internal framing error: {exc}")], close=True)]
 
 
 class ServerThread:
@@ -357,7 +426,11 @@ class ServerThread:
 
 
 def serve_in_thread(
-    board: SimBoard, port: int = 0, host: str = "127.0.0.1", watchdog_s: float | None = None
+    board: SimBoard,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    watchdog_s: float | None = None,
+    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
 ) -> ServerThread:
     """Serve `board` on `host:port` (0: an ephemeral port) in the background."""
-    return ServerThread(SimChipServer(board, host, port, watchdog_s))
+    return ServerThread(SimChipServer(board, host, port, watchdog_s, stall_timeout_s=stall_timeout_s))

@@ -1,16 +1,19 @@
 """VISA transport (pyvisa with the pure-Python pyvisa-py backend): TCPIP sockets, ASRL.
 
-On a pyvisa-py `TCPIP…::SOCKET` session two defaults cost more than the board's physics
-(measured: 3× a whole-chip program-and-verify), so this transport reaches the session's
-socket: Nagle is switched off (pyvisa-py leaves it on and rejects VI_ATTR_TCPIP_NODELAY,
-so a mid-sized command's last segment waited ~40 ms for the board's delayed ACK), and a
-command goes out in one `sendall` instead of pyvisa-py's 4 KiB `select`+`send` steps.
+On a pyvisa-py `TCPIP…::SOCKET` session VISA opens the connection and this transport
+then talks through the session's socket (`SocketStream`): Nagle off (pyvisa-py leaves it
+on and rejects VI_ATTR_TCPIP_NODELAY, so a mid-sized command's last segment waited
+~40 ms for the board's delayed ACK), a command in one `sendall` instead of 4 KiB
+`select`+`send` steps, block bodies received straight into one buffer, each `recv`
+bounded by the silence limit, TCP keep-alive on, and `abort()` that wakes a blocked read.
+Other sessions (ASRL) read through pyvisa, whose timeout applies per chunk.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +22,8 @@ from pyvisa import constants
 
 from drivers.errors import LinkError
 from drivers.protocol import Buffer
-from drivers.transports.base import MAX_LINE_BYTES, StreamTransport
+from drivers.transports.base import DEFAULT_TIMEOUT_S, MAX_LINE_BYTES, StreamTransport, line_too_long
+from drivers.transports.sockets import SocketStream
 
 CHUNK_BYTES = 1 << 20
 
@@ -27,7 +31,7 @@ CHUNK_BYTES = 1 << 20
 class VisaTransport(StreamTransport):
     """`TCPIP::host::port::SOCKET` or `ASRL…::INSTR`, terminators and timeout set explicitly."""
 
-    def __init__(self, resource: str, timeout_s: float = 5.0) -> None:
+    def __init__(self, resource: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.resource, self.timeout_s = resource, timeout_s
         timeout_ms = max(1, int(timeout_s * 1000))
         try:
@@ -42,40 +46,42 @@ class VisaTransport(StreamTransport):
             )
         except Exception as exc:  # pyvisa-py raises bare Exception on refused connects
             raise LinkError(f"cannot open {resource}: {exc}") from exc
-        # pyvisa-py receives 4 KiB per recv() by default: too slow for megabyte blocks.
         backend_session: Any = getattr(self._manager.visalib, "sessions", {}).get(self._res.session)
-        if hasattr(backend_session, "max_recv_size"):
-            backend_session.max_recv_size = CHUNK_BYTES
-        self._socket = _tcp_socket(backend_session)
-        if self._socket is not None:
-            self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._socket.settimeout(timeout_s)  # bounds sendall; reads still select first
+        sock = _tcp_socket(backend_session)
+        self._stream = SocketStream(sock, resource, timeout_s) if sock is not None else None
 
     def write(self, parts: Sequence[Buffer]) -> None:
+        self._check_aborted()
         data = b"".join(parts)
+        self._sent(len(data))
+        if self._stream is not None:
+            self._stream.sendall(data)
+            return
         try:
-            if self._socket is not None:
-                self._socket.sendall(data)
-            else:
-                self._res.write_raw(data)
-        except TimeoutError as exc:
-            raise self._timeout("room to send the command") from exc
+            self._res.write_raw(data)
         except (pyvisa.VisaIOError, OSError, AttributeError) as exc:
             raise LinkError(f"{self.resource}: write failed: {exc}") from exc
 
-    def _read_exactly(self, n_bytes: int) -> bytes:
+    def _read_exactly(self, n_bytes: int, deadline: float) -> bytes:
+        if self._stream is not None:
+            return self._stream.read_exactly(n_bytes, deadline)
         # Termination off: a block body is binary and may hold any number of newlines.
         self._res.set_visa_attribute(constants.VI_ATTR_TERMCHAR_EN, constants.VI_FALSE)
         try:
-            return bytes(self._res.read_bytes(n_bytes, chunk_size=CHUNK_BYTES, break_on_termchar=False))
+            data = bytes(self._res.read_bytes(n_bytes, chunk_size=CHUNK_BYTES, break_on_termchar=False))
         except pyvisa.VisaIOError as exc:
             raise self._link_error(exc, f"{n_bytes} bytes") from exc
         except (OSError, AttributeError) as exc:
             raise LinkError(f"{self.resource}: read failed: {exc}") from exc
         finally:
             self._res.set_visa_attribute(constants.VI_ATTR_TERMCHAR_EN, constants.VI_TRUE)
+        if time.monotonic() > deadline:
+            raise self._late(f"{n_bytes}-byte reply")
+        return data
 
-    def _read_line(self) -> bytes:
+    def _read_line(self, deadline: float) -> bytes:
+        if self._stream is not None:
+            return self._stream.read_line(deadline)
         try:
             line = bytes(self._res.read_raw(MAX_LINE_BYTES))
         except pyvisa.VisaIOError as exc:
@@ -83,13 +89,22 @@ class VisaTransport(StreamTransport):
         except (OSError, AttributeError) as exc:
             raise LinkError(f"{self.resource}: read failed: {exc}") from exc
         if not line.endswith(b"\n"):
-            raise LinkError(f"{self.resource}: reply line without terminator: {line[:40]!r}")
+            raise line_too_long(self.resource)
         return line
 
     def _link_error(self, exc: pyvisa.VisaIOError, what: str) -> LinkError:
+        self._check_aborted()
         if exc.error_code == constants.StatusCode.error_timeout:
-            return self._timeout(what)
+            return self._silence(what)
         return LinkError(f"{self.resource}: read failed: {exc}")
+
+    def abort(self) -> None:
+        super().abort()
+        if self._stream is not None:
+            self._stream.abort()
+        else:
+            with contextlib.suppress(Exception):  # VISA: closing the session ends its read
+                self._res.close()
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # closing a dead session must not mask why it died

@@ -32,14 +32,14 @@ class ScriptedTransport(StreamTransport):
         expected, self.reply = self.pairs.pop(0)
         assert sent == expected, f"command differs at {_first_difference(sent, expected)}"
 
-    def _read_exactly(self, n_bytes: int) -> bytes:
+    def _read_exactly(self, n_bytes: int, deadline: float) -> bytes:
         assert len(self.reply) >= n_bytes, "driver read past the scripted reply"
         data, self.reply = self.reply[:n_bytes], self.reply[n_bytes:]
         return data
 
-    def _read_line(self) -> bytes:
+    def _read_line(self, deadline: float) -> bytes:
         end = self.reply.index(b"\n") + 1
-        return self._read_exactly(end)
+        return self._read_exactly(end, deadline)
 
     def close(self) -> None:
         pass

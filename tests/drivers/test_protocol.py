@@ -21,6 +21,20 @@ def test_docs_contain_exactly_the_rendered_command_table() -> None:
     assert p.render_markdown_table() in DOCS.read_text(encoding="utf-8")
 
 
+@pytest.mark.parametrize("render", [p.render_markdown_errors, p.render_markdown_limits])
+def test_docs_contain_exactly_the_rendered_error_codes_and_limits(render: object) -> None:
+    assert callable(render)
+    assert render() in DOCS.read_text(encoding="utf-8")
+
+
+def test_every_numeric_argument_has_a_finite_range() -> None:
+    numeric = [(c.header, a) for c in p.COMMANDS for a in c.args if not a.is_block]
+    assert numeric, "the table has numeric arguments"
+    for header, arg in numeric:
+        assert arg.name, f"{header}: a numeric argument needs a name"
+        assert -1e300 < arg.low < arg.high < 1e300, f"{header} <{arg.name}>: range not set"
+
+
 def test_every_core_command_is_in_the_table() -> None:
     core = {"*IDN?", "ARR:SIZE?", "PULS:RES", "PULS:SET", "MEAS:COND?", "SYST:ERR?",
             "SYST:LIM:AMPL", "SYST:LIM:AMPL:MAX?", "SAFE", "SIM:TIME:ADV"}
@@ -42,8 +56,10 @@ def test_parser_frames_blocks_containing_newlines_fed_byte_by_byte() -> None:
     assert [e.header for e in events if isinstance(e, p.ParsedCommand)] == ["PULS:SET", "*IDN?"]
     first = events[0]
     assert isinstance(first, p.ParsedCommand)
-    assert np.frombuffer(first.args[0], "<u4").tolist() == addresses.tolist()
-    assert np.frombuffer(first.args[1], "<f4").tolist() == amplitudes.tolist()
+    address_block, amplitude_block = first.args
+    assert isinstance(address_block, bytearray) and isinstance(amplitude_block, bytearray)
+    assert np.frombuffer(address_block, "<u4").tolist() == addresses.tolist()
+    assert np.frombuffer(amplitude_block, "<f4").tolist() == amplitudes.tolist()
 
 
 def test_text_arguments_are_split_on_commas() -> None:
