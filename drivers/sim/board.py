@@ -3,9 +3,16 @@
 `SimBoard` implements the `drivers.base.Chip` protocol directly (the in-process chip),
 and the TCP server maps wire commands onto these same methods, so the semantics
 (limits, error codes, safe state) live in exactly one place.
+
+Power: without a state file the board is volatile like the simulator always was (a new
+board, or one power-cycled, has blank devices and its clock at 0). With `state_path`
+it is non-volatile like a real PCM chip: devices and board time survive a restart or
+`power_cycle()` (see `drivers.sim.state` for what survives a kill -9 and why).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -15,6 +22,7 @@ from drivers.pcm_model import PCMModel
 from drivers.protocol import ERR_BAD_ADDRESS, ERR_COMMAND, ERR_DATA_OUT_OF_RANGE
 from drivers.sim.clock import Clock, VirtualClock
 from drivers.sim.pcm import PCMArray
+from drivers.sim.state import MemoryStore, open_store
 
 DEFAULT_GEOMETRY = Geometry(tiles=16, rows=512, cols=256)
 HARDWARE_MAX_AMPLITUDE_UA = 500.0
@@ -30,13 +38,55 @@ class SimBoard:
         clock: Clock | None = None,
         seed: int = 0,
         serial: str = "SIM-0001",
+        *,
+        state_path: Path | None = None,
     ) -> None:
         self._geometry = geometry
+        self._model = model
+        self._seed = seed
+        self.state_path = state_path
         self.clock: Clock = clock if clock is not None else VirtualClock()
-        self.array = PCMArray(geometry.n_devices, model or PCMModel(), self.clock, seed=seed)
         self._identity = Identity("hwctl", "SIMPCM-90NM", serial, "sim-0.1")
+        self._store: MemoryStore | None = None
+        self._power_up()
+        self.clock.subscribe(self._clock_jumped)
+
+    # -- power -------------------------------------------------------------------------
+    def _power_up(self) -> None:
+        """Devices as the state file kept them (or blank), limits at their defaults."""
+        if self.state_path is None:
+            store, model = MemoryStore(self._geometry.n_devices), self._model or PCMModel()
+        else:
+            store, model = open_store(self.state_path, self._geometry, self._seed, self._model)
+            if not store.fresh:
+                self.clock.power_on(store.resume_time_s())
+        self.array = PCMArray(self._geometry.n_devices, model, self.clock, seed=self._seed, store=store)
+        store.save_clock(self.clock.now_s(), self.clock.wall_rate())
+        store.sealed()
+        self._store = store
         self._limit_ua = HARDWARE_MAX_AMPLITUDE_UA
         self.pulser_enabled = True
+
+    def power_cycle(self) -> None:
+        """The board loses power and comes back (a fault for tests).
+
+        Volatile: every device blank again, the clock restarts at 0. With a state file:
+        devices as they were, the clock continuing from the saved board time (plus the
+        wall time since × rate for a real or accelerated clock)."""
+        self.close()
+        if self.state_path is None:
+            self.clock.power_on(0.0)
+        self._power_up()
+
+    def close(self) -> None:
+        """Sync the state file (if any); the board is unusable until powered up again."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def _clock_jumped(self) -> None:
+        if self._store is not None:
+            self._store.save_clock(self.clock.now_s(), self.clock.wall_rate())
 
     # -- identity and geometry -------------------------------------------------
     def identify(self) -> Identity:
@@ -46,7 +96,10 @@ class SimBoard:
         return self._geometry
 
     def board_time_s(self) -> float:
-        return self.clock.now_s()
+        now_s = self.clock.now_s()
+        if self._store is not None:
+            self._store.note_time(now_s)  # never earlier than this after a restart
+        return now_s
 
     def temperature_c(self) -> float:
         return 25.0

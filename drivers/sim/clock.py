@@ -2,13 +2,18 @@
 
 The board's clock is what drift is measured against, so a 24 h readback schedule on a
 virtual or accelerated clock runs in seconds through exactly the same code path.
+A non-volatile board (`drivers.sim.state`) listens to its clock so that every jump is
+saved before it is acknowledged, and powers a clock up at the saved time after a restart.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
+
+Listener = Callable[[], None]
 
 
 class Clock(Protocol):
@@ -20,37 +25,74 @@ class Clock(Protocol):
         """Jump forward; real clocks refuse (ValueError)."""
         ...
 
+    def wall_rate(self) -> float:
+        """Board seconds per wall-clock second while nobody advances it (0: virtual)."""
+        ...
 
-class VirtualClock:
+    def power_on(self, start_s: float) -> None:
+        """Start over at `start_s`, as the board's clock does when the board powers up."""
+        ...
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call `listener` after every jump (advance, rate change, power-on)."""
+        ...
+
+
+class _Listened:
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+        self._lock = threading.Lock()
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def _jumped(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+
+class VirtualClock(_Listened):
     """Time moves only when advanced: deterministic tests and instant schedules."""
 
     def __init__(self, start_s: float = 0.0) -> None:
+        super().__init__()
         self._now_s = start_s
-        self._lock = threading.Lock()
 
     def now_s(self) -> float:
         return self._now_s
+
+    def wall_rate(self) -> float:
+        return 0.0
 
     def advance(self, seconds: float) -> None:
         if seconds < 0:
             raise ValueError("time can only move forward")
         with self._lock:
             self._now_s += seconds
+        self._jumped()
+
+    def power_on(self, start_s: float) -> None:
+        with self._lock:
+            self._now_s = start_s
+        self._jumped()
 
 
-class AcceleratedClock:
+class AcceleratedClock(_Listened):
     """Real time multiplied by `rate`, plus any explicit advances."""
 
     def __init__(self, rate: float = 1.0) -> None:
+        super().__init__()
         if rate <= 0:
             raise ValueError("rate must be positive")
         self._rate = rate
         self._origin = time.monotonic()
         self._base_s = 0.0
-        self._lock = threading.Lock()
 
     @property
     def rate(self) -> float:
+        return self._rate
+
+    def wall_rate(self) -> float:
         return self._rate
 
     def set_rate(self, rate: float) -> None:
@@ -60,6 +102,7 @@ class AcceleratedClock:
             self._base_s = self.now_s()
             self._origin = time.monotonic()
             self._rate = rate
+        self._jumped()
 
     def now_s(self) -> float:
         return self._base_s + (time.monotonic() - self._origin) * self._rate
@@ -69,6 +112,13 @@ class AcceleratedClock:
             raise ValueError("time can only move forward")
         with self._lock:
             self._base_s += seconds
+        self._jumped()
+
+    def power_on(self, start_s: float) -> None:
+        with self._lock:
+            self._base_s = start_s
+            self._origin = time.monotonic()
+        self._jumped()
 
 
 class RealClock(AcceleratedClock):

@@ -1,122 +1,189 @@
 """Vectorized PCM device physics: pulses, relaxation, drift and 1/f read noise.
 
-Every equation and constant is in `../shared/design/pcm-model.md` (Joshi et al. 2020,
-aihwkit's `PCMLikeNoiseModel`); section numbers below refer to it. One numpy array per
-device property, indexed by device address.
+The laws and constants are `drivers.pcm_model.PCMModel` (documented in
+`docs/pcm-model.md`); this module keeps each device's *state* (`drivers.sim.state`:
+in memory or in a state file) and advances it. The chip never knows a target: a SET
+pulse moves G part of the way towards an amplitude-dependent equilibrium, a RESET
+returns it near 0, and every pulse is a programming event that restarts the device's
+own clock. What happens after the last pulse (relaxation until t0, then drift with an
+exponent drawn from the state) is drawn lazily, the first time a read needs it, so
+verify reads taken right after a pulse cost no random draws.
 
-The chip only knows each device's *state*, never a target: a SET pulse moves G part
-of the way towards an amplitude-dependent equilibrium, a RESET returns it near 0, and
-every pulse is a programming event that restarts the device's own clock. What happens
-after the last pulse (relaxation until t0, then drift with an exponent drawn from the
-state) is drawn lazily, the first time a read needs it, so verify reads taken right
-after a pulse cost no random draws.
+Every operation walks its addresses in chunks of `CHUNK_DEVICES`, so no temporary is
+larger than a chunk whatever the block or chip size (a read's result is the block).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
+import numpy.typing as npt
 
 from drivers.base import Addresses, Float32s
 from drivers.pcm_model import PCMModel
 from drivers.sim.clock import Clock
+from drivers.sim.state import CHUNK_DEVICES, DEAD, FROZEN, STUCK, UNSETTLED, MemoryStore
+
+Bools = npt.NDArray[np.bool_]
 
 
 class PCMArray:
     """State of every device, advanced by pulses and read through drift and noise."""
 
-    def __init__(self, n_devices: int, model: PCMModel, clock: Clock, seed: int = 0) -> None:
+    def __init__(
+        self,
+        n_devices: int,
+        model: PCMModel,
+        clock: Clock,
+        seed: int = 0,
+        store: MemoryStore | None = None,
+    ) -> None:
         self.model = model
         self.clock = clock
-        self.rng = np.random.default_rng(seed)
-        n = n_devices
-        self.g_state_us = np.zeros(n, np.float32)  # right after the last pulse
-        self.g_t0_us = np.zeros(n, np.float32)  # after relaxation, at t0
-        self.drift_nu = np.zeros(n, np.float32)
-        self.settled = np.ones(n, bool)  # g_t0_us and drift_nu drawn for the last pulse
-        self.t_programmed_s = np.full(n, clock.now_s(), np.float64)
-        self.gain = np.exp(self.rng.normal(0.0, model.device_gain_sigma, n)).astype(np.float32)
-        defect = self.rng.random(n, np.float32)
-        self.stuck = defect < model.stuck_rate
-        self.dead = (defect >= model.stuck_rate) & (defect < model.stuck_rate + model.dead_rate)
-        self.frozen = self.stuck | self.dead  # pulses do not move these devices
-        self.g_state_us[self.stuck] = self.rng.uniform(10.0, model.g_max_us, int(self.stuck.sum()))
-        self.g_t0_us[:] = self.g_state_us
+        self.store = store if store is not None else MemoryStore(n_devices)
+        self.n_devices = n_devices
+        if self.store.fresh:
+            self.rng = np.random.default_rng(seed)
+            self._fabricate()
+        else:  # a restarted chip: same devices, fresh noise for this power-up
+            self.rng = np.random.default_rng([seed, self.store.boots])
 
-    # -- programming events -----------------------------------------------------
-    def _draw_drift(self, addresses: Addresses, g_us: np.ndarray) -> None:
-        m = self.model
-        xi = self.rng.standard_normal(g_us.size, np.float32)
-        self.drift_nu[addresses] = np.abs(m.drift_mu(g_us) + m.drift_sigma(g_us) * xi)
+    # -- the device arrays (views of the store) ------------------------------------------
+    @property
+    def g_state_us(self) -> Float32s:
+        return self.store.arrays["g_state_us"]
 
-    def _settle(self, addresses: Addresses) -> None:
-        """Draw the relaxation offset and drift exponent of the devices' last SET."""
-        g = self.g_state_us[addresses]
-        relax = self.model.sigma_relax_us(g) * self.rng.standard_normal(g.size, np.float32)
-        self.g_t0_us[addresses] = np.maximum(g + relax, 0.0)
-        self._draw_drift(addresses, g)
-        self.settled[addresses] = True
+    @property
+    def g_t0_us(self) -> Float32s:
+        return self.store.arrays["g_t0_us"]
 
-    def _alive(self, addresses: Addresses) -> Addresses:
-        return addresses[~self.frozen[addresses]]
+    @property
+    def drift_nu(self) -> Float32s:
+        return self.store.arrays["drift_nu"]
+
+    @property
+    def t_programmed_s(self) -> npt.NDArray[np.float64]:
+        return self.store.arrays["t_programmed_s"]
+
+    @property
+    def gain(self) -> Float32s:
+        return self.store.arrays["gain"]
+
+    @property
+    def flags(self) -> npt.NDArray[np.uint8]:
+        return self.store.arrays["flags"]
+
+    @property
+    def stuck(self) -> Bools:
+        """Devices stuck at a high conductance (a whole-chip mask, for inspection)."""
+        return (self.flags & STUCK) != 0
+
+    @property
+    def dead(self) -> Bools:
+        """Devices dead at 0 µS (a whole-chip mask, for inspection)."""
+        return (self.flags & DEAD) != 0
+
+    # -- fabrication ---------------------------------------------------------------------
+    def _fabricate(self) -> None:
+        """Draw what the chip is born with: gains, defects (three passes, chunk by chunk)."""
+        m, now_s = self.model, self.clock.now_s()
+        for part in _ranges(self.n_devices):
+            self.gain[part] = m.device_gain(self.rng.normal(0.0, 1.0, part.stop - part.start))
+            if now_s:
+                self.t_programmed_s[part] = now_s
+        for part in _ranges(self.n_devices):
+            defect = self.rng.random(part.stop - part.start, np.float32)
+            stuck = defect < m.stuck_rate
+            dead = (defect >= m.stuck_rate) & (defect < m.stuck_rate + m.dead_rate)
+            if stuck.any() or dead.any():
+                self.flags[part] = np.where(stuck, STUCK, 0) | np.where(dead, DEAD, 0)
+        for part in _ranges(self.n_devices) if m.stuck_rate > 0 else ():
+            stuck_at = np.flatnonzero(self.flags[part] & STUCK) + part.start
+            g = self.rng.uniform(m.stuck_g_min_us, m.g_max_us, stuck_at.size).astype(np.float32)
+            self.g_state_us[stuck_at] = g
+            self.g_t0_us[stuck_at] = g
+
+    # -- programming events --------------------------------------------------------------
+    def _alive(self, addresses: Addresses) -> Bools:
+        return (self.flags[addresses] & FROZEN) == 0
 
     def reset(self, addresses: Addresses) -> None:
         """Melt-quench to the amorphous state: G half-normal near 0, no relaxation."""
-        addresses = self._alive(addresses)
-        g = np.abs(self.rng.standard_normal(addresses.size, np.float32)) * np.float32(
-            self.model.reset_sigma_us
-        )
-        self.g_state_us[addresses] = g
-        self.g_t0_us[addresses] = g
-        self._draw_drift(addresses, g)
-        self.settled[addresses] = True
-        self.t_programmed_s[addresses] = self.clock.now_s()
+        for chunk in _chunks(addresses):
+            a = chunk[self._alive(chunk)]
+            g = self.model.reset_g_us(self.rng.standard_normal(a.size, np.float32))
+            nu = self.model.drift_nu(g, self.rng.standard_normal(a.size, np.float32))
+            self.store.apply(a, {"g_state_us": g, "g_t0_us": g, "drift_nu": nu,
+                                 "flags": self.flags[a] & ~UNSETTLED, "t_programmed_s": self.clock.now_s()})
 
     def set_pulse(self, addresses: Addresses, amplitudes_ua: Float32s) -> None:
         """Partial SET: a stochastic, state-dependent step towards g_eq(I)."""
         m = self.model
-        keep = ~self.frozen[addresses]
-        if not keep.all():
-            addresses, amplitudes_ua = addresses[keep], amplitudes_ua[keep]
-        n = addresses.size
-        g_eq = m.set_equilibrium_us(amplitudes_ua, self.gain[addresses])
-        g = self.g_state_us[addresses]
-        rate = np.float32(m.set_rate) * np.maximum(
-            1.0 + np.float32(m.set_rate_sigma) * self.rng.standard_normal(n, np.float32), 0.0
-        )
-        kick = np.float32(m.set_additive_sigma_us) * self.rng.standard_normal(n, np.float32)
-        step = np.where(g_eq > 0, np.maximum(g_eq - g, 0.0) * rate + kick, 0.0)
-        self.g_state_us[addresses] = np.maximum(g + step, 0.0)
-        self.settled[addresses] = False
-        self.t_programmed_s[addresses] = self.clock.now_s()
+        for start in range(0, addresses.size, CHUNK_DEVICES):
+            a = addresses[start : start + CHUNK_DEVICES]
+            amplitudes = amplitudes_ua[start : start + CHUNK_DEVICES]
+            keep = self._alive(a)
+            if not keep.all():
+                a, amplitudes = a[keep], amplitudes[keep]
+            g_eq = m.set_equilibrium_us(amplitudes, self.gain[a])
+            xi_rate = self.rng.standard_normal(a.size, np.float32)
+            xi_kick = self.rng.standard_normal(a.size, np.float32)
+            g = m.set_pulse_g_us(self.g_state_us[a], g_eq, xi_rate, xi_kick)
+            self.store.apply(a, {"g_state_us": g, "flags": self.flags[a] | UNSETTLED,
+                                 "t_programmed_s": self.clock.now_s()})
 
-    # -- reads ------------------------------------------------------------------
-    def conductance_us(self, addresses: Addresses, now_s: float | None = None) -> np.ndarray:
+    def _settle(self, addresses: Addresses) -> None:
+        """Draw the relaxation offset and drift exponent of the devices' last SET."""
+        g = self.g_state_us[addresses]
+        g_t0 = self.model.g_t0_us(g, self.rng.standard_normal(g.size, np.float32))
+        nu = self.model.drift_nu(g, self.rng.standard_normal(g.size, np.float32))
+        flags = self.flags[addresses] & ~UNSETTLED
+        self.store.apply(addresses, {"g_t0_us": g_t0, "drift_nu": nu, "flags": flags})
+
+    # -- reads ---------------------------------------------------------------------------
+    def conductance_us(self, addresses: Addresses, now_s: float | None = None) -> Float32s:
         """Noise-free conductance at board time `now_s`: relaxation until t0, then drift."""
         now = self.clock.now_s() if now_s is None else now_s
-        t = now - self.t_programmed_s[addresses]
-        return self._conductance_at_age(addresses, t)
+        out = np.empty(addresses.size, np.float32)
+        for start in range(0, addresses.size, CHUNK_DEVICES):
+            a = addresses[start : start + CHUNK_DEVICES]
+            out[start : start + a.size] = self._conductance_at_age(a, now - self.t_programmed_s[a])
+        return out
 
-    def _conductance_at_age(self, addresses: Addresses, t_s: np.ndarray) -> np.ndarray:
+    def _conductance_at_age(self, addresses: Addresses, t_s: npt.NDArray[np.float64]) -> Float32s:
         m = self.model
         g = self.g_state_us[addresses]
         aged = t_s > 0
         if not aged.any():
             return g  # verify read right after the pulse: the state itself
         a, t = addresses[aged], t_s[aged]
-        unsettled = ~self.settled[a]
+        unsettled = (self.flags[a] & UNSETTLED) != 0
         if unsettled.any():
             self._settle(a[unsettled])
         g_state, g_t0 = g[aged], self.g_t0_us[a]
-        ratio = np.minimum(np.log1p(t / m.relax_tau_s) / np.log1p(m.t0_s / m.relax_tau_s), 1.0)
-        relaxed = g_state + (g_t0 - g_state) * ratio
-        drift = (np.maximum(t, m.t0_s) / m.t0_s) ** (-self.drift_nu[a].astype(np.float64))
-        g[aged] = relaxed * drift
+        relaxed = g_state + (g_t0 - g_state) * m.relaxed_fraction(t)
+        g[aged] = relaxed * m.drift_factor(t, self.drift_nu[a])
         return g
 
     def read(self, addresses: Addresses) -> Float32s:
-        m = self.model
-        t = self.clock.now_s() - self.t_programmed_s[addresses]
-        g = self._conductance_at_age(addresses, t)
-        sigma = g * m.read_noise_q_s(g).astype(np.float32) * m.read_time_factor(t).astype(np.float32)
-        noisy = g + sigma * self.rng.standard_normal(g.size, np.float32)
-        return np.maximum(noisy, 0.0, dtype=np.float32)
+        """One noisy read of each device: the conductance now plus 1/f read noise."""
+        out = np.empty(addresses.size, np.float32)
+        now = self.clock.now_s()
+        for start in range(0, addresses.size, CHUNK_DEVICES):
+            a = addresses[start : start + CHUNK_DEVICES]
+            t = now - self.t_programmed_s[a]
+            g = self._conductance_at_age(a, t)
+            noisy = g + self.model.read_sigma_us(g, t) * self.rng.standard_normal(g.size, np.float32)
+            np.maximum(noisy, 0.0, out=out[start : start + a.size], dtype=np.float32)
+        return out
+
+
+def _chunks(addresses: Addresses) -> Iterator[Addresses]:
+    for start in range(0, addresses.size, CHUNK_DEVICES):
+        yield addresses[start : start + CHUNK_DEVICES]
+
+
+def _ranges(n_devices: int) -> Iterator[slice]:
+    for start in range(0, n_devices, CHUNK_DEVICES):
+        yield slice(start, min(start + CHUNK_DEVICES, n_devices))
