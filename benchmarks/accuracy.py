@@ -26,12 +26,13 @@ import torch
 
 from benchmarks.common import machine_info, write_json
 from hwctl.nn.chip_readout import simulate_readouts
-from hwctl.nn.compensation import METHODS, adapt_batchnorm
+from hwctl.nn.compensation import adapt_batchnorm
 from hwctl.nn.conductance import load_conductances
 from hwctl.nn.data import ImageSet, Normalizer, load_cifar10
 from hwctl.nn.evaluation import ReadoutEvaluator, calibration_set
 from hwctl.nn.inference import accuracy_pct, predict
 from hwctl.nn.models import Checkpoint, load_checkpoint
+from hwctl.vocabulary import CompensationMethod
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MODELS = REPO.parent / "shared" / "models"
@@ -49,7 +50,7 @@ def mean_std(values: list[float]) -> dict[str, float]:
 
 def model_accuracy(ckpt: Checkpoint, test: ImageSet, calib: ImageSet, seeds: list[int]) -> dict[str, Any]:
     """FP accuracy and per time/method mean ± std over programming seeds."""
-    scores: dict[str, dict[str, list[float]]] = {t: {m: [] for m in METHODS} for t in TIMES_S}
+    scores: dict[str, dict[str, list[float]]] = {t: {m: [] for m in CompensationMethod} for t in TIMES_S}
     converged = []
     for seed in seeds:
         readouts = simulate_readouts(ckpt.build(), list(TIMES_S.values()), seed=seed)
@@ -57,7 +58,7 @@ def model_accuracy(ckpt: Checkpoint, test: ImageSet, calib: ImageSet, seeds: lis
         evaluator = ReadoutEvaluator(ckpt, readouts.device_map, calib)
         g_t0 = readouts.g_us_by_time_s[TIMES_S["t0"]]
         for label, t_s in TIMES_S.items():
-            for method in METHODS:
+            for method in CompensationMethod:
                 res = evaluator.evaluate(test, readouts.g_us_by_time_s[t_s], method, g_t0, seed=seed)
                 scores[label][method].append(res.accuracy)
                 print(f"  seed {seed} {label:>3} {method:<5} {res.accuracy:6.2f} %", flush=True)
@@ -67,7 +68,7 @@ def model_accuracy(ckpt: Checkpoint, test: ImageSet, calib: ImageSet, seeds: lis
         "pv_converged_fraction_nonzero": mean_std(converged),
     }
     for label in TIMES_S:
-        out[label] = {f"acc_{m}": mean_std(scores[label][m]) for m in METHODS}
+        out[label] = {f"acc_{m}": mean_std(scores[label][m]) for m in CompensationMethod}
     return out
 
 

@@ -1,8 +1,8 @@
 """hwctl: program networks onto PCM chips, read them back over time, measure accuracy.
 
 One sub-command module per domain under `hwctl.commands`, each with a `register(subparsers)`.
-Errors that a user can act on are raised as `CLIError` (or a `DriverError`) and printed
-as one message, never a traceback.
+Errors that a user can act on are raised as `CLIError` (`hwctl.commands.errors`, or a
+`DriverError`) and printed as one message, never a traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from drivers.errors import DriverError
+from hwctl.commands.errors import CLIError
 
 # Sub-command modules, in the order `hwctl --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -27,10 +28,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "hwctl.commands.demo",
     "hwctl.commands.experiment",
 )
-
-
-class CLIError(Exception):
-    """A problem the user can fix; printed without a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,8 +51,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # `python -m hwctl.cli` runs this file as `__main__`, a second copy of the module:
-    # go through the importable one so its `CLIError` is the class commands raise.
-    from hwctl.cli import main as imported_main
-
-    sys.exit(imported_main())
+    sys.exit(main())

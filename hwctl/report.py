@@ -2,9 +2,11 @@
 
 `build_report` writes a directory with `report.md`, `index.html` (self-contained, images
 by relative path), `report.json` (every number, for machines) and each plot as PNG and
-SVG; `plot_bytes` renders one plot for the API. Everything is recomputed from the
-stored readouts (the drift fit of a whole chip takes about a second), so a report is
-always consistent with the data it shows. Forecasts are labelled as such everywhere.
+SVG; `plot_bytes` renders one plot for the API. The drift fit and chip statistics are
+the ones the analyze job stored (`hwctl.analysis.run_fit`); before that job has run
+(mid-campaign), the same fit of the readouts so far is computed and labelled
+provisional, so a report always shows the data it was built from and says which fit it
+is. Forecasts are labelled as such everywhere.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from sqlalchemy import Connection, Engine
 from drivers.pcm_model import PCMModel
 from hwctl.analysis import document as doc
 from hwctl.analysis.document import Block
-from hwctl.analysis.drift import DriftFit, fit_drift
 from hwctl.analysis.fitted_model import eta_from_fit, fit_model
 from hwctl.analysis.forecast import AccuracyRecord, forecast_accuracy, horizon_label
 from hwctl.analysis.plots import (
@@ -37,18 +38,19 @@ from hwctl.analysis.plots import (
     programming_error_figure,
     render,
 )
-from hwctl.analysis.statistics import ChipStatistics, chip_statistics
+from hwctl.analysis.run_fit import RunFit, fit_run, stored_run_fit
+from hwctl.analysis.statistics import ChipStatistics
 from hwctl.analysis.stored import StoredExperiment, load_experiment, open_connection
-from hwctl.campaign import load_network
 from hwctl.nn.data import DatasetMissingError, load_dataset
-from hwctl.nn.evaluation import ReadoutEvaluator, calibration_set
+from hwctl.nn.evaluation import ReadoutEvaluator, adabs_calibration_set
 from hwctl.program_verify import DeviceStatus
 from hwctl.store.errors import NotFoundError
+from hwctl.store.fits import FittedLines
+from hwctl.store.networks import load_network
+from hwctl.vocabulary import METHOD_LABELS, OUTLIERS_LISTED, CompensationMethod
 
 PLOT_NAMES = ("accuracy", "histograms", "programming_error", "drift", "heatmap")
-METHOD_LABELS = {"none": "none", "gdc": "GDC", "adabs": "AdaBS"}
 HISTOGRAM_READOUTS = 6  # more overlaid histograms are unreadable
-OUTLIERS_LISTED = 5
 
 
 class UnknownPlotError(NotFoundError):
@@ -57,25 +59,31 @@ class UnknownPlotError(NotFoundError):
 
 @dataclass
 class ExperimentAnalysis:
-    """A stored experiment with its drift fits, statistics and (optionally) forecast."""
+    """A stored experiment with its drift fit, statistics and (optionally) forecast.
+
+    `stored_fit` is the analyze job's fit when it covers every readout; without it the
+    fit of the readouts so far is computed on first use and labelled provisional.
+    `base_model` is the device model the plots draw beside the measurements, the one
+    the statistics compare with.
+    """
 
     stored: StoredExperiment
+    stored_fit: RunFit | None = None
     forecast: list[AccuracyRecord] = field(default_factory=list)
     forecast_note: str = "forecast not requested"
     base_model: PCMModel = field(default_factory=PCMModel)
 
     @cached_property
-    def fit(self) -> DriftFit:
-        self.stored.require_readouts()
-        return fit_drift(self.stored.readout_matrix_us(), self.stored.device_ages_s())
+    def run_fit(self) -> RunFit:
+        return self.stored_fit or fit_run(self.stored)
 
-    @cached_property
+    @property
+    def fit(self) -> FittedLines:
+        return self.run_fit.lines
+
+    @property
     def stats(self) -> ChipStatistics:
-        device_map, programming = self.stored.require_readouts()
-        converged = programming.status == DeviceStatus.CONVERGED
-        return chip_statistics(
-            self.fit, device_map.target_g_us, self.stored.device_ages_s(), self.base_model, converged
-        )
+        return self.run_fit.statistics
 
     @cached_property
     def noise_model(self) -> tuple[PCMModel, str]:
@@ -96,7 +104,8 @@ def analyze_experiment(
 ) -> ExperimentAnalysis:
     """Load the experiment and, if asked and possible, forecast its accuracy (`hwctl.analysis.forecast`)."""
     with open_connection(db) as conn:
-        analysis = ExperimentAnalysis(load_experiment(conn, experiment_id))
+        stored = load_experiment(conn, experiment_id)
+        analysis = ExperimentAnalysis(stored, stored_run_fit(conn, stored))
         if forecast:
             _add_forecast(analysis, conn, seed)
     return analysis
@@ -152,17 +161,10 @@ def _add_forecast(analysis: ExperimentAnalysis, conn: Connection, seed: int) -> 
         return
     try:
         test = load_dataset(spec.dataset, "test").subset(spec.n_images)
-        train = load_dataset(spec.dataset, "train") if "adabs" in spec.methods else None
+        calibration = adabs_calibration_set(spec.dataset, spec.methods, spec.calibration_images)
     except DatasetMissingError as exc:
         analysis.forecast_note = f"no forecast: {exc}"
         return
-    calibration = None
-    if train is not None:
-        calibration = (
-            train.subset(spec.calibration_images)
-            if spec.calibration_images
-            else (calibration_set(train, spec.dataset))
-        )
     evaluator = ReadoutEvaluator(load_network(conn, stored.spec.network_id), device_map, calibration)
     model, source = analysis.noise_model
     analysis.forecast = forecast_accuracy(
@@ -190,7 +192,7 @@ def _accuracy(a: ExperimentAnalysis) -> Figure:
         predicted = [r for r in a.forecast if r.method == method]
         curves.append(
             AccuracyCurve(
-                METHOD_LABELS.get(method, method),
+                METHOD_LABELS[CompensationMethod(method)],
                 [r.t_s for r in measured],
                 [r.accuracy for r in measured],
                 [r.t_s for r in predicted],
@@ -264,7 +266,8 @@ def accuracy_table(records: Sequence[AccuracyRecord], methods: Sequence[str]) ->
     for r in records:
         ci = f" [{r.ci_low:.1f}–{r.ci_high:.1f}]" if r.ci_low is not None and r.ci_high is not None else ""
         cells.setdefault((r.kind, r.t_s), {})[r.method] = f"{r.accuracy:.1f}{ci}"
-    header = ["time since programming", "kind", *(METHOD_LABELS.get(m, m) + " (%)" for m in methods)]
+    labels = (METHOD_LABELS[CompensationMethod(m)] for m in methods)
+    header = ["time since programming", "kind", *(f"{label} (%)" for label in labels)]
     rows = [
         [horizon_label(t_s), kind, *(by_method.get(m, "–") for m in methods)]
         for (kind, t_s), by_method in cells.items()
@@ -368,6 +371,7 @@ def report_blocks(a: ExperimentAnalysis) -> list[Block]:
             "sits beside what the simulator's device model predicts for the same devices; a ratio near 1 "
             f"means the chip behaves as modelled. {n_fitted:,} of {a.fit.n_devices:,} devices have a fit."
         ),
+        doc.Paragraph(a.run_fit.provenance, note=True),
         bin_table(a.stats),
         doc.Image("drift", "Drift exponent ν vs target conductance: measured μ_ν ± σ_ν beside the model."),
         doc.Image("heatmap", "Chip map of the fitted drift exponent ν (blank: unused or unfitted devices)."),
@@ -391,6 +395,12 @@ def report_data(a: ExperimentAnalysis) -> dict[str, Any]:
         "programming": programming_summary(s),
         "accuracy": [r.to_dict() for r in s.measured + a.forecast],
         "forecast_note": a.forecast_note,
+        "drift_fit": {
+            "id": a.run_fit.fit_id,
+            "stored": a.run_fit.fit_id is not None,
+            "n_readouts": a.run_fit.n_readouts,
+            "note": a.run_fit.provenance,
+        },
         "statistics": stats,
     }
 
@@ -407,7 +417,7 @@ def summary_lines(a: ExperimentAnalysis) -> list[str]:
         if records:
             last_t = max(r.t_s for r in records)
             shown = ", ".join(
-                f"{METHOD_LABELS.get(r.method, r.method)} {r.accuracy:.1f} %"
+                f"{METHOD_LABELS[CompensationMethod(r.method)]} {r.accuracy:.1f} %"
                 for r in records
                 if r.t_s == last_t
             )

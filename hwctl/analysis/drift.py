@@ -13,10 +13,11 @@ are masked out and every device reports how many points it used and a status fla
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 
 import numpy as np
 import numpy.typing as npt
+
+from hwctl.store.fits import FitStatus, FittedLines
 
 DEFAULT_T0_S = 25.0
 # Devices per chunk: 20 readouts × 16k devices × 8 B ≈ 2.5 MB per float64 array.
@@ -25,36 +26,15 @@ _CHUNK_DEVICES = 16_384
 FloatArray = npt.NDArray[np.float64]
 
 
-class FitStatus(IntEnum):
-    """Why a device has (or lacks) a drift exponent."""
-
-    OK = 0
-    NO_SIGNAL = 1  # every reading ≤ 0: a RESET or dead device; ν is undefined
-    TOO_FEW_POINTS = 2  # fewer positive readings than `min_points`
-    NO_TIME_SPREAD = 3  # all usable readings at the same time; no slope to fit
-
-
 @dataclass(frozen=True)
-class DriftFit:
-    """One entry per device; NaN wherever `status != FitStatus.OK`."""
+class DriftFit(FittedLines):
+    """The fitted lines (`hwctl.store.fits.FittedLines`, what is stored) with the fit's own
+    uncertainties, which chip statistics need; one entry per device, NaN where not OK."""
 
-    t0_s: float
-    nu: FloatArray  # drift exponent (positive = conductance decays)
-    g_t0_us: FloatArray  # fitted conductance at t0
-    r_squared: FloatArray  # of the log-log line; NaN when the reads are constant
     residual_std: FloatArray  # of ln G around the line ≈ relative read noise
     nu_stderr: FloatArray  # standard error of ν (from the residuals)
     g_t0_stderr_us: FloatArray  # standard error of G(t0) (delta method)
     n_points: npt.NDArray[np.int32]
-    status: npt.NDArray[np.int8]
-
-    @property
-    def ok(self) -> npt.NDArray[np.bool_]:
-        return self.status == FitStatus.OK
-
-    @property
-    def n_devices(self) -> int:
-        return int(self.nu.size)
 
 
 def fit_drift(

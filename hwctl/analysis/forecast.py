@@ -19,11 +19,12 @@ import numpy as np
 import numpy.typing as npt
 
 from drivers.pcm_model import PCMModel
-from hwctl.analysis.drift import DriftFit
-from hwctl.nn.compensation import METHODS
+from hwctl.nn.compensation import compensation_method
 from hwctl.nn.data import ImageSet
 from hwctl.nn.evaluation import ReadoutEvaluator
 from hwctl.schedule import DAY_S, duration_label
+from hwctl.store.fits import FittedLines
+from hwctl.vocabulary import CompensationMethod
 
 FORECAST_HORIZONS_S: dict[str, float] = {
     "1 week": 7 * DAY_S,
@@ -40,7 +41,7 @@ class AccuracyRecord:
 
     kind: RecordKind
     t_s: float  # time since programming
-    method: str  # none | gdc | adabs
+    method: str  # a CompensationMethod
     accuracy: float  # percent
     ci_low: float | None
     ci_high: float | None
@@ -52,7 +53,7 @@ class AccuracyRecord:
 
 
 def forecast_conductances_us(
-    fit: DriftFit, t_s: float, model: PCMModel | None = None, seed: int = 0
+    fit: FittedLines, t_s: float, model: PCMModel | None = None, seed: int = 0
 ) -> npt.NDArray[np.float32]:
     """One synthetic readout of every fitted device at `t_s` after its programming.
 
@@ -73,9 +74,9 @@ def forecast_conductances_us(
 def forecast_accuracy(
     evaluator: ReadoutEvaluator,
     data: ImageSet,
-    fit: DriftFit,
+    fit: FittedLines,
     horizons_s: Mapping[str, float] = FORECAST_HORIZONS_S,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = tuple(CompensationMethod),
     model: PCMModel | None = None,
     g_reference_us: npt.NDArray[np.floating] | None = None,
     seed: int = 0,
@@ -87,18 +88,16 @@ def forecast_accuracy(
     fit's t0 stands in. One synthetic readout per horizon is shared by all methods, so
     methods differ only by their compensation.
     """
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown compensation {unknown}; choose from {', '.join(METHODS)}")
+    chosen = [compensation_method(m) for m in methods]
     if fit.n_devices != evaluator.device_map.n_devices:
         raise ValueError(f"{fit.n_devices} fitted devices for a network of {evaluator.device_map.n_devices}")
     reference = g_reference_us
-    if reference is None and "gdc" in methods:
+    if reference is None and CompensationMethod.GDC in chosen:
         reference = forecast_conductances_us(fit, fit.t0_s, model, seed=_seed(seed, -1))
     records = []
     for k, (label, t_s) in enumerate(horizons_s.items()):
         g_us = forecast_conductances_us(fit, t_s, model, seed=_seed(seed, k))
-        for method in methods:
+        for method in chosen:
             result = evaluator.evaluate(data, g_us, method, reference, seed=seed)
             records.append(
                 AccuracyRecord("forecast", float(t_s), method, result.accuracy, result.ci95_low,

@@ -15,14 +15,17 @@ its own estimation error, which widens the observed spread (by ~30 % for ν). Wi
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from scipy.special import erf
 
 from drivers.pcm_model import PCMModel
-from hwctl.analysis.drift import DriftFit, FitStatus
+from hwctl.analysis.drift import DriftFit
+from hwctl.store.fits import FitStatus
 
 _CHUNK_DEVICES = 16_384
 _BIN_IDENTITY = {"target_lo_us", "target_hi_us", "n_devices", "n_used"}
@@ -84,6 +87,13 @@ class ChipStatistics:
         safe = _json_safe(asdict(self))
         assert isinstance(safe, dict)
         return safe
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ChipStatistics:
+        """The statistics `to_dict` gave (as stored with a drift fit); None becomes NaN again."""
+        bins = [BinStatistics(**_nan_for_none(b)) for b in data["bins"]]
+        scalars: dict[str, Any] = {k: v for k, v in data.items() if k not in ("bins", "outliers")}
+        return cls(**scalars, bins=bins, outliers=Outliers(**data["outliers"]))
 
 
 def chip_statistics(
@@ -219,6 +229,10 @@ def _rms(values: np.ndarray) -> float:
 
 def _indices(mask: np.ndarray) -> list[int]:
     return [int(i) for i in np.flatnonzero(mask)]
+
+
+def _nan_for_none(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: math.nan if v is None else v for k, v in values.items()}
 
 
 def _json_safe(value: object) -> object:

@@ -25,7 +25,6 @@ from drivers.base import Geometry
 from hwctl.analysis.forecast import AccuracyRecord
 from hwctl.experiment_spec import ExperimentSpec
 from hwctl.mapping import DeviceMap
-from hwctl.nn.compensation import METHODS
 from hwctl.store.errors import NotFoundError
 from hwctl.store.readouts import (
     ProgrammingResult,
@@ -44,6 +43,7 @@ from hwctl.store.schema import (
     readouts,
     stations,
 )
+from hwctl.vocabulary import CompensationMethod
 
 
 class NotReadyError(NotFoundError):
@@ -167,13 +167,13 @@ def load_experiment(db: Engine | Connection, experiment_id: int) -> StoredExperi
 def _measured(
     conn: Connection, run_id: int | None, mean_read_s: dict[int, float], programmed_end_s: float
 ) -> list[AccuracyRecord]:
-    """The run's evaluations by time, methods in `METHODS` order (none, gdc, adabs)."""
+    """The run's evaluations by time, methods in `CompensationMethod` order (none, gdc, adabs)."""
     found = conn.execute(
         select(evaluations)
         .join(readouts, readouts.c.id == evaluations.c.readout_id)
         .where(readouts.c.run_id == run_id)
     ).all()
-    order = {method: k for k, method in enumerate(METHODS)}
+    order = {method: k for k, method in enumerate(CompensationMethod)}
     rows = sorted(found, key=lambda r: (mean_read_s[r.readout_id], order.get(r.method, len(order))))
     return [
         AccuracyRecord(

@@ -12,7 +12,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hwctl.cli import CLIError
+from hwctl.commands.errors import CLIError
+from hwctl.vocabulary import CompensationMethod
 
 if TYPE_CHECKING:
     from hwctl.mapping import DeviceMap, LayerWeights
@@ -47,26 +48,23 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from hwctl.nn.chip_readout import simulate_readouts
-    from hwctl.nn.compensation import METHODS, AnalogIO
+    from hwctl.nn.compensation import AnalogIO, compensation_method
     from hwctl.nn.conductance import export_layers
     from hwctl.nn.data import load_dataset
-    from hwctl.nn.evaluation import ReadoutEvaluator, calibration_set
+    from hwctl.nn.evaluation import ReadoutEvaluator, adabs_calibration_set
     from hwctl.nn.models import load_checkpoint, model_spec
 
-    methods = args.method or list(METHODS)
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown:
-        raise CLIError(f"unknown --method {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    methods = [compensation_method(m) for m in args.method] if args.method else list(CompensationMethod)
     ckpt = load_checkpoint(args.checkpoint, args.arch)  # an unknown --arch lists the known ones
     dataset = model_spec(ckpt.arch).dataset
     test = load_dataset(dataset, "test").subset(args.images)
-    calib = calibration_set(load_dataset(dataset, "train"), dataset)
+    calib = adabs_calibration_set(dataset, methods)
     io = AnalogIO.quantized(args.adc_bits) if args.adc_bits else None
     if args.readout is not None:
         device_map = _device_map(args, export_layers(ckpt.build()))
         g_t = np.load(args.readout, allow_pickle=False)
         g_t0 = np.load(args.readout_t0, allow_pickle=False) if args.readout_t0 else None
-        if "gdc" in methods and g_t0 is None:
+        if CompensationMethod.GDC in methods and g_t0 is None:
             raise CLIError("GDC needs --readout-t0")
         readouts = {"readout": (g_t, g_t0)}
     else:

@@ -16,15 +16,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hwctl.cli import CLIError
+from hwctl.commands.errors import CLIError
 from hwctl.schedule import duration_label
+from hwctl.vocabulary import METHOD_LABELS, CompensationMethod, JobStatus
 
 if TYPE_CHECKING:  # httpx, pydantic and numpy load when a command runs, not for `hwctl --help`
     from hwctl.client import HwctlClient, Json
     from hwctl.experiment_spec import ExperimentSpec
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
-METHOD_LABELS = {"none": "none", "gdc": "GDC", "adabs": "AdaBS"}
 FIRST_OFFSET_S = 25.0
 POLL_S = 0.5
 DESCRIPTION_CHARS = 44  # a fixed-width bar label, so a shorter one leaves nothing behind
@@ -43,8 +43,8 @@ def register(subparsers: Any) -> None:
                       help="N readbacks log-spaced from 25 s to 24 h (default %(default)s)")
     when.add_argument("--offsets", type=_offsets, metavar="S,S,...",
                       help="readback times in seconds after programming, e.g. 25,60,3600")
-    run_p.add_argument("--methods", type=_methods, default=["none", "gdc", "adabs"], metavar="M,M",
-                       help="compensation methods: none,gdc,adabs (default: all)")
+    run_p.add_argument("--methods", type=_methods, default=list(CompensationMethod), metavar="M,M",
+                       help=f"compensation methods: {','.join(CompensationMethod)} (default: all)")
     run_p.add_argument("--dataset", choices=("digits", "cifar10"),
                        help="test set (default: the network architecture's dataset)")
     run_p.add_argument("--n-images", type=int, help="test images per evaluation (default: all)")
@@ -73,12 +73,12 @@ def _offsets(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"offsets are seconds separated by commas, not {text!r}") from None
 
 
-def _methods(text: str) -> list[str]:
+def _methods(text: str) -> list[CompensationMethod]:
     methods = [m.strip().lower() for m in text.split(",") if m.strip()]
-    unknown = set(methods) - set(METHOD_LABELS)
-    if unknown or not methods:
-        raise argparse.ArgumentTypeError(f"methods are none, gdc and adabs; got {text!r}")
-    return methods
+    known = [str(m) for m in CompensationMethod]
+    if not methods or set(methods) - set(known):
+        raise argparse.ArgumentTypeError(f"methods are {', '.join(known)}; got {text!r}")
+    return [CompensationMethod(m) for m in methods]
 
 
 # -- following an experiment -----------------------------------------------------------------
@@ -113,7 +113,7 @@ def follow_experiment(
 
 
 def _activity(client: HwctlClient, experiment_id: int, status: str) -> str:
-    running = client.jobs(experiment_id, status="running")
+    running = client.jobs(experiment_id, status=JobStatus.RUNNING)
     label = status
     if running:
         label = f"{running[0]['kind']}: {running[0]['progress_message'] or 'started'}"
@@ -140,7 +140,7 @@ def accuracy_rows(detail: Json, readback_jobs: Sequence[Json]) -> tuple[list[str
     start minus the end of programming), which differs when the readback ran late.
     """
     methods = list(detail["spec"]["evaluation"]["methods"])
-    header = ["scheduled", "read at", *(f"{METHOD_LABELS[m]} (%)" for m in methods)]
+    header = ["scheduled", "read at", *(f"{METHOD_LABELS[CompensationMethod(m)]} (%)" for m in methods)]
     readouts = {r["offset_s"]: r for r in detail["readouts"]}
     accuracy = {(e["offset_s"], e["method"]): e["accuracy"] for e in detail["evaluations"]}
     job_status = {float(j["payload"]["offset_s"]): j["status"] for j in readback_jobs}
@@ -188,7 +188,7 @@ def result_lines(client: HwctlClient, detail: Json) -> list[str]:
     """The experiment's header, accuracy table and (once analysed) drift summary."""
     experiment_id = detail["id"]
     readbacks = [j for j in client.jobs(experiment_id) if j["kind"] == "readback"]
-    failed = [j for j in client.jobs(experiment_id, status="failed")]
+    failed = [j for j in client.jobs(experiment_id, status=JobStatus.FAILED)]
     lines = [
         f"experiment {experiment_id} '{detail['name']}' on {detail['station']}: {detail['status']}",
         "",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hwctl.cli import CLIError
+from hwctl.commands.errors import CLIError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from hwctl.cli import CLIError
+from hwctl.commands.errors import CLIError
 from hwctl.nn.recipe import TrainRecipe
 
 

@@ -19,8 +19,16 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from hwctl.nn.conductance import analog_modules
+from hwctl.vocabulary import CompensationMethod
 
-METHODS = ("none", "gdc", "adabs")
+
+def compensation_method(name: str) -> CompensationMethod:
+    """The method called `name`; a ValueError that lists the known ones if there is none."""
+    try:
+        return CompensationMethod(name)
+    except ValueError:
+        known = ", ".join(CompensationMethod)
+        raise ValueError(f"unknown compensation {name!r}; choose from {known}") from None
 
 
 def gdc_gains(

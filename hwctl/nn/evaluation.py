@@ -9,6 +9,7 @@ the CLI both call this.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,11 +17,17 @@ import numpy.typing as npt
 import torch
 
 from hwctl.mapping import DeviceMap
-from hwctl.nn.compensation import METHODS, AnalogIO, adapt_batchnorm, gdc_gains
+from hwctl.nn.compensation import AnalogIO, adapt_batchnorm, compensation_method, gdc_gains
 from hwctl.nn.conductance import load_matrices
-from hwctl.nn.data import ImageSet, Normalizer, augment_crop_flip
+from hwctl.nn.data import ImageSet, Normalizer, augment_crop_flip, load_dataset
 from hwctl.nn.inference import predict
 from hwctl.nn.models import Checkpoint
+from hwctl.vocabulary import CompensationMethod
+
+# AdaBS calibration images when the experiment does not choose: the paper's 2,600 for
+# CIFAR-10; 300 for the small digits set.
+CALIBRATION_IMAGES = {"cifar10": 2600}
+CALIBRATION_IMAGES_OTHER = 300
 
 
 @dataclass(frozen=True)
@@ -69,31 +76,30 @@ class ReadoutEvaluator:
         self.batch_size = batch_size
 
     def prepare(
-        self, g_t_us: npt.NDArray[np.floating], method: str = "none",
+        self, g_t_us: npt.NDArray[np.floating], method: str = CompensationMethod.NONE,
         g_t0_us: npt.NDArray[np.floating] | None = None,
     ) -> None:
         """Load the readout's weights into the model and apply the compensation `method`."""
-        if method not in METHODS:
-            raise ValueError(f"unknown compensation {method!r}; choose from {', '.join(METHODS)}")
+        method = compensation_method(method)
         self.model.load_state_dict(self.checkpoint.state_dict, strict=True)  # fresh BN statistics
         matrices = self.device_map.weights_from_g(np.asarray(g_t_us))
         gains = None
-        if method == "gdc" and g_t0_us is None:
+        if method == CompensationMethod.GDC and g_t0_us is None:
             raise ValueError("GDC needs the t0 readout as its reference")
-        if g_t0_us is not None and method in ("gdc", "adabs"):
+        if g_t0_us is not None and method in (CompensationMethod.GDC, CompensationMethod.ADABS):
             # AdaBS also takes the GDC gains: BN makes them irrelevant for layers it
             # follows, and they are the only correction for the final FC, whose drifted
             # MVM output would otherwise shrink against its digital bias.
             gains = gdc_gains(self.device_map.weights_from_g(np.asarray(g_t0_us)), matrices)
         load_matrices(self.model, matrices, gains)
-        if method == "adabs":
+        if method == CompensationMethod.ADABS:
             if self.calibration_x is None:
                 raise ValueError("AdaBS needs a calibration set")
             adapt_batchnorm(self.model, self.calibration_x)
         self.model.eval()
 
     def evaluate(
-        self, data: ImageSet, g_t_us: npt.NDArray[np.floating], method: str = "none",
+        self, data: ImageSet, g_t_us: npt.NDArray[np.floating], method: str = CompensationMethod.NONE,
         g_t0_us: npt.NDArray[np.floating] | None = None, seed: int = 0,
     ) -> EvalResult:
         """Accuracy on `data` of the network read back as `g_t_us`, compensated by `method`."""
@@ -117,14 +123,28 @@ def evaluate_readout(
     return evaluator.evaluate(data, g_t_us, method, g_t0_us)
 
 
-def calibration_set(train: ImageSet, dataset: str, seed: int = 0) -> ImageSet:
-    """AdaBS calibration images: 2,600 training images for CIFAR-10 (paper), 300 for digits.
+def adabs_calibration_set(
+    dataset: str, methods: Collection[str], n_images: int | None = None, seed: int = 0
+) -> ImageSet | None:
+    """The AdaBS calibration images of an evaluation, or None when AdaBS is not among `methods`.
+
+    The one place that decides them, for the evaluate job, the report's forecast and
+    `hwctl evaluate`: `n_images` training images (default `CALIBRATION_IMAGES`) picked
+    by `seed` from `dataset`'s training split, as `calibration_set` prepares them.
+    """
+    if CompensationMethod.ADABS not in methods:
+        return None
+    return calibration_set(load_dataset(dataset, "train"), dataset, n_images, seed)
+
+
+def calibration_set(train: ImageSet, dataset: str, n_images: int | None = None, seed: int = 0) -> ImageSet:
+    """`n_images` of `train` for AdaBS (default 2,600 for CIFAR-10 as in the paper, 300 otherwise).
 
     CIFAR images get the training augmentation (crop with zero padding + flip), fixed
     by `seed`: BN statistics learned in training include the padded borders, and
     re-estimating them on unaugmented images costs ~3 points even with exact weights.
     """
+    subset = train.subset(n_images or CALIBRATION_IMAGES.get(dataset, CALIBRATION_IMAGES_OTHER), seed=seed)
     if dataset != "cifar10":
-        return train.subset(300, seed=seed)
-    subset = train.subset(2600, seed=seed)
+        return subset
     return ImageSet(augment_crop_flip(subset.x, np.random.default_rng(seed)), subset.y)

@@ -1,10 +1,12 @@
 """Per-device drift fits of a programming run: ν, G(t0), R² and fit status as blobs.
 
-`hwctl.analysis.drift.fit_drift` gives one value per device (~10⁶); like readouts they
-are stored as vectors, in the run's canonical device order, with a small chip-level
-summary (computed here, so every fit has the same one) and the per-bin statistics of
-`hwctl.analysis.statistics.ChipStatistics.to_dict()` as JSON. A run may be fitted more
-than once (more readouts, other settings); the latest fit is the current one.
+`FittedLines` is what a fit holds per device (~10⁶ values each) and what is stored;
+`hwctl.analysis.drift.fit_drift` computes it (with its uncertainties, which are not
+stored). The store defines the type so that it never imports the analysis. Like
+readouts the vectors are stored in the run's canonical device order, with a small
+chip-level summary (computed here, so every fit has the same one) and the per-bin
+statistics of `hwctl.analysis.statistics.ChipStatistics.to_dict()` as JSON. A run may
+be fitted more than once (more readouts, other settings); the latest fit is the current one.
 """
 
 from __future__ import annotations
@@ -13,19 +15,48 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from enum import IntEnum
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Connection, Row, insert, select
 
-from hwctl.analysis.drift import DriftFit, FitStatus
 from hwctl.store.engine import BINARY_RESULTS
 from hwctl.store.errors import NotFoundError, StoreError
 from hwctl.store.schema import device_fits
 from hwctl.store.vectors import decode_row, encode
 
 Floats32 = npt.NDArray[np.float32]
+Floats = npt.NDArray[np.floating[Any]]
+
+
+class FitStatus(IntEnum):
+    """Why a device has (or lacks) a drift exponent; stored per device as int8."""
+
+    OK = 0
+    NO_SIGNAL = 1  # every reading ≤ 0: a RESET or dead device; ν is undefined
+    TOO_FEW_POINTS = 2  # fewer positive readings than the fit's minimum
+    NO_TIME_SPREAD = 3  # all usable readings at the same time; no slope to fit
+
+
+@dataclass(frozen=True)
+class FittedLines:
+    """Each device's line ln G = ln G(t0) − ν·ln(t/t0); NaN wherever `status != FitStatus.OK`."""
+
+    t0_s: float
+    nu: Floats  # drift exponent (positive = conductance decays)
+    g_t0_us: Floats  # fitted conductance at t0
+    r_squared: Floats  # of the log-log line; NaN when the reads are constant
+    status: npt.NDArray[np.int8]
+
+    @property
+    def ok(self) -> npt.NDArray[np.bool_]:
+        return self.status == FitStatus.OK
+
+    @property
+    def n_devices(self) -> int:
+        return int(self.nu.size)
 
 
 @dataclass(frozen=True)
@@ -57,8 +88,15 @@ class StoredDeviceFit:
         """Per target-conductance bin statistics, [] when none were stored."""
         return list((self.statistics or {}).get("bins", []))
 
+    @property
+    def lines(self) -> FittedLines | None:
+        """The stored per-device lines; None for a fit stored before revision 0002 (no status, no t0)."""
+        if self.status is None or self.t0_s is None:
+            return None
+        return FittedLines(self.t0_s, self.nu, self.g_t0_us, self.r_squared, self.status)
 
-def fit_summary(fit: DriftFit) -> dict[str, Any]:
+
+def fit_summary(fit: FittedLines) -> dict[str, Any]:
     """Chip-level numbers of a fit: how many devices have a ν, and its distribution."""
     nu = fit.nu[fit.ok]
     counts = np.bincount(fit.status.astype(np.int64), minlength=len(FitStatus))
@@ -81,7 +119,7 @@ def fit_summary(fit: DriftFit) -> dict[str, Any]:
 def save_device_fit(
     conn: Connection,
     run_id: int,
-    fit: DriftFit,
+    fit: FittedLines,
     *,
     statistics: Mapping[str, Any] | None = None,
     extra_summary: Mapping[str, Any] | None = None,

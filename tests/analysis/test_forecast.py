@@ -14,13 +14,13 @@ from hwctl.analysis.drift import DriftFit, fit_drift
 from hwctl.analysis.forecast import FORECAST_HORIZONS_S, forecast_accuracy, forecast_conductances_us
 from hwctl.analysis.synthetic import synthetic_readouts
 from hwctl.mapping import DeviceMap, map_network
-from hwctl.nn.compensation import METHODS
 from hwctl.nn.conductance import export_layers
 from hwctl.nn.data import ImageSet, load_digits
 from hwctl.nn.evaluation import ReadoutEvaluator, calibration_set
 from hwctl.nn.models import Checkpoint, build_model
 from hwctl.nn.training import TrainRecipe, train
 from hwctl.schedule import log_spaced_offsets_s
+from hwctl.vocabulary import CompensationMethod
 
 CHIP_SEED = 5
 
@@ -95,7 +95,7 @@ def test_forecast_from_noise_free_fits_reproduces_directly_simulated_accuracy(di
         for s in range(3)
     ]
 
-    for k, method in enumerate(METHODS):
+    for k, method in enumerate(CompensationMethod):
         forecast = np.mean([records[k].accuracy for records in forecasts])
         measured = np.mean([digits.evaluator.evaluate(digits.test, g, method, reference).accuracy
                             for g in direct_reads])  # fmt: skip
@@ -113,7 +113,7 @@ def test_forecast_records_are_labelled_and_see_drift_that_compensation_recovers(
 
     assert {r.kind for r in records} == {"forecast"}
     assert [(r.label, r.t_s, r.method) for r in records] == [
-        (label, t_s, method) for label, t_s in horizons.items() for method in METHODS
+        (label, t_s, method) for label, t_s in horizons.items() for method in CompensationMethod
     ]
     assert all(r.ci_low is not None and r.ci_high is not None and r.ci_low <= r.accuracy <= r.ci_high
                for r in records)  # fmt: skip

@@ -10,16 +10,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, delete, func, select, update
 
 from hwctl.analysis.stored import NotReadyError, load_experiment
 from hwctl.cli import main
-from hwctl.report import PLOT_NAMES, UnknownPlotError, build_report, plot_bytes, training_noise_eta
-from hwctl.station import SimChipOptions, start_embedded_chip
+from hwctl.embedded_chip import SimChipOptions, start_embedded_chip
+from hwctl.report import (
+    PLOT_NAMES,
+    UnknownPlotError,
+    analyze_experiment,
+    build_report,
+    plot_bytes,
+    training_noise_eta,
+)
 from hwctl.store.engine import make_engine
 from hwctl.store.errors import NotFoundError
+from hwctl.store.fits import StoredDeviceFit, latest_device_fit
 from hwctl.store.migrate import upgrade
-from hwctl.store.schema import evaluations, readouts
+from hwctl.store.schema import device_fits, evaluations, readouts
 from hwctl.worker import Worker
 from tests.service.conftest import SMALL_CHIP, create_campaign
 from tests.service.test_campaign import run_until_idle
@@ -164,3 +172,43 @@ def test_device_ages_follow_each_blocks_own_read_time_not_the_readouts_start(rep
     np.testing.assert_allclose(ages_s[half:], later_s - programmed_s[half:])
     last_measured_s = max(r.t_s for r in stored.measured)
     assert last_measured_s > last.board_time_s - stored.programmed_end_s + 3000.0
+
+
+def _stored_fit(reported: Reported) -> StoredDeviceFit:
+    with reported.engine.connect() as conn:
+        run_id = load_experiment(conn, reported.experiment_id).run_id
+        assert run_id is not None
+        return latest_device_fit(conn, run_id)
+
+
+def test_the_report_shows_the_drift_fit_the_analyze_job_stored(reported: Reported) -> None:
+    stored = _stored_fit(reported)
+    data = json.loads((reported.index.parent / "report.json").read_text())
+    assert {k: data["drift_fit"][k] for k in ("id", "stored", "n_readouts")} == {
+        "id": stored.id, "stored": True, "n_readouts": READOUTS
+    }
+    assert f"Drift fit #{stored.id}, stored by the analyze job" in reported.index.read_text()
+    analysis = analyze_experiment(reported.engine, reported.experiment_id, forecast=False)
+    np.testing.assert_array_equal(analysis.fit.nu, stored.nu)
+    assert analysis.stats.to_dict() == stored.statistics
+
+
+@pytest.mark.parametrize("stored_fit", ["absent", "older than the last readout"])
+def test_without_a_current_stored_fit_the_report_fits_the_same_way_and_says_it_is_provisional(
+    reported: Reported, stored_fit: str
+) -> None:
+    stored = _stored_fit(reported)
+    with reported.engine.connect() as conn, conn.begin() as transaction:
+        if stored_fit == "absent":
+            conn.execute(delete(device_fits))
+        else:
+            conn.execute(update(device_fits).values(summary={**stored.summary, "n_readouts": READOUTS - 1}))
+        analysis = analyze_experiment(conn, reported.experiment_id, forecast=False)
+        provisional = analysis.run_fit
+        transaction.rollback()
+    assert provisional.fit_id is None and provisional.provenance.startswith("Provisional drift fit")
+    assert provisional.n_readouts == READOUTS
+    np.testing.assert_array_equal(provisional.lines.status, stored.status)
+    np.testing.assert_allclose(provisional.lines.nu, stored.nu, rtol=1e-4)  # NaN where unfitted, too
+    assert stored.statistics is not None
+    assert provisional.statistics.to_dict()["outliers"] == stored.statistics["outliers"]

@@ -65,3 +65,14 @@ def test_statistics_serialize_to_strict_json() -> None:
     data = json.loads(json.dumps(stats.to_dict(), allow_nan=False))
     assert data["bins"][1]["n_devices"] == 3
     assert data["bins"][5]["nu_mean"] is None
+
+
+def test_statistics_survive_the_json_round_trip_a_stored_fit_makes(default_chip: FittedChip) -> None:
+    """A stored fit keeps `to_dict()` as JSON; reports rebuild the statistics from it, NaN included."""
+    stats = chip_statistics(default_chip.fit, default_chip.target_g_us, default_chip.readouts.t_s)
+    stored = json.loads(json.dumps(stats.to_dict(), allow_nan=False))
+    rebuilt = type(stats).from_dict(stored)
+    assert rebuilt.to_dict() == stats.to_dict()
+    assert rebuilt.outliers == stats.outliers and len(rebuilt.bins) == len(stats.bins)
+    unresolved = type(stats).from_dict({**stored, "bins": [{**stored["bins"][0], "nu_sigma": None}]})
+    assert np.isnan(unresolved.bins[0].nu_sigma)
