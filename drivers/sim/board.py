@@ -25,6 +25,12 @@ from drivers.sim.pcm import PCMArray
 from drivers.sim.state import MemoryStore, open_store
 
 DEFAULT_GEOMETRY = Geometry(tiles=16, rows=512, cols=256)
+GEOMETRY_PRESETS = {
+    # IBM's 14 nm inference chip: 34 tiles of 512×2048, 35.7 M PCM devices (Ambrogio et al., Nature 2023).
+    "ibm-14nm": Geometry(tiles=34, rows=512, cols=2048),
+    # 50.3 M devices: room for ImageNet ResNet-34 (21.8 M weights = 43.6 M devices).
+    "50m": Geometry(tiles=48, rows=512, cols=2048),
+}
 HARDWARE_MAX_AMPLITUDE_UA = 500.0
 
 

@@ -108,7 +108,7 @@ class FileStore(MemoryStore):
         file = path.with_name(path.name + ".creating") if fresh else path
         layout = _layout(n_devices)
         if fresh:
-            _create_file(file, metadata, layout["end"])
+            _create_file(file, metadata, file_bytes(n_devices))
         self._file = file
         self._maps: list[np.memmap[Any, Any]] = []
         control = self._map(file, np.uint64, layout["control"], _PAGE // 8)
@@ -218,7 +218,7 @@ def open_store(
     saved_model = PCMModel.from_text(json.dumps(saved["model"]))
     if model is not None and model != saved_model:
         raise StateFileError(f"state file {path} was made with another PCM model; omit --model to continue")
-    expected = _layout(geometry.n_devices)["end"]
+    expected = file_bytes(geometry.n_devices)
     if path.stat().st_size != expected:
         raise StateFileError(f"state file {path} is {path.stat().st_size} bytes, expected {expected}")
     return FileStore(path, geometry.n_devices, saved, fresh=False), saved_model
@@ -235,6 +235,17 @@ def read_metadata(path: Path) -> dict[str, Any]:
     if not isinstance(metadata, dict) or metadata.get("magic") != MAGIC:
         raise StateFileError(f"{path} is not a simulated-chip state file")
     return metadata
+
+
+def file_bytes(n_devices: int) -> int:
+    """Size of the state file of an `n_devices` chip (header and journal included)."""
+    return _layout(n_devices)["end"]
+
+
+def committed_devices(path: Path) -> int:
+    """Devices of an update committed to the journal and not yet landed (0 when idle)."""
+    control = np.memmap(path, np.uint64, mode="r", offset=_layout(0)["control"], shape=(_PAGE // 8,))
+    return int(control[_W_JOURNAL]) & ((1 << _COUNT_BITS) - 1)
 
 
 def _layout(n_devices: int) -> dict[str, int]:
