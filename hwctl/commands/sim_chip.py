@@ -33,8 +33,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the device statistics")
     presets = ", ".join(f"{name} = {_geometry_text(g)}" for name, g in GEOMETRY_PRESETS.items())
     parser.add_argument("--geometry", type=_geometry, default=DEFAULT_GEOMETRY, metavar="T,R,C|PRESET",
-                        help=f"tiles,rows,cols or a preset ({presets}; "
-                             f"default {_geometry_text(DEFAULT_GEOMETRY)})")
+                        help=f"tiles,rows,cols or a preset: {presets} "
+                             f"(default {_geometry_text(DEFAULT_GEOMETRY)})")
     parser.add_argument("--state", type=Path, metavar="FILE",
                         help="keep devices and board time in FILE (created if missing): the chip survives "
                              "restarts and kill -9 like a non-volatile chip; without it a restart is blank "
