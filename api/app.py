@@ -24,14 +24,18 @@ from hwctl.nn.models import UnknownModelError
 from hwctl.queue import JobStateError
 from hwctl.settings import Settings
 from hwctl.station import StationError
+from hwctl.store import experiments as store_experiments
 from hwctl.store.engine import make_engine
-from hwctl.store.errors import CorruptVectorError, NotFoundError, StoreError
+from hwctl.store.errors import CorruptVectorError, DatabaseUnavailableError, NotFoundError, StoreError
+from hwctl.store.experiments import ExperimentStateError
 from hwctl.store.migrate import ensure_migrated
 
 # Domain exceptions and the status each maps to, in one place.
 DOMAIN_STATUSES: dict[type[Exception], int] = {
     NotFoundError: 404,
     JobStateError: 409,
+    ExperimentStateError: 409,
+    DatabaseUnavailableError: 503,  # the request may succeed once the database is back
     StationError: 422,
     MappingError: 422,
     UnknownModelError: 422,
@@ -59,7 +63,7 @@ def _warm_up(engine: Engine, writes: Writes) -> None:
     the submission's compiled statements (and, run in it, the threadpool's first thread)."""
     writes.group.start()
     with engine.connect() as db:
-        experiments.warm_up(db)
+        store_experiments.warm_up(db)
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -15,16 +15,17 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection
 
 from api.deps import Db, ReadAccess
-from api.routers.experiments import experiment_out, get_experiment
-from api.routers.jobs import job_out, jobs_query
+from api.params import PathId
 from api.schemas.experiments import Experiment
-from api.schemas.jobs import Job, JobStatus
+from api.schemas.jobs import Job
 from api.schemas.results import Evaluation
-from hwctl.report import METHOD_LABELS, PLOT_NAMES  # PLOT_NAMES: what /experiments/{id}/plots/ serves
-from hwctl.store.schema import experiments, jobs, stations
+from api.views import experiment_detail, experiment_out, job_out
+from hwctl.report import PLOT_NAMES  # what /experiments/{id}/plots/ serves
+from hwctl.store import queries
+from hwctl.vocabulary import METHOD_LABELS, JobStatus
 
 router = APIRouter(include_in_schema=False, dependencies=[ReadAccess])
 
@@ -82,32 +83,26 @@ def _render(request: Request, template: str, **context: Any) -> HTMLResponse:
     return HTMLResponse(html)
 
 
-def _first_job(db: Connection, station: str, status: JobStatus, order: Any) -> Job | None:
-    row = db.execute(jobs_query(status, station=station).order_by(None).order_by(*order).limit(1)).first()
+def _job(row: Any) -> Job | None:
     return None if row is None else job_out(row)
 
 
 def station_queues(db: Connection) -> list[StationQueue]:
-    per_station = select(jobs.c.station_id, func.count()).group_by(jobs.c.station_id)
-    queued: dict[int, int] = dict(db.execute(per_station.where(jobs.c.status == "queued")).all())
     return [
         StationQueue(
-            name=s.name, resource=s.resource, clock_kind=s.clock_kind, queued=int(queued.get(s.id, 0)),
-            running=_first_job(db, s.name, "running", [jobs.c.id]),
-            next_due=_first_job(db, s.name, "queued", [jobs.c.run_at_s, jobs.c.priority.desc(), jobs.c.id]),
+            name=q.station.name, resource=q.station.resource, clock_kind=q.station.clock_kind,
+            queued=q.queued, running=_job(q.running), next_due=_job(q.next_due),
         )
-        for s in db.execute(select(stations).order_by(stations.c.name))
-    ]
+        for q in queries.station_queues(db)
+    ]  # fmt: skip
 
 
 def recent_experiments(db: Connection) -> list[Experiment]:
-    query = (
-        select(*experiments.c, stations.c.name.label("station"))
-        .join(stations, stations.c.id == experiments.c.station_id)
-        .order_by(experiments.c.id.desc())
-        .limit(RECENT_EXPERIMENTS)
-    )
-    return [experiment_out(row) for row in db.execute(query)]
+    return [experiment_out(row) for row in queries.recent_experiments(db, RECENT_EXPERIMENTS)]
+
+
+_ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+_TROUBLED = (JobStatus.FAILED, JobStatus.MISSED, JobStatus.INTERRUPTED)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -123,16 +118,16 @@ def dashboard_overview(request: Request, db: Db) -> HTMLResponse:
 
 
 @router.get("/dashboard/experiments/{experiment_id}", response_class=HTMLResponse)
-def dashboard_experiment(experiment_id: int, request: Request, db: Db) -> HTMLResponse:
+def dashboard_experiment(experiment_id: PathId, request: Request, db: Db) -> HTMLResponse:
     """One experiment: progress, its pending and failed jobs, accuracy vs time and the plots."""
-    detail = get_experiment(experiment_id, db)
-    experiment_jobs = [job_out(r) for r in db.execute(jobs_query(experiment_id=experiment_id))]
+    detail = experiment_detail(db, experiment_id)
+    experiment_jobs = [job_out(r) for r in queries.experiment_jobs(db, experiment_id)]
     methods = [m for m in detail.spec.evaluation.methods if m in METHOD_LABELS]
     return _render(
         request, "experiment.html", experiment=detail, accuracy=accuracy_rows(detail.evaluations),
         shown_methods=methods,
-        active=[j for j in experiment_jobs if j.status in ("queued", "running")],
-        troubled=[j for j in experiment_jobs if j.status in ("failed", "missed", "interrupted")],
+        active=[j for j in experiment_jobs if j.status in _ACTIVE],
+        troubled=[j for j in experiment_jobs if j.status in _TROUBLED],
         plots=PLOT_NAMES,
-        refresh_s=AUTO_REFRESH_S if any(j.status in ("queued", "running") for j in experiment_jobs) else None,
+        refresh_s=AUTO_REFRESH_S if any(j.status in _ACTIVE for j in experiment_jobs) else None,
     )  # fmt: skip

@@ -1,7 +1,10 @@
 """Errors as RFC 9457 problem details (`application/problem+json`), mapped once, here.
 
 Every error a client sees has `type`, `title`, `status` and a `detail` a lab user can act
-on, whether it came from an `HTTPException`, request validation or a domain exception.
+on, whether it came from an `HTTPException` (ours or the framework's 404/405), request
+validation or a domain exception. The type is one URI per status,
+`urn:hwctl:problem:<status name>` (e.g. `urn:hwctl:problem:not-found`), and the title that
+status's phrase, so a client tells kinds of error apart the same way for every route.
 """
 
 from __future__ import annotations
@@ -24,19 +27,25 @@ log = logging.getLogger(__name__)
 class Problem(BaseModel):
     """The body of every error response."""
 
-    type: str = Field("about:blank", description="URI naming the problem kind")
+    type: str = Field(description="URI naming the problem kind: urn:hwctl:problem:<status name>")
     title: str = Field(description="short summary of the problem kind")
     status: int = Field(description="HTTP status code")
     detail: str = Field(description="what went wrong in this request, and how to fix it")
     errors: list[dict[str, Any]] | None = Field(None, description="per-field validation errors")
 
 
+def problem_type(status: int) -> str:
+    """The type URI of every problem answered with `status`."""
+    return f"urn:hwctl:problem:{HTTPStatus(status).name.lower().replace('_', '-')}"
+
+
 def problem_response(
-    status: int, detail: str, *, title: str | None = None, type_: str = "about:blank",
-    errors: list[dict[str, Any]] | None = None, headers: Mapping[str, str] | None = None,
+    status: int, detail: str, *, errors: list[dict[str, Any]] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     problem = Problem(
-        type=type_, title=title or HTTPStatus(status).phrase, status=status, detail=detail, errors=errors
+        type=problem_type(status), title=HTTPStatus(status).phrase, status=status, detail=detail,
+        errors=errors,
     )
     return JSONResponse(
         problem.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_JSON,
@@ -71,7 +80,7 @@ def install_problem_handlers(app: FastAPI, domain_statuses: Mapping[type[Excepti
     async def validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         detail, errors = _validation_detail(exc)
-        return problem_response(422, detail, title="Request validation failed", errors=errors)
+        return problem_response(422, detail, errors=errors)
 
     async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
@@ -86,7 +95,6 @@ def install_problem_handlers(app: FastAPI, domain_statuses: Mapping[type[Excepti
 
 def _domain_handler(status: int) -> Any:
     async def handle(_: Request, exc: Exception) -> JSONResponse:
-        kind = type(exc).__name__
-        return problem_response(status, str(exc), type_=f"urn:hwctl:problem:{kind}")
+        return problem_response(status, str(exc))
 
     return handle

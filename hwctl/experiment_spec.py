@@ -6,13 +6,12 @@ station worker reads it back from the row. It is the one contract between the tw
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hwctl.schedule import DAY_S, log_spaced_offsets_s, validate_offsets_s
-
-CompensationMethod = Literal["none", "gdc", "adabs"]
+from hwctl.vocabulary import CompensationMethod
 
 # Job kinds the station worker knows; the payload of each is {"experiment_id": int, ...}.
 JOB_PROGRAM = "program"
@@ -29,7 +28,6 @@ class ProgramSpec(BaseModel):
     max_iterations: int | None = Field(None, ge=1, le=100)
     amplitude_min_ua: float | None = Field(None, gt=0)
     amplitude_max_ua: float | None = Field(None, gt=0)
-    seed: int = 0
 
 
 DEFAULT_OFFSETS_S: tuple[float, ...] = tuple(log_spaced_offsets_s(25.0, DAY_S, 20))
@@ -52,7 +50,7 @@ class ScheduleSpec(BaseModel):
 
 
 def _all_methods() -> list[CompensationMethod]:
-    return ["none", "gdc", "adabs"]
+    return list(CompensationMethod)
 
 
 DatasetName = Literal["digits", "cifar10"]
@@ -98,6 +96,15 @@ class ExperimentSpec(_ExperimentSettings):
     """What the station worker runs, read back from the experiment row."""
 
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _without_retired_fields(cls, stored: Any) -> Any:
+        """Rows stored before `program.seed` was removed (it never had an effect) still load."""
+        program = stored.get("program") if isinstance(stored, dict) else None
+        if isinstance(program, dict) and "seed" in program:
+            stored = {**stored, "program": {k: v for k, v in program.items() if k != "seed"}}
+        return stored
 
 
 class ExperimentRequest(_ExperimentSettings):

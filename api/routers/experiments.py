@@ -6,106 +6,40 @@ import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Response
-from sqlalchemy import Connection, Engine, Row, and_, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Db, EngineDep, ReadAccess, WriteAccess, WritesDep
-from api.lookup import count, one_or_404
 from api.pagination import Page, Paging
 from api.params import PathId
 from api.problems import problem_responses
-from api.routers.evaluations import evaluation_out, evaluations_query
-from api.routers.jobs import TERMINAL_STATUSES, job_out
-from api.routers.readouts import readout_out, readouts_query
-from api.schemas.experiments import Experiment, ExperimentAccepted, ExperimentDetail, ExperimentProgress
-from hwctl import queue
-from hwctl.experiment_spec import (
-    DATASET_IMAGE_SHAPES,
-    JOB_PROGRAM,
-    JOB_READBACK,
-    DatasetName,
-    ExperimentRequest,
-    ExperimentSpec,
-)
+from api.schemas.experiments import Experiment, ExperimentAccepted, ExperimentDetail
+from api.views import experiment_detail, experiment_out, job_out, page_of, paging
+from hwctl.experiment_spec import DATASET_IMAGE_SHAPES, DatasetName, ExperimentRequest
 from hwctl.nn.models import UnknownModelError, model_spec
 from hwctl.schedule import duration_label
-from hwctl.store import records
-from hwctl.store.schema import EXPERIMENT_ACTIVE_STATUSES, experiments, jobs, networks, stations
+from hwctl.store import experiments as store_experiments
+from hwctl.store import queries
+from hwctl.store.engine import connect
+from hwctl.vocabulary import ExperimentStatus
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
-
-# The store's guard: at most one active experiment per station. PostgreSQL names the index
-# in the error; SQLite names the indexed column, the only unique one on experiments.station_id.
-_ONE_ACTIVE_INDEX = "uq_experiments_one_active_per_station"
-_SQLITE_ONE_ACTIVE = "UNIQUE constraint failed: experiments.station_id"
-
-_COLUMNS = (*experiments.c, stations.c.name.label("station"))
-
-
-def _select() -> Any:
-    return select(*_COLUMNS).join(stations, stations.c.id == experiments.c.station_id)
-
-
-def experiment_out(row: Row) -> Experiment:
-    return Experiment(
-        id=row.id, name=row.name, network_id=row.network_id, station=row.station, status=row.status,
-        spec=ExperimentSpec.model_validate(row.settings), created_at=row.created_at,
-    )
-
-
-# Built once, run by every submission (a statement built per call costs as much as running it).
-_TARGETS = select(
-    select(stations.c.id).where(stations.c.name == bindparam("station")).scalar_subquery(),
-    select(networks.c.name).where(networks.c.id == bindparam("network_id")).scalar_subquery(),
-    select(networks.c.architecture).where(networks.c.id == bindparam("network_id")).scalar_subquery(),
-)
-# The station row is locked (PostgreSQL) so two submissions for one station, even from two
-# API processes, take turns at the busy check; SQLite's BEGIN IMMEDIATE already serialises them.
-_ACTIVE_ON_STATION = (
-    select(stations.c.name, experiments.c.id, experiments.c.status)
-    .select_from(stations.outerjoin(experiments, and_(
-        experiments.c.station_id == stations.c.id, experiments.c.status.in_(EXPERIMENT_ACTIVE_STATUSES)
-    )))
-    .where(stations.c.id == bindparam("station_id"))
-    .order_by(experiments.c.id)
-    .limit(1)
-    .with_for_update(of=stations)
-)
-_NEXT_READBACK = (
-    select(jobs.c.payload)
-    .where(jobs.c.experiment_id == bindparam("experiment_id"), jobs.c.kind == JOB_READBACK,
-           jobs.c.status.in_(("queued", "running", "interrupted")))
-    .order_by(jobs.c.run_at_s)
-    .limit(1)
-)  # fmt: skip
-_JOB_BY_KEY = select(jobs).where(jobs.c.idempotency_key == bindparam("key"))
-_EXPERIMENT_BY_ID = _select().where(experiments.c.id == bindparam("experiment_id"))
-
-
-def warm_up(db: Connection) -> None:
-    """Run the submission's lookups once, matching nothing: SQLAlchemy compiles a statement
-    on its first execution, which the app pays at start-up instead of its first client."""
-    db.execute(_TARGETS, {"station": "", "network_id": 0}).one()
-    db.execute(_ACTIVE_ON_STATION, {"station_id": 0}).first()
-    db.execute(_JOB_BY_KEY, {"key": ""}).first()
-    db.execute(_EXPERIMENT_BY_ID, {"experiment_id": 0}).first()
+KNOWN_STATIONS_LISTED = 20
 
 
 def _targets(db: Connection, spec: ExperimentRequest) -> tuple[int, str, str]:
     """The station's id, the network's name and architecture, in one round trip; 422 if unknown."""
-    station_id, network_name, architecture = db.execute(
-        _TARGETS, {"station": spec.station, "network_id": spec.network_id}
-    ).one()
-    if station_id is None:
-        known = db.execute(select(stations.c.name).order_by(stations.c.name).limit(20)).scalars().all()
+    found = store_experiments.targets(db, spec.station, spec.network_id)
+    if found.station_id is None:
+        known = queries.station_names(db, KNOWN_STATIONS_LISTED)
         raise HTTPException(
             422, f"unknown station {spec.station!r}; known stations: "
             f"{', '.join(known) or 'none (POST /stations)'}",
         )
-    if network_name is None:
+    if found.network_name is None or found.architecture is None:
         raise HTTPException(422, f"network {spec.network_id} does not exist; upload it with POST /networks")
-    return int(station_id), str(network_name), str(architecture)
+    return found.station_id, found.network_name, found.architecture
 
 
 def _dataset(spec: ExperimentRequest, architecture: str) -> DatasetName:
@@ -134,39 +68,33 @@ def _shape(dataset: str) -> str:
 
 
 def _refuse_if_busy(db: Connection, station_id: int) -> None:
-    """409 while another experiment holds the station's devices (see EXPERIMENT_ACTIVE_STATUSES)."""
-    station, experiment_id, status = db.execute(_ACTIVE_ON_STATION, {"station_id": station_id}).one()
-    if experiment_id is None:
+    """409 while another experiment holds the station's devices (see ACTIVE_EXPERIMENT_STATUSES)."""
+    holder = store_experiments.station_holder(db, station_id)
+    if holder.experiment_id is None:
         return
-    detail = status
-    if status == "reading":
-        payload = db.execute(_NEXT_READBACK, {"experiment_id": experiment_id}).scalar()
-        if payload is not None:
-            detail += f", next readback at {duration_label(float(payload['offset_s']))} after programming"
+    detail = str(holder.status)
+    if holder.next_readback_offset_s is not None:
+        detail += f", next readback at {duration_label(holder.next_readback_offset_s)} after programming"
     raise HTTPException(
-        409, f"station {station!r} is busy with experiment {experiment_id} ({detail}); wait for it to "
-        f"finish or cancel it (POST /experiments/{experiment_id}/cancel)",
+        409, f"station {holder.station!r} is busy with experiment {holder.experiment_id} ({detail}); wait "
+        f"for it to finish or cancel it (POST /experiments/{holder.experiment_id}/cancel)",
     )
 
 
-def _with_experiment(db: Connection, job: Row) -> tuple[Row, Row]:
+def _with_experiment(db: Connection, job: Row[Any]) -> tuple[Row[Any], Row[Any]]:
     """The job's experiment as stored (server defaults included), and the job."""
-    return db.execute(_EXPERIMENT_BY_ID, {"experiment_id": job.experiment_id}).one(), job
+    return store_experiments.experiment(db, job.experiment_id), job
 
 
-def _store_submission(db: Connection, request: ExperimentRequest, idempotency_key: str | None) -> Row:
+def _store_submission(db: Connection, request: ExperimentRequest, idempotency_key: str | None) -> Row[Any]:
     """The experiment row (its spec resolved) and its program job; returns the job as stored."""
     station_id, network_name, architecture = _targets(db, request)  # checked even when a name is given
     spec = request.resolved(_dataset(request, architecture))
     _refuse_if_busy(db, station_id)
-    experiment_id = records.add_experiment(
+    return store_experiments.add_with_program_job(
         db, spec.name or f"{network_name} on {spec.station}", network_id=spec.network_id,
-        station_id=station_id, settings=spec.model_dump(mode="json"),
+        station_id=station_id, settings=spec.model_dump(mode="json"), idempotency_key=idempotency_key,
     )
-    return queue.enqueue_in(
-        db, kind=JOB_PROGRAM, station_id=station_id, experiment_id=experiment_id,
-        payload={"experiment_id": experiment_id}, run_at_s=0.0, idempotency_key=idempotency_key,
-    )  # due at once: run_at_s 0 is before any station clock
 
 
 @router.post(
@@ -194,8 +122,8 @@ async def submit_experiment(
     leaves nothing behind and it answers with the winner's job, or the station's 409.
     """
 
-    def store(db: Connection) -> tuple[Row, Row]:
-        job = None if idempotency_key is None else db.execute(_JOB_BY_KEY, {"key": idempotency_key}).first()
+    def store(db: Connection) -> tuple[Row[Any], Row[Any]]:
+        job = None if idempotency_key is None else store_experiments.job_by_key(db, idempotency_key)
         if job is None:
             job = _store_submission(db, spec, idempotency_key)
         return _with_experiment(db, job)
@@ -210,23 +138,17 @@ async def submit_experiment(
     return ExperimentAccepted(experiment=experiment_out(experiment), program_job=job_out(job))
 
 
-def _takes_busy_station(exc: IntegrityError) -> bool:
-    constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)  # psycopg
-    return constraint == _ONE_ACTIVE_INDEX or _SQLITE_ONE_ACTIVE in str(exc.orig)
-
-
 def _after_collision(
     engine: Engine, exc: IntegrityError, station: str, idempotency_key: str | None
-) -> tuple[Row, Row]:
+) -> tuple[Row[Any], Row[Any]]:
     """A unique index caught a submission the checks passed (a racing API process):
     the key's winner if there is one, else the busy station's 409."""
-    with engine.connect() as db:
-        job = None if idempotency_key is None else db.execute(_JOB_BY_KEY, {"key": idempotency_key}).first()
+    with connect(engine) as db:
+        job = None if idempotency_key is None else store_experiments.job_by_key(db, idempotency_key)
         if job is not None:
             return _with_experiment(db, job)
-        if _takes_busy_station(exc):
-            station_id = db.execute(select(stations.c.id).where(stations.c.name == station)).scalar_one()
-            _refuse_if_busy(db, station_id)  # the 409 naming the experiment that holds it
+        if store_experiments.holds_busy_station(exc):
+            _refuse_if_busy(db, store_experiments.station_id(db, station))  # the 409 naming the holder
             raise HTTPException(409, f"station {station!r} was busy with another submission; retry")
         if idempotency_key is not None:
             raise HTTPException(409, "a concurrent submission with this Idempotency-Key failed; retry")
@@ -235,16 +157,10 @@ def _after_collision(
 
 @router.get("", response_model=Page[Experiment], dependencies=[ReadAccess])
 def list_experiments(
-    db: Db, page: Paging, station: str | None = None, status: str | None = None
+    db: Db, page: Paging, station: str | None = None, status: ExperimentStatus | None = None
 ) -> Page[Experiment]:
-    query = _select().order_by(experiments.c.id)
-    if station is not None:
-        query = query.where(stations.c.name == station)
-    if status is not None:
-        query = query.where(experiments.c.status == status)
-    rows = db.execute(query.limit(page.limit).offset(page.offset)).all()
-    return Page(items=[experiment_out(r) for r in rows], total=count(db, query), limit=page.limit,
-                offset=page.offset)
+    listing = queries.list_experiments(db, paging(page), station=station, status=status)
+    return page_of(listing, page, experiment_out)
 
 
 @router.get(
@@ -253,28 +169,7 @@ def list_experiments(
 )
 def get_experiment(experiment_id: PathId, db: Db) -> ExperimentDetail:
     """The experiment with its progress and every result so far (readouts, accuracies per method)."""
-    one_or_404(db, experiments, experiment_id, "experiment")
-    experiment = experiment_out(db.execute(_select().where(experiments.c.id == experiment_id)).one())
-    statuses = db.execute(
-        select(jobs.c.status, func.count())
-        .where(jobs.c.experiment_id == experiment_id)
-        .group_by(jobs.c.status)
-    ).all()
-    readout_rows = [readout_out(r) for r in db.execute(readouts_query(experiment_id=experiment_id))]
-    evaluation_rows = [evaluation_out(r) for r in db.execute(evaluations_query(experiment_id=experiment_id))]
-    progress = ExperimentProgress(
-        jobs_total=sum(n for _, n in statuses),
-        jobs_done=sum(n for s, n in statuses if s in TERMINAL_STATUSES),
-        readouts_done=len(readout_rows),
-        readouts_planned=len(experiment.spec.schedule.offsets_s),
-        evaluations_done=len(evaluation_rows),
-    )
-    return ExperimentDetail(
-        **experiment.model_dump(), progress=progress, readouts=readout_rows, evaluations=evaluation_rows
-    )
-
-
-_OPEN_JOBS = ("queued", "interrupted")
+    return experiment_detail(db, experiment_id)
 
 
 @router.post(
@@ -284,19 +179,5 @@ _OPEN_JOBS = ("queued", "interrupted")
 async def cancel_experiment(experiment_id: PathId, writes: WritesDep) -> Experiment:
     """Free the station: the experiment's waiting jobs are cancelled, a running one is asked to
     stop at its next block, and the experiment is `cancelled` at once."""
-
-    def cancel(db: Connection) -> Row:
-        experiment = db.execute(_EXPERIMENT_BY_ID, {"experiment_id": experiment_id}).first()
-        if experiment is None:
-            raise HTTPException(404, f"experiment {experiment_id} does not exist")
-        if experiment.status not in EXPERIMENT_ACTIVE_STATUSES:
-            raise HTTPException(
-                409, f"experiment {experiment_id} is already {experiment.status}; nothing to cancel"
-            )
-        mine = jobs.c.experiment_id == experiment_id
-        db.execute(update(jobs).where(mine, jobs.c.status.in_(_OPEN_JOBS)).values(status="cancelled"))
-        db.execute(update(jobs).where(mine, jobs.c.status == "running").values(cancel_requested=True))
-        db.execute(update(experiments).where(experiments.c.id == experiment_id).values(status="cancelled"))
-        return db.execute(_EXPERIMENT_BY_ID, {"experiment_id": experiment_id}).one()
-
-    return experiment_out(await asyncio.wrap_future(writes.group.submit(cancel)))
+    cancel = writes.group.submit(lambda db: store_experiments.cancel(db, experiment_id))
+    return experiment_out(await asyncio.wrap_future(cancel))

@@ -5,67 +5,39 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy import Connection, Engine, Row, Select, select
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Db, EngineDep, ReadAccess, SettingsDep, WriteAccess
-from api.lookup import count
 from api.pagination import Page, Paging
 from api.params import PathId, QueryId
 from api.problems import problem_responses
-from api.schemas.jobs import TERMINAL_STATUSES, Job, JobStatus
+from api.schemas.jobs import Job
+from api.views import job_out, page_of, paging
 from hwctl import queue
-from hwctl.store.schema import jobs, stations
+from hwctl.store import queries
+from hwctl.store.engine import connect
+from hwctl.vocabulary import TERMINAL_JOB_STATUSES, JobKind, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 EVENT_STREAM = "text/event-stream"
 
 
-def job_out(row: Row) -> Job:
-    return Job.model_validate(row, from_attributes=True)
-
-
-def jobs_query(
-    status: JobStatus | None = None, kind: str | None = None, station: str | None = None,
-    experiment_id: QueryId = None,
-) -> Select[Any]:
-    query = select(jobs).order_by(jobs.c.id)
-    if status is not None:
-        query = query.where(jobs.c.status == status)
-    if kind is not None:
-        query = query.where(jobs.c.kind == kind)
-    if experiment_id is not None:
-        query = query.where(jobs.c.experiment_id == experiment_id)
-    if station is not None:
-        query = query.join(stations, stations.c.id == jobs.c.station_id).where(stations.c.name == station)
-    return query
-
-
-def load_job(db: Connection, job_id: int) -> Job:
-    row = db.execute(select(jobs).where(jobs.c.id == job_id)).first()
-    if row is None:
-        raise HTTPException(404, f"job {job_id} does not exist")
-    return job_out(row)
-
-
 @router.get("", response_model=Page[Job], dependencies=[ReadAccess])
 def list_jobs(
-    db: Db, page: Paging, status: JobStatus | None = None, kind: str | None = None,
+    db: Db, page: Paging, status: JobStatus | None = None, kind: JobKind | None = None,
     station: str | None = None, experiment_id: QueryId = None,
 ) -> Page[Job]:
-    query = jobs_query(status, kind, station, experiment_id)
-    rows = db.execute(query.limit(page.limit).offset(page.offset)).all()
-    return Page(items=[job_out(r) for r in rows], total=count(db, query), limit=page.limit,
-                offset=page.offset)
+    filters = queries.JobFilter(status=status, kind=kind, station=station, experiment_id=experiment_id)
+    return page_of(queries.list_jobs(db, paging(page), filters), page, job_out)
 
 
 @router.get("/{job_id}", response_model=Job, dependencies=[ReadAccess], responses=problem_responses(404))
 def get_job(job_id: PathId, db: Db) -> Job:
-    return load_job(db, job_id)
+    return job_out(queries.get_job(db, job_id))
 
 
 @router.post(
@@ -79,8 +51,8 @@ def cancel_job(job_id: PathId, engine: EngineDep) -> Job:
 
 
 def _read_job(engine: Engine, job_id: int) -> Job:
-    with engine.connect() as db:
-        return load_job(db, job_id)
+    with connect(engine) as db:
+        return job_out(queries.get_job(db, job_id))
 
 
 def _event(name: str, job: Job) -> str:
@@ -105,7 +77,7 @@ async def job_events(
     async def events() -> AsyncIterator[str]:
         job, last = first, None
         while True:
-            if job.status in TERMINAL_STATUSES:
+            if job.status in TERMINAL_JOB_STATUSES:
                 yield _event("end", job)
                 return
             if job != last:

@@ -7,31 +7,17 @@ from pathlib import PurePath
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
-from sqlalchemy import Row, func, select
 
 from api.deps import Db, ReadAccess, SettingsDep, WriteAccess, WritesDep
-from api.lookup import count, one_or_404
 from api.pagination import Page, Paging
 from api.params import PathId
 from api.problems import problem_responses
 from api.schemas.networks import Network
+from api.views import network_out, page_of, paging
 from hwctl.nn.models import Checkpoint, load_checkpoint
-from hwctl.store import records
-from hwctl.store.schema import networks
+from hwctl.store import queries, records
 
 router = APIRouter(prefix="/networks", tags=["networks"])
-
-_COLUMNS = (
-    networks.c.id, networks.c.name, networks.c.architecture, networks.c.sha256, networks.c.meta,
-    networks.c.created_at, func.length(networks.c.checkpoint).label("size_bytes"),
-)
-
-
-def network_out(row: Row) -> Network:
-    return Network(
-        id=row.id, name=row.name, architecture=row.architecture, sha256=row.sha256,
-        size_bytes=row.size_bytes, metadata=row.meta, created_at=row.created_at,
-    )
 
 
 def _too_large(size: int, limit: int) -> HTTPException:
@@ -56,7 +42,6 @@ def _parse_checkpoint(data: bytes, filename: str) -> Checkpoint:
 )
 def upload_network(
     request: Request,
-    db: Db,
     writes: WritesDep,
     settings: SettingsDep,
     response: Response,
@@ -78,16 +63,14 @@ def upload_network(
             conn, name or PurePath(filename).stem or checkpoint.arch, architecture=checkpoint.arch,
             checkpoint=data, meta=meta,
         )
+        created = queries.get_network(conn, new_id)
     response.headers["Location"] = f"/networks/{new_id}"
-    return network_out(db.execute(select(*_COLUMNS).where(networks.c.id == new_id)).one())
+    return network_out(created)
 
 
 @router.get("", response_model=Page[Network], dependencies=[ReadAccess])
 def list_networks(db: Db, page: Paging) -> Page[Network]:
-    query = select(*_COLUMNS).order_by(networks.c.id)
-    rows = db.execute(query.limit(page.limit).offset(page.offset)).all()
-    return Page(items=[network_out(r) for r in rows], total=count(db, query), limit=page.limit,
-                offset=page.offset)
+    return page_of(queries.list_networks(db, paging(page)), page, network_out)
 
 
 @router.get(
@@ -95,5 +78,4 @@ def list_networks(db: Db, page: Paging) -> Page[Network]:
     responses=problem_responses(404),
 )
 def get_network(network_id: PathId, db: Db) -> Network:
-    one_or_404(db, networks, network_id, "network")
-    return network_out(db.execute(select(*_COLUMNS).where(networks.c.id == network_id)).one())
+    return network_out(queries.get_network(db, network_id))

@@ -6,58 +6,35 @@ A readout holds ~10⁶ conductances; it leaves as a binary download, never a JSO
 from __future__ import annotations
 
 import io
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fastapi import APIRouter, Path, Query, Response
-from sqlalchemy import Row, Select, select
 
 from api.deps import Db, ReadAccess
-from api.lookup import count, one_or_404
 from api.pagination import Page, Paging
 from api.params import MAX_ROW_ID, PathId, QueryId
 from api.problems import problem_responses
 from api.schemas.results import DeviceSeries, Readout
-from hwctl.mapping import DeviceMap
+from api.views import page_of, paging, readout_out
+from hwctl.store import queries
 from hwctl.store import readouts as store_readouts
-from hwctl.store.schema import mappings, programming_runs, readouts
 
 router = APIRouter(tags=["readouts"])
 
 NPY = "application/octet-stream"
 PARQUET = "application/vnd.apache.parquet"
-_META = (
-    readouts.c.id, readouts.c.run_id, readouts.c.offset_s, readouts.c.scheduled_s, readouts.c.board_time_s,
-    readouts.c.read_at, readouts.c.temperature_c, readouts.c.g_len.label("n_devices"),
-)
-
-
-def readout_out(row: Row) -> Readout:
-    return Readout.model_validate(row, from_attributes=True)
-
-
-def readouts_query(experiment_id: int | None = None, run_id: int | None = None) -> Select[Any]:
-    """Readout metadata (no vectors), oldest offset first, optionally of one experiment or run."""
-    query = select(*_META).order_by(readouts.c.run_id, readouts.c.offset_s)
-    if run_id is not None:
-        query = query.where(readouts.c.run_id == run_id)
-    if experiment_id is not None:
-        query = query.join(programming_runs, programming_runs.c.id == readouts.c.run_id).where(
-            programming_runs.c.experiment_id == experiment_id
-        )
-    return query
 
 
 @router.get("/readouts", response_model=Page[Readout], dependencies=[ReadAccess])
 def list_readouts(
     db: Db, page: Paging, experiment_id: QueryId = None, run_id: QueryId = None
 ) -> Page[Readout]:
-    query = readouts_query(experiment_id, run_id)
-    rows = db.execute(query.limit(page.limit).offset(page.offset)).all()
-    return Page(items=[readout_out(r) for r in rows], total=count(db, query), limit=page.limit,
-                offset=page.offset)
+    """Readout metadata (no vectors), oldest offset first."""
+    listing = queries.list_readouts(db, paging(page), experiment_id=experiment_id, run_id=run_id)
+    return page_of(listing, page, readout_out)
 
 
 @router.get(
@@ -65,8 +42,7 @@ def list_readouts(
     responses=problem_responses(404),
 )
 def get_readout(readout_id: PathId, db: Db) -> Readout:
-    one_or_404(db, readouts, readout_id, "readout")
-    return readout_out(db.execute(select(*_META).where(readouts.c.id == readout_id)).one())
+    return readout_out(queries.get_readout(db, readout_id))
 
 
 def _npy(g_us: np.ndarray) -> bytes:
@@ -82,21 +58,12 @@ def _parquet(readout: store_readouts.Readout, addresses: np.ndarray) -> bytes:
         "readout_id": pa.array(np.full(n, readout.id, dtype=np.int64)),
         "offset_s": pa.array(np.full(n, readout.offset_s, dtype=np.float64)),
         "device": pa.array(np.arange(n, dtype=np.int64)),
-        "address": pa.array(addresses.astype(np.uint32, copy=False)),
+        "address": pa.array(addresses),
         "g_us": pa.array(g_us.astype(np.float32, copy=False)),
     })
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
     return buffer.getvalue()
-
-
-def _addresses(db: Db, run_id: int) -> np.ndarray:
-    blob = db.execute(
-        select(mappings.c.device_map)
-        .join(programming_runs, programming_runs.c.mapping_id == mappings.c.id)
-        .where(programming_runs.c.id == run_id)
-    ).scalar_one()
-    return DeviceMap.from_bytes(blob).addresses
 
 
 @router.get(
@@ -118,7 +85,7 @@ def download_readout(
     if format == "npy":
         body, media, suffix = _npy(readout.g_us), NPY, "npy"
     else:
-        body, media, suffix = _parquet(readout, _addresses(db, readout.run_id)), PARQUET, "parquet"
+        body, media, suffix = _parquet(readout, queries.run_addresses(db, readout.run_id)), PARQUET, "parquet"
     disposition = f'attachment; filename="readout-{readout_id}.{suffix}"'
     return Response(body, media_type=media, headers={"Content-Disposition": disposition})
 

@@ -8,6 +8,7 @@ from api.schemas.common import UtcDatetime
 from api.schemas.jobs import Job
 from api.schemas.results import Evaluation, Readout
 from hwctl.experiment_spec import ExperimentSpec
+from hwctl.vocabulary import ExperimentStatus
 
 
 class Experiment(BaseModel):
@@ -15,7 +16,7 @@ class Experiment(BaseModel):
     name: str
     network_id: int
     station: str
-    status: str
+    status: ExperimentStatus
     spec: ExperimentSpec
     created_at: UtcDatetime
 

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from api.schemas.common import UtcDatetime
-
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted", "missed"]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "missed"})
+from hwctl.vocabulary import JobKind, JobStatus
 
 
 class Job(BaseModel):
     id: int
-    kind: str
+    kind: JobKind
     station_id: int
     experiment_id: int | None
     status: JobStatus

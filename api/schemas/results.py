@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from api.schemas.common import UtcDatetime
+from hwctl.vocabulary import OUTLIERS_LISTED, CompensationMethod
 
 
 class Readout(BaseModel):
@@ -35,15 +36,12 @@ class Evaluation(BaseModel):
     id: int
     readout_id: int
     offset_s: float = Field(description="of the readout evaluated")
-    method: str = Field(description="none | gdc | adabs")
+    method: CompensationMethod
     accuracy: float
     ci_low: float | None
     ci_high: float | None
     n_images: int
     created_at: UtcDatetime
-
-
-OUTLIERS_LISTED = 10
 
 
 class OutlierDevices(BaseModel):

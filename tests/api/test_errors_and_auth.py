@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pickle
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +78,24 @@ def test_unknown_path_is_a_problem_too(client: TestClient) -> None:
 def test_service_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     with pytest.raises(NotMigratedError, match="hwctl db upgrade"):
         create_app(api_settings(f"sqlite:///{tmp_path / 'empty.sqlite'}"))
+
+
+def test_every_kind_of_error_has_one_problem_shape(client: TestClient) -> None:
+    """The framework's own 404/405/422, ours and the store's: one type scheme, the status phrase."""
+    client.post("/stations", json=station_body(), headers=AUTH)
+    answers = {
+        "unknown path": (client.get("/no-such-thing"), 404),
+        "unknown row": (client.get("/experiments/999"), 404),
+        "unknown station": (client.get("/stations/nowhere"), 404),
+        "wrong method": (client.delete("/stations"), 405),
+        "bad body": (client.post("/stations", json={"name": ""}, headers=AUTH), 422),
+        "bad query": (client.get("/jobs", params={"status": "sleeping"}), 422),
+        "conflict": (client.post("/stations", json=station_body(), headers=AUTH), 409),
+        "no key": (client.post("/stations", json=station_body()), 401),
+    }
+    for what, (response, status) in answers.items():
+        problem = assert_problem(response, status)
+        phrase = HTTPStatus(status).phrase
+        assert problem["type"] == "urn:hwctl:problem:" + phrase.lower().replace(" ", "-"), what
+        assert problem["title"] == phrase, what
+        assert set(problem) - {"errors"} == {"type", "title", "status", "detail"}, what

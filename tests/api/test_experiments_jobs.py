@@ -77,6 +77,13 @@ def test_negative_schedule_offset_is_422_naming_the_field(client: TestClient, re
     assert_problem(response, 422, "schedule.offsets_s", "positive")
 
 
+def test_a_program_seed_is_refused_since_programming_has_none(
+    client: TestClient, ready: dict[str, Any]
+) -> None:
+    assert_problem(submit(client, ready | {"program": {"seed": 7}}), 422, "program.seed", "Extra inputs")
+    assert client.get("/jobs").json()["total"] == 0
+
+
 def test_jobs_filter_by_status_and_station(client: TestClient, ready: dict[str, Any]) -> None:
     submit(client, ready)
     client.post("/stations", json=station_body("bench-2"), headers=AUTH)

@@ -5,13 +5,13 @@ cancels the others the way the API's cancel does."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from hwctl import queue
 from hwctl.store import records
 from hwctl.store.migrate import current_revision, downgrade, head_revision, schema_drift, upgrade
-from hwctl.store.schema import EXPERIMENT_ACTIVE_STATUSES, experiments, jobs
+from hwctl.store.schema import experiments, jobs
+from hwctl.vocabulary import ACTIVE_EXPERIMENT_STATUSES
 
 BEFORE = "0003"
 
@@ -32,7 +32,7 @@ def _status(engine: Engine, experiment_id: int) -> str:
         )
 
 
-@pytest.mark.parametrize("second", EXPERIMENT_ACTIVE_STATUSES)
+@pytest.mark.parametrize("second", ACTIVE_EXPERIMENT_STATUSES)
 def test_a_second_active_experiment_on_a_station_is_refused_by_the_database(
     engine: Engine, station_ids: list[int], second: str
 ) -> None:
@@ -76,12 +76,13 @@ def test_upgrade_keeps_the_newest_active_experiment_per_station_and_cancels_the_
         newest = _experiment(conn, station_ids[0], "created")
         alone = _experiment(conn, station_ids[1], "reading")
         finished = _experiment(conn, station_ids[0], "done")
-        queued, running = (
-            queue.enqueue_in(
-                conn, kind="readback", station_id=station_ids[0], experiment_id=oldest, run_at_s=t
-            ).id
+        queued, running = (  # only the columns of revision 0003's jobs table
+            conn.execute(
+                insert(jobs).values(kind="readback", station_id=station_ids[0], experiment_id=oldest,
+                                    run_at_s=t, status="queued").returning(jobs.c.id)
+            ).scalar_one()
             for t in (10.0, 20.0)
-        )
+        )  # fmt: skip
         conn.execute(update(jobs).where(jobs.c.id == running).values(status="running"))
     upgrade(engine)
     assert {e: _status(engine, e) for e in (oldest, older, newest, alone, finished)} == {

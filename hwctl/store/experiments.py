@@ -1,0 +1,172 @@
+"""An experiment's life as the API changes it: submitted with its program job, cancelled.
+
+A station runs one experiment at a time (every mapping starts at tile 0): the submission
+checks for an active one while holding the station row, and the partial unique index
+`uq_experiments_one_active_per_station` refuses whatever a racing process slips past
+the check (`holds_busy_station` recognises that refusal).
+
+Submissions are the API's hottest write, so their statements are built once here and
+compiled by `warm_up` at start-up (a statement built per call costs as much as running it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, bindparam, select, update
+from sqlalchemy.exc import IntegrityError
+
+from hwctl import queue
+from hwctl.store import records
+from hwctl.store.errors import NotFoundError, StoreError
+from hwctl.store.queries import EXPERIMENT_WITH_STATION
+from hwctl.store.schema import experiments, jobs, networks, stations
+from hwctl.vocabulary import ACTIVE_EXPERIMENT_STATUSES, ExperimentStatus, JobKind, JobStatus
+
+# PostgreSQL names the index in the error; SQLite names the indexed column, the only unique
+# one on experiments.station_id.
+_ONE_ACTIVE_INDEX = "uq_experiments_one_active_per_station"
+_SQLITE_ONE_ACTIVE = "UNIQUE constraint failed: experiments.station_id"
+
+
+class ExperimentStateError(StoreError):
+    """The experiment is not in a state that allows the requested change."""
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What a submission names, looked up in one round trip: None where it does not exist."""
+
+    station_id: int | None
+    network_name: str | None
+    architecture: str | None
+
+
+@dataclass(frozen=True)
+class StationHolder:
+    """The experiment holding a station, if any, and when its next readback is due."""
+
+    station: str
+    experiment_id: int | None
+    status: ExperimentStatus | None
+    next_readback_offset_s: float | None
+
+
+_TARGETS = select(
+    select(stations.c.id).where(stations.c.name == bindparam("station")).scalar_subquery(),
+    select(networks.c.name).where(networks.c.id == bindparam("network_id")).scalar_subquery(),
+    select(networks.c.architecture).where(networks.c.id == bindparam("network_id")).scalar_subquery(),
+)
+# The station row is locked (PostgreSQL) so two submissions for one station, even from two
+# API processes, take turns at the busy check; SQLite's BEGIN IMMEDIATE already serialises them.
+_ACTIVE_ON_STATION = (
+    select(stations.c.name, experiments.c.id, experiments.c.status)
+    .select_from(stations.outerjoin(experiments, and_(
+        experiments.c.station_id == stations.c.id, experiments.c.status.in_(ACTIVE_EXPERIMENT_STATUSES)
+    )))
+    .where(stations.c.id == bindparam("station_id"))
+    .order_by(experiments.c.id)
+    .limit(1)
+    .with_for_update(of=stations)
+)  # fmt: skip
+_PENDING_READBACK = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.INTERRUPTED)
+_NEXT_READBACK = (
+    select(jobs.c.payload)
+    .where(jobs.c.experiment_id == bindparam("experiment_id"), jobs.c.kind == JobKind.READBACK,
+           jobs.c.status.in_(_PENDING_READBACK))
+    .order_by(jobs.c.run_at_s)
+    .limit(1)
+)  # fmt: skip
+_JOB_BY_KEY = select(jobs).where(jobs.c.idempotency_key == bindparam("key"))
+_EXPERIMENT_BY_ID = EXPERIMENT_WITH_STATION.where(experiments.c.id == bindparam("experiment_id"))
+_STATION_ID = select(stations.c.id).where(stations.c.name == bindparam("station"))
+
+
+def warm_up(conn: Connection) -> None:
+    """Run the submission's lookups once, matching nothing: SQLAlchemy compiles a statement
+    on its first execution, which the app pays at start-up instead of its first client."""
+    conn.execute(_TARGETS, {"station": "", "network_id": 0}).one()
+    conn.execute(_ACTIVE_ON_STATION, {"station_id": 0}).first()
+    conn.execute(_JOB_BY_KEY, {"key": ""}).first()
+    conn.execute(_EXPERIMENT_BY_ID, {"experiment_id": 0}).first()
+
+
+def targets(conn: Connection, station: str, network_id: int) -> Targets:
+    station_id, network_name, architecture = conn.execute(
+        _TARGETS, {"station": station, "network_id": network_id}
+    ).one()
+    return Targets(
+        None if station_id is None else int(station_id),
+        None if network_name is None else str(network_name),
+        None if architecture is None else str(architecture),
+    )
+
+
+def station_id(conn: Connection, station: str) -> int:
+    found = conn.execute(_STATION_ID, {"station": station}).scalar()
+    if found is None:
+        raise NotFoundError(f"station {station!r} does not exist")
+    return int(found)
+
+
+def station_holder(conn: Connection, station_id: int) -> StationHolder:
+    """The active experiment on the station, locking the station row until the transaction ends."""
+    name, experiment_id, status = conn.execute(_ACTIVE_ON_STATION, {"station_id": station_id}).one()
+    next_offset_s = None
+    if status == ExperimentStatus.READING:
+        payload = conn.execute(_NEXT_READBACK, {"experiment_id": experiment_id}).scalar()
+        next_offset_s = None if payload is None else float(payload["offset_s"])
+    return StationHolder(
+        str(name), experiment_id, None if status is None else ExperimentStatus(status), next_offset_s
+    )
+
+
+def holds_busy_station(exc: IntegrityError) -> bool:
+    """Whether `exc` is the one-active-experiment-per-station index refusing an insert."""
+    constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)  # psycopg
+    return constraint == _ONE_ACTIVE_INDEX or _SQLITE_ONE_ACTIVE in str(exc.orig)
+
+
+def job_by_key(conn: Connection, idempotency_key: str) -> Row[Any] | None:
+    return conn.execute(_JOB_BY_KEY, {"key": idempotency_key}).first()
+
+
+def experiment(conn: Connection, experiment_id: int) -> Row[Any]:
+    """The experiment row as stored (server defaults included), with its station's name."""
+    found = conn.execute(_EXPERIMENT_BY_ID, {"experiment_id": experiment_id}).first()
+    if found is None:
+        raise NotFoundError(f"experiment {experiment_id} does not exist")
+    return found
+
+
+def add_with_program_job(
+    conn: Connection, name: str, *, network_id: int, station_id: int, settings: dict[str, Any],
+    idempotency_key: str | None,
+) -> Row[Any]:
+    """The experiment row and its program job, in the caller's transaction; returns the job."""
+    experiment_id = records.add_experiment(
+        conn, name, network_id=network_id, station_id=station_id, settings=settings
+    )
+    return queue.enqueue_in(
+        conn, kind=JobKind.PROGRAM, station_id=station_id, experiment_id=experiment_id,
+        payload={"experiment_id": experiment_id}, run_at_s=0.0, idempotency_key=idempotency_key,
+    )  # due at once: run_at_s 0 is before any station clock
+
+
+_OPEN_JOBS = (JobStatus.QUEUED, JobStatus.INTERRUPTED)
+
+
+def cancel(conn: Connection, experiment_id: int) -> Row[Any]:
+    """Free the station: waiting jobs cancelled, a running one asked to stop at its next
+    block, the experiment `cancelled`; returns the experiment row."""
+    found = experiment(conn, experiment_id)
+    if found.status not in ACTIVE_EXPERIMENT_STATUSES:
+        raise ExperimentStateError(f"experiment {experiment_id} is already {found.status}; nothing to cancel")
+    mine = jobs.c.experiment_id == experiment_id
+    conn.execute(update(jobs).where(mine, jobs.c.status.in_(_OPEN_JOBS)).values(status=JobStatus.CANCELLED))
+    conn.execute(update(jobs).where(mine, jobs.c.status == JobStatus.RUNNING).values(cancel_requested=True))
+    conn.execute(
+        update(experiments).where(experiments.c.id == experiment_id).values(status=ExperimentStatus.CANCELLED)
+    )
+    return experiment(conn, experiment_id)
