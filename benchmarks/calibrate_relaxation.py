@@ -2,7 +2,7 @@
 
     python -m benchmarks.calibrate_relaxation --devices 300000 [--json FILE]
 
-Why (see `PCMModel` in drivers/sim/pcm.py and pcm-model.md §2): the spread at t0 is the
+Why (see `PCMModel` in drivers/pcm_model.py and docs/pcm-model.md §10.3): the spread at t0 is the
 verify residual of the project's own program-and-verify, combined in quadrature with
 the relaxation drawn between the last pulse and t0, σ_prog² = σ_resid² + σ_relax². This
 programs targets uniform over (0, G_max] with default `ProgramSettings`, measures
