@@ -37,8 +37,18 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=64 * 1024 * 1024, gt=0, description="Largest network checkpoint the API accepts, in bytes."
     )
+    max_upload_expanded_bytes: int = Field(
+        default=256 * 1024 * 1024, gt=0,
+        description="Largest size an uploaded archive may declare once decompressed, in bytes "
+        "(checked before it is loaded).",
+    )
     sse_poll_s: float = Field(
         default=0.25, gt=0, description="How often a job's event stream checks the job row."
+    )
+    sse_keepalive_s: float = Field(
+        default=5.0, gt=0,
+        description="Longest silence on a job's event stream: a comment line is sent after it, so "
+        "proxies and clients see a live connection while a job makes no progress.",
     )
     sqlite_busy_timeout_ms: int = Field(
         default=10_000, gt=0, description="How long a SQLite writer waits for the lock before failing."
