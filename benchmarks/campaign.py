@@ -27,9 +27,9 @@ from sqlalchemy import Engine, func, select
 
 from benchmarks.common import emit, machine_info
 from hwctl import queue
+from hwctl.embedded_chip import SimChipOptions, start_embedded_chip
 from hwctl.experiment_spec import JOB_PROGRAM, JOB_READBACK, EvaluationSpec, ExperimentSpec
 from hwctl.nn.models import build_model
-from hwctl.station import SimChipOptions, start_embedded_chip
 from hwctl.store.engine import make_engine
 from hwctl.store.migrate import upgrade
 from hwctl.store.records import add_experiment, add_network, add_station

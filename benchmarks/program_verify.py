@@ -28,7 +28,7 @@ from drivers.base import Geometry
 from drivers.pcm_model import PCMModel
 from drivers.sim.board import DEFAULT_GEOMETRY, SimBoard
 from hwctl.mapping import LayerWeights, map_network
-from hwctl.program_verify import ProgramResult, program_and_verify
+from hwctl.program_verify import ProgrammingResult, program_and_verify
 
 RESNET32 = "models/resnet32-d509ac18.th"
 BINS_US = np.arange(0.0, 27.5, 2.5)
@@ -63,7 +63,7 @@ def targets_and_addresses(n_devices: int, geometry: Geometry) -> tuple[np.ndarra
     return np.arange(n_devices, dtype=np.uint32), targets, "synthetic half-normal (checkpoint absent)"
 
 
-def sigma_ratios(board: SimBoard, result: ProgramResult) -> tuple[list[float | None], float]:
+def sigma_ratios(board: SimBoard, result: ProgrammingResult) -> tuple[list[float | None], float]:
     """Measured/model σ at t0 per 2.5 µS bin (mean of 16 reads), and the worst |bias|."""
     model: PCMModel = board.array.model
     board.clock.advance(model.t0_s)
@@ -83,7 +83,7 @@ def sigma_ratios(board: SimBoard, result: ProgramResult) -> tuple[list[float | N
     return ratios, max(biases)
 
 
-def run_inprocess(addresses: np.ndarray, targets: np.ndarray) -> tuple[float, SimBoard, ProgramResult]:
+def run_inprocess(addresses: np.ndarray, targets: np.ndarray) -> tuple[float, SimBoard, ProgrammingResult]:
     board = SimBoard(seed=1)
     start = time.perf_counter()
     result = program_and_verify(board, addresses, targets)

@@ -104,6 +104,8 @@ def _programmed_run(engine: Engine, rng: np.random.Generator) -> tuple[int, np.n
         )
         run = start_programming_run(conn, mapping, {})
         result = ProgrammingResult(
+            addresses=np.arange(N_DEVICES, dtype=np.uint32),
+            target_g_us=rng.uniform(0, 25, N_DEVICES).astype(np.float32),
             g_final_us=rng.uniform(0, 25, N_DEVICES).astype(np.float32),
             iterations=rng.integers(1, 20, N_DEVICES).astype(np.int32),
             status=np.zeros(N_DEVICES, np.uint8),

@@ -69,16 +69,23 @@ class ProgramSettings:
             raise ValueError("tolerance_us must be positive and max_iterations at least 1")
 
 
-@dataclass
-class ProgramResult:
-    """Per-device outcome, in the order of the addresses given."""
+@dataclass(frozen=True)
+class ProgrammingResult:
+    """One programming run, per device in the order of its addresses: where each device
+    was meant to go and where it ended. What program-and-verify returns and what the store
+    keeps for a run (`hwctl.store.readouts`: the four outcome vectors; the addresses and
+    targets are its mapping's)."""
 
     addresses: npt.NDArray[np.uint32]
     target_g_us: npt.NDArray[np.float32]
-    final_g_us: npt.NDArray[np.float32]  # last verify read
-    iterations: npt.NDArray[np.uint8]
+    g_final_us: npt.NDArray[np.float32]  # last verify read
+    iterations: npt.NDArray[np.int32]  # SET/verify iterations spent on the device
     status: npt.NDArray[np.uint8]  # DeviceStatus codes
-    t_programmed_s: npt.NDArray[np.float64]  # board time of each device's last pulse
+    programmed_s: npt.NDArray[np.float64]  # board time of each device's last pulse
+
+    @property
+    def n_devices(self) -> int:
+        return int(self.addresses.size)
 
     @property
     def converged_fraction_nonzero(self) -> float:
@@ -111,7 +118,7 @@ def program_and_verify(
     target_g_us: npt.NDArray[np.float32],
     settings: ProgramSettings = ProgramSettings(),
     progress: Progress | None = None,
-) -> ProgramResult:
+) -> ProgrammingResult:
     """Program every device to its target: RESET, then SET/verify until within tolerance."""
     s = settings
     addresses = np.ascontiguousarray(addresses, np.uint32)
@@ -123,10 +130,10 @@ def program_and_verify(
     check_amplitudes(chip, s)
     n = addresses.size
     final = np.zeros(n, np.float32)
-    iterations = np.zeros(n, np.uint8)
+    iterations = np.zeros(n, np.int32)
     status = np.full(n, DeviceStatus.NOT_CONVERGED, np.uint8)
     t_programmed = np.zeros(n, np.float64)
-    result = ProgramResult(addresses, targets, final, iterations, status, t_programmed)
+    result = ProgrammingResult(addresses, targets, final, iterations, status, t_programmed)
     if n == 0:
         return result
 

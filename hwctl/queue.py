@@ -12,6 +12,8 @@ LOCKED` on PostgreSQL).
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict, Unpack
 
@@ -20,11 +22,12 @@ from sqlalchemy.exc import IntegrityError
 
 from hwctl.store.engine import SQLITE_BEGIN_OPTION
 from hwctl.store.errors import NotFoundError, StoreError
-from hwctl.store.schema import JOB_LANES, jobs
+from hwctl.store.schema import jobs
+from hwctl.vocabulary import JobKind, JobLane, JobStatus
 
-PROGRAM = "program"  # interrupted programming is never re-run without an operator
-READBACK = "readback"
-LANE_CHIP, LANE_COMPUTE = JOB_LANES
+# Rows per INSERT when a campaign queues its readbacks: a schedule of thousands of points
+# goes in as a few statements of bounded size.
+ENQUEUE_BATCH_ROWS = 500
 
 
 class JobStateError(StoreError):
@@ -46,6 +49,8 @@ class Job:
     attempts: int
     checkpoint: Any
     started_s: float | None
+    run_id: int | None  # readbacks: the programming run they read
+    scheduled_s: float | None  # readbacks: the scheduled board time (kept when resumed late)
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> Job:
@@ -66,6 +71,14 @@ def _write(engine: Engine) -> Connection:
     return engine.connect().execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
 
 
+@contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """A write transaction that takes SQLite's write lock up front: with another lane
+    writing too, it then waits its turn instead of failing on a stale read snapshot."""
+    with _write(engine) as conn, conn.begin():
+        yield conn
+
+
 class NewJob(TypedDict):
     """A job to queue: what `enqueue` and `enqueue_in` take as keywords."""
 
@@ -77,7 +90,13 @@ class NewJob(TypedDict):
     priority: NotRequired[int]
     experiment_id: NotRequired[int | None]
     idempotency_key: NotRequired[str | None]
-    lane: NotRequired[str]  # LANE_CHIP unless the job never touches the instrument
+    lane: NotRequired[str]  # JobLane.CHIP unless the job never touches the instrument
+    run_id: NotRequired[int | None]
+    scheduled_s: NotRequired[float | None]
+
+
+def _values(job: NewJob) -> dict[str, Any]:
+    return {"status": JobStatus.QUEUED, **job, "payload": job.get("payload") or {}}
 
 
 def enqueue_in(conn: Connection, **job: Unpack[NewJob]) -> Row[Any]:
@@ -86,8 +105,16 @@ def enqueue_in(conn: Connection, **job: Unpack[NewJob]) -> Row[Any]:
 
     A used `idempotency_key` raises IntegrityError (the caller's transaction is then void).
     """
-    values = {**job, "payload": job.get("payload") or {}}
-    return conn.execute(insert(jobs).values(**values).returning(*jobs.c)).one()
+    return conn.execute(insert(jobs).values(**_values(job)).returning(*jobs.c)).one()
+
+
+def enqueue_many_in(conn: Connection, new_jobs: Sequence[NewJob]) -> None:
+    """Queue many jobs inside the caller's transaction, `ENQUEUE_BATCH_ROWS` per statement.
+
+    Every job must name the same columns (one statement shape per batch).
+    """
+    for start in range(0, len(new_jobs), ENQUEUE_BATCH_ROWS):
+        conn.execute(insert(jobs), [_values(job) for job in new_jobs[start : start + ENQUEUE_BATCH_ROWS]])
 
 
 def enqueue(engine: Engine, **job: Unpack[NewJob]) -> int:
@@ -115,7 +142,7 @@ def job_id_for_key(db: Engine | Connection, idempotency_key: str) -> int | None:
     return None if found is None else int(found)
 
 
-def claim(engine: Engine, station_id: int, now_s: float, lane: str = LANE_CHIP) -> Job | None:
+def claim(engine: Engine, station_id: int, now_s: float, lane: str = JobLane.CHIP) -> Job | None:
     """Start the most urgent due job of a station's lane; None if none is due or one is running.
 
     Due jobs of the lane whose window has passed are marked missed first, in the same
@@ -125,10 +152,12 @@ def claim(engine: Engine, station_id: int, now_s: float, lane: str = LANE_CHIP) 
     candidate, busy = jobs.alias("candidate"), jobs.alias("busy")
     due = (
         select(candidate.c.id)
-        .where(candidate.c.station_id == station_id, candidate.c.lane == lane, candidate.c.status == "queued")
-        .where(candidate.c.run_at_s <= now_s)
+        .where(candidate.c.station_id == station_id, candidate.c.lane == lane)
+        .where(candidate.c.status == JobStatus.QUEUED, candidate.c.run_at_s <= now_s)
         .where(
-            ~exists().where(busy.c.station_id == station_id, busy.c.lane == lane, busy.c.status == "running")
+            ~exists().where(
+                busy.c.station_id == station_id, busy.c.lane == lane, busy.c.status == JobStatus.RUNNING
+            )
         )
         .order_by(candidate.c.priority.desc(), candidate.c.run_at_s, candidate.c.id)
         .limit(1)
@@ -138,7 +167,7 @@ def claim(engine: Engine, station_id: int, now_s: float, lane: str = LANE_CHIP) 
     start = (
         update(jobs)
         .where(jobs.c.id == due)
-        .values(status="running", started_s=now_s, heartbeat_s=now_s, attempts=jobs.c.attempts + 1)
+        .values(status=JobStatus.RUNNING, started_s=now_s, heartbeat_s=now_s, attempts=jobs.c.attempts + 1)
         .returning(*jobs.c)
     )
     try:
@@ -159,11 +188,11 @@ def _mark_missed(conn: Connection, station_id: int, now_s: float, lane: str | No
     late = update(jobs).where(
         jobs.c.station_id == station_id,
         _in_lane(lane),
-        jobs.c.status == "queued",
+        jobs.c.status == JobStatus.QUEUED,
         jobs.c.window_s.is_not(None),
         jobs.c.run_at_s + jobs.c.window_s < now_s,
     )
-    rows = conn.execute(late.values(status="missed", finished_s=now_s).returning(jobs.c.id))
+    rows = conn.execute(late.values(status=JobStatus.MISSED, finished_s=now_s).returning(jobs.c.id))
     return [int(r.id) for r in rows]
 
 
@@ -181,6 +210,21 @@ def heartbeat(
     Returns True when cancellation was requested: the worker should stop at a safe point
     and call `acknowledge_cancel`.
     """
+    with _write(engine) as conn, conn.begin():
+        return heartbeat_in(conn, job_id, now_s, progress=progress, message=message, checkpoint=checkpoint)
+
+
+def heartbeat_in(
+    conn: Connection,
+    job_id: int,
+    now_s: float,
+    *,
+    progress: float | None = None,
+    message: str | None = None,
+    checkpoint: Any = None,
+) -> bool:
+    """`heartbeat` inside the caller's transaction, so a checkpoint commits with the data
+    it points at (a readback's block)."""
     values: dict[str, Any] = {"heartbeat_s": now_s}
     if progress is not None:
         if not 0.0 <= progress <= 1.0:
@@ -190,21 +234,25 @@ def heartbeat(
         values["progress_message"] = message
     if checkpoint is not None:
         values["checkpoint"] = checkpoint
-    return bool(_transition(engine, job_id, ("running",), values, returning=jobs.c.cancel_requested))
+    cancel = _transition_in(conn, job_id, (JobStatus.RUNNING,), values, returning=jobs.c.cancel_requested)
+    return bool(cancel)
 
 
 def complete(engine: Engine, job_id: int, now_s: float, result: dict[str, Any] | None = None) -> None:
-    values = {"status": "succeeded", "finished_s": now_s, "result": result or {}, "progress": 1.0}
-    _transition(engine, job_id, ("running",), values)
+    """The job succeeded; an error left by an earlier attempt is cleared."""
+    values = {"status": JobStatus.SUCCEEDED, "finished_s": now_s, "result": result or {}, "progress": 1.0,
+              "error": None}  # fmt: skip
+    _transition(engine, job_id, (JobStatus.RUNNING,), values)
 
 
 def fail(engine: Engine, job_id: int, now_s: float, error: str) -> None:
-    _transition(engine, job_id, ("running",), {"status": "failed", "finished_s": now_s, "error": error})
+    values = {"status": JobStatus.FAILED, "finished_s": now_s, "error": error}
+    _transition(engine, job_id, (JobStatus.RUNNING,), values)
 
 
 def acknowledge_cancel(engine: Engine, job_id: int, now_s: float) -> None:
     """The worker stopped a running job whose cancellation was requested."""
-    _transition(engine, job_id, ("running",), {"status": "cancelled", "finished_s": now_s})
+    _transition(engine, job_id, (JobStatus.RUNNING,), {"status": JobStatus.CANCELLED, "finished_s": now_s})
 
 
 def cancel(engine: Engine, job_id: int) -> str:
@@ -216,12 +264,12 @@ def cancel(engine: Engine, job_id: int) -> str:
         status = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
         if status is None:
             raise NotFoundError(f"job {job_id} does not exist")
-        if status in ("queued", "interrupted"):
-            conn.execute(update(jobs).where(jobs.c.id == job_id).values(status="cancelled"))
-            return "cancelled"
-        if status == "running":
+        if status in (JobStatus.QUEUED, JobStatus.INTERRUPTED):
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(status=JobStatus.CANCELLED))
+            return JobStatus.CANCELLED
+        if status == JobStatus.RUNNING:
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True))
-            return "running"
+            return JobStatus.RUNNING
     raise JobStateError(f"job {job_id} is already {status}; nothing to cancel")
 
 
@@ -230,8 +278,8 @@ def resume(engine: Engine, job_id: int, now_s: float) -> None:
 
     Its checkpoint is kept, so the worker continues from the last committed block.
     """
-    values = {"status": "queued", "run_at_s": now_s, "error": None, "cancel_requested": False}
-    _transition(engine, job_id, ("interrupted", "failed"), values)
+    values = {"status": JobStatus.QUEUED, "run_at_s": now_s, "error": None, "cancel_requested": False}
+    _transition(engine, job_id, (JobStatus.INTERRUPTED, JobStatus.FAILED), values)
 
 
 def recover_stale(
@@ -242,11 +290,12 @@ def recover_stale(
     stale = update(jobs).where(
         jobs.c.station_id == station_id,
         _in_lane(lane),
-        jobs.c.status == "running",
+        jobs.c.status == JobStatus.RUNNING,
         or_(jobs.c.heartbeat_s.is_(None), jobs.c.heartbeat_s < now_s - stale_after_s),
     )
+    interrupted = stale.values(status=JobStatus.INTERRUPTED, error="worker stopped")
     with _write(engine) as conn, conn.begin():
-        rows = conn.execute(stale.values(status="interrupted", error="worker stopped").returning(jobs.c.id))
+        rows = conn.execute(interrupted.returning(jobs.c.id))
         return [int(r.id) for r in rows]
 
 
@@ -261,10 +310,13 @@ def recover_on_start(engine: Engine, station_id: int, stale_after_s: float, now_
     """
     interrupted = recover_stale(engine, station_id, stale_after_s, now_s)
     rerun = update(jobs).where(
-        jobs.c.station_id == station_id, jobs.c.status == "interrupted", jobs.c.kind != PROGRAM
+        jobs.c.station_id == station_id,
+        jobs.c.status == JobStatus.INTERRUPTED,
+        jobs.c.kind != JobKind.PROGRAM,
     )
     with _write(engine) as conn, conn.begin():
-        requeued = [int(r.id) for r in conn.execute(rerun.values(status="queued").returning(jobs.c.id))]
+        rows = conn.execute(rerun.values(status=JobStatus.QUEUED).returning(jobs.c.id))
+        requeued = [int(r.id) for r in rows]
         missed = _mark_missed(conn, station_id, now_s)
     return Recovery(interrupted=interrupted, requeued=sorted(set(requeued) - set(missed)), missed=missed)
 
@@ -274,13 +326,42 @@ def next_run_at_s(
 ) -> float | None:
     """When the station's next queued job (of one lane, or any; due after `after_s` if
     given) is due, in station-clock s: what a worker sleeps until."""
-    due = select(jobs.c.run_at_s).where(jobs.c.station_id == station_id, jobs.c.status == "queued")
+    due = select(jobs.c.run_at_s).where(jobs.c.station_id == station_id, jobs.c.status == JobStatus.QUEUED)
     if lane is not None:
         due = due.where(jobs.c.lane == lane)
     if after_s is not None:
         due = due.where(jobs.c.run_at_s > after_s)
     with engine.connect() as conn:
         return conn.execute(due.order_by(jobs.c.run_at_s).limit(1)).scalar()
+
+
+def readbacks_pending(conn: Connection, run_id: int, other_than_job_id: int) -> bool:
+    """Whether a readback of the run other than `other_than_job_id` is queued or running."""
+    pending = select(jobs.c.id).where(
+        jobs.c.run_id == run_id, jobs.c.kind == JobKind.READBACK, jobs.c.id != other_than_job_id,
+        jobs.c.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)),
+    )  # fmt: skip
+    return conn.execute(pending.limit(1)).first() is not None
+
+
+def later_readback_due(engine: Engine, station_id: int, now_s: float, scheduled_s: float) -> bool:
+    """Whether a queued readback of the station scheduled after `scheduled_s` is due at `now_s`.
+
+    Compared by scheduled time, not `run_at_s`: a resumed readback is due "now" but keeps
+    its place in the schedule, so two readbacks never hand the chip back and forth.
+    """
+    due = select(jobs.c.id).where(
+        jobs.c.station_id == station_id, jobs.c.lane == JobLane.CHIP, jobs.c.status == JobStatus.QUEUED,
+        jobs.c.kind == JobKind.READBACK, jobs.c.run_at_s <= now_s, jobs.c.scheduled_s > scheduled_s,
+    )  # fmt: skip
+    with engine.connect() as conn:
+        return conn.execute(due.limit(1)).first() is not None
+
+
+def bring_forward_in(conn: Connection, idempotency_key: str, run_at_s: float) -> None:
+    """Make the queued job with `idempotency_key` due at `run_at_s` (nothing if it has started)."""
+    queued = update(jobs).where(jobs.c.idempotency_key == idempotency_key, jobs.c.status == JobStatus.QUEUED)
+    conn.execute(queued.values(run_at_s=run_at_s))
 
 
 def get_job(engine: Engine, job_id: int) -> Row[Any]:
@@ -294,12 +375,18 @@ def get_job(engine: Engine, job_id: int) -> Row[Any]:
 def _transition(
     engine: Engine, job_id: int, allowed: tuple[str, ...], values: dict[str, Any], returning: Any = None
 ) -> Any:
-    change = update(jobs).where(and_(jobs.c.id == job_id, jobs.c.status.in_(allowed))).values(**values)
     with _write(engine) as conn, conn.begin():
-        row = conn.execute(change.returning(returning if returning is not None else jobs.c.id)).one_or_none()
-        if row is not None:
-            return row[0]
-        status = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
+        return _transition_in(conn, job_id, allowed, values, returning)
+
+
+def _transition_in(
+    conn: Connection, job_id: int, allowed: tuple[str, ...], values: dict[str, Any], returning: Any = None
+) -> Any:
+    change = update(jobs).where(and_(jobs.c.id == job_id, jobs.c.status.in_(allowed))).values(**values)
+    row = conn.execute(change.returning(returning if returning is not None else jobs.c.id)).one_or_none()
+    if row is not None:
+        return row[0]
+    status = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
     if status is None:
         raise NotFoundError(f"job {job_id} does not exist")
     raise JobStateError(f"job {job_id} is {status}, expected {' or '.join(allowed)}")

@@ -1,11 +1,17 @@
 """A station: one chip, opened from its stored resource string, and the clock it keeps.
 
+Its life is `open_station` (link up), `check` (is this the registered board?), blocks
+of work through `chip` and `read_block`, and `close` (safe state first, then the link),
+on every exit path.
+
 The schedule of a campaign runs on the *board's* clock (drift is measured against it),
 so the worker asks the station for `clock_now_s()` and converts station seconds to wall
 seconds with the clock rate it observes. A real board runs at rate 1; a simulated chip
 may be accelerated (3600× turns 24 h into 24 s) or virtual (the worker advances it to
 the next due job). Every kind is reached through the same driver over a real transport:
-`sim://?rate=3600` starts an embedded simulated chip behind the real TCP server.
+`sim://?rate=3600` starts an embedded simulated chip behind the real TCP server
+(`hwctl.embedded_chip`, imported only when such a station is opened, so a process that
+never opens one never loads the simulator).
 """
 
 from __future__ import annotations
@@ -13,22 +19,23 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
-from urllib.parse import parse_qs, urlsplit
+from typing import TYPE_CHECKING
 
-from drivers.base import Geometry
+import numpy as np
+import numpy.typing as npt
+
+from drivers.base import Identity
 from drivers.chip import ChipDriver
 from drivers.errors import DriverError
-from drivers.sim.board import DEFAULT_GEOMETRY, SimBoard
-from drivers.sim.clock import AcceleratedClock, Clock, VirtualClock
-from drivers.sim.server import serve_in_thread
 from drivers.transports.factory import open_transport
+
+if TYPE_CHECKING:
+    from hwctl.embedded_chip import EmbeddedChip
 
 log = logging.getLogger(__name__)
 
 SIM_SCHEME = "sim://"
-DEFAULT_SIM_RATE = 3600.0  # 24 h of board time in 24 s of wall time
 DEFAULT_TIMEOUT_S = 30.0
 # Below this many board seconds per wall second the clock counts as stopped (virtual).
 _STOPPED_RATE = 1e-6
@@ -38,60 +45,8 @@ class StationError(ValueError):
     """The station's resource string cannot be opened as written."""
 
 
-@dataclass(frozen=True)
-class SimChipOptions:
-    """How to build an embedded simulated chip, parsed from `sim://?rate=…&seed=…`."""
-
-    rate: float = DEFAULT_SIM_RATE
-    virtual: bool = False
-    seed: int = 0
-    geometry: Geometry = DEFAULT_GEOMETRY
-
-    @classmethod
-    def parse(cls, resource: str) -> SimChipOptions:
-        """`sim://?clock=virtual|accelerated&rate=X&seed=N&geometry=TxRxC`."""
-        query = {k: v[-1] for k, v in parse_qs(urlsplit(resource).query).items()}
-        unknown = set(query) - {"clock", "rate", "seed", "geometry"}
-        if unknown:
-            raise StationError(f"{resource!r}: unknown simulated-chip options {sorted(unknown)}")
-        clock = query.get("clock", "accelerated")
-        if clock not in ("virtual", "accelerated"):
-            raise StationError(f"{resource!r}: clock must be 'virtual' or 'accelerated', not {clock!r}")
-        try:
-            rate = float(query.get("rate", DEFAULT_SIM_RATE))
-            seed = int(query.get("seed", 0))
-            geometry = DEFAULT_GEOMETRY
-            if "geometry" in query:
-                tiles, rows, cols = (int(x) for x in query["geometry"].lower().split("x"))
-                geometry = Geometry(tiles, rows, cols)
-        except ValueError as exc:
-            raise StationError(f"{resource!r}: malformed simulated-chip option ({exc})") from None
-        if rate <= 0:
-            raise StationError(f"{resource!r}: clock rate must be positive, got {rate}")
-        return cls(rate=rate, virtual=clock == "virtual", seed=seed, geometry=geometry)
-
-
-class EmbeddedChip:
-    """A `SimBoard` served on a real localhost TCP port, as a lab board would be."""
-
-    def __init__(self, options: SimChipOptions = SimChipOptions()) -> None:
-        clock: Clock = VirtualClock() if options.virtual else AcceleratedClock(options.rate)
-        self.options = options
-        self.board = SimBoard(options.geometry, clock=clock, seed=options.seed)
-        self._server = serve_in_thread(self.board, port=0)
-
-    @property
-    def resource(self) -> str:
-        """The VISA resource string a driver (or another process) connects to."""
-        return self._server.resource
-
-    def stop(self) -> None:
-        self._server.stop()
-
-
-def start_embedded_chip(options: SimChipOptions = SimChipOptions()) -> EmbeddedChip:
-    """Start a simulated chip server in this process (for `hwctl serve` and tests)."""
-    return EmbeddedChip(options)
+class StationIdentityError(StationError):
+    """The board that answered is not the one the station was registered with."""
 
 
 class Station:
@@ -161,6 +116,22 @@ class Station:
     def temperature_c(self) -> float:
         return self.chip.temperature_c()
 
+    # -- check and work ------------------------------------------------------------
+    def check(self, chip_serial: str) -> Identity:
+        """The board's identity, refused unless its serial is the registered `chip_serial`."""
+        identity = self.chip.identify()
+        if identity.serial != chip_serial:
+            raise StationIdentityError(
+                f"station {self.name}: the board answers as serial {identity.serial!r}, "
+                f"registered as {chip_serial!r}"
+            )
+        return identity
+
+    def read_block(self, addresses: npt.NDArray[np.uint32]) -> tuple[float, npt.NDArray[np.float32]]:
+        """One block read: the board time it started at and the conductances (µS)."""
+        read_s = self.clock_now_s()
+        return read_s, self.chip.read_block(addresses)
+
     # -- lifetime ------------------------------------------------------------------
     def close(self) -> None:
         """Safe state first, then the link, then any embedded chip; idempotent."""
@@ -208,6 +179,8 @@ def open_station(
     """
     embedded: EmbeddedChip | None = None
     if resource.startswith(SIM_SCHEME):
+        from hwctl.embedded_chip import SimChipOptions, start_embedded_chip
+
         options = SimChipOptions.parse(resource)
         embedded = start_embedded_chip(options)
         resource, advances_clock = embedded.resource, advances_clock or options.virtual

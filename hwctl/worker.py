@@ -1,7 +1,7 @@
 """The station worker: the one owner of a station's chip, running its jobs on the board clock.
 
 API handlers never touch an instrument; they enqueue jobs. A worker per station claims
-the due jobs and runs them (`hwctl.campaign`) in two lanes, one job at a time in each:
+the due jobs and runs them (`hwctl.jobs`) in two lanes, one job at a time in each:
 the chip lane (programming, readbacks) holds the driver; the compute lane (evaluation,
 drift analysis) runs in a second thread that never touches the driver and reads the
 station clock by extrapolating the chip lane's last reading, so a minute of CPU spent
@@ -24,17 +24,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from drivers.errors import LinkError
 from hwctl import queue
-from hwctl.campaign import HANDLERS, READ_BLOCK_DEVICES, JobCancelled, JobContext, JobOvertaken, JobPaused
-from hwctl.experiment_spec import JOB_READBACK
+from hwctl.jobs import JOBS
+from hwctl.jobs.context import READ_BLOCK_DEVICES, JobCancelled, JobContext, JobOvertaken, JobPaused
 from hwctl.settings import Settings
 from hwctl.station import DEFAULT_TIMEOUT_S, Station, open_station
 from hwctl.store.engine import make_engine
 from hwctl.store.migrate import ensure_migrated
-from hwctl.store.schema import jobs, stations
+from hwctl.store.schema import stations
+from hwctl.vocabulary import JobKind, JobLane
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +124,11 @@ class Worker:
                 row.name, row.resource, timeout_s=self.options.link_timeout_s,
                 advances_clock=row.clock_kind == "virtual",
             ) as station:  # fmt: skip
+                station.check(row.chip_serial)
                 recovery = queue.recover_on_start(self.engine, station_id, _ANY_AGE_S, station.clock_now_s())
                 if recovery.interrupted or recovery.missed:
                     log.warning("station %s recovered: %s", self.station_name, recovery)
-                lane = _Lane(queue.LANE_COMPUTE, station.estimated_now_s, None)
+                lane = _Lane(JobLane.COMPUTE, station.estimated_now_s, None)
                 compute = threading.Thread(
                     target=self._compute_lane, args=(lane, station_id, compute_errors),
                     name=f"worker-{self.station_name}-compute", daemon=True,
@@ -143,10 +145,10 @@ class Worker:
             raise compute_errors[0]
 
     def _chip_lane(self, station: Station, station_id: int) -> None:
-        lane = _Lane(queue.LANE_CHIP, station.clock_now_s, station)
+        lane = _Lane(JobLane.CHIP, station.clock_now_s, station)
         while not self.stop_event.is_set():
             now_s = station.clock_now_s()
-            job = queue.claim(self.engine, station_id, now_s, queue.LANE_CHIP)
+            job = queue.claim(self.engine, station_id, now_s, JobLane.CHIP)
             if job is None:
                 self._chip_wait(station, station_id, now_s)
                 continue
@@ -188,31 +190,28 @@ class Worker:
         return queue.claim(self.engine, station_id, now_s, lane.name)
 
     def _overtaken(self, station: Station, station_id: int, job: queue.Job) -> bool:
-        """Whether a readback scheduled later than `job` is due now (only readbacks yield).
-
-        Compared by scheduled time, not `run_at_s`: a resumed readback is due "now" but
-        keeps its place in the schedule, so two readbacks never hand the chip back and forth.
-        """
-        due = (
-            select(jobs.c.payload)
-            .where(jobs.c.station_id == station_id, jobs.c.status == "queued", jobs.c.kind == JOB_READBACK)
-            .where(jobs.c.run_at_s <= station.clock_now_s())
-        )
-        with self.engine.connect() as conn:
-            scheduled_s = [float(p["scheduled_s"]) for p in conn.execute(due).scalars()]
-        return any(s > float(job.payload["scheduled_s"]) for s in scheduled_s)
+        """Whether a readback scheduled later than `job` is due now (only readbacks yield)."""
+        if job.scheduled_s is None:
+            return False
+        return queue.later_readback_due(self.engine, station_id, station.clock_now_s(), job.scheduled_s)
 
     def _run_job(self, lane: _Lane, station_id: int, job: queue.Job) -> None:
-        def heartbeat(progress: float, message: str, checkpoint: dict[str, Any] | None) -> bool:
-            cancel = queue.heartbeat(
-                self.engine, job.id, lane.now_s(), progress=progress, message=message, checkpoint=checkpoint
-            )
+        def heartbeat(
+            progress: float, message: str, checkpoint: dict[str, Any] | None,
+            write: Callable[[Connection], None] | None,
+        ) -> bool:  # fmt: skip
+            with queue.writing(self.engine) as conn:
+                if write is not None:
+                    write(conn)
+                cancel = queue.heartbeat_in(
+                    conn, job.id, lane.now_s(), progress=progress, message=message, checkpoint=checkpoint
+                )
             return not cancel
 
         station = lane.station
         ctx = JobContext(
             engine=self.engine, station=station, station_id=station_id, job_id=job.id, kind=job.kind,
-            payload=job.payload, checkpoint=job.checkpoint, heartbeat=heartbeat,
+            checkpoint=job.checkpoint, heartbeat=heartbeat,
             complete=lambda result: queue.complete(self.engine, job.id, lane.now_s(), result),
             stopping=self.stop_event.is_set,
             overtaken=lambda: station is not None and self._overtaken(station, station_id, job),
@@ -223,7 +222,8 @@ class Worker:
             "station %s: %s job %d starts in the %s lane", self.station_name, job.kind, job.id, lane.name
         )
         try:
-            HANDLERS[job.kind](ctx)
+            job_type = JOBS[JobKind(job.kind)]
+            job_type.handle(ctx, job_type.payload.model_validate(job.payload))
         except JobCancelled:
             queue.acknowledge_cancel(self.engine, job.id, lane.now_s())
         except JobOvertaken:

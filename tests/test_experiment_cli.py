@@ -14,8 +14,8 @@ import torch
 from api.app import create_app
 from api.server import BackgroundServer
 from hwctl.cli import main
+from hwctl.embedded_chip import SimChipOptions, start_embedded_chip
 from hwctl.nn.models import build_model, save_checkpoint
-from hwctl.station import SimChipOptions, start_embedded_chip
 from hwctl.store.engine import make_engine
 from hwctl.worker import Worker, WorkerOptions
 from tests.api.conftest import API_KEY, api_settings, migrated_sqlite_url

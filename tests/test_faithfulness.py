@@ -16,7 +16,7 @@ import pytest
 from drivers.base import Geometry
 from drivers.pcm_model import PCMModel
 from drivers.sim.board import SimBoard
-from hwctl.program_verify import DeviceStatus, ProgramResult, program_and_verify
+from hwctl.program_verify import DeviceStatus, ProgrammingResult, program_and_verify
 
 # -- pcm-model.md §2–§5, restated (never imported from the simulator) ----------------------
 G_MAX_US = 25.0
@@ -49,7 +49,7 @@ def paper_read_time_factor(t_s: float) -> float:
 N_DEVICES = 100_000
 BINS_US = np.arange(0.0, 27.5, 2.5)
 DAY_S = 86_400.0
-Programmed = tuple[SimBoard, ProgramResult]
+Programmed = tuple[SimBoard, ProgrammingResult]
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +95,8 @@ def test_fitted_drift_exponent_follows_mu_and_sigma_per_bin(programmed: Programm
     board, result = programmed
     keep = result.target_g_us > 2.5  # below, 1/f noise swamps a 16-read fit
     addresses, targets = result.addresses[keep], result.target_g_us[keep]
-    programmed_at_s = float(result.t_programmed_s[keep].max())
-    assert programmed_at_s == float(result.t_programmed_s[keep].min())  # frozen virtual clock
+    programmed_at_s = float(result.programmed_s[keep].max())
+    assert programmed_at_s == float(result.programmed_s[keep].min())  # frozen virtual clock
     ages_s = np.geomspace(T0_S, DAY_S, 6)
     log_g = []
     for age_s in ages_s:

@@ -53,7 +53,7 @@ def test_zero_targets_are_reset_and_verified_without_set_pulses() -> None:
     board = CountingBoard()
     result = program_and_verify(board, np.arange(100, dtype=np.uint32), np.zeros(100, np.float32))
     assert "set" not in board.log
-    assert np.all(result.final_g_us < 0.5)
+    assert np.all(result.g_final_us < 0.5)
     assert result.converged_fraction_nonzero == 1.0
 
 
@@ -72,8 +72,8 @@ def test_result_records_board_time_of_each_devices_last_pulse() -> None:
         board, np.arange(n, dtype=np.uint32), _targets(n), progress=lambda *_: board.clock.advance(1.0)
     )
     # Iteration k pulses at board time k-1; a device's last pulse is in its last iteration.
-    np.testing.assert_array_equal(result.t_programmed_s, result.iterations - 1.0)
-    np.testing.assert_array_equal(result.t_programmed_s, board.array.t_programmed_s[:n])
+    np.testing.assert_array_equal(result.programmed_s, result.iterations - 1.0)
+    np.testing.assert_array_equal(result.programmed_s, board.array.t_programmed_s[:n])
 
 
 def test_devices_the_max_amplitude_cannot_reach_are_reported_at_the_limit() -> None:

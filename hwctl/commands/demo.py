@@ -27,8 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hwctl.cli import CLIError
+from hwctl.commands.errors import CLIError
 from hwctl.commands.experiment import follow_experiment, result_lines
+from hwctl.vocabulary import ExperimentStatus
 
 if TYPE_CHECKING:
     from hwctl.worker import Worker
@@ -119,11 +120,11 @@ def run(args: argparse.Namespace) -> int:
     from api.app import create_app
     from api.server import BackgroundServer
     from hwctl.client import ApiError, HwctlClient
+    from hwctl.embedded_chip import SimChipOptions
     from hwctl.experiment_spec import EvaluationSpec, ExperimentSpec, ScheduleSpec
     from hwctl.report import analyze_experiment, summary_lines, write_report
     from hwctl.schedule import log_spaced_offsets_s
     from hwctl.settings import Settings
-    from hwctl.station import SimChipOptions
     from hwctl.store.engine import make_engine
     from hwctl.store.migrate import upgrade
     from hwctl.worker import Worker, WorkerOptions
@@ -176,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
             detail = follow_experiment(client, experiment_id, check=_alive(worker))
             step("campaign finished")
             print("\n".join(result_lines(client, detail)), flush=True)
-            if detail["status"] != "done":
+            if detail["status"] != ExperimentStatus.DONE:
                 raise CLIError(f"experiment {experiment_id} stopped while {detail['status']}; no report")
             forecast = not args.no_forecast
             analysis = analyze_experiment(engine, experiment_id, forecast=forecast, seed=args.seed)

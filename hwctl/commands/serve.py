@@ -17,9 +17,9 @@ from typing import Any
 
 from sqlalchemy import Engine, select, update
 
-from hwctl.cli import CLIError
+from hwctl.commands.errors import CLIError
+from hwctl.embedded_chip import SimChipOptions
 from hwctl.settings import Settings, get_settings
-from hwctl.station import SimChipOptions
 from hwctl.store import records
 from hwctl.store.engine import make_engine
 from hwctl.store.errors import StoreError

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from hwctl.cli import CLIError
+from hwctl.commands.errors import CLIError
 
 CLOCK_KINDS = ("real", "accelerated", "virtual")
 LIST_HEADER = ("name", "resource", "chip", "tiles x rows x cols", "limit", "clock")
@@ -77,7 +77,8 @@ def _default_clock(resource: str) -> str:
     """A sim:// resource names its clock; any other board keeps wall time."""
     if not resource.startswith("sim://"):
         return "real"
-    from hwctl.station import SimChipOptions, StationError
+    from hwctl.embedded_chip import SimChipOptions
+    from hwctl.station import StationError
 
     try:
         return "virtual" if SimChipOptions.parse(resource).virtual else "accelerated"

@@ -5,6 +5,11 @@ float32 blob in canonical device order (`hwctl.mapping`). Each device's time sin
 programming is its read time (`device_read_times_s`: its block's start, `board_time_s`
 for rows without blocks) − `programmed_s[device]`, the run's per-device programming end
 time (board seconds, float64).
+
+A readback under way keeps the blocks it has read as `readout_blocks` rows (its
+checkpoint, one vector per block, written with the job's heartbeat); finishing writes
+the readout row and drops the blocks in one transaction. A future chunked readout row
+(readouts too large for one blob) can take those block rows over instead of copying them.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 
+from hwctl.mapping import DeviceMap
+from hwctl.program_verify import ProgrammingResult
 from hwctl.store.engine import BINARY_RESULTS, is_sqlite
 from hwctl.store.errors import NotFoundError, StoreError
-from hwctl.store.schema import programming_runs, readouts, utc_now
+from hwctl.store.schema import mappings, programming_runs, readout_blocks, readouts, utc_now
 from hwctl.store.vectors import decode_row, encode
 
 Floats = npt.NDArray[np.float64]
@@ -61,13 +68,12 @@ READOUT_INFO_COLUMNS = (
 
 
 @dataclass(frozen=True)
-class ProgrammingResult:
-    """Per-device outcome of program-and-verify, in canonical device order."""
+class ReadoutBlock:
+    """Devices `first_device`… of a readback under way, read at board time `read_s`."""
 
-    g_final_us: npt.NDArray[np.float32]
-    iterations: npt.NDArray[np.int32]
-    status: npt.NDArray[np.uint8]
-    programmed_s: npt.NDArray[np.float64]
+    first_device: int
+    read_s: float
+    g_us: npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True)
@@ -92,8 +98,11 @@ def start_programming_run(
 
 
 def finish_programming_run(conn: Connection, run_id: int, result: ProgrammingResult) -> None:
-    """Record the per-device outcome; every vector must cover the same devices."""
-    sizes = {v.size for v in (result.g_final_us, result.iterations, result.status, result.programmed_s)}
+    """Record the per-device outcome (the addresses and targets are the run's mapping's);
+    every vector must cover the same devices."""
+    vectors = (result.addresses, result.target_g_us, result.g_final_us, result.iterations, result.status,
+               result.programmed_s)  # fmt: skip
+    sizes = {v.size for v in vectors}
     if len(sizes) != 1:
         raise StoreError(f"programming result vectors differ in length: {sorted(sizes)}")
     values = {
@@ -109,19 +118,38 @@ def finish_programming_run(conn: Connection, run_id: int, result: ProgrammingRes
 
 
 def load_programming_result(conn: Connection, run_id: int) -> ProgrammingResult:
-    query = select(programming_runs).where(programming_runs.c.id == run_id)
+    query = (
+        select(programming_runs, mappings.c.device_map)
+        .join(mappings, mappings.c.id == programming_runs.c.mapping_id)
+        .where(programming_runs.c.id == run_id)
+    )
     row = conn.execute(query, execution_options=BINARY_RESULTS).one_or_none()
     if row is None:
         raise NotFoundError(f"programming run {run_id} does not exist")
     if row.ended_at is None:
         raise StoreError(f"programming run {run_id} has not finished: no per-device results yet")
     what = f"programming run {run_id}"
+    device_map = DeviceMap.from_bytes(row.device_map)
     return ProgrammingResult(
+        addresses=device_map.addresses,
+        target_g_us=device_map.target_g_us,
         g_final_us=decode_row(row, "g_final", what=f"{what} g_final"),
         iterations=decode_row(row, "iterations", what=f"{what} iterations"),
         status=decode_row(row, "status", what=f"{what} status"),
         programmed_s=decode_row(row, "programmed_s", what=f"{what} programmed_s"),
     )
+
+
+def load_run_device_map(conn: Connection, run_id: int) -> DeviceMap:
+    """The device map a programming run was written with."""
+    stored = conn.execute(
+        select(mappings.c.device_map)
+        .join(programming_runs, programming_runs.c.mapping_id == mappings.c.id)
+        .where(programming_runs.c.id == run_id)
+    ).scalar()
+    if stored is None:
+        raise NotFoundError(f"programming run {run_id} does not exist or has no mapping")
+    return DeviceMap.from_bytes(stored)
 
 
 def add_readout(
@@ -133,8 +161,13 @@ def add_readout(
     board_time_s: float,
     g_us: npt.ArrayLike,
     temperature_c: float | None = None,
+    block_starts: list[tuple[int, float]] | None = None,
 ) -> int:
-    """Store one whole-chip readout as a single row; returns its id."""
+    """Store one whole-chip readout as a single row (one write); returns its id.
+
+    `block_starts`: (first device, board s) of each read block; None: one block read at
+    `board_time_s`.
+    """
     values = {
         "run_id": run_id,
         "offset_s": offset_s,
@@ -142,9 +175,45 @@ def add_readout(
         "board_time_s": board_time_s,
         "read_at": utc_now(),
         "temperature_c": temperature_c,
+        "block_starts": None if block_starts is None else [[int(f), float(t)] for f, t in block_starts],
         **encode(g_us, "float32").columns("g"),
     }
     return int(conn.execute(insert(readouts).values(**values).returning(readouts.c.id)).scalar_one())
+
+
+def find_readout(conn: Connection, run_id: int, offset_s: float) -> int | None:
+    """The id of the run's readout at `offset_s`, if it is stored."""
+    found = conn.execute(
+        select(readouts.c.id).where(readouts.c.run_id == run_id, readouts.c.offset_s == offset_s)
+    ).scalar()
+    return None if found is None else int(found)
+
+
+def add_readout_block(conn: Connection, job_id: int, block: ReadoutBlock) -> None:
+    """Keep one read block of the readback `job_id` (its checkpoint)."""
+    values = {"job_id": job_id, "first_device": block.first_device, "read_s": block.read_s,
+              **encode(block.g_us, "float32").columns("g")}  # fmt: skip
+    conn.execute(insert(readout_blocks).values(**values))
+
+
+def load_readout_blocks(conn: Connection, job_id: int) -> list[ReadoutBlock]:
+    """The blocks the readback `job_id` has kept, in device order, checksums verified."""
+    query = (
+        select(readout_blocks)
+        .where(readout_blocks.c.job_id == job_id)
+        .order_by(readout_blocks.c.first_device)
+    )
+    return [
+        ReadoutBlock(
+            row.first_device, row.read_s, decode_row(row, "g", what=f"job {job_id} block {row.first_device}")
+        )
+        for row in conn.execute(query, execution_options=BINARY_RESULTS)
+    ]
+
+
+def drop_readout_blocks(conn: Connection, job_id: int) -> None:
+    """Forget the blocks of a readback whose readout row is written (same transaction)."""
+    conn.execute(delete(readout_blocks).where(readout_blocks.c.job_id == job_id))
 
 
 def load_readout(conn: Connection, readout_id: int) -> Readout:

@@ -8,6 +8,7 @@ accelerated); wall-clock timestamps (`*_at`) are for people.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -31,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 from hwctl.store.vectors import vector_columns
+from hwctl.vocabulary import ACTIVE_EXPERIMENT_STATUSES, CompensationMethod, JobLane, JobStatus
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -43,14 +45,10 @@ metadata = MetaData(naming_convention=NAMING)
 
 Json = JSON().with_variant(JSONB(), "postgresql")
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted", "missed")
-# A station runs one job per lane at a time: 'chip' jobs hold the instrument, 'compute'
-# jobs (evaluation, analysis) only read the database, so they never delay a readback.
-JOB_LANES = ("chip", "compute")
-EVALUATION_METHODS = ("none", "gdc", "adabs")
 # An experiment in one of these holds its station's devices (every mapping starts at tile 0),
 # so a station has at most one: the API checks first, the unique index below makes it certain.
-EXPERIMENT_ACTIVE_STATUSES = ("created", "programming", "reading")
+# The name stays until the API imports `ACTIVE_EXPERIMENT_STATUSES` from the vocabulary.
+EXPERIMENT_ACTIVE_STATUSES = ACTIVE_EXPERIMENT_STATUSES
 
 
 def utc_now() -> datetime:
@@ -61,7 +59,8 @@ def _created() -> Column:
     return Column("created_at", DateTime(timezone=True), nullable=False, default=utc_now)
 
 
-def _one_of(column: str, values: tuple[str, ...]) -> CheckConstraint:
+def _one_of(column: str, values: Iterable[str]) -> CheckConstraint:
+    """`column IN (...)` over a vocabulary enum's values, so the table never lists them twice."""
     listed = ", ".join(f"'{v}'" for v in values)
     return CheckConstraint(f"{column} IN ({listed})", name=f"{column}_known")
 
@@ -87,6 +86,11 @@ stations = Table(
     Column("amplitude_limit_ua", Float, nullable=False),
     Column("clock_kind", String(16), nullable=False, doc="real | accelerated | virtual"),
     _created(),
+    # The worker's view of its board (hwctl.station.LinkState), for the API and health probes.
+    Column("link_state", String(16), nullable=True, doc="up | down; NULL: no worker has opened it yet"),
+    Column("link_down_since", DateTime(timezone=True), nullable=True),
+    Column("link_attempts", Integer, nullable=False, server_default="0"),
+    Column("worker_heartbeat_at", DateTime(timezone=True), nullable=True),
 )
 
 networks = Table(
@@ -103,7 +107,7 @@ networks = Table(
     CheckConstraint("checkpoint IS NOT NULL OR checkpoint_path IS NOT NULL", name="has_checkpoint"),
 )
 
-_ACTIVE_EXPERIMENT = text(f"status IN ({', '.join(repr(s) for s in EXPERIMENT_ACTIVE_STATUSES)})")
+_ACTIVE_EXPERIMENT = text(f"status IN ({', '.join(repr(str(s)) for s in ACTIVE_EXPERIMENT_STATUSES)})")
 
 experiments = Table(
     "experiments",
@@ -185,7 +189,7 @@ evaluations = Table(
     Column("n_images", Integer, nullable=False),
     Column("settings", Json, nullable=False, default=dict),
     _created(),
-    _one_of("method", EVALUATION_METHODS),
+    _one_of("method", CompensationMethod),
 )
 
 device_fits = Table(
@@ -202,6 +206,19 @@ device_fits = Table(
     Column("summary", Json, nullable=False, default=dict),
     Column("statistics", Json, nullable=True, doc="per-bin statistics and outliers"),
     _created(),
+)
+
+# The blocks a readback has read so far: its checkpoint (the job's JSON checkpoint holds only
+# where to continue). Written with the job's heartbeat, removed with the readout row's insert.
+readout_blocks = Table(
+    "readout_blocks",
+    metadata,
+    _id(),
+    _fk("job_id", "jobs"),
+    Column("first_device", Integer, nullable=False),
+    Column("read_s", Float, nullable=False, doc="board time when the block was read"),
+    *vector_columns("g"),
+    UniqueConstraint("job_id", "first_device"),
 )
 
 calibrations = Table(
@@ -239,8 +256,12 @@ jobs = Table(
     _created(),
     Column("started_s", Float, nullable=True),
     Column("finished_s", Float, nullable=True),
-    _one_of("status", JOB_STATUSES),
-    _one_of("lane", JOB_LANES),
+    # Readback jobs: their run and scheduled board time, so the queue finds a run's pending
+    # readbacks and a later due one in SQL (the payload holds them too, for the handler).
+    _fk("run_id", "programming_runs", nullable=True),
+    Column("scheduled_s", Float, nullable=True, doc="readback: scheduled board time"),
+    _one_of("status", JobStatus),
+    _one_of("lane", JobLane),
     CheckConstraint("progress >= 0 AND progress <= 1", name="progress_fraction"),
     Index("ix_jobs_due", "station_id", "lane", "status", "priority", "run_at_s"),
     # At most one running job per station and lane, enforced by the database itself.

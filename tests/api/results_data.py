@@ -58,6 +58,7 @@ def write_campaign(engine: Engine, seed: int = 0) -> Campaign:
         )
         run_id = readouts.start_programming_run(conn, mapping_id, {}, experiment_id)
         readouts.finish_programming_run(conn, run_id, readouts.ProgrammingResult(
+            addresses=device_map.addresses, target_g_us=device_map.target_g_us,
             g_final_us=device_map.target_g_us.astype(np.float32), iterations=np.ones(n, np.int32),
             status=np.zeros(n, np.uint8), programmed_s=programmed_s,
         ))

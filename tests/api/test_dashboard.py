@@ -21,8 +21,8 @@ from api.app import create_app
 from api.dashboard import duration
 from api.server import BackgroundServer
 from drivers.base import Geometry
+from hwctl.embedded_chip import SimChipOptions, start_embedded_chip
 from hwctl.report import PLOT_NAMES
-from hwctl.station import SimChipOptions, start_embedded_chip
 from hwctl.store.engine import make_engine
 from hwctl.store.records import add_experiment, add_network, add_station
 from hwctl.store.schema import evaluations, jobs, readouts

@@ -20,7 +20,7 @@ import pytest
 
 from api.app import create_app
 from api.server import BackgroundServer
-from hwctl.station import SimChipOptions, start_embedded_chip
+from hwctl.embedded_chip import SimChipOptions, start_embedded_chip
 from hwctl.store.engine import make_engine
 from hwctl.worker import Worker, WorkerOptions
 from tests.api.conftest import AUTH, api_settings, migrated_sqlite_url

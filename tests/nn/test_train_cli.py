@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import Engine
 
 from hwctl.cli import main
+from hwctl.embedded_chip import SimChipOptions, start_embedded_chip
 from hwctl.nn.models import load_checkpoint
 from hwctl.nn.recipe import TrainRecipe
 from hwctl.report import training_noise_eta
-from hwctl.station import SimChipOptions, start_embedded_chip
 from hwctl.store.engine import make_engine
 from hwctl.store.migrate import upgrade
 from hwctl.worker import Worker

@@ -14,10 +14,10 @@ import torch
 from sqlalchemy import Engine, create_engine, insert, select, text
 
 from drivers.base import Geometry
+from hwctl.embedded_chip import EmbeddedChip, SimChipOptions, start_embedded_chip
 from hwctl.experiment_spec import JOB_PROGRAM, EvaluationSpec, ExperimentSpec, ScheduleSpec
 from hwctl.nn.models import build_model
 from hwctl.schedule import log_spaced_offsets_s
-from hwctl.station import EmbeddedChip, SimChipOptions, start_embedded_chip
 from hwctl.store.engine import make_engine
 from hwctl.store.migrate import upgrade
 from hwctl.store.records import add_experiment, add_network, add_station

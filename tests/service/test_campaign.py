@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from hwctl.embedded_chip import EmbeddedChip
 from hwctl.experiment_spec import JOB_ANALYZE, JOB_EVALUATE, JOB_PROGRAM, JOB_READBACK
-from hwctl.station import EmbeddedChip
 from hwctl.store.engine import make_engine
 from hwctl.store.readouts import load_programming_result, load_readout, run_readouts
 from hwctl.store.schema import device_fits, evaluations, experiments, jobs, programming_runs

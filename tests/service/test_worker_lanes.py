@@ -5,17 +5,20 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from sqlalchemy import Engine, func, select
 
-from hwctl import campaign as campaign_module
-from hwctl.campaign import JobContext, device_read_times_s
+from hwctl.embedded_chip import EmbeddedChip, SimChipOptions, start_embedded_chip
 from hwctl.experiment_spec import JOB_ANALYZE, JOB_EVALUATE, JOB_READBACK
-from hwctl.station import EmbeddedChip, SimChipOptions, start_embedded_chip
+from hwctl.jobs import JOBS, evaluate
+from hwctl.jobs.context import JobContext
 from hwctl.store.engine import make_engine
+from hwctl.store.readouts import device_read_times_s
 from hwctl.store.schema import jobs, readouts
+from hwctl.vocabulary import JobKind
 from hwctl.worker import Worker, WorkerOptions
 from tests.service.conftest import SMALL_CHIP, create_campaign, job_statuses
 
@@ -68,10 +71,9 @@ def test_a_slow_evaluation_does_not_delay_the_readbacks_that_fall_due_while_it_r
     campaign = create_campaign(
         engine, accelerated_chip.resource, clock_kind="accelerated", evaluate=True, offsets_s=OFFSETS_S
     )
-    evaluate = campaign_module.handle_evaluate
     overlapped: list[bool] = []
 
-    def slow_evaluate(ctx: JobContext) -> None:
+    def slow_evaluate(ctx: JobContext, payload: evaluate.EvaluatePayload) -> None:
         """The first evaluation runs until every readback of the campaign is stored."""
         assert ctx.station is None  # the compute lane never holds the chip
         if not overlapped:
@@ -79,9 +81,9 @@ def test_a_slow_evaluation_does_not_delay_the_readbacks_that_fall_due_while_it_r
             while stored_readouts(engine) < len(OFFSETS_S) and time.monotonic() < deadline:
                 time.sleep(0.02)
             overlapped.append(stored_readouts(engine) == len(OFFSETS_S))
-        evaluate(ctx)
+        evaluate.handle(ctx, payload)
 
-    monkeypatch.setitem(campaign_module.HANDLERS, JOB_EVALUATE, slow_evaluate)
+    monkeypatch.setitem(JOBS, JobKind.EVALUATE, replace(evaluate.JOB, handle=slow_evaluate))
     worker = Worker(engine, campaign.station, WorkerOptions(poll_s=0.1, read_block_devices=BLOCK_DEVICES))
     worker.start()
     try:
@@ -116,16 +118,15 @@ def test_stopping_the_worker_pauses_a_running_evaluation_and_the_next_start_comp
     campaign = create_campaign(
         engine, accelerated_chip.resource, clock_kind="accelerated", evaluate=True, offsets_s=OFFSETS_S[:1]
     )
-    evaluate = campaign_module.handle_evaluate
     started = threading.Event()
 
-    def evaluation_until_stopped(ctx: JobContext) -> None:
+    def evaluation_until_stopped(ctx: JobContext, payload: evaluate.EvaluatePayload) -> None:
         started.set()
         while True:  # a long evaluation: its safe points see the stop request
             ctx.safe_point(0.0, "evaluating")
             time.sleep(0.02)
 
-    monkeypatch.setitem(campaign_module.HANDLERS, JOB_EVALUATE, evaluation_until_stopped)
+    monkeypatch.setitem(JOBS, JobKind.EVALUATE, replace(evaluate.JOB, handle=evaluation_until_stopped))
     worker = Worker(engine, campaign.station, WorkerOptions(poll_s=0.1))
     worker.start()
     assert started.wait(60), "the evaluation never started"
@@ -134,7 +135,7 @@ def test_stopping_the_worker_pauses_a_running_evaluation_and_the_next_start_comp
     assert job_statuses(engine, JOB_EVALUATE) == ["interrupted"]
     assert not accelerated_chip.board.pulser_enabled
 
-    monkeypatch.setitem(campaign_module.HANDLERS, JOB_EVALUATE, evaluate)
+    monkeypatch.setitem(JOBS, JobKind.EVALUATE, evaluate.JOB)
     restarted = Worker(engine, campaign.station, WorkerOptions(poll_s=0.1))
     restarted.start()
     try:

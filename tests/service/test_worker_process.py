@@ -20,10 +20,10 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from hwctl.cli import main
+from hwctl.embedded_chip import EmbeddedChip
 from hwctl.experiment_spec import JOB_PROGRAM, JOB_READBACK
 from hwctl.mapping import DeviceMap
 from hwctl.settings import get_settings
-from hwctl.station import EmbeddedChip
 from hwctl.store.engine import make_engine
 from hwctl.store.schema import jobs, mappings, programming_runs, readouts
 from hwctl.worker import Worker, WorkerOptions

@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import Engine, func, select, update
 
 from hwctl import queue
+from hwctl.embedded_chip import EmbeddedChip
 from hwctl.experiment_spec import JOB_ANALYZE, JOB_PROGRAM, JOB_READBACK
 from hwctl.mapping import DeviceMap
 from hwctl.schedule import readout_window_s
-from hwctl.station import EmbeddedChip
 from hwctl.store.engine import make_engine
 from hwctl.store.schema import device_fits, experiments, jobs, mappings, programming_runs, readouts
 from hwctl.worker import Worker, WorkerOptions

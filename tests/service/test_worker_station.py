@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from drivers.base import Geometry
-from hwctl.station import SimChipOptions, StationError, open_station, start_embedded_chip
+from hwctl.embedded_chip import SimChipOptions, start_embedded_chip
+from hwctl.station import StationError, open_station
 
 SMALL = "geometry=1x32x32"
 

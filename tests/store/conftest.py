@@ -100,6 +100,8 @@ def programmed_run(
     n = device_map.n_devices
     rng = np.random.default_rng(11)
     result = ProgrammingResult(
+        addresses=device_map.addresses,
+        target_g_us=device_map.target_g_us,
         g_final_us=rng.uniform(0, 25, n).astype(np.float32),
         iterations=rng.integers(1, 20, n).astype(np.int32),
         status=np.zeros(n, np.uint8),

@@ -7,16 +7,17 @@ from sqlalchemy import Engine, insert
 from sqlalchemy.exc import IntegrityError
 
 from hwctl import queue
-from hwctl.queue import PROGRAM, READBACK, JobStateError
+from hwctl.queue import JobStateError
 from hwctl.store.schema import jobs
+from hwctl.vocabulary import JobKind
 
 
 def test_claim_takes_the_highest_priority_then_earliest_due_job(
     engine: Engine, station_ids: list[int]
 ) -> None:
     s = station_ids[0]
-    late = queue.enqueue(engine, kind=READBACK, station_id=s, run_at_s=20.0)
-    early = queue.enqueue(engine, kind=READBACK, station_id=s, run_at_s=10.0)
+    late = queue.enqueue(engine, kind=JobKind.READBACK, station_id=s, run_at_s=20.0)
+    early = queue.enqueue(engine, kind=JobKind.READBACK, station_id=s, run_at_s=10.0)
     urgent = queue.enqueue(engine, kind="evaluate", station_id=s, run_at_s=30.0, priority=5)
     order = []
     for now_s in (100.0, 101.0, 102.0):
@@ -31,7 +32,7 @@ def test_claim_takes_the_highest_priority_then_earliest_due_job(
 def test_a_job_is_not_claimed_before_its_station_clock_reaches_run_at(
     engine: Engine, station_ids: list[int]
 ) -> None:
-    job = queue.enqueue(engine, kind=READBACK, station_id=station_ids[0], run_at_s=3_600.0)
+    job = queue.enqueue(engine, kind=JobKind.READBACK, station_id=station_ids[0], run_at_s=3_600.0)
     assert queue.next_run_at_s(engine, station_ids[0]) == 3_600.0
     assert queue.claim(engine, station_ids[0], 3_599.9) is None
     claimed = queue.claim(engine, station_ids[0], 3_600.0)
@@ -43,7 +44,7 @@ def test_a_second_claim_for_a_busy_station_returns_none_but_other_stations_run(
 ) -> None:
     a, b = station_ids[:2]
     for s in (a, a, b):
-        queue.enqueue(engine, kind=READBACK, station_id=s, run_at_s=0.0)
+        queue.enqueue(engine, kind=JobKind.READBACK, station_id=s, run_at_s=0.0)
     assert queue.claim(engine, a, 1.0) is not None
     assert queue.claim(engine, a, 1.0) is None
     assert queue.claim(engine, b, 1.0) is not None
@@ -52,7 +53,7 @@ def test_a_second_claim_for_a_busy_station_returns_none_but_other_stations_run(
 def test_the_database_itself_rejects_a_second_running_job_for_a_station(
     engine: Engine, station_ids: list[int]
 ) -> None:
-    row = {"kind": READBACK, "station_id": station_ids[0], "run_at_s": 0.0, "status": "running"}
+    row = {"kind": JobKind.READBACK, "station_id": station_ids[0], "run_at_s": 0.0, "status": "running"}
     with engine.begin() as conn:
         conn.execute(insert(jobs).values(**row))
     with pytest.raises(IntegrityError), engine.begin() as conn:
@@ -63,10 +64,10 @@ def test_enqueue_with_a_used_idempotency_key_returns_the_existing_job(
     engine: Engine, station_ids: list[int]
 ) -> None:
     first = queue.enqueue(
-        engine, kind=PROGRAM, station_id=station_ids[0], run_at_s=0.0, idempotency_key="exp-1"
+        engine, kind=JobKind.PROGRAM, station_id=station_ids[0], run_at_s=0.0, idempotency_key="exp-1"
     )
     again = queue.enqueue(
-        engine, kind=PROGRAM, station_id=station_ids[0], run_at_s=9.0, idempotency_key="exp-1"
+        engine, kind=JobKind.PROGRAM, station_id=station_ids[0], run_at_s=9.0, idempotency_key="exp-1"
     )
     assert again == first
     assert queue.get_job(engine, first).run_at_s == 0.0
@@ -76,8 +77,8 @@ def test_cancel_stops_a_queued_job_at_once_and_asks_a_running_one_to_stop(
     engine: Engine, station_ids: list[int]
 ) -> None:
     s = station_ids[0]
-    running = queue.enqueue(engine, kind=PROGRAM, station_id=s, run_at_s=0.0, priority=1)
-    waiting = queue.enqueue(engine, kind=READBACK, station_id=s, run_at_s=0.0)
+    running = queue.enqueue(engine, kind=JobKind.PROGRAM, station_id=s, run_at_s=0.0, priority=1)
+    waiting = queue.enqueue(engine, kind=JobKind.READBACK, station_id=s, run_at_s=0.0)
     assert queue.claim(engine, s, 1.0) is not None
     assert queue.cancel(engine, waiting) == "cancelled"
     assert queue.cancel(engine, running) == "running"
@@ -89,7 +90,7 @@ def test_cancel_stops_a_queued_job_at_once_and_asks_a_running_one_to_stop(
 
 
 def test_a_finished_job_cannot_be_completed_again(engine: Engine, station_ids: list[int]) -> None:
-    job = queue.enqueue(engine, kind=READBACK, station_id=station_ids[0], run_at_s=0.0)
+    job = queue.enqueue(engine, kind=JobKind.READBACK, station_id=station_ids[0], run_at_s=0.0)
     queue.claim(engine, station_ids[0], 1.0)
     queue.fail(engine, job, 2.0, "board did not answer")
     with pytest.raises(JobStateError, match="is failed, expected running"):
@@ -100,8 +101,8 @@ def test_stale_running_job_is_interrupted_but_a_fresh_one_is_left_alone(
     engine: Engine, station_ids: list[int]
 ) -> None:
     a, b = station_ids[:2]
-    stale = queue.enqueue(engine, kind=READBACK, station_id=a, run_at_s=0.0)
-    fresh = queue.enqueue(engine, kind=READBACK, station_id=b, run_at_s=0.0)
+    stale = queue.enqueue(engine, kind=JobKind.READBACK, station_id=a, run_at_s=0.0)
+    fresh = queue.enqueue(engine, kind=JobKind.READBACK, station_id=b, run_at_s=0.0)
     queue.claim(engine, a, 0.0)
     queue.claim(engine, b, 0.0)
     queue.heartbeat(engine, fresh, 95.0)
@@ -114,7 +115,7 @@ def test_interrupted_programming_waits_for_an_operator_and_resumes_from_its_chec
     engine: Engine, station_ids: list[int]
 ) -> None:
     s = station_ids[0]
-    job = queue.enqueue(engine, kind=PROGRAM, station_id=s, run_at_s=0.0)
+    job = queue.enqueue(engine, kind=JobKind.PROGRAM, station_id=s, run_at_s=0.0)
     queue.claim(engine, s, 0.0)
     queue.heartbeat(engine, job, 10.0, progress=0.3, checkpoint={"last_block": 29})
     recovery = queue.recover_on_start(engine, s, stale_after_s=60.0, now_s=500.0)
@@ -130,7 +131,7 @@ def test_a_late_readback_inside_its_window_runs_at_once_and_records_the_actual_t
     engine: Engine, station_ids: list[int]
 ) -> None:
     s = station_ids[0]
-    interrupted = queue.enqueue(engine, kind=READBACK, station_id=s, run_at_s=100.0, window_s=1_000.0)
+    interrupted = queue.enqueue(engine, kind=JobKind.READBACK, station_id=s, run_at_s=100.0, window_s=1_000.0)
     queue.claim(engine, s, 100.0)
     recovery = queue.recover_on_start(engine, s, stale_after_s=60.0, now_s=400.0)
     assert recovery.requeued == [interrupted]
@@ -140,8 +141,8 @@ def test_a_late_readback_inside_its_window_runs_at_once_and_records_the_actual_t
 
 def test_a_readback_past_its_window_is_missed_not_run(engine: Engine, station_ids: list[int]) -> None:
     s = station_ids[0]
-    interrupted = queue.enqueue(engine, kind=READBACK, station_id=s, run_at_s=100.0, window_s=60.0)
-    never_started = queue.enqueue(engine, kind=READBACK, station_id=s, run_at_s=120.0, window_s=60.0)
+    interrupted = queue.enqueue(engine, kind=JobKind.READBACK, station_id=s, run_at_s=100.0, window_s=60.0)
+    never_started = queue.enqueue(engine, kind=JobKind.READBACK, station_id=s, run_at_s=120.0, window_s=60.0)
     queue.claim(engine, s, 100.0)
     recovery = queue.recover_on_start(engine, s, stale_after_s=60.0, now_s=1_000.0)
     assert sorted(recovery.missed) == [interrupted, never_started]

@@ -1,0 +1,138 @@
+"""What every job handler gets: its context (database, station, bookkeeping), the typed
+description of a job kind, and the exceptions a handler uses to hand control back.
+
+A handler is `handle(ctx, payload)` with `payload` the job's stored JSON validated into
+its kind's pydantic model (the worker does it, so a malformed payload fails the job
+with the validation error before any instrument work).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import Connection, Engine
+
+from hwctl import queue
+from hwctl.queue import NewJob
+from hwctl.station import Station
+from hwctl.vocabulary import JobKind, JobLane
+
+# Devices per readback block: ~1 MB of float32 per round trip and per checkpoint.
+READ_BLOCK_DEVICES = 262_144
+# Readbacks outrank evaluation and analysis: a due read must never wait behind them.
+PRIORITY_READBACK = 10
+PRIORITY_FOLLOW_UP = 0
+
+
+class JobCancelled(Exception):
+    """The job's cancel flag was seen at a safe point; nothing after it was done."""
+
+
+class JobPaused(Exception):
+    """The worker is shutting down; the job's last checkpoint is committed, resume later."""
+
+
+class JobOvertaken(Exception):
+    """A later readback fell due while this one was between blocks: let it go first."""
+
+
+class JobError(RuntimeError):
+    """The stored campaign is inconsistent (missing mapping, run not finished...)."""
+
+
+class JobPayload(BaseModel):
+    """Every job belongs to an experiment; each kind adds what it needs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    experiment_id: int
+
+
+Payload = TypeVar("Payload", bound=JobPayload)
+# heartbeat(progress, message, checkpoint, write): commits progress, the checkpoint and
+# whatever `write` stores, in one transaction; False when the job's cancel flag is set.
+Heartbeat = Callable[[float, str, dict[str, Any] | None, Callable[[Connection], None] | None], bool]
+Complete = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class JobType(Generic[Payload]):
+    """One job kind: its payload model, the lane it runs in and its handler."""
+
+    kind: JobKind
+    lane: JobLane
+    payload: type[Payload]
+    handle: Callable[[JobContext, Payload], None]
+
+    def new_job(
+        self, station_id: int, payload: Payload, *, run_at_s: float, key: str, window_s: float | None = None,
+        priority: int = PRIORITY_FOLLOW_UP, run_id: int | None = None, scheduled_s: float | None = None,
+    ) -> NewJob:  # fmt: skip
+        """The queue row of a job of this kind (see `hwctl.queue.enqueue_in`)."""
+        return NewJob(
+            kind=self.kind, lane=self.lane, station_id=station_id, experiment_id=payload.experiment_id,
+            payload=payload.model_dump(), run_at_s=run_at_s, window_s=window_s, priority=priority,
+            idempotency_key=key, run_id=run_id, scheduled_s=scheduled_s,
+        )  # fmt: skip
+
+
+@dataclass
+class JobContext:
+    """What a handler may use: the database, the station and its own job's bookkeeping.
+
+    `heartbeat` commits progress (and a checkpoint with the rows it points at) and says
+    whether the job may go on; `complete(result)` marks the job succeeded once the
+    handler's final transaction has committed (handlers check what is already stored, so
+    a crash between the two never stores anything twice); `stopping()` is the worker's
+    shutdown request; `overtaken()` says a later readback of the station is due now.
+    `station` is None in the compute lane.
+    """
+
+    engine: Engine
+    station: Station | None
+    station_id: int
+    job_id: int
+    kind: str
+    checkpoint: dict[str, Any] | None
+    heartbeat: Heartbeat
+    complete: Complete
+    stopping: Callable[[], bool]
+    overtaken: Callable[[], bool]
+    cache: dict[Any, Any] = field(default_factory=dict)
+    read_block_devices: int = READ_BLOCK_DEVICES
+
+    @property
+    def chip_station(self) -> Station:
+        """The station with its chip: only chip-lane jobs have it."""
+        if self.station is None:
+            raise JobError(f"{self.kind} job {self.job_id} needs the chip but runs in the compute lane")
+        return self.station
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """A write transaction (see `hwctl.queue.writing`)."""
+        with queue.writing(self.engine) as conn:
+            yield conn
+
+    def safe_point(
+        self,
+        progress: float,
+        message: str,
+        checkpoint: dict[str, Any] | None = None,
+        write: Callable[[Connection], None] | None = None,
+    ) -> None:
+        """Commit progress (with `checkpoint` and `write`); raise if the job was cancelled
+        or the worker is stopping."""
+        if not self.heartbeat(progress, message, checkpoint, write):
+            raise JobCancelled(f"job {self.job_id} cancelled at {message}")
+        if self.stopping():
+            raise JobPaused(f"job {self.job_id} paused at {message}")
+
+    def cached(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+        """A value built once per worker lane (a run's device map, an evaluator)."""
+        if key not in self.cache:
+            self.cache[key] = build()
+        return self.cache[key]

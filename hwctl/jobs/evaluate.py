@@ -1,0 +1,63 @@
+"""The evaluate job: accuracy of the network as read back, once per compensation method
+of the experiment, in the compute lane (never touches the chip)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection
+
+from hwctl.experiment_spec import ExperimentSpec
+from hwctl.jobs.context import JobContext, JobPayload, JobType
+from hwctl.nn.data import load_dataset
+from hwctl.nn.evaluation import ReadoutEvaluator, adabs_calibration_set
+from hwctl.store import readouts as store_readouts
+from hwctl.store.campaign import evaluated_methods, load_spec
+from hwctl.store.networks import load_network
+from hwctl.store.records import add_evaluation
+from hwctl.vocabulary import JobKind, JobLane
+
+
+class EvaluatePayload(JobPayload):
+    run_id: int
+    readout_id: int
+
+
+def _evaluator(ctx: JobContext, conn: Connection, spec: ExperimentSpec, run_id: int) -> ReadoutEvaluator:
+    """One evaluator per run and worker: the model, its device map and the AdaBS images."""
+
+    def build() -> ReadoutEvaluator:
+        evaluation = spec.evaluation
+        calibration = adabs_calibration_set(
+            evaluation.dataset, evaluation.methods, evaluation.calibration_images
+        )
+        device_map = store_readouts.load_run_device_map(conn, run_id)
+        return ReadoutEvaluator(load_network(conn, spec.network_id), device_map, calibration)
+
+    evaluator: ReadoutEvaluator = ctx.cached(("evaluator", run_id), build)
+    return evaluator
+
+
+def handle(ctx: JobContext, payload: EvaluatePayload) -> None:
+    readout_id = payload.readout_id
+    with ctx.engine.connect() as conn:
+        spec = load_spec(conn, payload.experiment_id)
+        done = evaluated_methods(conn, readout_id)
+        evaluator = _evaluator(ctx, conn, spec, payload.run_id)
+        g_t_us = store_readouts.load_readout(conn, readout_id).g_us
+        first_id = store_readouts.run_readouts(conn, payload.run_id)[0][0]
+        g_t0_us = g_t_us if first_id == readout_id else store_readouts.load_readout(conn, first_id).g_us
+    data = load_dataset(spec.evaluation.dataset, "test").subset(spec.evaluation.n_images)
+    accuracy: dict[str, float] = {}
+    for index, method in enumerate(m for m in spec.evaluation.methods if m not in done):
+        ctx.safe_point(index / len(spec.evaluation.methods), f"evaluating with {method}")
+        result = evaluator.evaluate(data, g_t_us, method, g_t0_us)
+        with ctx.writing() as conn:
+            add_evaluation(
+                conn, readout_id, method=method, accuracy=result.accuracy, n_images=result.n_images,
+                ci=(result.ci95_low, result.ci95_high),
+                settings={"dataset": spec.evaluation.dataset, "t0_readout_id": first_id},
+            )  # fmt: skip
+        accuracy[method] = result.accuracy
+    ctx.complete({"readout_id": readout_id, "accuracy": accuracy})
+
+
+JOB = JobType(JobKind.EVALUATE, JobLane.COMPUTE, EvaluatePayload, handle)
