@@ -6,16 +6,23 @@ crossbar: the unrolled input rows sit on word lines, each weight's pair on two
 neighbouring bit lines, so a layer is cut into blocks of at most `rows` word lines and
 `cols/2` weight columns and the blocks are shelf-packed into tiles.
 
+Layers named as digital (e.g. the first conv and the last FC, as the paper kept them
+for ImageNet) are not placed: they keep their checkpoint weights and the map records
+their names, so the rebuild knows which layers the chip does not hold.
+
 Canonical device order, relied on by every readout vector and the network rebuild:
-layer by layer; for a layer at offset o with n weights, devices o..o+n−1 are the G+
-devices of its weights in row-major order of the (rows_in, cols_out) matrix, and
-o+n..o+2n−1 the G− devices in the same order.
+analog layer by layer; for a layer at offset o with n weights, devices o..o+n−1 are the
+G+ devices of its weights in row-major order of the (rows_in, cols_out) matrix, and
+o+n..o+2n−1 the G− devices in the same order. The map holds one address (uint32) and
+one target (float32) per device, written in place layer by layer: 8 bytes a device,
+349 MB for ResNet-34's 43.6 M devices, with per-layer temporaries only.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -87,12 +94,14 @@ class DeviceMap:
         layers: tuple[LayerPlacement, ...],
         addresses: npt.NDArray[np.uint32],
         target_g_us: npt.NDArray[np.float32],
+        digital_layers: tuple[str, ...] = (),
     ) -> None:
         self.geometry = geometry
         self.g_max_us = g_max_us
         self.layers = layers
         self.addresses = addresses
         self.target_g_us = target_g_us
+        self.digital_layers = digital_layers  # not on the chip: they keep their checkpoint weights
         self._offsets = np.array([layer.offset for layer in layers], np.int64)
 
     @property
@@ -148,6 +157,7 @@ class DeviceMap:
             "geometry": asdict(self.geometry),
             "g_max_us": self.g_max_us,
             "layers": [asdict(layer) for layer in self.layers],
+            "digital_layers": list(self.digital_layers),
         }
         buf = io.BytesIO()
         np.savez_compressed(
@@ -169,7 +179,8 @@ class DeviceMap:
             )
             for raw in meta["layers"]
         )
-        return cls(Geometry(**meta["geometry"]), meta["g_max_us"], layers, addresses, targets)
+        digital = tuple(meta.get("digital_layers", ()))  # maps stored before digital layers existed
+        return cls(Geometry(**meta["geometry"]), meta["g_max_us"], layers, addresses, targets, digital)
 
 
 def _cut(rows: int, cols: int, geometry: Geometry) -> list[tuple[int, int, int, int]]:
@@ -209,10 +220,22 @@ def _shelf_pack(sizes: list[tuple[int, int]], geometry: Geometry) -> list[tuple[
     return placed
 
 
-def map_network(layers: list[LayerWeights], geometry: Geometry, g_max_us: float = 25.0) -> DeviceMap:
-    """Scale, split and place every layer; return targets and addresses in canonical order."""
+def map_network(
+    layers: list[LayerWeights],
+    geometry: Geometry,
+    g_max_us: float = 25.0,
+    digital_layers: Collection[str] = (),
+) -> DeviceMap:
+    """Scale, split and place every layer not named in `digital_layers`; return targets and
+    addresses in canonical order."""
+    digital = tuple(name for name in (layer.name for layer in layers) if name in set(digital_layers))
+    unknown = sorted(set(digital_layers) - set(digital))
+    if unknown:
+        known = ", ".join(layer.name for layer in layers)
+        raise MappingError(f"no layer named {', '.join(unknown)} to keep digital; layers: {known}")
+    layers = [layer for layer in layers if layer.name not in digital]
     if not layers:
-        raise MappingError("no layers to map")
+        raise MappingError("no layers to map" + (" (every layer is kept digital)" if digital else ""))
     for layer in layers:
         m = layer.matrix
         if m.ndim != 2 or m.size == 0 or not np.isfinite(m).all():
@@ -224,14 +247,18 @@ def map_network(layers: list[LayerWeights], geometry: Geometry, g_max_us: float 
     ]
     where = _shelf_pack([(nr, nc) for _, (_, _, nr, nc) in cuts], geometry)
 
-    placements, address_parts, target_parts = [], [], []
+    n_devices = 2 * sum(layer.matrix.size for layer in layers)
+    addresses = np.empty(n_devices, np.uint32)
+    targets = np.zeros(n_devices, np.float32)
+    placements = []
     offset = 0
     for li, layer in enumerate(layers):
-        m = layer.matrix.astype(np.float32)
+        m = np.asarray(layer.matrix, np.float32)
         rows, cols = m.shape
+        n = m.size
         peak = float(np.abs(m).max())
         scale = g_max_us / peak if peak > 0 else 1.0
-        plus = np.empty((rows, cols), np.int64)
+        plus = addresses[offset : offset + n].reshape(rows, cols)  # G+ addresses, written in place
         blocks = []
         for key, (lj, (r0, c0, nr, nc)) in enumerate(cuts):
             if lj != li:
@@ -242,14 +269,11 @@ def map_network(layers: list[LayerWeights], geometry: Geometry, g_max_us: float 
             plus[r0 : r0 + nr, c0 : c0 + nc] = (
                 base + np.arange(nr)[:, None] * geometry.cols + 2 * np.arange(nc)[None, :]
             )
-        flat_plus = plus.ravel()
-        address_parts += [flat_plus, flat_plus + 1]
+        np.add(plus.ravel(), 1, out=addresses[offset + n : offset + 2 * n])  # G− beside its G+
         w = m.ravel()
-        target_parts += [np.where(w > 0, w * scale, 0.0), np.where(w < 0, -w * scale, 0.0)]
-        placements.append(LayerPlacement(layer.name, (rows, cols), scale, offset, w.size, tuple(blocks)))
-        offset += 2 * w.size
-    return DeviceMap(
-        geometry, g_max_us, tuple(placements),
-        np.concatenate(address_parts).astype(np.uint32),
-        np.concatenate(target_parts).astype(np.float32),
-    )  # fmt: skip
+        # G+ = s·W for W > 0 and G− = −s·W for W < 0; the other device of the pair stays 0 (RESET).
+        np.multiply(w, np.float32(scale), out=targets[offset : offset + n], where=w > 0)
+        np.multiply(w, np.float32(-scale), out=targets[offset + n : offset + 2 * n], where=w < 0)
+        placements.append(LayerPlacement(layer.name, (rows, cols), scale, offset, n, tuple(blocks)))
+        offset += 2 * n
+    return DeviceMap(geometry, g_max_us, tuple(placements), addresses, targets, digital)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+
 import numpy as np
 import pytest
 
@@ -93,3 +96,32 @@ def test_zero_weights_reset_both_devices() -> None:
     m = np.array([[0.0, 1.0], [-2.0, 0.0]], np.float32)
     dmap = map_network([LayerWeights("l", m)], GEOMETRY)
     np.testing.assert_allclose(dmap.target_g_us, [0, 12.5, 0, 0, 0, 0, 25.0, 0])
+
+
+def test_layers_kept_digital_take_no_devices_and_the_map_names_them() -> None:
+    layers = _layers()
+    dmap = map_network(layers, GEOMETRY, digital_layers={"fc"})
+    assert dmap.digital_layers == ("fc",)
+    assert [p.name for p in dmap.layers] == ["conv"]
+    assert dmap.n_devices == 2 * layers[0].matrix.size
+    assert set(dmap.weights_from_g(dmap.target_g_us)) == {"conv"}
+    back = type(dmap).from_bytes(dmap.to_bytes())
+    assert back.digital_layers == ("fc",) and back.layers == dmap.layers
+
+
+def test_a_digital_layer_that_does_not_exist_or_no_analog_layer_left_is_refused() -> None:
+    with pytest.raises(MappingError, match="no layer named fc2 to keep digital; layers: conv, fc"):
+        map_network(_layers(), GEOMETRY, digital_layers=["fc2"])
+    with pytest.raises(MappingError, match="every layer is kept digital"):
+        map_network(_layers(), GEOMETRY, digital_layers=["conv", "fc"])
+
+
+def test_a_map_stored_before_digital_layers_existed_has_none() -> None:
+    dmap = map_network(_layers(), GEOMETRY)
+    raw = np.load(io.BytesIO(dmap.to_bytes()), allow_pickle=False)
+    meta = json.loads(raw["meta"].tobytes().decode())
+    del meta["digital_layers"]
+    old = io.BytesIO()
+    np.savez_compressed(old, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+                        addresses=raw["addresses"], target_g_us=raw["target_g_us"])  # fmt: skip
+    assert type(dmap).from_bytes(old.getvalue()).digital_layers == ()

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,13 +124,17 @@ class AnalogIO:
     def ideal(self) -> bool:
         return self.dac_bits is None and self.adc_bits is None and self.output_noise_rel == 0.0
 
-    def attach(self, model: nn.Module, seed: int = 0) -> list[RemovableHandle]:
-        """Install hooks on every analog layer; remove them with `h.remove()`."""
+    def attach(
+        self, model: nn.Module, seed: int = 0, digital_layers: Collection[str] = ()
+    ) -> list[RemovableHandle]:
+        """Install hooks on every analog layer (not those kept digital); remove them with `h.remove()`."""
         if self.ideal:
             return []
         gen = torch.Generator().manual_seed(seed)
         handles = []
-        for module in analog_modules(model).values():
+        for name, module in analog_modules(model).items():
+            if name in digital_layers:
+                continue
             if self.dac_bits is not None:
                 bits = self.dac_bits
                 handles.append(module.register_forward_pre_hook(

@@ -1,7 +1,8 @@
 """A torch model's analog weights ⇄ unrolled crossbar matrices ⇄ per-device conductances.
 
-Every conv and linear weight goes onto PCM (first conv and final FC included); biases
-and BatchNorm stay digital. A conv weight (C_out, C_in, k, k) is unrolled to a
+Every conv and linear weight goes onto PCM (first conv and final FC included) unless
+the device map names it digital (`first_and_last_layers` gives the paper's ImageNet
+choice); biases and BatchNorm stay digital. A conv weight (C_out, C_in, k, k) is unrolled to a
 (k·k·C_in, C_out) matrix by `permute(2, 3, 1, 0)`; a linear weight (out, in) to (in, out).
 The rebuild is the exact inverse, vectorized once per readout, so inference from
 read-back conductances is plain torch inference afterwards.
@@ -9,7 +10,7 @@ read-back conductances is plain torch inference afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +27,14 @@ class ModelMismatchError(ValueError):
 def analog_modules(model: nn.Module) -> dict[str, nn.Conv2d | nn.Linear]:
     """Conv and linear layers by their module name, in forward-definition order."""
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+
+
+def first_and_last_layers(model: nn.Module) -> tuple[str, str]:
+    """The names of the first and the last analog layer (the stem conv and the classifier)."""
+    names = list(analog_modules(model))
+    if not names:
+        raise ModelMismatchError("the model has no conv or linear layer")
+    return names[0], names[-1]
 
 
 def unroll(weight: torch.Tensor) -> npt.NDArray[np.float32]:
@@ -52,14 +61,15 @@ def export_layers(model: nn.Module) -> list[LayerWeights]:
 @torch.no_grad()
 def load_matrices(
     model: nn.Module, matrices: Mapping[str, npt.NDArray[np.floating]],
-    gains: Mapping[str, float] | None = None,
+    gains: Mapping[str, float] | None = None, digital_layers: Collection[str] = (),
 ) -> None:
     """Write matrices (optionally times a per-layer gain, e.g. GDC's α_l) into the model's weights.
 
     A gain on the weights multiplies exactly the layer's MVM output, leaving the digital
-    bias alone, which is what scaling the crossbar's output does.
+    bias alone, which is what scaling the crossbar's output does. Layers in
+    `digital_layers` are not on the chip: their weights are left as they are.
     """
-    modules = analog_modules(model)
+    modules = {name: m for name, m in analog_modules(model).items() if name not in set(digital_layers)}
     if set(matrices) != set(modules):
         missing, extra = set(modules) - set(matrices), set(matrices) - set(modules)
         raise ModelMismatchError(
@@ -79,4 +89,4 @@ def load_conductances(
     gains: Mapping[str, float] | None = None,
 ) -> None:
     """Rebuild the model's analog weights from per-device conductances in canonical order."""
-    load_matrices(model, device_map.weights_from_g(np.asarray(g_us)), gains)
+    load_matrices(model, device_map.weights_from_g(np.asarray(g_us)), gains, device_map.digital_layers)

@@ -101,11 +101,13 @@ def load_digits(split: str, test_fraction: float = 0.25, seed: int = 0) -> Image
 
 
 def load_dataset(name: str, split: str) -> ImageSet:
-    """A dataset by name: 'cifar10' or 'digits'."""
+    """A dataset by name: 'cifar10' or 'digits' ('imagenet', ResNet-34's, is not shipped)."""
     if name == "cifar10":
         return load_cifar10(split)
     if name == "digits":
         return load_digits(split)
+    if name == "imagenet":
+        raise DatasetMissingError("ImageNet is not available to hwctl: no built-in loader and no data here")
     raise ValueError(f"unknown dataset {name!r}; known: cifar10, digits")
 
 

@@ -91,7 +91,7 @@ class ReadoutEvaluator:
             # follows, and they are the only correction for the final FC, whose drifted
             # MVM output would otherwise shrink against its digital bias.
             gains = gdc_gains(self.device_map.weights_from_g(np.asarray(g_t0_us)), matrices)
-        load_matrices(self.model, matrices, gains)
+        load_matrices(self.model, matrices, gains, self.device_map.digital_layers)
         if method == CompensationMethod.ADABS:
             if self.calibration_x is None:
                 raise ValueError("AdaBS needs a calibration set")
@@ -104,7 +104,7 @@ class ReadoutEvaluator:
     ) -> EvalResult:
         """Accuracy on `data` of the network read back as `g_t_us`, compensated by `method`."""
         self.prepare(g_t_us, method, g_t0_us)
-        handles = self.analog_io.attach(self.model, seed=seed)
+        handles = self.analog_io.attach(self.model, seed=seed, digital_layers=self.device_map.digital_layers)
         try:
             pred = predict(self.model, data, self.normalizer, self.batch_size)
         finally:

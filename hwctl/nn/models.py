@@ -3,7 +3,11 @@
 CIFAR ResNets follow the akamaster layout exactly (option-A shortcuts) so the shared
 pretrained files load with `strict=True`; the paper's 361,722-weight ResNet-32 uses
 widths 16/28/56 with 1×1 projection shortcuts; a tiny ResNet serves the 8×8 digits.
-Checkpoints are plain tensors + JSON-able metadata, loaded with `weights_only=True`.
+ResNet-34 is the ImageNet network of the paper's large-scale experiment (He et al.
+2016, table 1: 21.8 M analog weights = 43.6 M devices); no ImageNet checkpoint or data
+is at hand here, so it is used with seeded random weights (`seeded_checkpoint`) to
+exercise size, not accuracy. Checkpoints are plain tensors + JSON-able metadata,
+loaded with `weights_only=True`.
 """
 
 from __future__ import annotations
@@ -49,6 +53,12 @@ class BasicBlock(nn.Module):
         return F.relu(out + residual)
 
 
+def _kaiming_init(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Linear | nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight)
+
+
 class ResNet(nn.Module):
     """He et al. CIFAR ResNet: stem conv, three stages, global average pool, linear head."""
 
@@ -70,9 +80,7 @@ class ResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
         self.linear = nn.Linear(widths[2], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Linear | nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight)
+        _kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -81,27 +89,70 @@ class ResNet(nn.Module):
         return self.linear(out)
 
 
+class ImageNetResNet(nn.Module):
+    """He et al. ImageNet ResNet with basic blocks: 7×7/2 stem conv, 3×3/2 max pool, one stage
+    per entry of `blocks` (the first block of every stage after the first halves the
+    resolution, with a 1×1 projection shortcut), global average pool, linear `fc` head."""
+
+    def __init__(
+        self, blocks: tuple[int, ...], widths: tuple[int, ...], in_channels: int = 3, num_classes: int = 1000
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        in_planes = widths[0]
+        stages = []
+        for i, (n_blocks, planes) in enumerate(zip(blocks, widths, strict=True)):
+            stage = []
+            for j in range(n_blocks):
+                stage.append(BasicBlock(in_planes, planes, 2 if (i > 0 and j == 0) else 1, "B"))
+                in_planes = planes
+            stages.append(nn.Sequential(*stage))
+        self.stages = nn.Sequential(*stages)
+        self.fc = nn.Linear(widths[-1], num_classes)
+        _kaiming_init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.stages(F.max_pool2d(out, 3, 2, 1))
+        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """How to build a named model and how its inputs are normalized."""
+    """How to build a named model, what input (C, H, W) it takes and how it is normalized."""
 
     build: Callable[[], nn.Module]
     dataset: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    input_shape: tuple[int, int, int]
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what the akamaster checkpoints were trained with
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+CIFAR_INPUT = (3, 32, 32)
+
 MODELS: dict[str, ModelSpec] = {
-    "resnet20": ModelSpec(lambda: ResNet(3, (16, 32, 64), "A"), "cifar10", IMAGENET_MEAN, IMAGENET_STD),
-    "resnet32": ModelSpec(lambda: ResNet(5, (16, 32, 64), "A"), "cifar10", IMAGENET_MEAN, IMAGENET_STD),
+    "resnet20": ModelSpec(
+        lambda: ResNet(3, (16, 32, 64), "A"), "cifar10", IMAGENET_MEAN, IMAGENET_STD, CIFAR_INPUT
+    ),
+    "resnet32": ModelSpec(
+        lambda: ResNet(5, (16, 32, 64), "A"), "cifar10", IMAGENET_MEAN, IMAGENET_STD, CIFAR_INPUT
+    ),
     "resnet32-paper": ModelSpec(
-        lambda: ResNet(5, (16, 28, 56), "B"), "cifar10", IMAGENET_MEAN, IMAGENET_STD
+        lambda: ResNet(5, (16, 28, 56), "B"), "cifar10", IMAGENET_MEAN, IMAGENET_STD, CIFAR_INPUT
     ),
     "digits-resnet": ModelSpec(
-        lambda: ResNet(1, (8, 16, 32), "A", in_channels=1), "digits", (0.0,), (1.0,)
+        lambda: ResNet(1, (8, 16, 32), "A", in_channels=1), "digits", (0.0,), (1.0,), (1, 8, 8)
+    ),
+    "resnet34": ModelSpec(
+        lambda: ImageNetResNet((3, 4, 6, 3), (64, 128, 256, 512)),
+        "imagenet",
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        (3, 224, 224),
     ),
 }
 
@@ -120,6 +171,16 @@ def model_spec(name: str) -> ModelSpec:
 def build_model(name: str) -> nn.Module:
     """A freshly initialised model of the registered architecture `name`."""
     return model_spec(name).build()
+
+
+def seeded_checkpoint(arch: str, seed: int) -> Checkpoint:
+    """A registered architecture with reproducible random weights (He initialisation from
+    `seed`), labelled untrained: for size and speed work where no trained checkpoint exists."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_model(arch)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return Checkpoint(arch, state, {"init": "seeded", "seed": seed, "trained": False})
 
 
 def analog_weight_count(model: nn.Module) -> int:

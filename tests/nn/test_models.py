@@ -6,14 +6,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from hwctl.nn.data import ImageSet, Normalizer, cifar10_dir
+from hwctl.nn.data import DatasetMissingError, ImageSet, Normalizer, cifar10_dir, load_dataset
 from hwctl.nn.inference import accuracy_pct
 from hwctl.nn.models import (
     UnknownModelError,
     analog_weight_count,
     build_model,
     load_checkpoint,
+    model_spec,
     save_checkpoint,
+    seeded_checkpoint,
 )  # fmt: skip
 
 SHARED_MODELS = Path(__file__).resolve().parents[3] / "shared" / "models"
@@ -85,3 +87,27 @@ def test_unknown_model_name_lists_the_known_ones() -> None:
 def test_cifar_directory_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HWCTL_CIFAR10_DIR", str(tmp_path))
     assert cifar10_dir() == tmp_path
+
+
+def test_resnet34_has_the_imagenet_layout_and_21_8_million_analog_weights() -> None:
+    """He et al. 2016 table 1: 7×7/2 stem, [3, 4, 6, 3] basic blocks of 64-128-256-512, fc 1000."""
+    model = seeded_checkpoint("resnet34", seed=0).build()
+    assert analog_weight_count(model) == 21_779_648  # 43.6 M devices as differential pairs
+    assert sum(p.numel() for p in model.parameters()) == 21_797_672  # with BN and fc bias, as torchvision's
+    assert [len(stage) for stage in model.stages] == [3, 4, 6, 3]
+    assert tuple(model.conv1.weight.shape) == (64, 3, 7, 7) and tuple(model.fc.weight.shape) == (1000, 512)
+    assert model_spec("resnet34").input_shape == (3, 224, 224)
+    with torch.no_grad():
+        assert model(torch.zeros(1, *model_spec("resnet34").input_shape)).shape == (1, 1000)
+
+
+def test_a_seeded_checkpoint_is_reproducible_and_says_it_is_untrained() -> None:
+    first, again, other = (seeded_checkpoint("digits-resnet", seed=s) for s in (3, 3, 4))
+    torch.testing.assert_close(first.state_dict, again.state_dict)
+    assert not torch.equal(first.state_dict["conv1.weight"], other.state_dict["conv1.weight"])
+    assert first.meta == {"init": "seeded", "seed": 3, "trained": False}
+
+
+def test_resnet34s_data_set_is_not_shipped_and_says_so() -> None:
+    with pytest.raises(DatasetMissingError, match="ImageNet is not available"):
+        load_dataset(model_spec("resnet34").dataset, "test")
