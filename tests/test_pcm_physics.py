@@ -8,6 +8,7 @@ import pytest
 from drivers.base import Geometry
 from drivers.errors import BoardError
 from drivers.sim.board import SimBoard
+from drivers.sim.state import CHUNK_DEVICES
 
 N = 20_000
 ALL = np.arange(N, dtype=np.uint32)
@@ -85,3 +86,17 @@ def test_over_limit_pulse_is_rejected_not_clipped() -> None:
     with pytest.raises(BoardError, match="151"):
         board.set_pulse(ALL, amplitudes)
     np.testing.assert_array_equal(board.array.g_state_us, before)
+
+
+def test_blocks_larger_than_one_chunk_reach_every_device_once() -> None:
+    n = CHUNK_DEVICES + CHUNK_DEVICES // 2 + 7
+    board = SimBoard(Geometry(1, 1, n), seed=1)
+    everyone = np.arange(n, dtype=np.uint32)
+    board.reset(everyone)
+    board.set_pulse(everyone, np.full(n, 150.0, np.float32))
+    moved = board.array.g_state_us > 1.0
+    assert moved[:CHUNK_DEVICES].mean() > 0.999 and moved[CHUNK_DEVICES:].mean() > 0.999  # both chunks
+    board.clock.advance(100.0)
+    reads, g_us = board.read_block(everyone), board.array.conductance_us(everyone)
+    for part in (slice(0, CHUNK_DEVICES), slice(CHUNK_DEVICES, n)):  # every value read, none left over
+        assert np.corrcoef(reads[part], g_us[part])[0, 1] > 0.95

@@ -113,6 +113,10 @@ def test_a_state_file_of_another_chip_is_refused(tmp_path: Path) -> None:
         SimBoard(GEOMETRY, seed=5, state_path=path)
     with pytest.raises(StateFileError, match="model"):
         SimBoard(GEOMETRY, model=PCMModel(t0_s=20.0), seed=4, state_path=path)
+    in_use = SimBoard(GEOMETRY, seed=4, state_path=path)
+    with pytest.raises(StateFileError, match="in use"):
+        SimBoard(GEOMETRY, seed=4, state_path=path)
+    in_use.close()
     (tmp_path / "other").write_bytes(b"not a chip")
     with pytest.raises(StateFileError, match="not a simulated-chip state file"):
         SimBoard(GEOMETRY, seed=4, state_path=tmp_path / "other")
@@ -138,6 +142,7 @@ def test_a_committed_chunk_that_died_before_landing_is_applied_at_power_up(
         board.set_pulse(ALL[:1000], amplitudes)
     monkeypatch.undo()
     assert not np.array_equal(board.array.g_state_us[:1000], replica.array.g_state_us[:1000])
+    board.close()  # what the dying process leaves: the journal committed, the arrays not
 
     again = SimBoard(GEOMETRY, seed=4, state_path=path)
     np.testing.assert_array_equal(again.array.g_state_us, replica.array.g_state_us)

@@ -23,6 +23,7 @@ exit, power cycle); that is out of scope for a simulator and documented as such.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -110,6 +111,7 @@ class FileStore(MemoryStore):
         if fresh:
             _create_file(file, metadata, file_bytes(n_devices))
         self._file = file
+        self._lock_fd = _lock(file)
         self._maps: list[np.memmap[Any, Any]] = []
         control = self._map(file, np.uint64, layout["control"], _PAGE // 8)
         self._words_u64 = control
@@ -197,6 +199,9 @@ class FileStore(MemoryStore):
     def close(self) -> None:
         self.sync()
         self.arrays, self._journal, self._maps = {}, {}, []
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
 
 
 def open_store(
@@ -268,6 +273,17 @@ def _create_file(file: Path, metadata: dict[str, Any], size: int) -> None:
     with file.open("wb") as handle:
         handle.write(text)
         handle.truncate(size)  # sparse: untouched devices cost no disk until written
+
+
+def _lock(file: Path) -> int | None:
+    """One process per state file: an exclusive lock the kernel drops when the holder dies."""
+    fd = os.open(file, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StateFileError(f"state file {file} is in use by another simulated chip") from None
+    return fd
 
 
 def _fsync_directory(directory: Path) -> None:
