@@ -1,4 +1,9 @@
-"""Program a network onto a chip and read its conductances back at given times after programming."""
+"""Program a network onto a chip and read its conductances back at given times after programming.
+
+`program_network` works on any `Chip`; `simulate_readouts` is the offline path on an
+in-process simulated board (for `hwctl evaluate --sim-times`, tests and benchmarks), so
+it alone imports the simulator, when it runs.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,9 @@ import numpy.typing as npt
 from torch import nn
 
 from drivers.base import Chip
-from drivers.sim.board import DEFAULT_GEOMETRY, SimBoard
 from hwctl.mapping import DeviceMap, map_network
 from hwctl.nn.conductance import export_layers
-from hwctl.program_verify import ProgramResult, ProgramSettings, program_and_verify
+from hwctl.program_verify import ProgrammingResult, ProgramSettings, program_and_verify
 
 
 @dataclass(frozen=True)
@@ -21,12 +25,12 @@ class NetworkReadouts:
     """One programming of a network: its device map, P&V outcome and readouts by time (s)."""
 
     device_map: DeviceMap
-    program: ProgramResult
+    program: ProgrammingResult
     g_us_by_time_s: dict[float, npt.NDArray[np.float32]]
 
 
 def program_network(chip: Chip, model: nn.Module, settings: ProgramSettings | None = None
-                    ) -> tuple[DeviceMap, ProgramResult]:  # fmt: skip
+                    ) -> tuple[DeviceMap, ProgrammingResult]:  # fmt: skip
     """Map the model's analog weights onto `chip` and program them with program-and-verify."""
     device_map = map_network(export_layers(model), chip.geometry())
     result = program_and_verify(chip, device_map.addresses, device_map.target_g_us,
@@ -43,9 +47,11 @@ def simulate_readouts(
     Times count from the end of programming (the last device's last pulse) on the
     board's virtual clock; every device drifts from its own programming time.
     """
+    from drivers.sim.board import DEFAULT_GEOMETRY, SimBoard
+
     board = SimBoard(DEFAULT_GEOMETRY, seed=seed)
     device_map, result = program_network(board, model, settings)
-    t_end = float(result.t_programmed_s.max()) if result.t_programmed_s.size else board.clock.now_s()
+    t_end = float(result.programmed_s.max()) if result.programmed_s.size else board.clock.now_s()
     readouts: dict[float, npt.NDArray[np.float32]] = {}
     for t_s in sorted(times_after_program_s):
         wait_s = t_end + t_s - board.clock.now_s()
