@@ -228,7 +228,7 @@ def render_markdown_limits() -> str:
         f"| one block | min({DEFAULT_MAX_BLOCK_BYTES >> 20} MiB, devices × 4 bytes) | skipped by its "
         f"declared length, `{ERR_TOO_MUCH_DATA:+d}` |",
         f"| blocks in one command | {MAX_BLOCKS} | skipped, `{ERR_TOO_MUCH_DATA:+d}` |",
-        f"| a number | {MAX_NUMBER_CHARS} characters, decimal, finite, in its range (table above) | "
+        f"| a number | {MAX_NUMBER_CHARS} characters, decimal, finite, in its range (command table) | "
         f"`{ERR_COMMAND:+d}` if it does not parse, `{ERR_DATA_OUT_OF_RANGE:+d}` out of range |",
         f"| silence in the middle of a command | {DEFAULT_STALL_TIMEOUT_S:g} s (server setting "
         f"`stall_timeout_s`) | `{ERR_TIMEOUT:+d}`, connection closed |",
