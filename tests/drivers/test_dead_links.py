@@ -6,6 +6,8 @@ transports' default silence limit (`DEFAULT_TIMEOUT_S`), as the worker does.
 
 from __future__ import annotations
 
+import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -126,3 +128,39 @@ def test_abort_from_another_thread_ends_a_blocked_read_at_once(kind: str, proxy:
             chip.geometry()
     finally:
         chip.close()
+
+
+@pytest.mark.parametrize("kind", [*KINDS, "inproc"])
+def test_a_signal_handler_that_aborts_ends_a_read_blocked_in_the_main_thread(
+    kind: str, proxy: FaultProxy
+) -> None:
+    """SIGTERM in a worker whose main thread is blocked on the board: the handler calls
+    `abort()`, the read raises `LinkError` at once (SIGALRM stands in for SIGTERM)."""
+    resource = "inproc://" if kind == "inproc" else proxy.resource(kind)
+    chip = ChipDriver(open_transport(resource, timeout_s=30.0, board=SimBoard(GEOMETRY)))
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: chip.abort())
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        started = time.monotonic()
+        with pytest.raises(LinkError, match="abort"):
+            _delayed_read(chip, 20.0)
+        assert time.monotonic() - started < 1.5
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        chip.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tcp_transports_probe_an_idle_board_with_keepalive(kind: str, proxy: FaultProxy) -> None:
+    with ChipDriver(open_transport(proxy.resource(kind))) as chip:
+        stream = getattr(chip.transport, "_stream", None)
+        assert stream is not None, "TCP resources are read through SocketStream"
+        sock = stream._sock
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            idle_s = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+            interval_s = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)
+            probes = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)
+            assert idle_s + interval_s * probes <= DEAD_LINK_SEEN_S
