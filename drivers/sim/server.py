@@ -161,13 +161,26 @@ class BoardSession:
 
     # -- framing -------------------------------------------------------------------
     def feed(self, data: p.Buffer) -> list[Outgoing]:
-        """Replies to every command completed by `data`, in order."""
+        """Replies to every command completed by `data`, in order.
+
+        A bug in framing costs this connection (+199, then closed: the parser's state can
+        no longer be trusted), never the server; a bug in a command costs one +199 reply.
+        """
         if self.closed:
             return []
         if self._disconnect_armed:
             self.closed = True
             log.info("fault injection: dropping the connection mid-command")
             return [Outgoing([], close=True)]
+        try:
+            return self._feed(data)
+        except Exception as exc:
+            log.exception("internal error framing host input")
+            self.closed = True
+            reply = self.error_reply(p.ERR_INTERNAL, f"internal framing error: {exc}")
+            return [Outgoing([reply], close=True)]
+
+    def _feed(self, data: p.Buffer) -> list[Outgoing]:
         replies: list[Outgoing] = []
         for event in self.parser.feed(data):
             if isinstance(event, p.FramingError):
@@ -368,7 +381,7 @@ class SimChipServer:
                     if not data:
                         return
                     self.core.touch()
-                    replies = _feed_guarded(session, data)
+                    replies = session.feed(data)
                 for out in replies:
                     if out.delay_s:
                         await asyncio.sleep(out.delay_s)
@@ -386,17 +399,6 @@ class SimChipServer:
             self._connections.discard(task)
             writer.close()
             log.info("host %s disconnected", peer)
-
-
-def _feed_guarded(session: BoardSession, data: bytes) -> list[Outgoing]:
-    """`session.feed`, where a bug in framing costs this connection (+199, then closed),
-    never the server: the parser's state can no longer be trusted."""
-    try:
-        return session.feed(data)
-    except Exception as exc:
-        log.exception("internal error framing host input")
-        session.closed = True
-        return [Outgoing([session.error_reply(p.ERR_INTERNAL, f"internal framing error: {exc}")], close=True)]
 
 
 class ServerThread:

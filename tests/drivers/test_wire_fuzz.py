@@ -218,6 +218,23 @@ def test_a_bug_in_the_board_answers_199_and_the_connection_stays_usable(
         assert_usable(session)
 
 
+def test_a_bug_in_framing_answers_199_and_closes_only_that_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    session = new_session()
+    other = BoardSession(session.core)  # a second connection to the same board
+
+    def broken(self: p.CommandParser, data: p.Buffer) -> list[p.ParsedCommand | p.FramingError]:
+        raise Boom("injected")
+
+    monkeypatch.setattr(session.parser, "feed", broken.__get__(session.parser))
+    (out,) = session.feed(b"*IDN?\n")
+    assert out.close and session.closed
+    assert reply_bytes([out])[0].startswith(f"ERR,{p.ERR_INTERNAL:+d},".encode())
+    assert session.feed(b"*IDN?\n") == []
+    assert_usable(other)
+
+
 # -- over a real socket ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tcp_server() -> Iterator[ServerThread]:
