@@ -116,12 +116,21 @@ def test_a_digital_layer_that_does_not_exist_or_no_analog_layer_left_is_refused(
         map_network(_layers(), GEOMETRY, digital_layers=["conv", "fc"])
 
 
-def test_a_map_stored_before_digital_layers_existed_has_none() -> None:
+def test_a_map_stored_in_the_first_format_loads_with_its_addresses_and_no_digital_layers() -> None:
     dmap = map_network(_layers(), GEOMETRY)
-    raw = np.load(io.BytesIO(dmap.to_bytes()), allow_pickle=False)
-    meta = json.loads(raw["meta"].tobytes().decode())
+    meta = json.loads(np.load(io.BytesIO(dmap.to_bytes()), allow_pickle=False)["meta"].tobytes().decode())
     del meta["digital_layers"]
     old = io.BytesIO()
     np.savez_compressed(old, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
-                        addresses=raw["addresses"], target_g_us=raw["target_g_us"])  # fmt: skip
-    assert type(dmap).from_bytes(old.getvalue()).digital_layers == ()
+                        addresses=dmap.addresses, target_g_us=dmap.target_g_us)  # fmt: skip
+    loaded = type(dmap).from_bytes(old.getvalue())
+    assert loaded.digital_layers == () and loaded.layers == dmap.layers
+    np.testing.assert_array_equal(loaded.addresses, dmap.addresses)
+
+
+def test_a_stored_map_holds_the_targets_and_rebuilds_the_addresses_from_its_blocks() -> None:
+    dmap = map_network(_layers(), GEOMETRY)
+    stored = dmap.to_bytes()
+    assert np.load(io.BytesIO(stored), allow_pickle=False).files == ["meta", "target_g_us"]
+    assert len(stored) < 4 * dmap.n_devices + 4096  # 4 bytes a device and the placement
+    np.testing.assert_array_equal(type(dmap).from_bytes(stored).addresses, dmap.addresses)

@@ -13,7 +13,7 @@ from sqlalchemy import Connection
 
 from hwctl.mapping import DeviceMap
 from hwctl.store.errors import StoreError
-from hwctl.store.readouts import load_programming_result, load_readout
+from hwctl.store.readouts import device_read_times_s, load_programming_result, load_readout
 
 FORMATS = (".csv", ".parquet")
 
@@ -34,7 +34,7 @@ def readout_table(conn: Connection, readout_id: int, device_map: DeviceMap) -> p
             "layer": pa.DictionaryArray.from_arrays(pa.array(layer_index), names),
             "weight_index": pa.array(weight_index),
             "sign": pa.array(sign),
-            "t_s": pa.array(readout.board_time_s - programmed_s),
+            "t_s": pa.array(device_read_times_s(conn, readout_id) - programmed_s),
             "g_us": pa.array(readout.g_us),
         }
     )
