@@ -85,44 +85,50 @@ def big_chip(geometry: Geometry, state_dir: Path | None) -> dict[str, Any]:
         result["restart_board_time_s"] = again.board_time_s()
         result["file_bytes"] = path.stat().st_size
         result["file_bytes_on_disk"] = path.stat().st_blocks * 512
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["cpu_seconds_process"] = round(usage.ru_utime + usage.ru_stime, 2)
     result["peak_rss_gb"] = round(_peak_rss_gb(), 3)
     result["device_arrays_gb"] = round(BYTES_PER_DEVICE * n / 2**30, 3)
     return result
 
 
-def program_run(addresses: np.ndarray, targets: np.ndarray, state_dir: Path | None) -> float:
+def program_run(addresses: np.ndarray, targets: np.ndarray, state_dir: Path | None) -> tuple[float, float]:
+    """Wall and CPU seconds (this process, kernel time included) of one programming run."""
     from hwctl.program_verify import program_and_verify
 
     path = None if state_dir is None else state_dir / f"pv-{time.monotonic_ns()}.state"
     board = SimBoard(DEFAULT_GEOMETRY, seed=1, state_path=path)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     program_and_verify(board, addresses, targets)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     board.close()
     if path is not None:
         path.unlink()
-    return seconds
+    return seconds, cpu_seconds
 
 
 def state_cost(repeats: int, state_dir: Path) -> dict[str, Any]:
     from benchmarks.program_verify import targets_and_addresses
 
     addresses, targets, source = targets_and_addresses(923_744, DEFAULT_GEOMETRY)
-    volatile, stateful = [], []
-    for _ in range(repeats):
-        volatile.append(program_run(addresses, targets, None))
-        stateful.append(program_run(addresses, targets, state_dir))
-    median_volatile, median_state = statistics.median(volatile), statistics.median(stateful)
-    return {
-        "devices": int(addresses.size),
-        "chip": DEFAULT_GEOMETRY.n_devices,
-        "targets": source,
-        "runs_volatile_s": [round(s, 3) for s in volatile],
-        "runs_state_file_s": [round(s, 3) for s in stateful],
-        "seconds_volatile": round(median_volatile, 3),
-        "seconds_state_file": round(median_state, 3),
-        "ratio_state_over_volatile": round(median_state / median_volatile, 3),
+    runs: dict[str, list[tuple[float, float]]] = {"volatile": [], "state_file": []}
+    for repeat in range(repeats):  # alternate which goes first: load swings hit both alike
+        order = [None, state_dir] if repeat % 2 == 0 else [state_dir, None]
+        for folder in order:
+            name = "volatile" if folder is None else "state_file"
+            runs[name].append(program_run(addresses, targets, folder))
+    result: dict[str, Any] = {
+        "devices": int(addresses.size), "chip": DEFAULT_GEOMETRY.n_devices, "targets": source
     }
+    for name, measured in runs.items():
+        result[f"runs_{name}_s"] = [round(wall, 3) for wall, _ in measured]
+        result[f"seconds_{name}"] = round(statistics.median(wall for wall, _ in measured), 3)
+        result[f"min_seconds_{name}"] = round(min(wall for wall, _ in measured), 3)
+        result[f"cpu_seconds_{name}"] = round(statistics.median(cpu for _, cpu in measured), 3)
+    for kind in ("seconds", "min_seconds", "cpu_seconds"):
+        ratio = result[f"{kind}_state_file"] / result[f"{kind}_volatile"]
+        result[f"ratio_state_over_volatile_{kind}"] = round(ratio, 3)
+    return result
 
 
 def _child(geometry: Geometry, with_state: bool, state_dir: Path) -> dict[str, Any]:
@@ -139,7 +145,7 @@ def _child(geometry: Geometry, with_state: bool, state_dir: Path) -> dict[str, A
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--geometry", default="50m", help="T,R,C or a preset (default %(default)s)")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating programming runs")
+    parser.add_argument("--repeats", type=int, default=7, help="alternating programming runs")
     parser.add_argument("--json", type=Path, help="write results here")
     parser.add_argument("--state-dir", type=Path, help="where state files go (default: a temporary folder)")
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -272,7 +272,9 @@ def _create_file(file: Path, metadata: dict[str, Any], size: int) -> None:
         raise StateFileError(f"state-file header of {len(text)} bytes exceeds {_META_BYTES}")
     with file.open("wb") as handle:
         handle.write(text)
-        handle.truncate(size)  # sparse: untouched devices cost no disk until written
+        handle.truncate(size)
+        # Reserve the disk now: a full disk is an error at power-up, never a SIGBUS mid-pulse.
+        os.posix_fallocate(handle.fileno(), 0, size)
 
 
 def _lock(file: Path) -> int | None:
