@@ -102,6 +102,16 @@ class ProgrammingResult:
         return int(np.count_nonzero(self.status == status))
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where an interrupted programming stands: every device read now, and a board time at
+    or after the last pulse before the interruption (the `programmed_s` recorded for the
+    devices found within tolerance: an upper bound on their true last pulse)."""
+
+    g_us: npt.NDArray[np.float32]
+    programmed_s: float
+
+
 def check_amplitudes(chip: Chip, settings: ProgramSettings) -> None:
     """Refuse settings the board would reject, before any pulse is sent."""
     limit_ua = chip.amplitude_limit_ua()
@@ -118,8 +128,13 @@ def program_and_verify(
     target_g_us: npt.NDArray[np.float32],
     settings: ProgramSettings = ProgramSettings(),
     progress: Progress | None = None,
+    resume: ResumePoint | None = None,
 ) -> ProgrammingResult:
-    """Program every device to its target: RESET, then SET/verify until within tolerance."""
+    """Program every device to its target: RESET, then SET/verify until within tolerance.
+
+    With `resume`, devices already within tolerance are left alone; the others go on
+    from where they read (SET from there, or RESET first if above their band).
+    """
     s = settings
     addresses = np.ascontiguousarray(addresses, np.uint32)
     targets = np.ascontiguousarray(target_g_us, np.float32)
@@ -151,6 +166,21 @@ def program_and_verify(
     g_min = np.full(n, np.inf, np.float32)
     g_max = np.full(n, -np.inf, np.float32)
     clipped = np.zeros(n, bool)
+    if resume is not None:
+        start = np.ascontiguousarray(resume.g_us, np.float32)
+        if start.shape != targets.shape:
+            raise ValueError(f"resume reads {start.size} devices, programming {n}")
+        settled = np.abs(targets - start) <= tol
+        final[:] = start
+        status[settled] = DeviceStatus.CONVERGED
+        t_programmed[settled] = resume.programmed_s
+        keep = ~settled
+        idx, addr, tgt, tol, g = idx[keep], addr[keep], tgt[keep], tol[keep], start[keep]
+        gain, gain_var, clipped = gain[keep], gain_var[keep], clipped[keep]
+        over = g - tgt > tol
+        g_min, g_max = g.copy(), g.copy()
+        if idx.size == 0:
+            return result
 
     for iteration in range(1, s.max_iterations + 1):
         if over.any():

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict, Unpack
 
-from sqlalchemy import Connection, Engine, Row, and_, exists, insert, or_, select, true, update
+from sqlalchemy import Connection, Engine, Row, and_, exists, func, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 
 from hwctl.store.engine import SQLITE_BEGIN_OPTION
@@ -185,6 +185,8 @@ def _in_lane(lane: str | None) -> Any:
 
 
 def _mark_missed(conn: Connection, station_id: int, now_s: float, lane: str | None = None) -> list[int]:
+    """Queued jobs past their window are missed; the reason goes after any earlier error
+    (why an interrupted readback could not continue in time)."""
     late = update(jobs).where(
         jobs.c.station_id == station_id,
         _in_lane(lane),
@@ -192,7 +194,10 @@ def _mark_missed(conn: Connection, station_id: int, now_s: float, lane: str | No
         jobs.c.window_s.is_not(None),
         jobs.c.run_at_s + jobs.c.window_s < now_s,
     )
-    rows = conn.execute(late.values(status=JobStatus.MISSED, finished_s=now_s).returning(jobs.c.id))
+    reason = func.coalesce(jobs.c.error + "; ", "") + "not started within its window"
+    rows = conn.execute(
+        late.values(status=JobStatus.MISSED, finished_s=now_s, error=reason).returning(jobs.c.id)
+    )
     return [int(r.id) for r in rows]
 
 
@@ -271,6 +276,13 @@ def cancel(engine: Engine, job_id: int) -> str:
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True))
             return JobStatus.RUNNING
     raise JobStateError(f"job {job_id} is already {status}; nothing to cancel")
+
+
+def requeue(engine: Engine, job_id: int, reason: str) -> None:
+    """Put a running job back in the queue at its last checkpoint, due when it was (a
+    readback still inside its window runs at once, one past it is missed); `reason` stays
+    in `error` until the job succeeds."""
+    _transition(engine, job_id, (JobStatus.RUNNING,), {"status": JobStatus.QUEUED, "error": reason})
 
 
 def resume(engine: Engine, job_id: int, now_s: float) -> None:
@@ -362,6 +374,17 @@ def bring_forward_in(conn: Connection, idempotency_key: str, run_at_s: float) ->
     """Make the queued job with `idempotency_key` due at `run_at_s` (nothing if it has started)."""
     queued = update(jobs).where(jobs.c.idempotency_key == idempotency_key, jobs.c.status == JobStatus.QUEUED)
     conn.execute(queued.values(run_at_s=run_at_s))
+
+
+def last_board_time_s(engine: Engine, station_id: int) -> float | None:
+    """The latest board time recorded by the station's chip lane (every chip-lane time is a
+    reading of the board's clock), None if it never ran a job."""
+    latest = select(func.max(func.coalesce(jobs.c.finished_s, jobs.c.heartbeat_s))).where(
+        jobs.c.station_id == station_id, jobs.c.lane == JobLane.CHIP
+    )
+    with engine.connect() as conn:
+        found = conn.execute(latest).scalar()
+    return None if found is None else float(found)
 
 
 def get_job(engine: Engine, job_id: int) -> Row[Any]:

@@ -38,7 +38,8 @@ class Settings(BaseSettings):
         default=64 * 1024 * 1024, gt=0, description="Largest network checkpoint the API accepts, in bytes."
     )
     max_upload_expanded_bytes: int = Field(
-        default=256 * 1024 * 1024, gt=0,
+        default=256 * 1024 * 1024,
+        gt=0,
         description="Largest size an uploaded archive may declare once decompressed, in bytes "
         "(checked before it is loaded).",
     )
@@ -46,7 +47,8 @@ class Settings(BaseSettings):
         default=0.25, gt=0, description="How often a job's event stream checks the job row."
     )
     sse_keepalive_s: float = Field(
-        default=5.0, gt=0,
+        default=5.0,
+        gt=0,
         description="Longest silence on a job's event stream: a comment line is sent after it, so "
         "proxies and clients see a live connection while a job makes no progress.",
     )
@@ -55,6 +57,41 @@ class Settings(BaseSettings):
     )
     job_stale_after_s: float = Field(
         default=60.0, gt=0, description="A running job whose heartbeat is older than this is interrupted."
+    )
+    link_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Longest silence on a board's link while a reply is due: a dead link is seen within it.",
+    )
+    reconnect_initial_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="A worker's first wait before re-opening a board whose link failed; "
+        "doubled after each failed attempt.",
+    )
+    reconnect_max_s: float = Field(
+        default=30.0, gt=0, description="The longest wait between a worker's attempts to re-open its board."
+    )
+    job_max_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="Runs of a job that a link failure may interrupt before the job (and, "
+        "for programming, its experiment) fails.",
+    )
+    stop_grace_s: float = Field(
+        default=1.5,
+        gt=0,
+        description="After a stop request, how long a worker lets the command in flight "
+        "finish before it aborts the link.",
+    )
+    db_retry_max_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="The longest wait between a worker's retries of a database write "
+        "while the database is unreachable (it retries until it succeeds or is stopped).",
+    )
+    worker_heartbeat_s: float = Field(
+        default=5.0, gt=0, description="How often a worker records that it is alive on its station row."
     )
 
     @field_validator("api_keys", mode="before")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -32,11 +33,24 @@ from drivers.transports.factory import open_transport
 
 if TYPE_CHECKING:
     from hwctl.embedded_chip import EmbeddedChip
+    from hwctl.store.campaign import BoardReference
 
 log = logging.getLogger(__name__)
 
 SIM_SCHEME = "sim://"
-DEFAULT_TIMEOUT_S = 30.0
+# Longest silence on the link while a reply is due (the transport's per-chunk limit): a
+# dead link is seen within it, not after a whole long read.
+DEFAULT_TIMEOUT_S = 5.0
+# State fingerprint (pcm-model.md §3-4): a programmed device's conductance only drifts
+# down, G(t) = G(t_ref)·(t/t_ref)^−ν with ν ≤ μ_ν + 3σ_ν < NU_MAX, plus read noise; a
+# re-read outside [RATIO_FLOOR·(t/t_ref)^−NU_MAX, RATIO_CEILING]×G(t_ref) is not the same device state.
+FINGERPRINT_DEVICES = 256
+FINGERPRINT_MIN_G_US = 2.0  # below, read noise swamps the check
+FINGERPRINT_MIN_AGE_S = 20.0  # ages are floored here (the model's G(t0) settles by then)
+NU_MAX = 0.25
+RATIO_FLOOR = 0.7
+RATIO_CEILING = 1.3
+MIN_FINGERPRINT_DEVICES = 16
 # Below this many board seconds per wall second the clock counts as stopped (virtual).
 _STOPPED_RATE = 1e-6
 
@@ -47,6 +61,42 @@ class StationError(ValueError):
 
 class StationIdentityError(StationError):
     """The board that answered is not the one the station was registered with."""
+
+
+@dataclass(frozen=True)
+class Continuity:
+    """What a (re)connection found about the board's clock and devices: the evidence an
+    operator gets when the board lost its state."""
+
+    board_time_s: float
+    last_seen_s: float | None  # the latest board time the service recorded for this station
+    sampled: int  # programmed devices re-read
+    outside: int  # of them, outside the drift/noise band of their last stored value
+    median_ratio: float | None  # re-read / stored, over the sample
+
+    @property
+    def clock_went_back(self) -> bool:
+        return self.last_seen_s is not None and self.board_time_s < self.last_seen_s
+
+    @property
+    def devices_lost(self) -> bool:
+        return self.sampled >= MIN_FINGERPRINT_DEVICES and 2 * self.outside > self.sampled
+
+    @property
+    def lost(self) -> bool:
+        return self.clock_went_back or self.devices_lost
+
+    def evidence(self) -> str:
+        clock = f"board clock {self.board_time_s:.3f} s"
+        if self.last_seen_s is not None:
+            went_back = ": went backwards" if self.clock_went_back else ""
+            clock += f" (last recorded {self.last_seen_s:.3f} s{went_back})"
+        if not self.sampled:
+            return clock + "; no programmed devices to compare"
+        return (
+            f"{clock}; {self.outside}/{self.sampled} re-read devices outside the drift/noise band of their "
+            f"last stored conductance (median re-read/stored {self.median_ratio:.3g})"
+        )
 
 
 class Station:
@@ -126,6 +176,30 @@ class Station:
                 f"registered as {chip_serial!r}"
             )
         return identity
+
+    def continuity(self, last_seen_s: float | None, reference: BoardReference | None) -> Continuity:
+        """Compare the board with what the service last recorded: its clock must not have
+        gone back, a sample of the programmed devices must read as drifted from their last
+        stored values (not as blank or as other devices)."""
+        now_s = self.clock_now_s()
+        if reference is None:
+            return Continuity(now_s, last_seen_s, 0, 0, None)
+        eligible = np.flatnonzero(reference.g_us >= FINGERPRINT_MIN_G_US)
+        if eligible.size == 0:
+            return Continuity(now_s, last_seen_s, 0, 0, None)
+        sample = eligible[
+            np.linspace(0, eligible.size - 1, min(FINGERPRINT_DEVICES, eligible.size)).astype(int)
+        ]
+        reread_s, g_now_us = self.read_block(reference.addresses[sample])
+        age_ref_s = np.maximum(
+            reference.read_s[sample] - reference.programmed_s[sample], FINGERPRINT_MIN_AGE_S
+        )
+        age_now_s = np.maximum(reread_s - reference.programmed_s[sample], age_ref_s)
+        ratio = g_now_us / reference.g_us[sample]
+        # ratio ∈ [RATIO_FLOOR·(age_now/age_ref)^−NU_MAX, RATIO_CEILING]
+        floor = RATIO_FLOOR * (age_now_s / age_ref_s) ** -NU_MAX
+        outside = int(np.count_nonzero((ratio < floor) | (ratio > RATIO_CEILING)))
+        return Continuity(now_s, last_seen_s, int(sample.size), outside, float(np.median(ratio)))
 
     def read_block(self, addresses: npt.NDArray[np.uint32]) -> tuple[float, npt.NDArray[np.float32]]:
         """One block read: the board time it started at and the conductances (µS)."""

@@ -63,13 +63,22 @@ class ExperimentStatus(StrEnum):
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # The board came back without its devices' state or with its clock gone backwards:
+    # readouts after it are flagged; an operator resumes, re-programs or cancels.
+    BOARD_STATE_LOST = "board_state_lost"
 
 
-# At most one experiment per station is in one of these (a partial unique index).
-ACTIVE_EXPERIMENT_STATUSES: tuple[ExperimentStatus, ...] = (
+# The statuses a campaign's jobs move an experiment through on their own.
+PROGRESSING_EXPERIMENT_STATUSES: tuple[ExperimentStatus, ...] = (
     ExperimentStatus.CREATED,
     ExperimentStatus.PROGRAMMING,
     ExperimentStatus.READING,
+)
+# At most one experiment per station is in one of these (a partial unique index): one
+# waiting for an operator's decision still holds the station's devices.
+ACTIVE_EXPERIMENT_STATUSES: tuple[ExperimentStatus, ...] = (
+    *PROGRESSING_EXPERIMENT_STATUSES,
+    ExperimentStatus.BOARD_STATE_LOST,
 )
 
 # Device fits, report tables and API listings name this many outlier devices of each kind.

@@ -5,39 +5,73 @@ the due jobs and runs them (`hwctl.jobs`) in two lanes, one job at a time in eac
 the chip lane (programming, readbacks) holds the driver; the compute lane (evaluation,
 drift analysis) runs in a second thread that never touches the driver and reads the
 station clock by extrapolating the chip lane's last reading, so a minute of CPU spent
-on an evaluation never delays a due readback. On start it recovers from
-a crash: jobs left running become interrupted; programming stays interrupted (the
-chip's state is unknown: an operator decides), readbacks are queued again and resume
-from their last committed block, late ones run at once and record their actual time,
-and those past their window are missed. Between jobs it sleeps until the next due job,
-converting station seconds to wall seconds by the clock rate it observes (or, on a
-virtual-clock chip, advances the board to it). A stop request (SIGTERM/SIGINT, or
-`Worker.stop`) is honoured at the next block; the board is left safe on every exit
-path, and only then does the worker wait for the compute lane's next safe point.
+on an evaluation never delays a due readback.
+
+On start it recovers from a crash: jobs left running become interrupted; programming
+stays interrupted (the chip's state after a host crash is unknown: an operator resumes
+it), readbacks are queued again and resume from their last committed block, late ones
+run at once and record their actual time, and those past their window are missed.
+Between jobs it sleeps until the next due job, converting station seconds to wall
+seconds by the clock rate it observes (or, on a virtual-clock chip, advances the board
+to it).
+
+Faults are part of the day. A link error, timeout or garbled reply never ends the
+worker: the job goes back to its last checkpoint (after `job_max_attempts` runs it
+fails, and a programming's experiment with it), the board is re-opened with exponential
+backoff (every attempt logged, the link state kept on the station row), and work goes on
+when it answers. Each (re)connection checks the board: its serial, that its clock did
+not go back, and that a sample of the programmed devices still reads as the last stored
+values drifted (`Station.continuity`); a board that lost its state puts the experiment
+in `board_state_lost` with the evidence, and its later readouts are flagged. Database
+outages are ridden out: every statement is retried until it gets through, the running
+job holding its data meanwhile.
+
+A stop request (SIGTERM/SIGINT, or `Worker.stop`) is honoured at the next block; a
+command that does not finish within `stop_grace_s` has its link aborted. The board is
+left safe on every exit path where the link is alive (else its watchdog grounds it).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, Row
+from sqlalchemy.exc import InterfaceError, OperationalError
 
-from drivers.errors import LinkError
+from drivers.errors import DriverError
 from hwctl import queue
 from hwctl.jobs import JOBS
-from hwctl.jobs.context import READ_BLOCK_DEVICES, JobCancelled, JobContext, JobOvertaken, JobPaused
+from hwctl.jobs.context import (
+    LINK_FAILURES,
+    READ_BLOCK_DEVICES,
+    JobCancelled,
+    JobContext,
+    JobOvertaken,
+    JobPaused,
+    JobType,
+)
 from hwctl.settings import Settings
-from hwctl.station import DEFAULT_TIMEOUT_S, Station, open_station
+from hwctl.station import DEFAULT_TIMEOUT_S, Station, StationIdentityError, open_station
+from hwctl.store import station_link
+from hwctl.store.campaign import active_experiment_id, board_reference, fail_experiment, move_experiment
 from hwctl.store.engine import make_engine
 from hwctl.store.migrate import ensure_migrated
-from hwctl.store.schema import stations
-from hwctl.vocabulary import JobKind, JobLane
+from hwctl.store.schema import utc_now
+from hwctl.vocabulary import ExperimentStatus, JobKind, JobLane
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# What a database outage (server restart, dropped connection, SQLite lock storm) raises.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
+# After these the board is re-opened (a board with another serial may be swapped back).
+_REOPEN_AFTER: tuple[type[Exception], ...] = (*LINK_FAILURES, StationIdentityError)
 
 
 @dataclass(frozen=True)
@@ -45,6 +79,19 @@ class WorkerOptions:
     poll_s: float = 0.5  # longest wall-clock sleep between looks at the queue
     read_block_devices: int = READ_BLOCK_DEVICES
     link_timeout_s: float = DEFAULT_TIMEOUT_S
+    reconnect_initial_s: float = 0.5  # doubled after each failed re-open, up to reconnect_max_s
+    reconnect_max_s: float = 30.0
+    job_max_attempts: int = 5
+    stop_grace_s: float = 1.5
+    db_retry_max_s: float = 5.0
+    worker_heartbeat_s: float = 5.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **chosen: Any) -> WorkerOptions:
+        """The deployment's settings, with `chosen` (command-line flags) on top."""
+        names = ("link_timeout_s", "reconnect_initial_s", "reconnect_max_s", "job_max_attempts",
+                 "stop_grace_s", "db_retry_max_s", "worker_heartbeat_s")  # fmt: skip
+        return cls(**{name: getattr(settings, name) for name in names}, **chosen)
 
 
 # This worker is its station's only owner, so at start every job still marked running
@@ -67,6 +114,14 @@ class _Lane:
     cache: dict[Any, Any] = field(default_factory=dict)
 
 
+@dataclass
+class _Link:
+    """The supervisor's record of the link: down since when, after how many re-opens."""
+
+    down_since: datetime | None = None
+    attempts: int = 0
+
+
 class Worker:
     """Runs one station's jobs until stopped; usable as a process body or a thread."""
 
@@ -83,6 +138,10 @@ class Worker:
         self.stop_event = stop_event or threading.Event()
         self._thread: threading.Thread | None = None
         self._compute_wakeup = threading.Event()  # set when the chip lane may have queued work
+        self._chip_stopped = threading.Event()  # the chip lane has left the board
+        self._station: Station | None = None  # the open station, for the stop watchdog
+        self._clock: Station | None = None  # the last station opened: the compute lane's clock
+        self._alive_at = 0.0  # monotonic s of the last worker heartbeat on the station row
         self.error: BaseException | None = None
 
     # -- as a thread (the embedded server) ---------------------------------------------
@@ -105,50 +164,172 @@ class Worker:
             log.exception("worker for station %s stopped on an error", self.station_name)
             self.error = exc
 
-    # -- the lanes ----------------------------------------------------------------------
-    def run(self) -> None:
-        """Open the station, recover, then run both lanes until stopped.
+    # -- the database, retried -------------------------------------------------------
+    def _retrying(self, what: str, attempt: Callable[[], T]) -> T:
+        """`attempt` until the database answers; a stop request ends the wait (the job's
+        last committed checkpoint is where the next start goes on)."""
+        delay_s = 0.05
+        while True:
+            try:
+                return attempt()
+            except DATABASE_UNAVAILABLE as exc:
+                if self.stop_event.is_set():
+                    raise
+                log.warning("station %s: database unavailable while %s (%s); retrying in %.2f s",
+                            self.station_name, what, type(exc.orig).__name__, delay_s)  # fmt: skip
+                self.stop_event.wait(delay_s)
+                delay_s = min(2 * delay_s, self.options.db_retry_max_s)
 
-        The chip lane runs in this thread, the compute lane in a second one; an error in
-        either stops both (the board is made safe first) and is raised here.
+    def _write(self, what: str, body: Callable[[Connection], T]) -> T:
+        def attempt() -> T:
+            with queue.writing(self.engine) as conn:
+                return body(conn)
+
+        return self._retrying(what, attempt)
+
+    # -- supervision: open, check, run, re-open ------------------------------------------
+    def run(self) -> None:
+        """Run both lanes until stopped, re-opening the board whenever its link fails.
+
+        The chip lane runs in this thread, the compute lane in a second one; an error
+        other than a link or database outage in either stops both (the board is made
+        safe first) and is raised here.
         """
-        with self.engine.connect() as conn:
-            row = conn.execute(select(stations).where(stations.c.name == self.station_name)).one_or_none()
-        if row is None:
-            raise WorkerError(f"no station named {self.station_name!r}; register it first")
-        station_id = int(row.id)
-        compute: threading.Thread | None = None
+        row = self._retrying("looking up the station", self._station_row)
         compute_errors: list[BaseException] = []
+        compute = threading.Thread(
+            target=self._compute_lane, args=(int(row.id), compute_errors),
+            name=f"worker-{self.station_name}-compute", daemon=True,
+        )  # fmt: skip
+        threading.Thread(
+            target=self._abort_when_stuck, name=f"worker-{self.station_name}-stop", daemon=True
+        ).start()
         try:
-            with open_station(
-                row.name, row.resource, timeout_s=self.options.link_timeout_s,
-                advances_clock=row.clock_kind == "virtual",
-            ) as station:  # fmt: skip
-                station.check(row.chip_serial)
-                recovery = queue.recover_on_start(self.engine, station_id, _ANY_AGE_S, station.clock_now_s())
-                if recovery.interrupted or recovery.missed:
-                    log.warning("station %s recovered: %s", self.station_name, recovery)
-                lane = _Lane(JobLane.COMPUTE, station.estimated_now_s, None)
-                compute = threading.Thread(
-                    target=self._compute_lane, args=(lane, station_id, compute_errors),
-                    name=f"worker-{self.station_name}-compute", daemon=True,
-                )  # fmt: skip
-                compute.start()
-                self._chip_lane(station, station_id)
-            log.info("worker for station %s: board left in its safe state", self.station_name)
+            self._supervise(row, compute)
         finally:
+            self._chip_stopped.set()
             self.stop_event.set()
-            if compute is not None:
-                compute.join()
+            if compute.is_alive():
+                compute.join(self.options.stop_grace_s + self.options.poll_s)
         log.info("worker for station %s stopped", self.station_name)
         if compute_errors:
             raise compute_errors[0]
 
+    def _station_row(self) -> Row[Any]:
+        with self.engine.connect() as conn:
+            row = station_link.station_by_name(conn, self.station_name)
+        if row is None:
+            raise WorkerError(f"no station named {self.station_name!r}; register it first")
+        return row
+
+    def _supervise(self, row: Row[Any], compute: threading.Thread) -> None:
+        station_id = int(row.id)
+        link = _Link()
+        recovered = False
+        while not self.stop_event.is_set():
+            if link.down_since is not None and not self._back_off(station_id, link):
+                return
+            try:
+                station = open_station(
+                    row.name, row.resource, timeout_s=self.options.link_timeout_s,
+                    advances_clock=row.clock_kind == "virtual",
+                )  # fmt: skip
+            except (DriverError, OSError) as exc:
+                self._link_failed(station_id, link, f"cannot open {row.resource}: {exc}")
+                continue
+            try:
+                with station:
+                    self._station = self._clock = station
+                    station.check(row.chip_serial)
+                    if not recovered:
+                        recovery = queue.recover_on_start(
+                            self.engine, station_id, _ANY_AGE_S, station.clock_now_s()
+                        )
+                        if recovery.interrupted or recovery.missed:
+                            log.warning("station %s recovered: %s", self.station_name, recovery)
+                        recovered = True
+                    self._check_continuity(station, station_id)
+                    if link.down_since is not None:
+                        log.info(
+                            "station %s: link up again after %d attempts", self.station_name, link.attempts
+                        )
+                    link = _Link()
+                    self._write("recording the link up", lambda conn: station_link.link_up(conn, station_id))
+                    if not compute.is_alive():
+                        compute.start()
+                    self._chip_lane(station, station_id)
+                log.info("worker for station %s: board left in its safe state", self.station_name)
+                return
+            except _REOPEN_AFTER as exc:
+                if self.stop_event.is_set():
+                    return
+                self._link_failed(station_id, link, str(exc))
+            finally:
+                self._station = None
+
+    def _link_failed(self, station_id: int, link: _Link, reason: str) -> None:
+        link.down_since = link.down_since or utc_now()
+        link.attempts += 1
+        since, attempts = link.down_since, link.attempts
+        log.warning("station %s: link down since %s (attempt %d): %s", self.station_name,
+                    since.isoformat(timespec="seconds"), attempts, reason)  # fmt: skip
+        self._write(
+            "recording the link down", lambda conn: station_link.link_down(conn, station_id, since, attempts)
+        )
+
+    def _back_off(self, station_id: int, link: _Link) -> bool:
+        """Wait before the next re-open (exponential backoff); False if stopped meanwhile."""
+        delay_s = min(
+            self.options.reconnect_initial_s * 2 ** (link.attempts - 1), self.options.reconnect_max_s
+        )
+        log.info("station %s: re-opening the board in %.2f s", self.station_name, delay_s)
+        return not self.stop_event.wait(delay_s)
+
+    def _check_continuity(self, station: Station, station_id: int) -> None:
+        """A board that lost its devices' state or its clock puts the station's experiment
+        in `board_state_lost`, with the evidence."""
+        last_seen_s = self._retrying(
+            "reading the board's last time", lambda: queue.last_board_time_s(self.engine, station_id)
+        )
+        reference = self._retrying(
+            "reading the board's reference", lambda: self._read(lambda c: board_reference(c, station_id))
+        )
+        continuity = station.continuity(last_seen_s, reference)
+        if not continuity.lost:
+            log.info("station %s: board checked: %s", self.station_name, continuity.evidence())
+            return
+        experiment_id = self._retrying(
+            "finding the active experiment", lambda: self._read(lambda c: active_experiment_id(c, station_id))
+        )
+        reason = f"board state lost: {continuity.evidence()}"
+        log.error("station %s: %s (experiment %s)", self.station_name, reason, experiment_id)
+        if experiment_id is not None:
+            self._write("flagging the experiment", lambda conn: move_experiment(
+                conn, experiment_id, ExperimentStatus.BOARD_STATE_LOST, reason
+            ))  # fmt: skip
+
+    def _read(self, body: Callable[[Connection], T]) -> T:
+        with self.engine.connect() as conn:
+            return body(conn)
+
+    def _abort_when_stuck(self) -> None:
+        """After a stop request, give the chip lane `stop_grace_s` to reach a safe point,
+        then abort the command in flight (a link blocked on I/O)."""
+        self.stop_event.wait()
+        if self._chip_stopped.wait(self.options.stop_grace_s):
+            return
+        station = self._station
+        if station is not None:
+            log.warning("station %s: stop requested; aborting the command in flight", self.station_name)
+            station.chip.abort()
+
+    # -- the lanes ----------------------------------------------------------------------
     def _chip_lane(self, station: Station, station_id: int) -> None:
         lane = _Lane(JobLane.CHIP, station.clock_now_s, station)
         while not self.stop_event.is_set():
+            self._heartbeat_if_due(station_id)
             now_s = station.clock_now_s()
-            job = queue.claim(self.engine, station_id, now_s, JobLane.CHIP)
+            job = self._claim(station_id, now_s, JobLane.CHIP)
             if job is None:
                 self._chip_wait(station, station_id, now_s)
                 continue
@@ -157,16 +338,34 @@ class Worker:
             finally:
                 self._compute_wakeup.set()  # it may have queued an evaluation or the analysis
 
+    def _heartbeat_if_due(self, station_id: int) -> None:
+        now = time.monotonic()
+        if now - self._alive_at >= self.options.worker_heartbeat_s:
+            self._write(
+                "recording the worker alive", lambda conn: station_link.worker_alive(conn, station_id)
+            )
+            self._alive_at = now
+
     def _chip_wait(self, station: Station, station_id: int, now_s: float) -> None:
         """Sleep until the next job of either lane falls due; a virtual clock is moved there."""
-        next_s = queue.next_run_at_s(self.engine, station_id, after_s=now_s)
+        next_s = self._retrying(
+            "looking at the queue", lambda: queue.next_run_at_s(self.engine, station_id, after_s=now_s)
+        )
         if next_s is not None and station.advance_to_s(next_s):
             return
         poll_s = self.options.poll_s
         self.stop_event.wait(poll_s if next_s is None else station.wall_delay_s(next_s - now_s, poll_s))
 
-    def _compute_lane(self, lane: _Lane, station_id: int, errors: list[BaseException]) -> None:
+    def _compute_now_s(self) -> float:
+        """The board time as the chip lane last saw it, extrapolated (never a word to the board)."""
+        station = self._clock
+        if station is None:
+            raise WorkerError("the compute lane started before any station was opened")
+        return station.estimated_now_s()
+
+    def _compute_lane(self, station_id: int, errors: list[BaseException]) -> None:
         """Claim and run compute jobs until stopped; an error stops the whole worker."""
+        lane = _Lane(JobLane.COMPUTE, self._compute_now_s, None)
         try:
             while not self.stop_event.is_set():
                 self._compute_wakeup.clear()  # before the look, so no wake-up is lost
@@ -176,6 +375,8 @@ class Worker:
                 else:
                     self._compute_wakeup.wait(self.options.poll_s)
         except BaseException as exc:
+            if self.stop_event.is_set() and isinstance(exc, DATABASE_UNAVAILABLE):
+                return  # stopped during an outage: the job is recovered at the next start
             log.exception("worker for station %s: compute lane stopped on an error", self.station_name)
             errors.append(exc)
             self.stop_event.set()
@@ -184,76 +385,135 @@ class Worker:
         """Claim only when a read says a job is due: a claim takes SQLite's write lock, which
         the chip lane's commits would otherwise queue behind at every poll."""
         now_s = lane.now_s()
-        due_s = queue.next_run_at_s(self.engine, station_id, lane.name)
+        due_s = self._retrying(
+            "looking at the queue", lambda: queue.next_run_at_s(self.engine, station_id, lane.name)
+        )
         if due_s is None or due_s > now_s:
             return None
-        return queue.claim(self.engine, station_id, now_s, lane.name)
+        return self._claim(station_id, now_s, lane.name)
+
+    def _claim(self, station_id: int, now_s: float, lane: str) -> queue.Job | None:
+        return self._retrying("claiming a job", lambda: queue.claim(self.engine, station_id, now_s, lane))
 
     def _overtaken(self, station: Station, station_id: int, job: queue.Job) -> bool:
         """Whether a readback scheduled later than `job` is due now (only readbacks yield)."""
         if job.scheduled_s is None:
             return False
-        return queue.later_readback_due(self.engine, station_id, station.clock_now_s(), job.scheduled_s)
+        now_s = station.clock_now_s()
+        scheduled_s = job.scheduled_s
+        return self._retrying(
+            "looking for a later readback",
+            lambda: queue.later_readback_due(self.engine, station_id, now_s, scheduled_s),
+        )
 
     def _run_job(self, lane: _Lane, station_id: int, job: queue.Job) -> None:
         def heartbeat(
             progress: float, message: str, checkpoint: dict[str, Any] | None,
             write: Callable[[Connection], None] | None,
         ) -> bool:  # fmt: skip
-            with queue.writing(self.engine) as conn:
+            now_s = lane.now_s()
+
+            def commit(conn: Connection) -> bool:
                 if write is not None:
                     write(conn)
-                cancel = queue.heartbeat_in(
-                    conn, job.id, lane.now_s(), progress=progress, message=message, checkpoint=checkpoint
+                return queue.heartbeat_in(
+                    conn, job.id, now_s, progress=progress, message=message, checkpoint=checkpoint
                 )
-            return not cancel
+
+            return not self._write("committing a checkpoint", commit)
+
+        def complete(result: dict[str, Any]) -> None:
+            now_s = lane.now_s()
+            self._retrying("completing the job", lambda: queue.complete(self.engine, job.id, now_s, result))
 
         station = lane.station
         ctx = JobContext(
             engine=self.engine, station=station, station_id=station_id, job_id=job.id, kind=job.kind,
-            checkpoint=job.checkpoint, heartbeat=heartbeat,
-            complete=lambda result: queue.complete(self.engine, job.id, lane.now_s(), result),
+            checkpoint=job.checkpoint, heartbeat=heartbeat, complete=complete,
             stopping=self.stop_event.is_set,
             overtaken=lambda: station is not None and self._overtaken(station, station_id, job),
-            cache=lane.cache,
-            read_block_devices=self.options.read_block_devices,
+            retrying=self._retrying, cache=lane.cache, read_block_devices=self.options.read_block_devices,
         )  # fmt: skip
         log.info(
-            "station %s: %s job %d starts in the %s lane", self.station_name, job.kind, job.id, lane.name
-        )
+            "station %s: %s job %d starts in the %s lane (attempt %d)",
+            self.station_name, job.kind, job.id, lane.name, job.attempts,
+        )  # fmt: skip
+        job_type = JOBS[JobKind(job.kind)]
         try:
-            job_type = JOBS[JobKind(job.kind)]
             job_type.handle(ctx, job_type.payload.model_validate(job.payload))
         except JobCancelled:
-            queue.acknowledge_cancel(self.engine, job.id, lane.now_s())
+            now_s = lane.now_s()
+            self._retrying(
+                "acknowledging the cancel", lambda: queue.acknowledge_cancel(self.engine, job.id, now_s)
+            )
         except JobOvertaken:
             now_s = lane.now_s()
-            queue.recover_stale(self.engine, station_id, _ANY_AGE_S, now_s, job.lane)
-            queue.resume(self.engine, job.id, now_s)  # due now, behind the readback that overtook it
+
+            def yield_chip() -> None:
+                queue.recover_stale(self.engine, station_id, _ANY_AGE_S, now_s, job.lane)
+                queue.resume(self.engine, job.id, now_s)  # due now, behind the readback that overtook it
+
+            self._retrying("handing the chip over", yield_chip)
         except JobPaused:
             # The last block is committed; the next start queues readbacks and compute
             # jobs again and leaves programming interrupted for an operator.
-            queue.recover_stale(self.engine, station_id, _ANY_AGE_S, lane.now_s(), job.lane)
-        except LinkError:
-            # No board clock to stamp anything with: the job stays running, and the next
-            # start recovers it (a readback resumes, programming waits for an operator).
-            log.error("station %s: link lost during %s job %d", self.station_name, job.kind, job.id)
+            now_s = lane.now_s()
+            self._retrying(
+                "pausing the job",
+                lambda: queue.recover_stale(self.engine, station_id, _ANY_AGE_S, now_s, job.lane),
+            )
+        except LINK_FAILURES as exc:
+            self._link_lost_during(job, job_type, station, f"link lost during attempt {job.attempts}: {exc}")
             raise
+        except DATABASE_UNAVAILABLE:
+            raise  # only when stopping: the job stays running and the next start recovers it
         except Exception as exc:
             log.exception("station %s: %s job %d failed", self.station_name, job.kind, job.id)
-            queue.fail(self.engine, job.id, lane.now_s(), f"{type(exc).__name__}: {exc}")
+            now_s = lane.now_s()
+            error = f"{type(exc).__name__}: {exc}"
+            self._retrying("failing the job", lambda: queue.fail(self.engine, job.id, now_s, error))
+
+    def _link_lost_during(
+        self, job: queue.Job, job_type: JobType[Any], station: Station | None, reason: str
+    ) -> None:
+        """The job goes back to its last checkpoint, or gives up after `job_max_attempts`
+        runs (a programming's experiment with it); stopping, it waits for the next start."""
+        now_s = station.estimated_now_s() if station is not None else 0.0  # the link is gone
+        log.error("station %s: %s job %d: %s", self.station_name, job.kind, job.id, reason)
+        if self.stop_event.is_set():
+            self._retrying(
+                "pausing the job",
+                lambda: queue.recover_stale(self.engine, job.station_id, _ANY_AGE_S, now_s, job.lane),
+            )
+        elif job.attempts < self.options.job_max_attempts:
+            self._retrying("requeueing the job", lambda: queue.requeue(self.engine, job.id, reason))
+        else:
+            given_up = f"{reason}; gave up after {job.attempts} attempts"
+
+            def give_up(conn: Connection) -> None:
+                if job_type.fails_experiment and job.experiment_id is not None:
+                    fail_experiment(conn, job.experiment_id, f"{job.kind} job {job.id}: {given_up}")
+
+            self._retrying("failing the job", lambda: queue.fail(self.engine, job.id, now_s, given_up))
+            self._write("failing the experiment", give_up)
 
 
 def run_worker(
     settings: Settings,
     station_name: str,
     stop_event: threading.Event | None = None,
-    options: WorkerOptions = WorkerOptions(),
+    options: WorkerOptions | None = None,
 ) -> None:
-    """The worker process body: connect, refuse an unmigrated database, run until stopped."""
-    engine = make_engine(settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+    """The worker process body: connect, refuse an unmigrated database, run until stopped.
+
+    Connections are checked before use (`pool_pre_ping`), so one left dead by a database
+    restart is replaced instead of failing the next statement.
+    """
+    engine = make_engine(
+        settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms, pool_pre_ping=True
+    )
     try:
         ensure_migrated(engine)
-        Worker(engine, station_name, options, stop_event).run()
+        Worker(engine, station_name, options or WorkerOptions.from_settings(settings), stop_event).run()
     finally:
         engine.dispose()

@@ -5,7 +5,9 @@ lane (which holds the driver), evaluation and drift analysis in the compute lane
 second thread without the driver), so an evaluation never delays a readback.
 
 SIGTERM and SIGINT ask for a graceful stop: the current block is finished and
-committed, the board is put in its safe state, and the process exits 0.
+committed, the board is put in its safe state, and the process exits 0; a command still
+in flight after `HWCTL_STOP_GRACE_S` has its link aborted (the board's watchdog grounds
+it). A lost link or a database restart never ends the process (see `hwctl.worker`).
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from hwctl.cli import CLIError
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("worker", help="run the job worker of one station (owns its chip)")
     parser.add_argument("--station", required=True, help="name of a registered station")
-    parser.add_argument("--poll-s", type=float,
-                        help="longest wall-clock wait between looks at the queue (default 0.5)")
-    parser.add_argument("--block-devices", type=int,
-                        help="devices per readback block, the unit of checkpoints and stops "
-                             "(default 262,144)")
+    parser.add_argument(
+        "--poll-s", type=float, help="longest wall-clock wait between looks at the queue (default 0.5)"
+    )
+    parser.add_argument(
+        "--block-devices",
+        type=int,
+        help="devices per readback block, the unit of checkpoints and stops (default 262,144)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -46,9 +51,10 @@ def run(args: Any) -> int:
         stop.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    options = WorkerOptions(**{k: v for k, v in given.items() if v is not None})
+    settings = get_settings()
+    options = WorkerOptions.from_settings(settings, **{k: v for k, v in given.items() if v is not None})
     try:
-        run_worker(get_settings(), args.station, stop, options)
+        run_worker(settings, args.station, stop, options)
     except (WorkerError, StoreError) as exc:
         raise CLIError(str(exc)) from None
     finally:

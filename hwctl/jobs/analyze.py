@@ -4,6 +4,8 @@ the experiment to `done`."""
 
 from __future__ import annotations
 
+from sqlalchemy import Connection
+
 from hwctl.analysis.run_fit import MIN_READOUTS_TO_FIT, fit_run, save_run_fit
 from hwctl.analysis.stored import load_experiment
 from hwctl.jobs.context import JobContext, JobError, JobPayload, JobType
@@ -21,19 +23,25 @@ def key(run_id: int) -> str:
 
 
 def handle(ctx: JobContext, payload: AnalyzePayload) -> None:
-    stored = load_experiment(ctx.engine, payload.experiment_id)
+    stored = ctx.read("loading the run", lambda conn: load_experiment(conn, payload.experiment_id))
     if stored.run_id != payload.run_id:
         raise JobError(f"experiment {payload.experiment_id}'s run is {stored.run_id}, not {payload.run_id}")
     n_readouts = len(stored.readouts)
     if n_readouts < MIN_READOUTS_TO_FIT:
-        with ctx.writing() as conn:
-            move_experiment(conn, payload.experiment_id, ExperimentStatus.DONE)
+        ctx.write(
+            "ending the experiment",
+            lambda conn: move_experiment(conn, payload.experiment_id, ExperimentStatus.DONE),
+        )
         ctx.complete({"n_readouts": n_readouts, "skipped": f"fewer than {MIN_READOUTS_TO_FIT} readouts"})
         return
     run_fit = fit_run(stored)
-    with ctx.writing() as conn:
+
+    def store(conn: Connection) -> int:
         fit_id = save_run_fit(conn, payload.run_id, run_fit)
         move_experiment(conn, payload.experiment_id, ExperimentStatus.DONE)
+        return fit_id
+
+    fit_id = ctx.write("storing the drift fit", store)
     ctx.complete({"device_fit_id": fit_id, "n_readouts": n_readouts, "n_fitted": int(run_fit.lines.ok.sum())})
 
 

@@ -8,14 +8,14 @@ with the validation error before any instrument work).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Connection, Engine
 
+from drivers.errors import LinkError, ProtocolError
 from hwctl import queue
 from hwctl.queue import NewJob
 from hwctl.station import Station
@@ -26,6 +26,9 @@ READ_BLOCK_DEVICES = 262_144
 # Readbacks outrank evaluation and analysis: a due read must never wait behind them.
 PRIORITY_READBACK = 10
 PRIORITY_FOLLOW_UP = 0
+# A job interrupted by one of these goes back to its last checkpoint while the worker
+# re-opens the board: a dead or garbled link says nothing about the job itself.
+LINK_FAILURES: tuple[type[Exception], ...] = (LinkError, ProtocolError)
 
 
 class JobCancelled(Exception):
@@ -52,6 +55,15 @@ class JobPayload(BaseModel):
 
 
 Payload = TypeVar("Payload", bound=JobPayload)
+T = TypeVar("T")
+
+
+class Retrying(Protocol):
+    """Runs `attempt` until it gets through to the database (`what` names it in the log)."""
+
+    def __call__(self, what: str, attempt: Callable[[], T]) -> T: ...
+
+
 # heartbeat(progress, message, checkpoint, write): commits progress, the checkpoint and
 # whatever `write` stores, in one transaction; False when the job's cancel flag is set.
 Heartbeat = Callable[[float, str, dict[str, Any] | None, Callable[[Connection], None] | None], bool]
@@ -66,6 +78,7 @@ class JobType(Generic[Payload]):
     lane: JobLane
     payload: type[Payload]
     handle: Callable[[JobContext, Payload], None]
+    fails_experiment: bool = False  # when it gives up, its experiment cannot go on either
 
     def new_job(
         self, station_id: int, payload: Payload, *, run_at_s: float, key: str, window_s: float | None = None,
@@ -101,6 +114,7 @@ class JobContext:
     complete: Complete
     stopping: Callable[[], bool]
     overtaken: Callable[[], bool]
+    retrying: Retrying
     cache: dict[Any, Any] = field(default_factory=dict)
     read_block_devices: int = READ_BLOCK_DEVICES
 
@@ -111,11 +125,25 @@ class JobContext:
             raise JobError(f"{self.kind} job {self.job_id} needs the chip but runs in the compute lane")
         return self.station
 
-    @contextmanager
-    def writing(self) -> Iterator[Connection]:
-        """A write transaction (see `hwctl.queue.writing`)."""
-        with queue.writing(self.engine) as conn:
-            yield conn
+    def write(self, what: str, body: Callable[[Connection], T]) -> T:
+        """`body` in one write transaction (see `hwctl.queue.writing`), retried while the
+        database is unreachable: bodies check what is already stored, so a retry after a
+        commit whose answer was lost stores nothing twice."""
+
+        def attempt() -> T:
+            with queue.writing(self.engine) as conn:
+                return body(conn)
+
+        return self.retrying(what, attempt)
+
+    def read(self, what: str, body: Callable[[Connection], T]) -> T:
+        """`body` on a connection, retried while the database is unreachable."""
+
+        def attempt() -> T:
+            with self.engine.connect() as conn:
+                return body(conn)
+
+        return self.retrying(what, attempt)
 
     def safe_point(
         self,

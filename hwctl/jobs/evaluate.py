@@ -3,17 +3,21 @@ of the experiment, in the compute lane (never touches the chip)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy import Connection
 
 from hwctl.experiment_spec import ExperimentSpec
 from hwctl.jobs.context import JobContext, JobPayload, JobType
 from hwctl.nn.data import load_dataset
-from hwctl.nn.evaluation import ReadoutEvaluator, adabs_calibration_set
+from hwctl.nn.evaluation import EvalResult, ReadoutEvaluator, adabs_calibration_set
 from hwctl.store import readouts as store_readouts
 from hwctl.store.campaign import evaluated_methods, load_spec
 from hwctl.store.networks import load_network
 from hwctl.store.records import add_evaluation
-from hwctl.vocabulary import JobKind, JobLane
+from hwctl.vocabulary import CompensationMethod, JobKind, JobLane
 
 
 class EvaluatePayload(JobPayload):
@@ -36,26 +40,45 @@ def _evaluator(ctx: JobContext, conn: Connection, spec: ExperimentSpec, run_id: 
     return evaluator
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    spec: ExperimentSpec
+    done: set[CompensationMethod]
+    evaluator: ReadoutEvaluator
+    g_t_us: npt.NDArray[np.float32]
+    g_t0_us: npt.NDArray[np.float32]
+    t0_readout_id: int
+
+
 def handle(ctx: JobContext, payload: EvaluatePayload) -> None:
     readout_id = payload.readout_id
-    with ctx.engine.connect() as conn:
+
+    def inputs(conn: Connection) -> _Inputs:
         spec = load_spec(conn, payload.experiment_id)
-        done = evaluated_methods(conn, readout_id)
-        evaluator = _evaluator(ctx, conn, spec, payload.run_id)
         g_t_us = store_readouts.load_readout(conn, readout_id).g_us
         first_id = store_readouts.run_readouts(conn, payload.run_id)[0][0]
         g_t0_us = g_t_us if first_id == readout_id else store_readouts.load_readout(conn, first_id).g_us
-    data = load_dataset(spec.evaluation.dataset, "test").subset(spec.evaluation.n_images)
+        evaluator = _evaluator(ctx, conn, spec, payload.run_id)
+        return _Inputs(spec, evaluated_methods(conn, readout_id), evaluator, g_t_us, g_t0_us, first_id)
+
+    got = ctx.read("loading the readout", inputs)
+    evaluation = got.spec.evaluation
+    data = load_dataset(evaluation.dataset, "test").subset(evaluation.n_images)
     accuracy: dict[str, float] = {}
-    for index, method in enumerate(m for m in spec.evaluation.methods if m not in done):
-        ctx.safe_point(index / len(spec.evaluation.methods), f"evaluating with {method}")
-        result = evaluator.evaluate(data, g_t_us, method, g_t0_us)
-        with ctx.writing() as conn:
+    for index, method in enumerate(m for m in evaluation.methods if m not in got.done):
+        ctx.safe_point(index / len(evaluation.methods), f"evaluating with {method}")
+        result = got.evaluator.evaluate(data, got.g_t_us, method, got.g_t0_us)
+
+        def store(conn: Connection, method: CompensationMethod = method, result: EvalResult = result) -> None:
+            if method in evaluated_methods(conn, readout_id):  # stored by a commit whose answer was lost
+                return
             add_evaluation(
                 conn, readout_id, method=method, accuracy=result.accuracy, n_images=result.n_images,
                 ci=(result.ci95_low, result.ci95_high),
-                settings={"dataset": spec.evaluation.dataset, "t0_readout_id": first_id},
+                settings={"dataset": evaluation.dataset, "t0_readout_id": got.t0_readout_id},
             )  # fmt: skip
+
+        ctx.write("storing the accuracy", store)
         accuracy[method] = result.accuracy
     ctx.complete({"readout_id": readout_id, "accuracy": accuracy})
 

@@ -2,30 +2,61 @@
 and queue its readbacks.
 
 The run's per-device outcome and the campaign's readback jobs are stored in one
-transaction, so a crash can never leave a programmed chip without its schedule.
+transaction, so a crash can never leave a programmed chip without its schedule. The
+job's checkpoint names its run: a programming interrupted by the link (or resumed by an
+operator after a worker crash) re-reads every device and goes on with those not yet
+within tolerance (`program_verify.ResumePoint`) instead of starting again.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from sqlalchemy import Connection
 
+from drivers.base import Geometry
 from hwctl import queue
 from hwctl.experiment_spec import ExperimentSpec
 from hwctl.jobs import analyze, readback
-from hwctl.jobs.context import PRIORITY_READBACK, JobContext, JobPayload, JobType
-from hwctl.mapping import map_network
+from hwctl.jobs.context import (
+    LINK_FAILURES,
+    PRIORITY_READBACK,
+    JobCancelled,
+    JobContext,
+    JobPaused,
+    JobPayload,
+    JobType,
+)
+from hwctl.mapping import DeviceMap, map_network
 from hwctl.nn.conductance import export_layers
-from hwctl.program_verify import ProgramSettings, program_and_verify
+from hwctl.program_verify import ProgrammingResult, ProgramSettings, ResumePoint, program_and_verify
 from hwctl.schedule import readout_window_s
 from hwctl.store import readouts as store_readouts
-from hwctl.store.campaign import load_spec, move_experiment
+from hwctl.store.campaign import experiment_state, fail_experiment, load_spec, move_experiment
 from hwctl.store.networks import load_network
 from hwctl.store.records import add_mapping
 from hwctl.vocabulary import ExperimentStatus, JobKind, JobLane
 
+# A programming stopped by these is not failed: it resumes.
+_RESUMES: tuple[type[Exception], ...] = (JobPaused, *LINK_FAILURES)
+
 
 class ProgramPayload(JobPayload):
     """Program the experiment's network as its spec says."""
+
+
+@dataclass(frozen=True)
+class _Run:
+    """The stored programming run this job writes: its spec, device map and rows."""
+
+    spec: ExperimentSpec
+    device_map: DeviceMap
+    mapping_id: int
+    run_id: int
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {"mapping_id": self.mapping_id, "run_id": self.run_id}
 
 
 def program_settings(spec: ExperimentSpec) -> ProgramSettings:
@@ -34,51 +65,91 @@ def program_settings(spec: ExperimentSpec) -> ProgramSettings:
 
 
 def handle(ctx: JobContext, payload: ProgramPayload) -> None:
-    """A programming that fails leaves its experiment `failed` (the chip state is unknown;
-    an operator decides), so the station is free for the next experiment."""
+    """A programming that fails leaves its experiment `failed` with the reason (the chip
+    state is unknown; an operator decides), so the station is free for the next one. One
+    stopped by the worker or the link is not failed: it resumes."""
     try:
         _program(ctx, payload.experiment_id)
-    except Exception:
-        with ctx.writing() as conn:
-            move_experiment(conn, payload.experiment_id, ExperimentStatus.FAILED)
+    except _RESUMES:
         raise
+    except JobCancelled:
+        ctx.write(
+            "ending the experiment",
+            lambda conn: fail_experiment(conn, payload.experiment_id, "programming cancelled"),
+        )
+        raise
+    except Exception as exc:
+        reason = f"programming failed: {type(exc).__name__}: {exc}"
+        ctx.write("failing the experiment", lambda conn: fail_experiment(conn, payload.experiment_id, reason))
+        raise
+
+
+def _start_run(conn: Connection, ctx: JobContext, experiment_id: int, geometry: Geometry) -> _Run:
+    spec = load_spec(conn, experiment_id)
+    model = load_network(conn, spec.network_id).build()
+    device_map = map_network(export_layers(model), geometry, spec.g_max_us)
+    mapping_id = add_mapping(
+        conn, network_id=spec.network_id, station_id=ctx.station_id, device_map=device_map.to_bytes(),
+        n_devices=device_map.n_devices, utilisation=device_map.utilisation.fraction_of_chip,
+        experiment_id=experiment_id,
+    )  # fmt: skip
+    run_id = store_readouts.start_programming_run(
+        conn, mapping_id, spec.program.model_dump(), experiment_id=experiment_id
+    )
+    move_experiment(conn, experiment_id, ExperimentStatus.PROGRAMMING)
+    return _Run(spec, device_map, mapping_id, run_id)
+
+
+def _stored_run(conn: Connection, experiment_id: int, checkpoint: dict[str, Any]) -> _Run:
+    run_id = int(checkpoint["run_id"])
+    device_map = store_readouts.load_run_device_map(conn, run_id)
+    return _Run(load_spec(conn, experiment_id), device_map, int(checkpoint["mapping_id"]), run_id)
 
 
 def _program(ctx: JobContext, experiment_id: int) -> None:
     station = ctx.chip_station
-    with ctx.writing() as conn:
-        spec = load_spec(conn, experiment_id)
-        model = load_network(conn, spec.network_id).build()
-        device_map = map_network(export_layers(model), station.chip.geometry(), spec.g_max_us)
-        mapping_id = add_mapping(
-            conn, network_id=spec.network_id, station_id=ctx.station_id, device_map=device_map.to_bytes(),
-            n_devices=device_map.n_devices, utilisation=device_map.utilisation.fraction_of_chip,
-            experiment_id=experiment_id,
-        )  # fmt: skip
-        run_id = store_readouts.start_programming_run(
-            conn, mapping_id, spec.program.model_dump(), experiment_id=experiment_id
-        )
-        move_experiment(conn, experiment_id, ExperimentStatus.PROGRAMMING)
-    n = device_map.n_devices
+    checkpoint = ctx.checkpoint or {}
+    resume = None
+    if "run_id" in checkpoint:
+        run = ctx.read("loading the run", lambda conn: _stored_run(conn, experiment_id, checkpoint))
+        # Every device read now; those within tolerance were last pulsed before this read.
+        read_s, g_now_us = station.read_block(run.device_map.addresses)
+        resume = ResumePoint(g_now_us, read_s)
+    else:
+        geometry = station.chip.geometry()
+        run = ctx.write("starting the run", lambda conn: _start_run(conn, ctx, experiment_id, geometry))
+    n = run.device_map.n_devices
+    ctx.safe_point(0.0, "resuming programming" if resume else "programming", run.checkpoint())
 
     def progress(iteration: int, remaining: int, converged: int) -> None:
         ctx.safe_point(converged / n, f"iteration {iteration}: {converged}/{n} devices converged")
 
     result = program_and_verify(
-        station.chip, device_map.addresses, device_map.target_g_us, program_settings(spec), progress
-    )
+        station.chip, run.device_map.addresses, run.device_map.target_g_us, program_settings(run.spec),
+        progress, resume,
+    )  # fmt: skip
     end_s = float(result.programmed_s.max()) if n else station.clock_now_s()
-    with ctx.writing() as conn:
-        store_readouts.finish_programming_run(conn, run_id, result)
-        reading = move_experiment(conn, experiment_id, ExperimentStatus.READING)
-        if reading:  # else cancelled while programming: the run is kept, no readbacks follow
-            schedule_readbacks(conn, ctx, spec, experiment_id, run_id, end_s)
+    reading = ctx.write("storing the run", lambda conn: _finish(conn, ctx, experiment_id, run, result, end_s))
     # Completed after the commit: `complete` is a write of its own, and SQLite has one writer.
     ctx.complete({
-        "run_id": run_id, "mapping_id": mapping_id, "n_devices": n, "programmed_end_s": end_s,
+        "run_id": run.run_id, "mapping_id": run.mapping_id, "n_devices": n, "programmed_end_s": end_s,
         "converged_fraction": result.converged_fraction_nonzero, "iterations_mean": result.iterations_mean,
-        "cancelled": not reading,
+        "cancelled": not reading, "resumed": resume is not None,
     })  # fmt: skip
+
+
+def _finish(
+    conn: Connection, ctx: JobContext, experiment_id: int, run: _Run, result: ProgrammingResult, end_s: float
+) -> bool:
+    """Store the outcome and queue the readbacks; False if the experiment was cancelled
+    meanwhile (the run is kept, no readbacks follow)."""
+    if store_readouts.run_finished(conn, run.run_id):  # stored by a commit whose answer was lost
+        return experiment_state(conn, experiment_id).status == ExperimentStatus.READING
+    store_readouts.finish_programming_run(conn, run.run_id, result)
+    reading = move_experiment(conn, experiment_id, ExperimentStatus.READING)
+    if reading:
+        schedule_readbacks(conn, ctx, run.spec, experiment_id, run.run_id, end_s)
+    return reading
 
 
 def schedule_readbacks(
@@ -99,7 +170,7 @@ def schedule_readbacks(
         ))  # fmt: skip
     queue.enqueue_many_in(conn, readbacks)
     # The drift fit waits until the last readback is done or past its window; the
-    # last readback to finish brings it forward (see readback._finish).
+    # last readback to finish brings it forward (see readback._store).
     last_s = spec.schedule.offsets_s[-1]
     fit = analyze.JOB.new_job(
         ctx.station_id, analyze.AnalyzePayload(experiment_id=experiment_id, run_id=run_id),
@@ -108,4 +179,4 @@ def schedule_readbacks(
     queue.enqueue_in(conn, **fit)
 
 
-JOB = JobType(JobKind.PROGRAM, JobLane.CHIP, ProgramPayload, handle)
+JOB = JobType(JobKind.PROGRAM, JobLane.CHIP, ProgramPayload, handle, fails_experiment=True)

@@ -23,9 +23,9 @@ from hwctl.jobs import analyze, evaluate
 from hwctl.jobs.context import JobContext, JobError, JobOvertaken, JobPayload, JobType
 from hwctl.mapping import DeviceMap
 from hwctl.store import readouts as store_readouts
-from hwctl.store.campaign import load_spec
+from hwctl.store.campaign import experiment_state, load_spec
 from hwctl.store.readouts import ReadoutBlock
-from hwctl.vocabulary import JobKind, JobLane
+from hwctl.vocabulary import ExperimentStatus, JobKind, JobLane
 
 
 class ReadbackPayload(JobPayload):
@@ -77,28 +77,25 @@ class PartialReadout:
         return partial
 
 
-def _device_map(ctx: JobContext, run_id: int) -> DeviceMap:
-    """The run's device map, decoded once per worker."""
-    with ctx.engine.connect() as conn:
-        device_map: DeviceMap = ctx.cached(
-            ("device_map", run_id), lambda: store_readouts.load_run_device_map(conn, run_id)
-        )
-    return device_map
-
-
 def partial_block_writer(job_id: int, block: ReadoutBlock) -> Callable[[Connection], None]:
     """Stores `block` in the transaction of the heartbeat that checkpoints it."""
     return lambda conn: store_readouts.add_readout_block(conn, job_id, block)
 
 
 def handle(ctx: JobContext, payload: ReadbackPayload) -> None:
-    with ctx.engine.connect() as conn:
-        stored = store_readouts.find_readout(conn, payload.run_id, payload.offset_s)
-        blocks = store_readouts.load_readout_blocks(conn, ctx.job_id) if stored is None else []
-    if stored is not None:  # stored before a crash, job not yet marked done
-        ctx.complete({"readout_id": stored})
+    def stored(conn: Connection) -> tuple[int | None, list[ReadoutBlock], DeviceMap]:
+        readout_id = store_readouts.find_readout(conn, payload.run_id, payload.offset_s)
+        blocks = store_readouts.load_readout_blocks(conn, ctx.job_id) if readout_id is None else []
+        device_map = ctx.cached(
+            ("device_map", payload.run_id), lambda: store_readouts.load_run_device_map(conn, payload.run_id)
+        )
+        return readout_id, blocks, device_map
+
+    readout_id, blocks, device_map = ctx.read("loading the readback", stored)
+    if readout_id is not None:  # stored before a crash, job not yet marked done
+        ctx.complete({"readout_id": readout_id})
         return
-    addresses = _device_map(ctx, payload.run_id).addresses
+    addresses = device_map.addresses
     n = addresses.size
     partial = PartialReadout.resume(n, ctx.checkpoint, blocks)
     station = ctx.chip_station
@@ -113,35 +110,39 @@ def handle(ctx: JobContext, payload: ReadbackPayload) -> None:
             ctx.safe_point(stop / n, f"read {stop}/{n} devices", partial.checkpoint(), keep)
             if ctx.overtaken():  # the later point is read on time; this one resumes after it
                 raise JobOvertaken(f"job {ctx.job_id} yields after {stop}/{n} devices")
-    _finish(ctx, payload, partial)
-
-
-def _finish(ctx: JobContext, payload: ReadbackPayload, partial: PartialReadout) -> None:
-    first_s, last_s = partial.blocks[0][1], partial.blocks[-1][1]
-    with ctx.writing() as conn:
-        spec = load_spec(conn, payload.experiment_id)
-        readout_id = store_readouts.add_readout(
-            conn, payload.run_id, offset_s=payload.offset_s, scheduled_s=payload.scheduled_s,
-            board_time_s=first_s, g_us=partial.g_us, temperature_c=partial.temperature_c,
-            block_starts=partial.blocks,
-        )  # fmt: skip
-        store_readouts.drop_readout_blocks(conn, ctx.job_id)
-        if spec.evaluation.enabled:
-            evaluation = evaluate.EvaluatePayload(
-                experiment_id=payload.experiment_id, run_id=payload.run_id, readout_id=readout_id
-            )
-            queue.enqueue_in(
-                conn,
-                **evaluate.JOB.new_job(
-                    ctx.station_id, evaluation, run_at_s=last_s, key=f"evaluate:{readout_id}"
-                ),
-            )
-        if not queue.readbacks_pending(conn, payload.run_id, ctx.job_id):
-            queue.bring_forward_in(conn, analyze.key(payload.run_id), last_s)
+    readout_id = ctx.write("storing the readout", lambda conn: _store(conn, ctx, payload, partial))
+    first_s = partial.blocks[0][1]
     ctx.complete({
         "readout_id": readout_id, "late_s": first_s - payload.scheduled_s,
         "block_starts_s": [t_s for _, t_s in partial.blocks], "n_devices": int(partial.g_us.size),
     })  # fmt: skip
+
+
+def _store(conn: Connection, ctx: JobContext, payload: ReadbackPayload, partial: PartialReadout) -> int:
+    """The readout row (flagged if the board lost its state), its blocks dropped, its
+    evaluation queued and, after the run's last readback, the drift fit brought forward."""
+    found = store_readouts.find_readout(conn, payload.run_id, payload.offset_s)
+    if found is not None:  # stored by a commit whose answer was lost
+        return found
+    spec = load_spec(conn, payload.experiment_id)
+    state = experiment_state(conn, payload.experiment_id)
+    first_s, last_s = partial.blocks[0][1], partial.blocks[-1][1]
+    readout_id = store_readouts.add_readout(
+        conn, payload.run_id, offset_s=payload.offset_s, scheduled_s=payload.scheduled_s,
+        board_time_s=first_s, g_us=partial.g_us, temperature_c=partial.temperature_c,
+        block_starts=partial.blocks,
+        suspect=state.reason if state.status == ExperimentStatus.BOARD_STATE_LOST else None,
+    )  # fmt: skip
+    store_readouts.drop_readout_blocks(conn, ctx.job_id)
+    if spec.evaluation.enabled:
+        evaluation = evaluate.EvaluatePayload(
+            experiment_id=payload.experiment_id, run_id=payload.run_id, readout_id=readout_id
+        )
+        job = evaluate.JOB.new_job(ctx.station_id, evaluation, run_at_s=last_s, key=f"evaluate:{readout_id}")
+        queue.enqueue_in(conn, **job)
+    if not queue.readbacks_pending(conn, payload.run_id, ctx.job_id):
+        queue.bring_forward_in(conn, analyze.key(payload.run_id), last_s)
+    return readout_id
 
 
 JOB = JobType(JobKind.READBACK, JobLane.CHIP, ReadbackPayload, handle)

@@ -117,6 +117,12 @@ def finish_programming_run(conn: Connection, run_id: int, result: ProgrammingRes
         raise NotFoundError(f"programming run {run_id} does not exist")
 
 
+def run_finished(conn: Connection, run_id: int) -> bool:
+    """Whether the run's per-device outcome is stored."""
+    ended = conn.execute(select(programming_runs.c.ended_at).where(programming_runs.c.id == run_id)).scalar()
+    return ended is not None
+
+
 def load_programming_result(conn: Connection, run_id: int) -> ProgrammingResult:
     query = (
         select(programming_runs, mappings.c.device_map)
@@ -162,11 +168,12 @@ def add_readout(
     g_us: npt.ArrayLike,
     temperature_c: float | None = None,
     block_starts: list[tuple[int, float]] | None = None,
+    suspect: str | None = None,
 ) -> int:
     """Store one whole-chip readout as a single row (one write); returns its id.
 
     `block_starts`: (first device, board s) of each read block; None: one block read at
-    `board_time_s`.
+    `board_time_s`. `suspect`: why the readout must not be trusted (the board lost its state).
     """
     values = {
         "run_id": run_id,
@@ -176,6 +183,7 @@ def add_readout(
         "read_at": utc_now(),
         "temperature_c": temperature_c,
         "block_starts": None if block_starts is None else [[int(f), float(t)] for f, t in block_starts],
+        "suspect": suspect,
         **encode(g_us, "float32").columns("g"),
     }
     return int(conn.execute(insert(readouts).values(**values).returning(readouts.c.id)).scalar_one())
@@ -190,7 +198,13 @@ def find_readout(conn: Connection, run_id: int, offset_s: float) -> int | None:
 
 
 def add_readout_block(conn: Connection, job_id: int, block: ReadoutBlock) -> None:
-    """Keep one read block of the readback `job_id` (its checkpoint)."""
+    """Keep one read block of the readback `job_id` (its checkpoint); one kept before under
+    the same first device (a retried write) is replaced."""
+    conn.execute(
+        delete(readout_blocks).where(
+            readout_blocks.c.job_id == job_id, readout_blocks.c.first_device == block.first_device
+        )
+    )
     values = {"job_id": job_id, "first_device": block.first_device, "read_s": block.read_s,
               **encode(block.g_us, "float32").columns("g")}  # fmt: skip
     conn.execute(insert(readout_blocks).values(**values))

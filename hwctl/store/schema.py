@@ -45,11 +45,6 @@ metadata = MetaData(naming_convention=NAMING)
 
 Json = JSON().with_variant(JSONB(), "postgresql")
 
-# An experiment in one of these holds its station's devices (every mapping starts at tile 0),
-# so a station has at most one: the API checks first, the unique index below makes it certain.
-# The name stays until the API imports `ACTIVE_EXPERIMENT_STATUSES` from the vocabulary.
-EXPERIMENT_ACTIVE_STATUSES = ACTIVE_EXPERIMENT_STATUSES
-
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -107,6 +102,8 @@ networks = Table(
     CheckConstraint("checkpoint IS NOT NULL OR checkpoint_path IS NOT NULL", name="has_checkpoint"),
 )
 
+# An experiment in one of these holds its station's devices (every mapping starts at tile 0),
+# so a station has at most one: the API checks first, the unique index below makes it certain.
 _ACTIVE_EXPERIMENT = text(f"status IN ({', '.join(repr(str(s)) for s in ACTIVE_EXPERIMENT_STATUSES)})")
 
 experiments = Table(
@@ -118,6 +115,7 @@ experiments = Table(
     _fk("station_id", "stations"),
     Column("settings", Json, nullable=False, default=dict),
     Column("status", String(16), nullable=False, default="created"),
+    Column("status_reason", Text, nullable=True, doc="why the status is what it is, with the evidence"),
     _created(),
     Index(
         "uq_experiments_one_active_per_station",
@@ -174,6 +172,7 @@ readouts = Table(
         nullable=True,
         doc="[[first device, board s], …] per read block; NULL before 0003 (board_time_s for all)",
     ),
+    Column("suspect", Text, nullable=True, doc="why this readout must not be trusted (board state lost…)"),
     UniqueConstraint("run_id", "offset_s"),
 )
 

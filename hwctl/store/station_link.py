@@ -1,0 +1,42 @@
+"""What a station's worker knows of its board, kept on the station row for the API and
+health probes: the link ("up", or "down" since when and after how many attempts to
+re-open it) and when the worker last said it was alive."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, select, update
+
+from hwctl.store.schema import stations, utc_now
+
+LINK_UP = "up"
+LINK_DOWN = "down"
+
+
+def station_by_name(conn: Connection, name: str) -> Row[Any] | None:
+    return conn.execute(select(stations).where(stations.c.name == name)).one_or_none()
+
+
+def link_up(conn: Connection, station_id: int) -> None:
+    conn.execute(
+        update(stations)
+        .where(stations.c.id == station_id)
+        .values(link_state=LINK_UP, link_down_since=None, link_attempts=0, worker_heartbeat_at=utc_now())
+    )
+
+
+def link_down(conn: Connection, station_id: int, since: datetime, attempts: int) -> None:
+    """The link failed at `since`; `attempts` re-opens have failed since."""
+    conn.execute(
+        update(stations)
+        .where(stations.c.id == station_id)
+        .values(
+            link_state=LINK_DOWN, link_down_since=since, link_attempts=attempts, worker_heartbeat_at=utc_now()
+        )
+    )
+
+
+def worker_alive(conn: Connection, station_id: int) -> None:
+    conn.execute(update(stations).where(stations.c.id == station_id).values(worker_heartbeat_at=utc_now()))
