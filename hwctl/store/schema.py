@@ -165,7 +165,8 @@ readouts = Table(
     Column("board_time_s", Float, nullable=False, doc="board time when the read started"),
     Column("read_at", DateTime(timezone=True), nullable=False, default=utc_now),
     Column("temperature_c", Float, nullable=True),
-    *vector_columns("g"),
+    # g_blob and g_crc32 NULL: the vector is in `readout_blocks` (0008); g_len counts the devices.
+    *vector_columns("g", chunkable=True),
     Column(
         "block_starts",
         Json,
@@ -207,17 +208,20 @@ device_fits = Table(
     _created(),
 )
 
-# The blocks a readback has read so far: its checkpoint (the job's JSON checkpoint holds only
-# where to continue). Written with the job's heartbeat, removed with the readout row's insert.
+# A readout's conductances in blocks. While its readback runs a block belongs to the job (its
+# checkpoint; the job's JSON checkpoint holds only where to continue), written with the
+# job's heartbeat; the readout row's insert re-keys the job's blocks to the readout (0008).
 readout_blocks = Table(
     "readout_blocks",
     metadata,
     _id(),
-    _fk("job_id", "jobs"),
+    _fk("job_id", "jobs", nullable=True),
+    _fk("readout_id", "readouts", nullable=True),
     Column("first_device", Integer, nullable=False),
     Column("read_s", Float, nullable=False, doc="board time when the block was read"),
     *vector_columns("g"),
     UniqueConstraint("job_id", "first_device"),
+    UniqueConstraint("readout_id", "first_device"),
 )
 
 calibrations = Table(
@@ -272,4 +276,45 @@ jobs = Table(
         sqlite_where=text("status = 'running'"),
         postgresql_where=text("status = 'running'"),
     ),
+)
+
+# Image sets for inference: uploaded .npz/.npy bytes stored once per content hash, or a
+# built-in set (no bytes) that `hwctl.nn.data.load_dataset` resolves by name and split.
+datasets = Table(
+    "datasets",
+    metadata,
+    _id(),
+    Column("name", String(128), nullable=False),
+    Column("sha256", String(80), nullable=False, unique=True, doc="of the bytes; builtin:NAME:SPLIT"),
+    Column("builtin", String(16), nullable=True, doc="digits | cifar10 (no bytes stored)"),
+    Column("split", String(8), nullable=True, doc="train | test, for a built-in set"),
+    Column("content", LargeBinary, nullable=True, doc="the .npz or .npy as uploaded"),
+    Column("size_bytes", Integer, nullable=False, default=0),
+    Column("n_images", Integer, nullable=False),
+    Column("channels", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("dtype", String(8), nullable=False, doc="uint8 | float32"),
+    Column("layout", String(4), nullable=False, doc="NCHW | NHWC"),
+    Column("n_classes", Integer, nullable=True, doc="max label + 1; NULL: no labels"),
+    Column("normalisation", Json, nullable=True, doc='{"mean": [...], "std": [...]} per channel'),
+    _created(),
+    CheckConstraint("content IS NOT NULL OR builtin IS NOT NULL", name="has_images"),
+)
+
+# Inference jobs and their results: logits of every (method, repeat, image, class) as one
+# float32 vector, the accuracy/confusion summary as JSON once the job is done.
+inferences = Table(
+    "inferences",
+    metadata,
+    _id(),
+    _fk("experiment_id", "experiments"),
+    _fk("dataset_id", "datasets"),
+    _fk("readout_id", "readouts", nullable=True),
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True, index=True),
+    Column("settings", Json, nullable=False, default=dict),
+    Column("summary", Json, nullable=True),
+    Column("logits_shape", Json, nullable=True, doc="[methods, repeats, images, classes]"),
+    *vector_columns("logits", nullable=True),
+    _created(),
 )

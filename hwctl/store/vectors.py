@@ -47,13 +47,17 @@ class EncodedVector:
         }
 
 
-def vector_columns(name: str, *, nullable: bool = False) -> list[Column]:
-    """The column group that stores one vector: blob, element count, dtype name, CRC-32."""
+def vector_columns(name: str, *, nullable: bool = False, chunkable: bool = False) -> list[Column]:
+    """The column group that stores one vector: blob, element count, dtype name, CRC-32.
+
+    `chunkable`: blob and checksum may be NULL where the vector is stored in blocks
+    elsewhere (each block with its own checksum); length and dtype are always there.
+    """
     return [
-        Column(f"{name}_blob", LargeBinary, nullable=nullable),
+        Column(f"{name}_blob", LargeBinary, nullable=nullable or chunkable),
         Column(f"{name}_len", Integer, nullable=nullable),
         Column(f"{name}_dtype", String(8), nullable=nullable),
-        Column(f"{name}_crc32", BigInteger, nullable=nullable),
+        Column(f"{name}_crc32", BigInteger, nullable=nullable or chunkable),
     ]
 
 
