@@ -18,7 +18,18 @@ import hwctl
 from api import dashboard
 from api.deps import Writes
 from api.problems import install_problem_handlers
-from api.routers import evaluations, experiments, fits, jobs, networks, plots, readouts, stations
+from api.routers import (
+    datasets,
+    evaluations,
+    experiments,
+    fits,
+    inferences,
+    jobs,
+    networks,
+    plots,
+    readouts,
+    stations,
+)
 from hwctl.mapping import MappingError
 from hwctl.nn.models import UnknownModelError
 from hwctl.queue import JobStateError
@@ -94,7 +105,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.engine = engine
     app.state.writes = writes
     install_problem_handlers(app, DOMAIN_STATUSES)
-    for module in (stations, networks, experiments, plots, jobs, readouts, evaluations, fits):
+    for module in (stations, networks, experiments, plots, jobs, readouts, evaluations, fits,
+                   datasets, inferences):  # fmt: skip
         app.include_router(module.router)
     app.include_router(dashboard.router)
     return app

@@ -32,6 +32,7 @@ class JobKind(StrEnum):
     READBACK = "readback"
     EVALUATE = "evaluate"
     ANALYZE = "analyze"
+    INFER = "infer"
 
 
 class JobLane(StrEnum):

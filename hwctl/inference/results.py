@@ -31,6 +31,16 @@ class Scores:
         }  # fmt: skip
 
 
+def top_k(logits: npt.NDArray[np.floating], k: int) -> npt.NDArray[np.int64]:
+    """The k most likely classes per row of logits (…, classes), most likely first."""
+    k = min(k, logits.shape[-1])
+    if logits.shape[-1] == 0 or logits.size == 0:
+        return np.zeros((*logits.shape[:-1], k), np.int64)
+    part = np.argpartition(-logits, k - 1, axis=-1)[..., :k]
+    order = np.argsort(-np.take_along_axis(logits, part, axis=-1), axis=-1, kind="stable")
+    return np.take_along_axis(part, order, axis=-1).astype(np.int64)
+
+
 @dataclass(frozen=True)
 class Outcome:
     """One compensation method, one repeat: the network's logits for every input."""
@@ -40,11 +50,7 @@ class Outcome:
     logits: npt.NDArray[np.float32]  # (images, classes)
 
     def top_k(self, k: int) -> npt.NDArray[np.int64]:
-        """The k most likely classes per image, most likely first."""
-        k = min(k, self.logits.shape[1])
-        part = np.argpartition(-self.logits, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(self.logits, part, axis=1), axis=1, kind="stable")
-        return np.take_along_axis(part, order, axis=1).astype(np.int64)
+        return top_k(self.logits, k)
 
     def scores(self, labels: npt.NDArray[np.integer], k: int = 1) -> Scores:
         """Top-1 accuracy and confusion (labels beyond the network's classes count as errors)."""

@@ -19,7 +19,6 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from hwctl.experiment_spec import DATASET_IMAGE_SHAPES
 from hwctl.inference import periphery
 from hwctl.inference.inputs import ImageShape, InputError, Inputs, Normalisation
 from hwctl.inference.results import Outcome
@@ -137,8 +136,8 @@ def forward(
 
 
 def input_shape(arch: str) -> ImageShape:
-    """The image shape a registered architecture takes: that of the data set it is trained on."""
-    return DATASET_IMAGE_SHAPES[model_spec(arch).dataset]
+    """The image shape (C, H, W) a registered architecture takes."""
+    return model_spec(arch).input_shape
 
 
 def check_fits(arch: str, shape: Sequence[int]) -> None:

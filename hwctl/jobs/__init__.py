@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hwctl.jobs import analyze, evaluate, program, readback
+from hwctl.jobs import analyze, evaluate, infer, program, readback
 from hwctl.jobs.context import JobType
 from hwctl.vocabulary import JobKind
 
@@ -24,5 +24,6 @@ JOBS: dict[JobKind, JobType[Any]] = {
         readback.JOB,
         evaluate.JOB,
         analyze.JOB,
+        infer.JOB,
     )
 }

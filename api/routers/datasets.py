@@ -1,0 +1,121 @@
+"""Data sets: upload an image array (.npz or .npy, size-limited, stored once by content hash),
+list them, inspect one. The built-in digits and CIFAR-10 test sets are listed too."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import PurePath
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile
+from starlette.datastructures import UploadFile as StarletteUpload
+
+from api.deps import Db, ReadAccess, SettingsDep, WriteAccess, Writes, WritesDep
+from api.pagination import Page, Paging
+from api.params import PathId
+from api.problems import problem_responses
+from api.schemas.datasets import Dataset, NormalisationModel
+from hwctl.settings import Settings
+from hwctl.store import datasets as store_datasets
+from hwctl.store.datasets import DatasetError, DatasetInfo, DatasetTooLargeError
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+CHUNK_BYTES = 1 << 20
+
+
+def dataset_out(info: DatasetInfo) -> Dataset:
+    norm = info.normalisation
+    return Dataset(
+        id=info.id, name=info.name, builtin=info.builtin, split=info.split, sha256=info.sha256,
+        size_bytes=info.size_bytes, n_images=info.n_images, image_shape=list(info.image_shape),
+        dtype=info.dtype, layout=info.layout, labelled=info.n_classes is not None, n_classes=info.n_classes,
+        normalisation=None if norm is None else NormalisationModel(mean=list(norm.mean), std=list(norm.std)),
+        created_at=info.created_at,
+    )  # fmt: skip
+
+
+def read_bounded(file: StarletteUpload, limit: int, what: str) -> bytes:
+    """The uploaded file's bytes, read in chunks and refused (413) once past `limit`."""
+    chunks, size = [], 0
+    while chunk := file.file.read(CHUNK_BYTES):
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"the {what} is larger than this server accepts: at most {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _numbers(value: str | None, what: str) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+    except ValueError:
+        raise HTTPException(422, f"{what} must be comma-separated numbers, got {value!r}") from None
+
+
+LayoutForm = Literal["NCHW", "NHWC"] | None
+
+
+def ingest(
+    db_writes: Writes, settings: Settings, data: bytes, name: str, layout: LayoutForm = None,
+    mean: str | None = None, std: str | None = None,
+) -> tuple[int, bool]:
+    """Parse and store an upload (or find the same bytes stored); (id, created). 413/422 if unusable."""
+    with db_writes.engine.connect() as db:
+        found = store_datasets.dataset_id_for_hash(db, hashlib.sha256(data).hexdigest())
+    if found is not None:
+        return found, False
+    means, stds = _numbers(mean, "mean"), _numbers(std, "std")
+    try:
+        norm = None
+        if means is not None or stds is not None:
+            norm = store_datasets.normalisation_from(means or [], stds or [])
+        parsed = store_datasets.parse_upload(data, settings.max_upload_expanded_bytes, layout, norm)
+    except DatasetTooLargeError as exc:
+        raise HTTPException(413, f"{name!r}: {exc}") from None
+    except DatasetError as exc:
+        raise HTTPException(422, f"{name!r}: {exc}") from None
+    except ValueError as exc:  # the shared image checks (InputError)
+        raise HTTPException(422, f"{name!r}: {exc}") from None
+    with db_writes.transaction() as conn:
+        return store_datasets.add_dataset(conn, name, data, parsed)
+
+
+@router.post(
+    "", status_code=201, response_model=Dataset, dependencies=[WriteAccess],
+    responses={200: {"description": "the same bytes were already stored: that data set",
+                     "model": Dataset}, **problem_responses(401, 403, 413, 422)},
+)  # fmt: skip
+def upload_dataset(
+    db: Db,
+    writes: WritesDep,
+    settings: SettingsDep,
+    response: Response,
+    file: Annotated[UploadFile, File(description=".npz with x (uint8/float32, NCHW or NHWC), optional y, "
+                                                 "mean, std; or a .npy of images")],
+    name: Annotated[str | None, Form(max_length=128)] = None,
+    layout: Annotated[LayoutForm, Form(description="default: the axis with ≤ 4 entries is channels")] = None,
+    mean: Annotated[str | None, Form(max_length=200, description="per channel, e.g. 0.49,0.48,0.45")] = None,
+    std: Annotated[str | None, Form(max_length=200, description="per channel, e.g. 0.25,0.24,0.26")] = None,
+) -> Dataset:
+    """Store an image set once: uploading the same bytes again answers 200 with the stored one."""
+    data = read_bounded(file, settings.max_upload_bytes, "data set")
+    label = name or PurePath(file.filename or "upload").stem or "upload"
+    dataset_id, created = ingest(writes, settings, data, label, layout, mean, std)
+    response.status_code = 201 if created else 200
+    response.headers["Location"] = f"/datasets/{dataset_id}"
+    return dataset_out(store_datasets.get_dataset(db, dataset_id))
+
+
+@router.get("", response_model=Page[Dataset], dependencies=[ReadAccess])
+def list_datasets(db: Db, page: Paging) -> Page[Dataset]:
+    items, total = store_datasets.list_datasets(db, page.limit, page.offset)
+    return Page(items=[dataset_out(i) for i in items], total=total, limit=page.limit, offset=page.offset)
+
+
+@router.get(
+    "/{dataset_id}", response_model=Dataset, dependencies=[ReadAccess], responses=problem_responses(404)
+)
+def get_dataset(dataset_id: PathId, db: Db) -> Dataset:
+    return dataset_out(store_datasets.get_dataset(db, dataset_id))

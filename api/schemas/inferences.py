@@ -1,0 +1,52 @@
+"""Inference jobs: a data set through the network as the chip holds it, and what came out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from api.schemas.common import UtcDatetime
+from api.schemas.jobs import Job
+from hwctl.inference.spec import MAX_ID, InferenceSpec
+
+
+class InferenceRequest(InferenceSpec):
+    """As submitted: `dataset_id`, or (multipart) an `inputs` file part instead."""
+
+    dataset_id: int | None = Field(  # type: ignore[assignment]
+        None, ge=1, le=MAX_ID, description="GET /datasets lists them; omitted: the uploaded `inputs` part"
+    )
+
+
+class Inference(BaseModel):
+    id: int
+    experiment_id: int
+    dataset_id: int
+    readout_id: int | None = Field(description='the readout used ("now": the first fresh read, once taken)')
+    job_id: int | None
+    status: str = Field(description="its job's status")
+    spec: InferenceSpec
+    t_since_program_s: float | None = Field(description="age of the (first) readout used, board s")
+    summary: dict[str, Any] | None = Field(
+        description="once done: readouts used with their age, and per method and repeat the accuracy, "
+        "its 95 % interval, top-k accuracy and confusion matrix [true][predicted] when labels are known"
+    )
+    created_at: UtcDatetime
+
+
+class InferenceAccepted(BaseModel):
+    inference: Inference
+    job: Job
+
+
+class Predictions(BaseModel):
+    """Top-k classes per image (most likely first) of one method and repeat."""
+
+    inference_id: int
+    method: str
+    repeat: int
+    offset: int
+    top_k: list[list[int]]
+    labels: list[int] | None
+    total: int

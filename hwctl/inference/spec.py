@@ -1,0 +1,59 @@
+"""What a user asks of an inference job: the one contract between the API, which validates
+and stores it on the inference row, and the worker, which reads it back."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hwctl.inference.run import MAX_REPEATS, MAX_TOP_K, InferenceSettings
+from hwctl.nn.compensation import AnalogIO
+from hwctl.vocabulary import CompensationMethod
+
+MAX_ID = 2**31 - 1
+
+
+class PeripherySpec(BaseModel):
+    """Analog periphery of every analog layer (`hwctl.inference.periphery`); omitted: ideal."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    dac_bits: int | None = Field(None, ge=1, le=16, description="input DAC resolution; null: ideal")
+    adc_bits: int | None = Field(None, ge=1, le=16, description="output ADC resolution; null: ideal")
+    output_noise_rel: float = Field(
+        0.0, ge=0.0, le=1.0, allow_inf_nan=False,
+        description="σ of additive noise on each MVM output, relative to the sample's max |output|",
+    )  # fmt: skip
+
+    def analog_io(self) -> AnalogIO:
+        return AnalogIO(self.dac_bits, self.adc_bits, self.output_noise_rel)
+
+
+def _none_only() -> list[CompensationMethod]:
+    return [CompensationMethod.NONE]
+
+
+class InferenceSpec(BaseModel):
+    """Run a data set through the network as the chip holds it, at a readout or now."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    dataset_id: int = Field(ge=1, le=MAX_ID, description="GET /datasets lists them (built-ins included)")
+    at: int | Literal["now"] = Field(
+        description='a stored readout id of this experiment, or "now": a fresh read of the chip'
+    )
+    methods: list[CompensationMethod] = Field(default_factory=_none_only, min_length=1, max_length=3)
+    periphery: PeripherySpec = Field(default_factory=PeripherySpec)
+    repeats: int = Field(
+        1, ge=1, le=MAX_REPEATS,
+        description='at "now": a fresh read each; at a stored readout: fresh periphery noise each',
+    )  # fmt: skip
+    top_k: int = Field(1, ge=1, le=MAX_TOP_K)
+    seed: int = Field(0, ge=0, le=MAX_ID, description="of the periphery noise")
+    calibration_images: int | None = Field(None, ge=1, le=50_000, description="AdaBS calibration set size")
+
+    def settings(self, repeats: int | None = None) -> InferenceSettings:
+        """The compute core's settings (`repeats` overrides, e.g. one per fresh read)."""
+        return InferenceSettings(
+            methods=tuple(self.methods), periphery=self.periphery.analog_io(),
+            repeats=self.repeats if repeats is None else repeats, top_k=self.top_k, seed=self.seed,
+        )  # fmt: skip

@@ -1,0 +1,192 @@
+"""Inference jobs over the real API (uvicorn, a worker, a simulated chip on TCP), on SQLite
+and PostgreSQL: data sets as resources, inferences at a stored readout and now, and every
+bad input refused with a problem before anything is queued."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hwctl.nn.data import load_digits
+from tests.inference.conftest import Live, npz_bytes
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+DIGITS, CIFAR10 = 1, 2  # the built-in data sets' ids
+
+
+def problem(response: Any, status: int, *phrases: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = dict(response.json())
+    for phrase in phrases:
+        assert phrase in body["detail"], body["detail"]
+    return body
+
+
+def upload(live: Live, data: bytes, filename: str = "set.npz", **form: str) -> Any:
+    files = {"file": (filename, io.BytesIO(data), "application/octet-stream")}
+    return live.client.post("/datasets", files=files, data=form)
+
+
+def events(live: Live, job_id: int) -> list[tuple[str, dict[str, Any]]]:
+    out, name = [], ""
+    with live.client.stream("GET", f"/jobs/{job_id}/events") as response:
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                out.append((name, json.loads(line.removeprefix("data: "))))
+    return out
+
+
+def test_built_in_data_sets_are_listed(live: Live) -> None:
+    listed = live.client.get("/datasets").json()["items"]
+    builtins = {d["builtin"]: d for d in listed if d["builtin"]}
+    assert builtins["digits"]["image_shape"] == [1, 8, 8] and builtins["digits"]["n_images"] == 449
+    assert builtins["cifar10"]["image_shape"] == [3, 32, 32] and builtins["cifar10"]["labelled"]
+
+
+def test_inference_at_a_stored_readout_gives_accuracy_confusion_logits_and_predictions(live: Live) -> None:
+    readout_id = live.readout_ids[-1]
+    body = {"dataset_id": DIGITS, "at": readout_id, "methods": ["none", "gdc"], "top_k": 3}
+    accepted = live.client.post(f"/experiments/{live.experiment_id}/inferences", json=body)
+    assert accepted.status_code == 202, accepted.text
+    job = accepted.json()["job"]
+    assert job["kind"] == "infer" and live.lane(job["id"]) == "compute"
+    assert accepted.headers["Location"] == f"/inferences/{accepted.json()['inference']['id']}"
+    stream = events(live, job["id"])
+    assert stream[-1][0] == "end" and stream[-1][1]["status"] == "succeeded", stream[-1]
+
+    inference = live.client.get(accepted.headers["Location"]).json()
+    assert inference["status"] == "succeeded" and inference["readout_id"] == readout_id
+    readout = live.client.get(f"/readouts/{readout_id}").json()
+    assert inference["t_since_program_s"] == pytest.approx(readout["offset_s"], rel=0.05)
+    results = inference["summary"]["results"]
+    assert [(r["method"], r["repeat"]) for r in results] == [("none", 0), ("gdc", 0)]
+    for r in results:
+        confusion = np.array(r["confusion"])
+        assert confusion.shape == (10, 10) and confusion.sum() == 449
+        assert r["n_correct"] == np.trace(confusion)
+        assert r["accuracy_pct"] == pytest.approx(100 * np.trace(confusion) / 449)
+        assert r["top_k_accuracy_pct"] >= r["accuracy_pct"]
+
+    logits = np.load(io.BytesIO(live.client.get(f"{accepted.headers['Location']}/logits.npy").content))
+    assert logits.shape == (2, 1, 449, 10) and logits.dtype == np.float32
+    top = np.load(io.BytesIO(live.client.get(f"{accepted.headers['Location']}/predictions.npy").content))
+    assert top.shape == (2, 1, 449, 3)
+    assert np.array_equal(top[..., 0], logits.argmax(-1))
+    page = live.client.get(f"{accepted.headers['Location']}/predictions",
+                           params={"method": "gdc", "offset": 440, "limit": 20}).json()  # fmt: skip
+    assert len(page["top_k"]) == 9 and page["labels"] == load_digits("test").y[440:].tolist()
+    assert [row[0] for row in page["top_k"]] == logits[1, 0, 440:].argmax(-1).tolist()
+
+
+def test_inference_now_reads_the_chip_afresh_and_stores_the_readout(live: Live) -> None:
+    before = live.client.get("/readouts", params={"experiment_id": live.experiment_id}).json()["total"]
+    body = {"dataset_id": DIGITS, "at": "now", "repeats": 2,
+            "periphery": {"dac_bits": 8, "adc_bits": 8, "output_noise_rel": 0.02}}  # fmt: skip
+    accepted = live.client.post(f"/experiments/{live.experiment_id}/inferences", json=body)
+    assert accepted.status_code == 202, accepted.text
+    assert live.lane(accepted.json()["job"]["id"]) == "chip"
+    job = live.wait(accepted.json()["job"]["id"])
+    assert job["status"] == "succeeded", job["error"]
+    inference = live.client.get(accepted.headers["Location"]).json()
+    readouts = inference["summary"]["readouts"]
+    assert len(readouts) == 2 and len({r["readout_id"] for r in readouts}) == 2  # a fresh read per repeat
+    after = live.client.get("/readouts", params={"experiment_id": live.experiment_id}).json()["total"]
+    assert after == before + 2
+    assert all(r["t_since_program_s"] >= 2500.0 for r in readouts)
+    assert [r["readout_id"] for r in inference["summary"]["results"]] == [r["readout_id"] for r in readouts]
+
+
+def test_a_data_set_is_stored_once_and_an_uploaded_batch_runs_as_inputs(live: Live) -> None:
+    digits = load_digits("test")
+    data = npz_bytes(x=digits.x[:50].transpose(0, 3, 1, 2).copy(), y=digits.y[:50])  # NCHW
+    first = upload(live, data, "fifty.npz")
+    assert first.status_code == 201, first.text
+    again = upload(live, data, "renamed.npz")
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    stored = first.json()
+    assert stored["layout"] == "NCHW" and stored["image_shape"] == [1, 8, 8] and stored["n_classes"] == 10
+
+    batch = io.BytesIO()
+    np.save(batch, digits.x[:7])  # NHWC uint8, no labels
+    spec = {"at": live.readout_ids[0], "top_k": 2}
+    files = {"inputs": ("seven.npy", batch.getvalue(), "application/octet-stream")}
+    accepted = live.client.post(f"/experiments/{live.experiment_id}/inferences",
+                                data={"spec": json.dumps(spec)}, files=files)  # fmt: skip
+    assert accepted.status_code == 202, accepted.text
+    assert live.wait(accepted.json()["job"]["id"])["status"] == "succeeded"
+    inference = live.client.get(accepted.headers["Location"]).json()
+    summary = inference["summary"]
+    assert summary["labelled"] is False and "accuracy_pct" not in summary["results"][0]
+    logits = np.load(io.BytesIO(live.client.get(f"{accepted.headers['Location']}/logits.npy").content))
+    assert logits.shape == (1, 1, 7, 10)
+
+
+def test_an_idempotency_key_returns_the_same_inference(live: Live) -> None:
+    body = {"dataset_id": DIGITS, "at": live.readout_ids[0]}
+    key = {"Idempotency-Key": "same-inference-1"}
+    first = live.client.post(f"/experiments/{live.experiment_id}/inferences", json=body, headers=key)
+    second = live.client.post(f"/experiments/{live.experiment_id}/inferences", json=body, headers=key)
+    assert first.status_code == second.status_code == 202
+    assert first.json()["inference"]["id"] == second.json()["inference"]["id"]
+    assert first.json()["job"]["id"] == second.json()["job"]["id"]
+    live.wait(first.json()["job"]["id"])
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "phrases"),
+    [
+        ({"dataset_id": CIFAR10, "at": "now"}, 422, ("1×8×8", "3×32×32")),  # does not fit the network
+        ({"dataset_id": 999, "at": "now"}, 422, ("data set 999 does not exist",)),
+        ({"dataset_id": DIGITS, "at": 99_999}, 422, ("readout 99999 is not a readout of experiment",)),
+        ({"dataset_id": DIGITS, "at": "later"}, 422, ("at",)),
+        ({"dataset_id": DIGITS, "at": "now", "methods": ["none", "none"]}, 422, ("once",)),
+        ({"dataset_id": DIGITS, "at": "now", "methods": ["magic"]}, 422, ("methods",)),
+        ({"dataset_id": DIGITS, "at": "now", "repeats": 0}, 422, ("repeats",)),
+        ({"dataset_id": DIGITS, "at": "now", "periphery": {"output_noise_rel": -1}}, 422, ("noise",)),
+        ({"dataset_id": DIGITS, "at": "now", "periphery": {"adc_bits": 64}}, 422, ("adc_bits",)),
+        ({"at": "now"}, 422, ("exactly one of dataset_id",)),
+    ],
+)
+def test_bad_submissions_are_refused_and_nothing_is_queued(
+    live: Live, body: dict[str, Any], status: int, phrases: tuple[str, ...]
+) -> None:
+    before = live.infer_jobs()
+    problem(live.client.post(f"/experiments/{live.experiment_id}/inferences", json=body), status, *phrases)
+    assert live.infer_jobs() == before
+
+
+def test_repeats_at_a_stored_readout_need_periphery_noise(live: Live) -> None:
+    before = live.infer_jobs()
+    body = {"dataset_id": DIGITS, "at": live.readout_ids[0], "repeats": 3}
+    response = live.client.post(f"/experiments/{live.experiment_id}/inferences", json=body)
+    problem(response, 422, "output_noise_rel")
+    assert live.infer_jobs() == before
+
+
+def test_an_unknown_experiment_is_404(live: Live) -> None:
+    problem(live.client.post("/experiments/99999/inferences", json={"dataset_id": DIGITS, "at": "now"}), 404)
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "phrase"),
+    [
+        (npz_bytes(x=np.full((3, 1, 8, 8), np.nan, np.float32)), 422, "NaN or inf"),
+        (npz_bytes(x=np.zeros((3, 1, 8, 8), np.float64)), 422, "uint8 or float32"),
+        (npz_bytes(x=np.zeros((3, 8, 8), np.uint8)), 422, "4-D"),
+        (npz_bytes(x=np.zeros((3, 1, 8, 8), np.uint8), y=np.zeros(4, np.int64)), 422, "one label per image"),
+        (npz_bytes(x=np.zeros((3, 1, 8, 8), np.uint8), w=np.zeros(1)), 422, "holds x"),
+        (npz_bytes(x=np.array([None, 1], dtype=object)), 422, "pickle"),
+        (b"not an array at all", 422, "neither"),
+    ],
+)
+def test_bad_data_sets_are_refused_with_a_problem(live: Live, data: bytes, status: int, phrase: str) -> None:
+    before = live.client.get("/datasets").json()["total"]
+    problem(upload(live, data), status, phrase)
+    assert live.client.get("/datasets").json()["total"] == before
