@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "hwctl.commands.report",
     "hwctl.commands.demo",
     "hwctl.commands.experiment",
+    "hwctl.commands.infer",
 )
 
 

@@ -123,6 +123,27 @@ class HwctlClient:
         bins: list[Json] = self._json("GET", f"/fits/{fit_id}/bins")["bins"]
         return bins
 
+    # -- data sets and inferences ------------------------------------------------------------
+    def upload_dataset(self, path: Path, name: str | None = None) -> Json:
+        """POST /datasets: the stored data set (the same bytes uploaded before: that one)."""
+        files = {"file": (path.name, path.read_bytes(), "application/octet-stream")}
+        return self._json("POST", "/datasets", files=files, data={"name": name} if name else None)
+
+    def submit_inference(self, experiment_id: int, spec: Json, idempotency_key: str | None = None) -> Json:
+        """POST /experiments/{id}/inferences: the inference and its job (202)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._json("POST", f"/experiments/{experiment_id}/inferences", json=spec, headers=headers)
+
+    def inference(self, inference_id: int) -> Json:
+        return self._json("GET", f"/inferences/{inference_id}")
+
+    def inference_logits(self, inference_id: int) -> bytes:
+        """The logits as .npy bytes: float32 (methods, repeats, images, classes)."""
+        return self._request("GET", f"/inferences/{inference_id}/logits.npy").content
+
+    def job(self, job_id: int) -> Json:
+        return self._json("GET", f"/jobs/{job_id}")
+
     # -- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:
         self._http.close()

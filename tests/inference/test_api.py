@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from hwctl.cli import main
 from hwctl.nn.data import load_digits
+from tests.api.conftest import AUTH
 from tests.inference.conftest import Live, npz_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -190,3 +193,22 @@ def test_bad_data_sets_are_refused_with_a_problem(live: Live, data: bytes, statu
     before = live.client.get("/datasets").json()["total"]
     problem(upload(live, data), status, phrase)
     assert live.client.get("/datasets").json()["total"] == before
+
+
+def test_hwctl_infer_uploads_a_file_follows_the_job_and_prints_accuracy(
+    live: Live, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    digits = load_digits("test")
+    path = tmp_path / "digits.npz"
+    path.write_bytes(npz_bytes(x=digits.x[:40], y=digits.y[:40]))  # NHWC
+    logits = tmp_path / "logits.npy"
+    api = ["--api", str(live.client.base_url), "--api-key", AUTH["X-API-Key"]]
+    code = main(["infer", str(live.experiment_id), "--input", str(path), "--at", str(live.readout_ids[0]),
+                 "--method", "none,gdc", "--adc-bits", "8", "--logits", str(logits), *api])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "40 images, 10 classes" in out and "   gdc repeat 0" in out and "confusion (none" in out
+    assert np.load(logits).shape == (2, 1, 40, 10)
+
+    assert main(["infer", "99999", "--dataset", "1", "--at", "now", *api]) == 2
+    assert "experiment 99999 does not exist" in capsys.readouterr().err
