@@ -13,9 +13,11 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Scope
 
 import hwctl
 from api import dashboard
+from api.body_limit import MAX_JSON_BODY_BYTES, MULTIPART_FRAMING_BYTES, BodyLimit
 from api.deps import Writes
 from api.problems import install_problem_handlers
 from api.routers import (
@@ -77,6 +79,14 @@ def _warm_up(engine: Engine, writes: Writes) -> None:
         store_experiments.warm_up(db)
 
 
+def _body_limit(scope: Scope, settings: Settings) -> int:
+    """The checkpoint upload takes a file; every other body is JSON."""
+    path = scope["path"].removeprefix(scope.get("root_path", ""))
+    if scope["method"] == "POST" and path in ("/networks", "/datasets"):
+        return settings.max_upload_bytes + MULTIPART_FRAMING_BYTES
+    return MAX_JSON_BODY_BYTES
+
+
 def create_app(settings: Settings) -> FastAPI:
     """An app bound to `settings.database_url`; raises NotMigratedError if the schema is behind."""
     engine = make_engine(settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms)
@@ -105,6 +115,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.engine = engine
     app.state.writes = writes
     install_problem_handlers(app, DOMAIN_STATUSES)
+    app.add_middleware(BodyLimit, limit_for=lambda scope: _body_limit(scope, settings))
     for module in (stations, networks, experiments, plots, jobs, readouts, evaluations, fits,
                    datasets, inferences):  # fmt: skip
         app.include_router(module.router)

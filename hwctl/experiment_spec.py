@@ -2,15 +2,23 @@
 
 The API validates it, stores it on the experiment row and enqueues a `program` job; the
 station worker reads it back from the row. It is the one contract between the two.
+
+A submission (`ExperimentRequest`) is held to limits a lab would never mean to exceed
+(`SUBMISSION_LIMITS`), and, once its station is known, to that station's clock and pulse
+limit (`ExperimentRequest.check_station`); a stored spec is read back as it was accepted.
+No float anywhere may be NaN or infinite.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from hwctl.schedule import DAY_S, log_spaced_offsets_s, validate_offsets_s
+from hwctl.program_verify import ProgramSettings
+from hwctl.schedule import DAY_S, duration_label, log_spaced_offsets_s, validate_offsets_s
 from hwctl.vocabulary import CompensationMethod
 
 # Job kinds the station worker knows; the payload of each is {"experiment_id": int, ...}.
@@ -20,14 +28,52 @@ JOB_EVALUATE = "evaluate"
 JOB_ANALYZE = "analyze"
 
 
-class ProgramSpec(BaseModel):
+YEAR_S = 365.25 * DAY_S
+
+
+@dataclass(frozen=True)
+class SubmissionLimits:
+    """What one submission may ask for; each is stated in the 422 that refuses it."""
+
+    max_readbacks: int = 1_000  # each is a job and a readout row of every device
+    min_spacing_s: float = 1.0  # between two readbacks: a readback takes time on the board
+    # Longest schedule per station clock: a real clock must live through it (an accelerated
+    # one at 3600× takes 2.4 h per simulated year); a virtual clock jumps, so it may go to
+    # the 10-year retention figure PCM is specified against.
+    max_horizon_s: tuple[tuple[str, float], ...] = (
+        ("real", YEAR_S), ("accelerated", YEAR_S), ("virtual", 10 * YEAR_S),
+    )  # fmt: skip
+    max_images: int = 100_000  # test or calibration images (the largest test set has 10,000)
+
+    def horizon_s(self, clock_kind: str) -> float:
+        return dict(self.max_horizon_s).get(clock_kind, min(s for _, s in self.max_horizon_s))
+
+
+SUBMISSION_LIMITS = SubmissionLimits()
+MAX_NAME_CHARS = 128  # experiments.name
+MAX_STATION_NAME_CHARS = 64  # stations.name
+MAX_AMPLITUDE_UA = 1000.0  # the largest station pulse limit a station may register
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class ProgramSpec(_Spec):
     """Program-and-verify settings (see hwctl.program_verify.ProgramSettings)."""
 
-    model_config = ConfigDict(extra="forbid")
     tolerance_us: float | None = Field(None, gt=0, le=5, description="acceptance band half-width, µS")
     max_iterations: int | None = Field(None, ge=1, le=100)
-    amplitude_min_ua: float | None = Field(None, gt=0)
-    amplitude_max_ua: float | None = Field(None, gt=0)
+    amplitude_min_ua: float | None = Field(None, gt=0, le=MAX_AMPLITUDE_UA)
+    amplitude_max_ua: float | None = Field(None, gt=0, le=MAX_AMPLITUDE_UA)
+
+    def amplitudes_ua(self) -> tuple[float, float]:
+        """The pulse amplitude range programming will use: as given, else the loop's default."""
+        default = ProgramSettings()
+        return (
+            default.amplitude_min_ua if self.amplitude_min_ua is None else self.amplitude_min_ua,
+            default.amplitude_max_ua if self.amplitude_max_ua is None else self.amplitude_max_ua,
+        )
 
 
 DEFAULT_OFFSETS_S: tuple[float, ...] = tuple(log_spaced_offsets_s(25.0, DAY_S, 20))
@@ -37,10 +83,9 @@ def _default_offsets() -> list[float]:
     return list(DEFAULT_OFFSETS_S)
 
 
-class ScheduleSpec(BaseModel):
+class ScheduleSpec(_Spec):
     """Readback times after programming, in seconds (station clock)."""
 
-    model_config = ConfigDict(extra="forbid")
     offsets_s: list[float] = Field(default_factory=_default_offsets)
 
     @field_validator("offsets_s")
@@ -58,10 +103,9 @@ DatasetName = Literal["digits", "cifar10"]
 DATASET_IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {"digits": (1, 8, 8), "cifar10": (3, 32, 32)}
 
 
-class _EvaluationSettings(BaseModel):
+class _EvaluationSettings(_Spec):
     """How each readout is turned into accuracy (all but the data set)."""
 
-    model_config = ConfigDict(extra="forbid")
     methods: list[CompensationMethod] = Field(default_factory=_all_methods)
     n_images: int | None = Field(None, ge=1, description="test images used (None: all)")
     calibration_images: int | None = Field(None, ge=1, description="AdaBS calibration set size")
@@ -82,11 +126,10 @@ class EvaluationRequest(_EvaluationSettings):
     )
 
 
-class _ExperimentSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _ExperimentSettings(_Spec):
     network_id: int = Field(ge=1, le=2**31 - 1)
-    station: str
-    name: str | None = None
+    station: str = Field(min_length=1, max_length=MAX_STATION_NAME_CHARS)
+    name: str | None = Field(None, min_length=1, max_length=MAX_NAME_CHARS)
     g_max_us: float = Field(25.0, gt=0, le=100)
     program: ProgramSpec = Field(default_factory=ProgramSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
@@ -112,7 +155,81 @@ class ExperimentRequest(_ExperimentSettings):
 
     evaluation: EvaluationRequest = Field(default_factory=EvaluationRequest)
 
+    @model_validator(mode="after")
+    def _within_limits(self) -> ExperimentRequest:
+        problems = submission_problems(self, SUBMISSION_LIMITS)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def check_station(self, clock_kind: str, amplitude_limit_ua: float) -> None:
+        """Raise ValueError naming each limit of the station this spec exceeds."""
+        problems = station_problems(self, clock_kind, amplitude_limit_ua, SUBMISSION_LIMITS)
+        if problems:
+            raise ValueError("; ".join(problems))
+
     def resolved(self, dataset: DatasetName) -> ExperimentSpec:
         fields = self.model_dump()
         fields["evaluation"]["dataset"] = dataset
         return ExperimentSpec.model_validate(fields)
+
+
+def submission_problems(spec: ExperimentRequest, limits: SubmissionLimits) -> list[str]:
+    """Every limit `spec` exceeds, whatever its station, each saying the limit."""
+    problems = []
+    offsets_s = spec.schedule.offsets_s
+    if len(offsets_s) > limits.max_readbacks:
+        problems.append(
+            f"schedule.offsets_s: {len(offsets_s)} readbacks; at most {limits.max_readbacks} are accepted"
+        )
+    gaps_s = np.diff(offsets_s)
+    if gaps_s.size and gaps_s.min() < limits.min_spacing_s:
+        i = int(np.argmin(gaps_s))
+        problems.append(
+            f"schedule.offsets_s: readbacks at {offsets_s[i]} s and {offsets_s[i + 1]} s are closer than "
+            f"the minimum spacing of {limits.min_spacing_s} s"
+        )
+    longest_s = max(s for _, s in limits.max_horizon_s)
+    if offsets_s[-1] > longest_s:
+        problems.append(
+            f"schedule.offsets_s: the last readback at {duration_label(offsets_s[-1])} is beyond the "
+            f"longest schedule accepted, {duration_label(longest_s)}"
+        )
+    methods = spec.evaluation.methods
+    if spec.evaluation.enabled and not methods:
+        problems.append("evaluation.methods: give at least one of " + ", ".join(CompensationMethod))
+    if len(set(methods)) < len(methods):
+        problems.append("evaluation.methods: each method at most once")
+    for field in ("n_images", "calibration_images"):
+        value = getattr(spec.evaluation, field)
+        if value is not None and value > limits.max_images:
+            problems.append(f"evaluation.{field}: {value}; at most {limits.max_images} images")
+    low_ua, high_ua = spec.program.amplitudes_ua()
+    if not low_ua < high_ua:
+        problems.append(
+            f"program.amplitude_min_ua ({low_ua} µA) must be below program.amplitude_max_ua ({high_ua} µA)"
+        )
+    return problems
+
+
+def station_problems(
+    spec: ExperimentRequest, clock_kind: str, amplitude_limit_ua: float, limits: SubmissionLimits
+) -> list[str]:
+    """Every limit of its station `spec` exceeds: the schedule for the station's clock, the
+    pulse amplitudes for its limit (never clipped: the user chooses)."""
+    problems = []
+    horizon_s = limits.horizon_s(clock_kind)
+    if spec.schedule.offsets_s[-1] > horizon_s:
+        problems.append(
+            f"schedule.offsets_s: the last readback at {duration_label(spec.schedule.offsets_s[-1])} is "
+            f"beyond {duration_label(horizon_s)}, the longest schedule on a {clock_kind} clock "
+            f"(station {spec.station!r})"
+        )
+    high_ua = spec.program.amplitudes_ua()[1]
+    if high_ua > amplitude_limit_ua:
+        given = "" if spec.program.amplitude_max_ua is not None else " (the default)"
+        problems.append(
+            f"program.amplitude_max_ua: {high_ua} µA{given} exceeds station {spec.station!r}'s amplitude "
+            f"limit of {amplitude_limit_ua} µA; lower program.amplitude_max_ua"
+        )
+    return problems

@@ -28,10 +28,10 @@ router = APIRouter(prefix="/experiments", tags=["experiments"])
 KNOWN_STATIONS_LISTED = 20
 
 
-def _targets(db: Connection, spec: ExperimentRequest) -> tuple[int, str, str]:
-    """The station's id, the network's name and architecture, in one round trip; 422 if unknown."""
+def _targets(db: Connection, spec: ExperimentRequest) -> tuple[store_experiments.Station, str, str]:
+    """The station, the network's name and architecture, in one round trip; 422 if unknown."""
     found = store_experiments.targets(db, spec.station, spec.network_id)
-    if found.station_id is None:
+    if found.station is None:
         known = queries.station_names(db, KNOWN_STATIONS_LISTED)
         raise HTTPException(
             422, f"unknown station {spec.station!r}; known stations: "
@@ -39,7 +39,7 @@ def _targets(db: Connection, spec: ExperimentRequest) -> tuple[int, str, str]:
         )
     if found.network_name is None or found.architecture is None:
         raise HTTPException(422, f"network {spec.network_id} does not exist; upload it with POST /networks")
-    return found.station_id, found.network_name, found.architecture
+    return found.station, found.network_name, found.architecture
 
 
 def _dataset(spec: ExperimentRequest, architecture: str) -> DatasetName:
@@ -88,12 +88,16 @@ def _with_experiment(db: Connection, job: Row[Any]) -> tuple[Row[Any], Row[Any]]
 
 def _store_submission(db: Connection, request: ExperimentRequest, idempotency_key: str | None) -> Row[Any]:
     """The experiment row (its spec resolved) and its program job; returns the job as stored."""
-    station_id, network_name, architecture = _targets(db, request)  # checked even when a name is given
+    station, network_name, architecture = _targets(db, request)  # checked even when a name is given
+    try:
+        request.check_station(station.clock_kind, station.amplitude_limit_ua)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
     spec = request.resolved(_dataset(request, architecture))
-    _refuse_if_busy(db, station_id)
+    _refuse_if_busy(db, station.id)
     return store_experiments.add_with_program_job(
         db, spec.name or f"{network_name} on {spec.station}", network_id=spec.network_id,
-        station_id=station_id, settings=spec.model_dump(mode="json"), idempotency_key=idempotency_key,
+        station_id=station.id, settings=spec.model_dump(mode="json"), idempotency_key=idempotency_key,
     )
 
 

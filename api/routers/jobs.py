@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -24,6 +25,7 @@ from hwctl.vocabulary import TERMINAL_JOB_STATUSES, JobKind, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 EVENT_STREAM = "text/event-stream"
+KEEP_ALIVE = ": keep-alive\n\n"  # an SSE comment: clients ignore it, connections stay open
 
 
 @router.get("", response_model=Page[Job], dependencies=[ReadAccess])
@@ -71,19 +73,27 @@ def _event(name: str, job: Job) -> str:
 async def job_events(
     job_id: PathId, request: Request, engine: EngineDep, settings: SettingsDep
 ) -> StreamingResponse:
-    """Server-Sent Events: the job as JSON whenever it changes, until it reaches a terminal state."""
+    """Server-Sent Events: the job as JSON whenever it changes, until it reaches a terminal state.
+
+    A job may make no progress for a long time (a readback due in hours); a `: keep-alive`
+    comment every `sse_keepalive_s` at most keeps proxies from closing the idle connection
+    and tells the client the stream is alive."""
     first = await run_in_threadpool(_read_job, engine, job_id)  # 404 before the stream starts
 
     async def events() -> AsyncIterator[str]:
         job, last = first, None
+        sent_at = time.monotonic()
         while True:
             if job.status in TERMINAL_JOB_STATUSES:
                 yield _event("end", job)
                 return
             if job != last:
                 yield _event("progress", job)
-                last = job
-            await asyncio.sleep(settings.sse_poll_s)
+                last, sent_at = job, time.monotonic()
+            elif time.monotonic() - sent_at >= settings.sse_keepalive_s:
+                yield KEEP_ALIVE
+                sent_at = time.monotonic()
+            await asyncio.sleep(min(settings.sse_poll_s, settings.sse_keepalive_s))
             if await request.is_disconnected():
                 return
             job = await run_in_threadpool(_read_job, engine, job_id)

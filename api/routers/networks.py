@@ -6,7 +6,7 @@ import json
 from pathlib import PurePath
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile
 
 from api.deps import Db, ReadAccess, SettingsDep, WriteAccess, WritesDep
 from api.pagination import Page, Paging
@@ -16,16 +16,18 @@ from api.schemas.networks import Network
 from api.views import network_out, page_of, paging
 from hwctl.nn.models import Checkpoint, load_checkpoint
 from hwctl.store import queries, records
+from hwctl.uploads import ArchiveTooLargeError, check_archive
 
 router = APIRouter(prefix="/networks", tags=["networks"])
 
 
-def _too_large(size: int, limit: int) -> HTTPException:
-    return HTTPException(413, f"checkpoint is {size} bytes; this server accepts at most {limit} bytes")
-
-
-def _parse_checkpoint(data: bytes, filename: str) -> Checkpoint:
-    """Tensors and plain data only (`weights_only=True`), and it must build its architecture."""
+def _parse_checkpoint(data: bytes, filename: str, max_expanded_bytes: int) -> Checkpoint:
+    """Sized before it is opened (a checkpoint is a ZIP archive whose members may be deflated),
+    then tensors and plain data only (`weights_only=True`), and it must build its architecture."""
+    try:
+        check_archive(data, max_expanded_bytes)
+    except ArchiveTooLargeError as exc:
+        raise HTTPException(413, f"{filename!r}: {exc}") from None
     try:
         checkpoint = load_checkpoint(data)
         checkpoint.build()
@@ -41,22 +43,20 @@ def _parse_checkpoint(data: bytes, filename: str) -> Checkpoint:
     dependencies=[WriteAccess], responses=problem_responses(401, 403, 413, 422),
 )
 def upload_network(
-    request: Request,
     writes: WritesDep,
     settings: SettingsDep,
     response: Response,
     file: Annotated[UploadFile, File(description="checkpoint saved by `hwctl train` (torch.save)")],
     name: Annotated[str | None, Form(max_length=128)] = None,
 ) -> Network:
+    """Store a checkpoint. The request body was bounded while it arrived (api.body_limit),
+    the file part is read up to the limit, and the archive sized before it is loaded."""
     limit = settings.max_upload_bytes
-    declared = int(request.headers.get("content-length") or 0)
-    if declared > limit + 64 * 1024:  # multipart framing adds a little to the file itself
-        raise _too_large(declared, limit)
     data = file.file.read(limit + 1)  # sync handler: runs in the thread pool, not the event loop
     if len(data) > limit:
-        raise _too_large(len(data), limit)
+        raise HTTPException(413, f"the checkpoint is larger than this server accepts: at most {limit} bytes")
     filename = file.filename or "upload"
-    checkpoint = _parse_checkpoint(data, filename)
+    checkpoint = _parse_checkpoint(data, filename, settings.max_upload_expanded_bytes)
     meta = json.loads(json.dumps(checkpoint.meta, default=str))  # JSON-safe whatever was recorded
     with writes.transaction() as conn:
         new_id = records.add_network(

@@ -35,10 +35,19 @@ class ExperimentStateError(StoreError):
 
 
 @dataclass(frozen=True)
+class Station:
+    """What a submission is checked against: the station's clock and pulse limit."""
+
+    id: int
+    clock_kind: str
+    amplitude_limit_ua: float
+
+
+@dataclass(frozen=True)
 class Targets:
     """What a submission names, looked up in one round trip: None where it does not exist."""
 
-    station_id: int | None
+    station: Station | None
     network_name: str | None
     architecture: str | None
 
@@ -54,9 +63,14 @@ class StationHolder:
 
 
 _TARGETS = select(
-    select(stations.c.id).where(stations.c.name == bindparam("station")).scalar_subquery(),
-    select(networks.c.name).where(networks.c.id == bindparam("network_id")).scalar_subquery(),
-    select(networks.c.architecture).where(networks.c.id == bindparam("network_id")).scalar_subquery(),
+    *(
+        select(column).where(stations.c.name == bindparam("station")).scalar_subquery()
+        for column in (stations.c.id, stations.c.clock_kind, stations.c.amplitude_limit_ua)
+    ),
+    *(
+        select(column).where(networks.c.id == bindparam("network_id")).scalar_subquery()
+        for column in (networks.c.name, networks.c.architecture)
+    ),
 )
 # The station row is locked (PostgreSQL) so two submissions for one station, even from two
 # API processes, take turns at the busy check; SQLite's BEGIN IMMEDIATE already serialises them.
@@ -93,11 +107,11 @@ def warm_up(conn: Connection) -> None:
 
 
 def targets(conn: Connection, station: str, network_id: int) -> Targets:
-    station_id, network_name, architecture = conn.execute(
+    station_id, clock_kind, limit_ua, network_name, architecture = conn.execute(
         _TARGETS, {"station": station, "network_id": network_id}
     ).one()
     return Targets(
-        None if station_id is None else int(station_id),
+        None if station_id is None else Station(int(station_id), str(clock_kind), float(limit_ua)),
         None if network_name is None else str(network_name),
         None if architecture is None else str(architecture),
     )
@@ -141,7 +155,12 @@ def experiment(conn: Connection, experiment_id: int) -> Row[Any]:
 
 
 def add_with_program_job(
-    conn: Connection, name: str, *, network_id: int, station_id: int, settings: dict[str, Any],
+    conn: Connection,
+    name: str,
+    *,
+    network_id: int,
+    station_id: int,
+    settings: dict[str, Any],
     idempotency_key: str | None,
 ) -> Row[Any]:
     """The experiment row and its program job, in the caller's transaction; returns the job."""
@@ -149,8 +168,13 @@ def add_with_program_job(
         conn, name, network_id=network_id, station_id=station_id, settings=settings
     )
     return queue.enqueue_in(
-        conn, kind=JobKind.PROGRAM, station_id=station_id, experiment_id=experiment_id,
-        payload={"experiment_id": experiment_id}, run_at_s=0.0, idempotency_key=idempotency_key,
+        conn,
+        kind=JobKind.PROGRAM,
+        station_id=station_id,
+        experiment_id=experiment_id,
+        payload={"experiment_id": experiment_id},
+        run_at_s=0.0,
+        idempotency_key=idempotency_key,
     )  # due at once: run_at_s 0 is before any station clock
 
 

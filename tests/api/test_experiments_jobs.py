@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from api.app import create_app
 from hwctl import queue
 from hwctl.store.engine import make_engine
-from tests.api.conftest import AUTH, assert_problem, station_body, upload
+from tests.api.conftest import AUTH, api_settings, assert_problem, station_body, upload
 
 
 @pytest.fixture
@@ -106,6 +107,8 @@ def test_queued_job_cancels_at_once_and_only_once(client: TestClient, ready: dic
 def _events(text: str) -> list[tuple[str, dict[str, Any]]]:
     parsed = []
     for block in text.strip().split("\n\n"):
+        if block.startswith(":"):
+            continue  # a comment (keep-alive)
         fields = dict(line.split(": ", 1) for line in block.splitlines())
         parsed.append((fields["event"], json.loads(fields["data"])))
     return parsed
@@ -137,6 +140,45 @@ def test_job_events_stream_progress_until_the_job_ends(
     assert [data["progress"] for _, data in events] == [0.0, 0.5, 1.0]
     assert events[1][1]["progress_message"] == "1 of 2"
     assert events[2][1]["status"] == "succeeded" and events[2][1]["result"] == {"devices": 10}
+
+
+def test_a_silent_job_stream_sends_keep_alives_until_the_job_ends(
+    db_url: str, digits_checkpoint: bytes
+) -> None:
+    with TestClient(create_app(api_settings(db_url, sse_keepalive_s=0.1))) as client:
+        client.post("/stations", json=station_body("bench-1"), headers=AUTH)
+        network_id = upload(client, digits_checkpoint).json()["id"]
+        job = submit(client, {"network_id": network_id, "station": "bench-1"}).json()["program_job"]
+        engine = make_engine(db_url)
+        assert queue.claim(engine, job["station_id"], now_s=10.0) is not None
+        done = threading.Timer(0.8, lambda: queue.complete(engine, job["id"], 12.0))
+        done.start()
+        with client.stream("GET", f"/jobs/{job['id']}/events") as response:
+            text = response.read().decode()
+        done.join()
+        engine.dispose()
+    blocks = text.strip().split("\n\n")
+    assert blocks[0].startswith("event: progress") and blocks[-1].startswith("event: end")
+    assert blocks[1:-1] and all(block == ": keep-alive" for block in blocks[1:-1])
+    assert len(blocks[1:-1]) >= 4  # 0.8 s of silence, one comment per 0.1 s at most
+
+
+def test_a_job_that_resumed_and_succeeded_carries_no_stale_error(
+    client: TestClient, ready: dict[str, Any], db_url: str
+) -> None:
+    station_id = client.get("/stations/bench-1").json()["id"]
+    engine = make_engine(db_url)
+    job_id = queue.enqueue(engine, kind="readback", station_id=station_id, run_at_s=0.0, window_s=3600.0)
+    assert queue.claim(engine, station_id, now_s=10.0) is not None
+    queue.recover_on_start(engine, station_id, stale_after_s=1.0, now_s=100.0)  # its worker had died
+    resumed = client.get(f"/jobs/{job_id}").json()
+    assert (resumed["status"], resumed["error"]) == ("queued", "worker stopped")
+    assert queue.claim(engine, station_id, now_s=101.0) is not None
+    queue.complete(engine, job_id, 102.0)
+    engine.dispose()
+    with client.stream("GET", f"/jobs/{job_id}/events") as response:
+        [(name, data)] = _events(response.read().decode())
+    assert (name, data["status"], data["error"]) == ("end", "succeeded", None)
 
 
 def test_events_of_an_unknown_job_are_404(client: TestClient) -> None:
