@@ -2,18 +2,21 @@
 
 `torch.export.load` is not safe for uploads: it unpickles with `weights_only=False` a
 weight marked `use_pickle` and, after a failed safe attempt, the archive's sample
-inputs, so a crafted archive runs code (checked on torch 2.13, tests/nn/test_exported.py).
-This reader never unpickles. It takes from the zip only plain data:
+inputs, so a crafted archive runs code (checked on torch 2.13, tests/nn/test_exported.py);
+its graph deserializer also resolves any `torch.…` attribute path as an operator. This
+reader never unpickles and resolves nothing. It takes from the zip only plain data:
 
-- `<archive>/models/model.json`: the graph and its signature (JSON), to find every
-  conv and linear op and the parameter that is its weight;
-- `<archive>/data/weights/model_weights_config.json` (JSON) and the raw little-endian
-  tensor bytes it points to, viewed with the recorded sizes, strides and offset after
-  checking they stay inside the bytes.
+- `<archive>/models/model.json`: the graph and its signature (JSON): each node's
+  operator *name* and decoded arguments, and which graph inputs are parameters, buffers
+  and constants (by name);
+- `<archive>/data/weights/model_weights_config.json` and `.../constants/...config.json`
+  (JSON) and the raw little-endian tensor bytes they point to, viewed with the recorded
+  sizes, strides and offset after checking they stay inside the bytes.
 
-Pickled entries (sample inputs, constants, tensor subclasses) are never opened; a weight
-stored pickled is refused. Every entry read is bounded by its declared size, checked
-against `max_expanded_bytes` before anything is decompressed.
+Pickled entries (sample inputs, tensor subclasses) are never opened; a tensor the graph
+needs that is stored pickled is refused. Every entry read is bounded by its declared
+size, checked against `max_expanded_bytes` before anything is decompressed. Running the
+graph is `hwctl.nn.graph_module`'s job, with its own list of allowed operations.
 """
 
 from __future__ import annotations
@@ -39,9 +42,8 @@ LayerKind = Literal["conv", "linear"]
 # 2 GiB of decompressed entries: ResNet-34 is 87 MB, a 35 M-device chip holds 70 MB of weights.
 MAX_EXPANDED_BYTES = 2 << 30
 MODEL_FILE = "models/model.json"
-WEIGHTS_DIR = "data/weights/"
-WEIGHTS_CONFIG = WEIGHTS_DIR + "model_weights_config.json"
-# torch._export.serde.schema.ScalarType codes of the dtypes a weight may have.
+PAYLOADS = {"weights": "data/weights/", "constants": "data/constants/"}
+# torch._export.serde.schema.ScalarType codes of the dtypes a tensor may have.
 SCALAR_TYPES: dict[int, np.dtype[Any]] = {
     6: np.dtype("<f2"),  # HALF
     7: np.dtype("<f4"),  # FLOAT
@@ -54,10 +56,31 @@ CONV_OPS = frozenset({
     "torch.ops.aten.convolution.default",
 })  # fmt: skip
 LINEAR_OPS = frozenset({"torch.ops.aten.linear.default"})
+POSITIONAL = 1  # torch._export.serde.schema.ArgumentKind
 
 
 class ExportedProgramError(ValueError):
     """The upload is not a torch.export archive this reader accepts; the message says why."""
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """An argument that is another value of the graph, by its name there."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class GraphNode:
+    """One operation: its operator's name, decoded arguments, and the names of its results."""
+
+    name: str
+    target: str  # e.g. "torch.ops.aten.conv2d.default"; only ever compared, never resolved
+    args: tuple[tuple[str, bool, Any], ...]  # (schema name, positional?, value with TensorRef leaves)
+    outputs: tuple[str | None, ...]
+
+    def arg(self, name: str, default: Any = None) -> Any:
+        return next((value for key, _, value in self.args if key == name), default)
 
 
 @dataclass(frozen=True)
@@ -77,10 +100,22 @@ class AnalogWeight:
 
 @dataclass(frozen=True)
 class ExportedNetwork:
-    """What the archive says about the network, without running it."""
+    """What the archive says about the network, as data: the graph and the tensors it uses."""
 
+    inputs: tuple[str, ...]  # graph names of the user inputs, in call order
     input_shapes: list[tuple[int | None, ...]]  # one per user input; None for a dynamic size
-    analog_weights: list[AnalogWeight]  # in graph order, each parameter once
+    ranks: dict[str, int]  # number of dimensions of every graph value
+    nodes: tuple[GraphNode, ...]
+    outputs: tuple[str, ...]
+    parameters: dict[str, str]  # graph input name → parameter name, e.g. p_conv1_weight → conv1.weight
+    buffers: dict[str, str]  # graph input name → buffer name
+    constants: dict[str, str]  # graph input name → lifted tensor constant name
+    tensors: dict[str, npt.NDArray[np.float32]]  # by parameter/buffer/constant name
+
+    @property
+    def analog_weights(self) -> list[AnalogWeight]:
+        """The weight of every conv and linear op, in graph order, each parameter once."""
+        return list(_analog_weights(self))
 
     @property
     def n_analog_weights(self) -> int:
@@ -88,33 +123,133 @@ class ExportedNetwork:
 
     def layer_weights(self) -> list[LayerWeights]:
         """Each analog weight as its crossbar matrix, named after its layer (grouped convs refused)."""
-        grouped = [w.parameter for w in self.analog_weights if w.groups != 1]
+        weights = self.analog_weights
+        grouped = [w.parameter for w in weights if w.groups != 1]
         if grouped:
             raise ExportedProgramError(f"grouped convolutions are not mapped yet: {', '.join(grouped)}")
-        return [LayerWeights(w.layer, unroll(torch.from_numpy(w.values))) for w in self.analog_weights]
+        return [LayerWeights(w.layer, unroll(torch.from_numpy(w.values))) for w in weights]
 
 
 def read_exported_program(
     source: ExportSource, max_expanded_bytes: int = MAX_EXPANDED_BYTES
 ) -> ExportedNetwork:
-    """The conv/linear weights and input shapes of a `torch.export.save` archive, read as data."""
+    """The graph, its tensors and input shapes of a `torch.export.save` archive, read as data."""
     try:
         with zipfile.ZipFile(_stream(source)) as archive:
-            reader = _Archive(archive, max_expanded_bytes)
-            program = reader.json(MODEL_FILE)
-            weights = reader.json(WEIGHTS_CONFIG).get("config", {})
-            graph_module = program["graph_module"]
-            placeholders = _parameter_names(graph_module["signature"]["input_specs"])
-            found = list(_analog_ops(graph_module["graph"]["nodes"], placeholders))
-            analog = [
-                AnalogWeight(name, kind, groups, reader.tensor(name, weights)) for name, kind, groups in found
-            ]
-            shapes = _input_shapes(graph_module)
-    except (zipfile.BadZipFile, KeyError, TypeError, json.JSONDecodeError) as exc:
+            network = _read(_Archive(archive, max_expanded_bytes))
+    except (zipfile.BadZipFile, KeyError, TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, ExportedProgramError):
+            raise
         raise ExportedProgramError(f"not a torch.export archive this reader understands: {exc!r}") from None
-    if not analog:
+    if not network.analog_weights:
         raise ExportedProgramError("the graph has no conv or linear op: nothing to put on the chip")
-    return ExportedNetwork(shapes, analog)
+    return network
+
+
+def _read(reader: _Archive) -> ExportedNetwork:
+    graph_module = reader.json(MODEL_FILE)["graph_module"]
+    graph, signature = graph_module["graph"], graph_module["signature"]
+    inputs: list[str] = []
+    names: dict[str, dict[str, str]] = {"parameter": {}, "buffer": {}, "tensor_constant": {}}
+    for spec in signature["input_specs"]:
+        (kind, value), = spec.items()
+        if kind == "user_input":
+            inputs.append(value["arg"]["as_tensor"]["name"])
+        elif kind in names:
+            names[kind][value["arg"]["name"]] = value[f"{kind}_name"]
+        else:
+            raise ExportedProgramError(f"graph inputs of kind {kind!r} are not supported")
+    for spec in signature["output_specs"]:
+        (kind, _), = spec.items()
+        if kind != "user_output":
+            raise ExportedProgramError(f"the graph has a {kind} output: export the model in eval() mode")
+    values = graph["tensor_values"]
+    nodes = tuple(_node(raw) for raw in graph["nodes"])
+    for node in nodes:
+        if node.arg("training") is True or node.arg("train") is True:
+            raise ExportedProgramError(f"{node.name} runs in training mode: export the model in eval() mode")
+    used = {ref.name for node in nodes for ref in tensor_refs(node)}
+    configs = {kind: reader.json(folder + f"model_{kind}_config.json").get("config", {})
+               for kind, folder in PAYLOADS.items()}  # fmt: skip
+    stored_in = (
+        ("weights", names["parameter"]),
+        ("weights", names["buffer"]),
+        ("constants", names["tensor_constant"]),
+    )
+    tensors = {
+        name: reader.tensor(name, configs[kind], PAYLOADS[kind])
+        for kind, table in stored_in
+        for placeholder, name in table.items()
+        if placeholder in used
+    }
+    return ExportedNetwork(
+        inputs=tuple(inputs),
+        input_shapes=[tuple(s.get("as_int") for s in values[name]["sizes"]) for name in inputs],
+        ranks={name: len(meta["sizes"]) for name, meta in values.items()},
+        nodes=nodes,
+        outputs=tuple(_decode(out).name for out in graph["outputs"]),
+        parameters=names["parameter"],
+        buffers=names["buffer"],
+        constants=names["tensor_constant"],
+        tensors=tensors,
+    )
+
+
+def _node(raw: dict[str, Any]) -> GraphNode:
+    args = tuple(
+        (arg["name"], arg.get("kind", POSITIONAL) == POSITIONAL, _decode(arg["arg"])) for arg in raw["inputs"]
+    )
+    results = [_decode(out) for out in raw["outputs"]]
+    flat = [item for value in results for item in (value if isinstance(value, list) else [value])]
+    outputs = tuple(None if item is None else item.name for item in flat)
+    return GraphNode(raw["name"], str(raw["target"]), args, outputs)
+
+
+def _decode(arg: dict[str, Any]) -> Any:
+    """One serialized argument as a Python value; graph values become `TensorRef`s."""
+    if len(arg) != 1:
+        raise ExportedProgramError(f"an argument with {len(arg)} kinds: {sorted(arg)}")
+    (kind, value), = arg.items()
+    if kind == "as_tensor":
+        return TensorRef(value["name"])
+    if kind == "as_tensors":
+        return [TensorRef(v["name"]) for v in value]
+    if kind == "as_optional_tensors":
+        return [None if "as_none" in v else TensorRef(v["as_tensor"]["name"]) for v in value]
+    if kind == "as_none":
+        return None
+    plain = {"as_int": int, "as_float": float, "as_bool": bool, "as_string": str}
+    if kind in plain and isinstance(value, plain[kind]):
+        return value
+    lists = {"as_ints": int, "as_floats": float, "as_bools": bool}
+    if kind in lists and isinstance(value, list) and all(isinstance(v, lists[kind]) for v in value):
+        return list(value)
+    raise ExportedProgramError(f"arguments of kind {kind!r} are not supported")
+
+
+def tensor_refs(node: GraphNode) -> Iterator[TensorRef]:
+    """The graph values a node takes as arguments."""
+    for _, _, value in node.args:
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, TensorRef):
+                yield item
+
+
+def _analog_weights(network: ExportedNetwork) -> Iterator[AnalogWeight]:
+    seen: set[str] = set()
+    for node in network.nodes:
+        if node.target not in CONV_OPS and node.target not in LINEAR_OPS:
+            continue
+        if node.arg("transposed"):
+            raise ExportedProgramError(f"{node.name}: transposed convolutions are not supported")
+        weight = node.arg("weight")
+        if not isinstance(weight, TensorRef) or weight.name not in network.parameters:
+            raise ExportedProgramError(f"{node.name}: its weight is computed, not a model parameter")
+        name = network.parameters[weight.name]
+        if name not in seen:
+            seen.add(name)
+            kind: LayerKind = "conv" if node.target in CONV_OPS else "linear"
+            yield AnalogWeight(name, kind, int(node.arg("groups", 1)), network.tensors[name])
 
 
 def _stream(source: ExportSource) -> BinaryIO:
@@ -131,13 +266,14 @@ class _Archive:
     def __init__(self, archive: zipfile.ZipFile, max_expanded_bytes: int) -> None:
         self.archive = archive
         self.budget = max_expanded_bytes
-        roots = [n.removesuffix("archive_format") for n in archive.namelist() if n.endswith("archive_format")]
+        self.names = set(archive.namelist())
+        roots = [n.removesuffix("archive_format") for n in self.names if n.endswith("archive_format")]
         if len(roots) != 1:
             raise ExportedProgramError("not a torch.export archive: no single <folder>/archive_format")
         self.root = roots[0]
         if self.read("archive_format") != b"pt2":
             raise ExportedProgramError("not a torch.export archive: its archive_format is not 'pt2'")
-        if self.root + "byteorder" in archive.namelist() and self.read("byteorder") != b"little":
+        if self.root + "byteorder" in self.names and self.read("byteorder") != b"little":
             raise ExportedProgramError("only little-endian archives are read")
 
     def read(self, name: str) -> bytes:
@@ -151,41 +287,43 @@ class _Archive:
         return self.archive.read(info)  # zipfile stops at the declared size and checks the CRC
 
     def json(self, name: str) -> dict[str, Any]:
+        if self.root + name not in self.names and "constants" in name:
+            return {}  # archives without lifted constants may leave the file out
         value = json.loads(self.read(name))
         if not isinstance(value, dict):
             raise ExportedProgramError(f"{name} is not a JSON object")
         return value
 
-    def tensor(self, name: str, config: dict[str, Any]) -> npt.NDArray[np.float32]:
-        """The weight `name` from its raw bytes, as float32; pickled or out-of-bounds views refused."""
+    def tensor(self, name: str, config: dict[str, Any], folder: str) -> npt.NDArray[np.float32]:
+        """The tensor `name` from its raw bytes, as float32; pickled or out-of-bounds views refused."""
         if name not in config:
-            raise ExportedProgramError(f"weight {name} is used by the graph but not stored")
+            raise ExportedProgramError(f"tensor {name} is used by the graph but not stored")
         entry = config[name]
         if entry.get("use_pickle", True):
-            raise ExportedProgramError(f"weight {name} is stored pickled; only raw tensors are read")
+            raise ExportedProgramError(f"tensor {name} is stored pickled; only raw tensors are read")
         meta = entry["tensor_meta"]
         dtype = SCALAR_TYPES.get(meta["dtype"])
         if dtype is None:
-            raise ExportedProgramError(f"weight {name} has dtype code {meta['dtype']}; floats only")
+            raise ExportedProgramError(f"tensor {name} has dtype code {meta['dtype']}; floats only")
         sizes = [_int(s) for s in meta["sizes"]]
         strides = [_int(s) for s in meta["strides"]]
         offset = _int(meta["storage_offset"])
         path = str(entry["path_name"])
         if "/" in path or path.startswith("."):
-            raise ExportedProgramError(f"weight {name} points outside the weights folder: {path!r}")
-        flat = np.frombuffer(self.read(WEIGHTS_DIR + path), dtype=dtype)
+            raise ExportedProgramError(f"tensor {name} points outside its folder: {path!r}")
+        flat = np.frombuffer(self.read(folder + path), dtype=dtype)
         # The view touches elements offset + Σ i_k·stride_k, 0 ≤ i_k < size_k: all must lie in `flat`.
         if len(sizes) != len(strides) or min([offset, *sizes, *strides]) < 0:
-            raise ExportedProgramError(f"weight {name} has an invalid layout")
+            raise ExportedProgramError(f"tensor {name} has an invalid layout")
         last = offset + sum((n - 1) * s for n, s in zip(sizes, strides, strict=True))
         if 0 not in sizes and last >= flat.size:
-            raise ExportedProgramError(f"weight {name} reaches beyond its {flat.size} stored values")
+            raise ExportedProgramError(f"tensor {name} reaches beyond its {flat.size} stored values")
         view = np.lib.stride_tricks.as_strided(
             flat[offset:], shape=sizes, strides=[s * dtype.itemsize for s in strides], writeable=False
         )
         values = np.array(view, dtype=np.float32)
         if not np.isfinite(values).all():
-            raise ExportedProgramError(f"weight {name} holds NaN or infinite values")
+            raise ExportedProgramError(f"tensor {name} holds NaN or infinite values")
         return values
 
 
@@ -193,45 +331,3 @@ def _int(value: dict[str, Any]) -> int:
     if "as_int" not in value:
         raise ExportedProgramError(f"a symbolic size or stride where a number was expected: {value}")
     return int(value["as_int"])
-
-
-def _parameter_names(input_specs: list[dict[str, Any]]) -> dict[str, str]:
-    """Graph placeholder name → parameter name (e.g. p_conv1_weight → conv1.weight)."""
-    return {
-        spec["parameter"]["arg"]["name"]: spec["parameter"]["parameter_name"]
-        for spec in input_specs
-        if "parameter" in spec
-    }
-
-
-def _analog_ops(
-    nodes: list[dict[str, Any]], parameters: dict[str, str]
-) -> Iterator[tuple[str, LayerKind, int]]:
-    """(parameter, kind, groups) of every conv/linear op whose weight is a parameter, once each."""
-    seen: set[str] = set()
-    for node in nodes:
-        target = node["target"]
-        if target not in CONV_OPS and target not in LINEAR_OPS:
-            continue
-        args = {arg["name"]: arg["arg"] for arg in node["inputs"]}
-        if args.get("transposed", {}).get("as_bool"):
-            raise ExportedProgramError(f"{node['name']}: transposed convolutions are not supported")
-        placeholder = args["weight"].get("as_tensor", {}).get("name")
-        if placeholder not in parameters:
-            raise ExportedProgramError(f"{node['name']}: its weight is computed, not a model parameter")
-        name = parameters[placeholder]
-        if name in seen:
-            continue
-        seen.add(name)
-        groups = int(args.get("groups", {}).get("as_int", 1))
-        yield name, ("conv" if target in CONV_OPS else "linear"), groups
-
-
-def _input_shapes(graph_module: dict[str, Any]) -> list[tuple[int | None, ...]]:
-    tensors = graph_module["graph"]["tensor_values"]
-    names = [
-        spec["user_input"]["arg"]["as_tensor"]["name"]
-        for spec in graph_module["signature"]["input_specs"]
-        if "user_input" in spec and "as_tensor" in spec["user_input"]["arg"]
-    ]
-    return [tuple(s.get("as_int") for s in tensors[name]["sizes"]) for name in names]

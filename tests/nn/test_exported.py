@@ -110,7 +110,7 @@ def test_a_crafted_archive_executes_nothing(digits_archive: tuple[nn.Module, byt
         _edit_weights_config(archive, pickle_first_weight),
         lambda name, data: payload if name.endswith("data/weights/weight_0") else data,
     )
-    with pytest.raises(ExportedProgramError, match=r"conv1\.weight is stored pickled"):
+    with pytest.raises(ExportedProgramError, match=r"tensor conv1\.weight is stored pickled"):
         read_exported_program(evil_weight)
     assert not marker.exists()
 
