@@ -8,7 +8,7 @@ import pytest
 from drivers.base import Geometry
 from drivers.errors import LimitError
 from drivers.sim.board import SimBoard
-from hwctl.program_verify import DeviceStatus, ProgramSettings, program_and_verify
+from hwctl.program_verify import DeviceStatus, ProgramSettings, ResumePoint, program_and_verify
 
 
 class CountingBoard(SimBoard):
@@ -89,3 +89,36 @@ def test_malformed_targets_are_rejected() -> None:
     board = CountingBoard()
     with pytest.raises(ValueError):
         program_and_verify(board, np.arange(3, dtype=np.uint32), np.array([1.0, -1.0, 2.0], np.float32))
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_programming_resumes_leaving_devices_within_tolerance_alone() -> None:
+    board = CountingBoard()
+    addresses, targets = np.arange(5_000, dtype=np.uint32), _targets(5_000)
+
+    def link_lost_after_iteration_2(iteration: int, remaining: int, converged: int) -> None:
+        if iteration == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        program_and_verify(board, addresses, targets, progress=link_lost_after_iteration_2)
+    g_now_us = board.read_block(addresses)
+    settings = ProgramSettings()
+    within = np.abs(g_now_us - targets) <= settings.tolerance_us + settings.tolerance_rel * targets
+    assert 0 < within.sum() < within.size
+    resumed_at_s = board.board_time_s()
+    pulsed: list[np.ndarray] = []
+    reset, set_pulse = board.reset, board.set_pulse
+    board.reset = lambda a: (pulsed.append(a.copy()), reset(a))[1]  # type: ignore[method-assign]
+    board.set_pulse = lambda a, i: (pulsed.append(a.copy()), set_pulse(a, i))[1]  # type: ignore[method-assign]
+
+    result = program_and_verify(board, addresses, targets, resume=ResumePoint(g_now_us, resumed_at_s))
+
+    assert not np.isin(addresses[within], np.concatenate(pulsed)).any()  # never pulsed again
+    assert np.all(result.status[within] == DeviceStatus.CONVERGED)
+    assert np.all(result.iterations[within] == 0) and np.all(result.programmed_s[within] == resumed_at_s)
+    np.testing.assert_array_equal(result.g_final_us[within], g_now_us[within])
+    assert result.converged_fraction_nonzero >= 0.99

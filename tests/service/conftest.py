@@ -42,7 +42,8 @@ def sqlite_url(tmp_path: Path) -> str:
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database per test, dropped afterwards."""
     try:
-        admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        # Connections checked before use: a test may restart the server.
+        admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
         with admin.connect() as conn:
             name = f"hwctl_service_{uuid.uuid4().hex[:10]}"
             conn.execute(text(f'CREATE DATABASE "{name}"'))
@@ -82,8 +83,14 @@ class Campaign:
 
 
 def create_campaign(
-    engine: Engine, resource: str, *, clock_kind: str = "virtual", points: int = 20, evaluate: bool = False,
-    station: str = "bench", offsets_s: list[float] | None = None,
+    engine: Engine,
+    resource: str,
+    *,
+    clock_kind: str = "virtual",
+    points: int = 20,
+    evaluate: bool = False,
+    station: str = "bench",
+    offsets_s: list[float] | None = None,
 ) -> Campaign:
     """Register a station, a digits network and an experiment, and queue its programming.
 

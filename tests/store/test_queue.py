@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from hwctl import queue
@@ -148,3 +148,43 @@ def test_a_readback_past_its_window_is_missed_not_run(engine: Engine, station_id
     assert sorted(recovery.missed) == [interrupted, never_started]
     assert queue.claim(engine, s, 1_000.0) is None
     assert queue.get_job(engine, never_started).status == "missed"
+
+
+def test_a_readback_requeued_after_a_link_loss_runs_inside_its_window_else_is_missed_with_both_reasons(
+    engine: Engine, station_ids: list[int]
+) -> None:
+    s = station_ids[0]
+    in_time = queue.enqueue(engine, kind=JobKind.READBACK, station_id=s, run_at_s=100.0, window_s=1_000.0)
+    queue.claim(engine, s, 100.0)
+    queue.requeue(engine, in_time, "link lost during attempt 1")
+    resumed = queue.claim(engine, s, 500.0)
+    assert resumed is not None and resumed.id == in_time and resumed.attempts == 2
+    queue.complete(engine, in_time, 510.0)
+    assert queue.get_job(engine, in_time).error is None  # succeeded: no stale error
+
+    too_late = queue.enqueue(engine, kind=JobKind.READBACK, station_id=s, run_at_s=2_000.0, window_s=60.0)
+    queue.claim(engine, s, 2_000.0)
+    queue.requeue(engine, too_late, "link lost during attempt 1")
+    assert queue.claim(engine, s, 2_100.0) is None
+    missed = queue.get_job(engine, too_late)
+    assert missed.status == "missed"
+    assert missed.error == "link lost during attempt 1; not started within its window"
+
+
+def test_many_jobs_go_in_bounded_batches_and_readbacks_are_found_by_run_and_schedule_in_sql(
+    engine: Engine, station_ids: list[int]
+) -> None:
+    s = station_ids[0]
+    with engine.begin() as conn:
+        queue.enqueue_many_in(conn, [
+            queue.NewJob(kind=JobKind.READBACK, station_id=s, run_at_s=float(i), scheduled_s=float(i),
+                         idempotency_key=f"readback:{i}")
+            for i in range(2 * queue.ENQUEUE_BATCH_ROWS + 7)
+        ])  # fmt: skip
+    with engine.connect() as conn:
+        assert (
+            conn.execute(select(func.count()).select_from(jobs)).scalar_one()
+            == 2 * queue.ENQUEUE_BATCH_ROWS + 7
+        )
+    assert queue.later_readback_due(engine, s, now_s=10.0, scheduled_s=5.0)  # 6…10 are due, later than 5
+    assert not queue.later_readback_due(engine, s, now_s=10.0, scheduled_s=10.0)
