@@ -3,9 +3,10 @@
 Each block is kept in the store (`readout_blocks`) with the job's heartbeat, in one
 transaction, so a restart resumes from the last committed block and a cancel or
 shutdown waits for at most one block; the JSON checkpoint holds only where to go on.
-The readout row is written, and the blocks dropped, in one transaction at the end; then
-the readout's evaluation is queued and, after the run's last readback, the drift fit
-brought forward.
+The worker holds one block, never the readout. At the end the last block and the readout
+row are written in one transaction, the row taking the job's blocks over as its storage
+(no copy); then the readout's evaluation is queued and, after the run's last readback,
+the drift fit brought forward.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 from sqlalchemy import Connection
 
 from hwctl import queue
@@ -24,7 +23,7 @@ from hwctl.jobs.context import JobContext, JobError, JobOvertaken, JobPayload, J
 from hwctl.mapping import DeviceMap
 from hwctl.store import readouts as store_readouts
 from hwctl.store.campaign import experiment_state, load_spec
-from hwctl.store.readouts import ReadoutBlock
+from hwctl.store.readouts import BlockExtent, ReadoutBlock
 from hwctl.vocabulary import ExperimentStatus, JobKind, JobLane
 
 
@@ -36,23 +35,20 @@ class ReadbackPayload(JobPayload):
 
 @dataclass
 class PartialReadout:
-    """The blocks of one readback read so far."""
+    """Where a readback stands: the blocks stored so far (their values are in the store only)."""
 
-    g_us: npt.NDArray[np.float32]
+    n_devices: int
     blocks: list[tuple[int, float]] = field(default_factory=list)  # (first device, board s read)
     next_device: int = 0
     temperature_c: float | None = None
 
-    def add(self, block: ReadoutBlock) -> None:
-        if block.first_device != self.next_device:
-            raise JobError(f"block at device {block.first_device} does not follow device {self.next_device}")
-        stop = block.first_device + block.g_us.size
-        if stop > self.g_us.size:
-            raise JobError(
-                f"block at device {block.first_device} runs past the run's {self.g_us.size} devices"
-            )
-        self.g_us[block.first_device : stop] = block.g_us
-        self.blocks.append((block.first_device, block.read_s))
+    def add(self, first_device: int, n_devices: int, read_s: float) -> None:
+        if first_device != self.next_device:
+            raise JobError(f"block at device {first_device} does not follow device {self.next_device}")
+        stop = first_device + n_devices
+        if stop > self.n_devices:
+            raise JobError(f"block at device {first_device} runs past the run's {self.n_devices} devices")
+        self.blocks.append((first_device, read_s))
         self.next_device = stop
 
     def checkpoint(self) -> dict[str, Any]:
@@ -61,12 +57,12 @@ class PartialReadout:
 
     @classmethod
     def resume(
-        cls, n_devices: int, checkpoint: dict[str, Any] | None, stored: list[ReadoutBlock]
+        cls, n_devices: int, checkpoint: dict[str, Any] | None, stored: list[BlockExtent]
     ) -> PartialReadout:
         """The readout as far as its committed blocks go (they commit with the checkpoint)."""
-        partial = cls(np.zeros(n_devices, np.float32))
+        partial = cls(n_devices)
         for block in stored:
-            partial.add(block)
+            partial.add(block.first_device, block.n_devices, block.read_s)
         if checkpoint:
             if int(checkpoint["next_device"]) != partial.next_device:
                 raise JobError(
@@ -83,9 +79,9 @@ def partial_block_writer(job_id: int, block: ReadoutBlock) -> Callable[[Connecti
 
 
 def handle(ctx: JobContext, payload: ReadbackPayload) -> None:
-    def stored(conn: Connection) -> tuple[int | None, list[ReadoutBlock], DeviceMap]:
+    def stored(conn: Connection) -> tuple[int | None, list[BlockExtent], DeviceMap]:
         readout_id = store_readouts.find_readout(conn, payload.run_id, payload.offset_s)
-        blocks = store_readouts.load_readout_blocks(conn, ctx.job_id) if readout_id is None else []
+        blocks = store_readouts.readout_block_extents(conn, ctx.job_id) if readout_id is None else []
         device_map = ctx.cached(
             ("device_map", payload.run_id), lambda: store_readouts.load_run_device_map(conn, payload.run_id)
         )
@@ -101,39 +97,50 @@ def handle(ctx: JobContext, payload: ReadbackPayload) -> None:
     station = ctx.chip_station
     if partial.temperature_c is None:
         partial.temperature_c = station.temperature_c()
+    last: ReadoutBlock | None = None  # read, stored with the readout row
     while partial.next_device < n:
         start, stop = partial.next_device, min(partial.next_device + ctx.read_block_devices, n)
         block = ReadoutBlock(start, *station.read_block(addresses[start:stop]))
-        partial.add(block)
+        partial.add(block.first_device, block.g_us.size, block.read_s)
         if stop < n:
             keep = partial_block_writer(ctx.job_id, block)
             ctx.safe_point(stop / n, f"read {stop}/{n} devices", partial.checkpoint(), keep)
             if ctx.overtaken():  # the later point is read on time; this one resumes after it
                 raise JobOvertaken(f"job {ctx.job_id} yields after {stop}/{n} devices")
-    readout_id = ctx.write("storing the readout", lambda conn: _store(conn, ctx, payload, partial))
+        else:
+            last = block
+    readout_id = ctx.write("storing the readout", lambda conn: _store(conn, ctx, payload, partial, last))
     first_s = partial.blocks[0][1]
     ctx.complete({
         "readout_id": readout_id, "late_s": first_s - payload.scheduled_s,
-        "block_starts_s": [t_s for _, t_s in partial.blocks], "n_devices": int(partial.g_us.size),
+        "block_starts_s": [t_s for _, t_s in partial.blocks], "n_devices": n,
     })  # fmt: skip
 
 
-def _store(conn: Connection, ctx: JobContext, payload: ReadbackPayload, partial: PartialReadout) -> int:
-    """The readout row (flagged if the board lost its state), its blocks dropped, its
-    evaluation queued and, after the run's last readback, the drift fit brought forward."""
+def _store(
+    conn: Connection,
+    ctx: JobContext,
+    payload: ReadbackPayload,
+    partial: PartialReadout,
+    last: ReadoutBlock | None,
+) -> int:
+    """The readout row (flagged if the board lost its state) taking over the job's blocks
+    with the last one, its evaluation queued and, after the run's last readback, the drift
+    fit brought forward."""
     found = store_readouts.find_readout(conn, payload.run_id, payload.offset_s)
     if found is not None:  # stored by a commit whose answer was lost
         return found
     spec = load_spec(conn, payload.experiment_id)
     state = experiment_state(conn, payload.experiment_id)
+    if last is not None:
+        store_readouts.add_readout_block(conn, ctx.job_id, last)
     first_s, last_s = partial.blocks[0][1], partial.blocks[-1][1]
-    readout_id = store_readouts.add_readout(
-        conn, payload.run_id, offset_s=payload.offset_s, scheduled_s=payload.scheduled_s,
-        board_time_s=first_s, g_us=partial.g_us, temperature_c=partial.temperature_c,
-        block_starts=partial.blocks,
+    readout_id = store_readouts.finish_readout(
+        conn, payload.run_id, ctx.job_id, n_devices=partial.n_devices, offset_s=payload.offset_s,
+        scheduled_s=payload.scheduled_s, board_time_s=first_s, block_starts=partial.blocks,
+        temperature_c=partial.temperature_c,
         suspect=state.reason if state.status == ExperimentStatus.BOARD_STATE_LOST else None,
     )  # fmt: skip
-    store_readouts.drop_readout_blocks(conn, ctx.job_id)
     if spec.evaluation.enabled:
         evaluation = evaluate.EvaluatePayload(
             experiment_id=payload.experiment_id, run_id=payload.run_id, readout_id=readout_id

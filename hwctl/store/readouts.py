@@ -1,37 +1,44 @@
-"""Programming results and readouts: whole-chip vectors in, one device's history out.
+"""Programming results and readouts: whole-chip vectors in blocks, one device's history out.
 
-A readout row holds the conductance of every device of a programming run as one
-float32 blob in canonical device order (`hwctl.mapping`). Each device's time since
-programming is its read time (`device_read_times_s`: its block's start, `board_time_s`
-for rows without blocks) − `programmed_s[device]`, the run's per-device programming end
-time (board seconds, float64).
+A readout's conductances (float32, canonical device order, `hwctl.mapping`) are stored
+as `readout_blocks` rows, each a contiguous run of devices with its own length and
+CRC-32; the readout row holds the device count (`g_len`) with an empty blob. A readback
+writes each block as its checkpoint while it reads (with the job's heartbeat); its last
+block and the readout row then re-key the job's blocks to the readout in one
+transaction, so a 43.6 M-device readout (170 MB) is never copied, held whole, or
+written in one statement. Readers stream it block by block (`iter_readout_blocks`) or
+in device ranges (`iter_readout_ranges`); memory is one block, not the readout. Rows
+stored whole before revision 0008 (`g_blob` set) are read by the same functions.
 
-A readback under way keeps the blocks it has read as `readout_blocks` rows (its
-checkpoint, one vector per block, written with the job's heartbeat); finishing writes
-the readout row and drops the blocks in one transaction. A future chunked readout row
-(readouts too large for one blob) can take those block rows over instead of copying them.
+Each device's time since programming is its read time (`device_read_times_s`: its block's
+start, `board_time_s` for rows without blocks) − `programmed_s[device]`, the run's
+per-device programming end time (board seconds, float64).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
 from hwctl.mapping import DeviceMap
 from hwctl.program_verify import ProgrammingResult
 from hwctl.store.engine import BINARY_RESULTS, is_sqlite
-from hwctl.store.errors import NotFoundError, StoreError
+from hwctl.store.errors import CorruptVectorError, NotFoundError, StoreError
 from hwctl.store.schema import mappings, programming_runs, readout_blocks, readouts, utc_now
 from hwctl.store.vectors import decode_row, encode
 
 Floats = npt.NDArray[np.float64]
 G_BYTES = 4  # readout conductances are float32
 T_BYTES = 8  # programming end times are float64
+# Devices per stored block when a whole vector is handed in (4 MiB of float32): large
+# enough that a 43.6 M-device readout is ~42 inserts, small enough to bound every reader.
+STORED_BLOCK_DEVICES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -170,11 +177,56 @@ def add_readout(
     block_starts: list[tuple[int, float]] | None = None,
     suspect: str | None = None,
 ) -> int:
-    """Store one whole-chip readout as a single row (one write); returns its id.
+    """Store one whole-chip readout handed in as one vector, in blocks of
+    `STORED_BLOCK_DEVICES`; returns its id.
 
     `block_starts`: (first device, board s) of each read block; None: one block read at
     `board_time_s`. `suspect`: why the readout must not be trusted (the board lost its state).
     """
+    g = np.asarray(g_us, np.float32).ravel()
+    starts = [(0, board_time_s)] if block_starts is None else block_starts
+    readout_id = _insert_readout_row(
+        conn, run_id, g.size, offset_s=offset_s, scheduled_s=scheduled_s, board_time_s=board_time_s,
+        temperature_c=temperature_c, block_starts=block_starts, suspect=suspect,
+    )  # fmt: skip
+    for first in range(0, g.size, STORED_BLOCK_DEVICES):  # one block encoded at a time
+        block = ReadoutBlock(first, _read_time_in(starts, first), g[first : first + STORED_BLOCK_DEVICES])
+        conn.execute(insert(readout_blocks).values(readout_id=readout_id, **_block_values(block)))
+    return readout_id
+
+
+def finish_readout(
+    conn: Connection,
+    run_id: int,
+    job_id: int,
+    *,
+    n_devices: int,
+    offset_s: float,
+    scheduled_s: float,
+    board_time_s: float,
+    block_starts: list[tuple[int, float]],
+    temperature_c: float | None = None,
+    suspect: str | None = None,
+) -> int:
+    """The readout of readback `job_id`, whose blocks (`add_readout_block`) cover devices
+    0…`n_devices`: its row is written and the job's blocks become the readout's, in the
+    caller's transaction; nothing is copied. Returns the readout's id."""
+    extents = readout_block_extents(conn, job_id)
+    _check_cover(extents, n_devices, f"readback job {job_id}")
+    readout_id = _insert_readout_row(
+        conn, run_id, n_devices, offset_s=offset_s, scheduled_s=scheduled_s, board_time_s=board_time_s,
+        temperature_c=temperature_c, block_starts=block_starts, suspect=suspect,
+    )  # fmt: skip
+    rekey = update(readout_blocks).where(readout_blocks.c.job_id == job_id)
+    conn.execute(rekey.values(readout_id=readout_id, job_id=None))
+    return readout_id
+
+
+def _insert_readout_row(
+    conn: Connection, run_id: int, n_devices: int, *, offset_s: float, scheduled_s: float,
+    board_time_s: float, temperature_c: float | None, block_starts: list[tuple[int, float]] | None,
+    suspect: str | None,
+) -> int:  # fmt: skip
     values = {
         "run_id": run_id,
         "offset_s": offset_s,
@@ -184,9 +236,28 @@ def add_readout(
         "temperature_c": temperature_c,
         "block_starts": None if block_starts is None else [[int(f), float(t)] for f, t in block_starts],
         "suspect": suspect,
-        **encode(g_us, "float32").columns("g"),
+        "g_blob": None,  # in readout_blocks
+        "g_len": int(n_devices),
+        "g_dtype": "float32",
+        "g_crc32": None,
     }
     return int(conn.execute(insert(readouts).values(**values).returning(readouts.c.id)).scalar_one())
+
+
+def _block_values(block: ReadoutBlock) -> dict[str, Any]:
+    return {"first_device": int(block.first_device), "read_s": float(block.read_s),
+            **encode(block.g_us, "float32").columns("g")}  # fmt: skip
+
+
+def _check_cover(extents: list[BlockExtent], n_devices: int, what: str) -> None:
+    """The blocks follow each other from device 0 and end at `n_devices`."""
+    reached = 0
+    for extent in extents:
+        if extent.first_device != reached:
+            raise StoreError(f"{what}: block at device {extent.first_device} does not follow {reached}")
+        reached += extent.n_devices
+    if reached != n_devices:
+        raise StoreError(f"{what}: blocks cover {reached} devices, the readout has {n_devices}")
 
 
 def find_readout(conn: Connection, run_id: int, offset_s: float) -> int | None:
@@ -197,64 +268,132 @@ def find_readout(conn: Connection, run_id: int, offset_s: float) -> int | None:
     return None if found is None else int(found)
 
 
+@dataclass(frozen=True)
+class BlockExtent:
+    """Where a stored block sits, without its values."""
+
+    first_device: int
+    read_s: float
+    n_devices: int
+
+
 def add_readout_block(conn: Connection, job_id: int, block: ReadoutBlock) -> None:
-    """Keep one read block of the readback `job_id` (its checkpoint); one kept before under
-    the same first device (a retried write) is replaced."""
+    """Keep one read block of the readback `job_id` (its checkpoint, later the readout's);
+    one kept before under the same first device (a retried write) is replaced."""
     conn.execute(
         delete(readout_blocks).where(
             readout_blocks.c.job_id == job_id, readout_blocks.c.first_device == block.first_device
         )
     )
-    values = {"job_id": job_id, "first_device": block.first_device, "read_s": block.read_s,
-              **encode(block.g_us, "float32").columns("g")}  # fmt: skip
-    conn.execute(insert(readout_blocks).values(**values))
+    conn.execute(insert(readout_blocks).values(job_id=job_id, **_block_values(block)))
 
 
-def load_readout_blocks(conn: Connection, job_id: int) -> list[ReadoutBlock]:
-    """The blocks the readback `job_id` has kept, in device order, checksums verified."""
+def readout_block_extents(conn: Connection, job_id: int) -> list[BlockExtent]:
+    """The blocks the readback `job_id` has kept, in device order, without their values."""
     query = (
-        select(readout_blocks)
+        select(readout_blocks.c.first_device, readout_blocks.c.read_s, readout_blocks.c.g_len)
         .where(readout_blocks.c.job_id == job_id)
         .order_by(readout_blocks.c.first_device)
     )
-    return [
-        ReadoutBlock(
-            row.first_device, row.read_s, decode_row(row, "g", what=f"job {job_id} block {row.first_device}")
-        )
-        for row in conn.execute(query, execution_options=BINARY_RESULTS)
-    ]
+    return [BlockExtent(int(r.first_device), float(r.read_s), int(r.g_len)) for r in conn.execute(query)]
 
 
-def drop_readout_blocks(conn: Connection, job_id: int) -> None:
-    """Forget the blocks of a readback whose readout row is written (same transaction)."""
-    conn.execute(delete(readout_blocks).where(readout_blocks.c.job_id == job_id))
+def readout_info(conn: Connection, readout_id: int) -> ReadoutInfo:
+    """The readout without its vector."""
+    row = conn.execute(select(*READOUT_INFO_COLUMNS).where(readouts.c.id == readout_id)).one_or_none()
+    if row is None:
+        raise NotFoundError(f"readout {readout_id} does not exist")
+    return ReadoutInfo(**row._asdict())
+
+
+def iter_readout_blocks(conn: Connection, readout_id: int) -> Iterator[tuple[int, npt.NDArray[np.float32]]]:
+    """(first device, conductances µS) of each stored block of a readout, in device order,
+    each block's length and checksum verified as it is read; one block in memory at a time.
+
+    A readout stored whole (before 0008) comes as one block. A gap, an overlap or a short
+    end raises `CorruptVectorError` when reached.
+    """
+    head = conn.execute(
+        select(readouts.c.g_len, readouts.c.g_crc32).where(readouts.c.id == readout_id)
+    ).one_or_none()
+    if head is None:
+        raise NotFoundError(f"readout {readout_id} does not exist")
+    what = f"readout {readout_id}"
+    if head.g_crc32 is not None:  # one blob
+        whole = select(readouts).where(readouts.c.id == readout_id)
+        yield 0, decode_row(conn.execute(whole, execution_options=BINARY_RESULTS).one(), "g", what=what)
+        return
+    ids = conn.execute(
+        select(readout_blocks.c.id)
+        .where(readout_blocks.c.readout_id == readout_id)
+        .order_by(readout_blocks.c.first_device)
+    ).scalars().all()  # fmt: skip
+    reached = 0
+    for block_id in ids:
+        row = conn.execute(
+            select(readout_blocks).where(readout_blocks.c.id == block_id), execution_options=BINARY_RESULTS
+        ).one()
+        if row.first_device != reached:
+            raise CorruptVectorError(f"{what}: block at device {row.first_device} does not follow {reached}")
+        g_us = decode_row(row, "g", what=f"block at device {row.first_device} of {what}")
+        reached += g_us.size
+        yield int(row.first_device), g_us
+    if reached != head.g_len:
+        raise CorruptVectorError(f"{what}: its blocks hold {reached} devices, the readout {head.g_len}")
+
+
+def iter_readout_ranges(
+    conn: Connection, readout_id: int, range_devices: int
+) -> Iterator[npt.NDArray[np.float32]]:
+    """The readout in consecutive ranges of `range_devices` devices (the last one shorter),
+    whatever its stored blocks: for readers that walk several readouts in step."""
+    if range_devices < 1:
+        raise StoreError(f"a device range holds at least one device, got {range_devices}")
+    return _rechunk((g for _, g in iter_readout_blocks(conn, readout_id)), range_devices)
+
+
+def _rechunk(blocks: Iterable[npt.NDArray[np.float32]], size: int) -> Iterator[npt.NDArray[np.float32]]:
+    pending: list[npt.NDArray[np.float32]] = []
+    held = 0
+    for block in blocks:
+        pending.append(block)
+        held += block.size
+        while held >= size:
+            joined = np.concatenate(pending) if len(pending) > 1 else pending[0]
+            yield joined[:size]
+            rest = joined[size:]
+            pending, held = ([rest] if rest.size else []), rest.size
+    if held:
+        yield np.concatenate(pending)
 
 
 def load_readout(conn: Connection, readout_id: int) -> Readout:
-    """The readout with its conductances, length and checksum verified."""
-    query = select(readouts).where(readouts.c.id == readout_id)
-    row = conn.execute(query, execution_options=BINARY_RESULTS).one_or_none()
-    if row is None:
-        raise NotFoundError(f"readout {readout_id} does not exist")
+    """The readout with its conductances whole (memory: the vector plus one block),
+    every block's length and checksum verified."""
+    info = readout_info(conn, readout_id)
+    g_us = np.empty(info.n_devices, np.float32)
+    for first, block in iter_readout_blocks(conn, readout_id):
+        g_us[first : first + block.size] = block
     return Readout(
-        id=row.id,
-        run_id=row.run_id,
-        offset_s=row.offset_s,
-        scheduled_s=row.scheduled_s,
-        board_time_s=row.board_time_s,
-        read_at=row.read_at,
-        temperature_c=row.temperature_c,
-        g_us=decode_row(row, "g", what=f"readout {readout_id}"),
+        id=info.id,
+        run_id=info.run_id,
+        offset_s=info.offset_s,
+        scheduled_s=info.scheduled_s,
+        board_time_s=info.board_time_s,
+        read_at=info.read_at,
+        temperature_c=info.temperature_c,
+        g_us=g_us,
     )
 
 
 def device_series(conn: Connection, run_id: int, device: int) -> DeviceSeries:
     """One device's conductance over every readout of a run, in time order.
 
-    Reads 4 bytes per readout (and 8 of the programming times) by byte offset, never
-    whole vectors: `substr` on PostgreSQL (uncompressed out-of-line bytea is sliced
-    without being fetched whole), incremental blob I/O on SQLite (whose `substr` would
-    load every blob). Checksums cover whole vectors, so only lengths are checked here.
+    Reads 4 bytes per readout (and 8 of the programming times) by byte offset in the block
+    that holds the device, never whole vectors: `substr` on PostgreSQL (uncompressed
+    out-of-line bytea is sliced without being fetched whole), incremental blob I/O on
+    SQLite (whose `substr` would load every blob). Checksums cover whole blocks, so only
+    lengths are checked here.
     """
     if device < 0:
         raise StoreError(f"device index must be ≥ 0, got {device}")
@@ -265,30 +404,44 @@ def device_series(conn: Connection, run_id: int, device: int) -> DeviceSeries:
         raise NotFoundError(f"programming run {run_id} does not exist")
     if run.programmed_s_len is None:
         raise StoreError(f"programming run {run_id} has not finished: no per-device programming times")
+    holding = and_(
+        readout_blocks.c.readout_id == readouts.c.id,
+        readout_blocks.c.first_device <= device,
+        readout_blocks.c.first_device + readout_blocks.c.g_len > device,
+    )
+    columns = [
+        readouts.c.id, readouts.c.board_time_s, readouts.c.block_starts, readouts.c.g_len, readouts.c.g_crc32,
+        readout_blocks.c.id.label("block_id"), readout_blocks.c.first_device,
+    ]  # fmt: skip
     if is_sqlite(conn):
-        return _sqlite_device_series(conn, run_id, device, run.programmed_s_len)
+        return _sqlite_device_series(conn, run_id, device, run.programmed_s_len, columns, holding)
+    g = func.coalesce(
+        func.substr(readouts.c.g_blob, device * G_BYTES + 1, G_BYTES),
+        func.substr(readout_blocks.c.g_blob, (device - readout_blocks.c.first_device) * G_BYTES + 1, G_BYTES),
+    )
     query = (
         select(
-            readouts.c.board_time_s,
-            readouts.c.block_starts,
-            readouts.c.g_len,
-            func.substr(readouts.c.g_blob, device * G_BYTES + 1, G_BYTES).label("g"),
+            *columns,
+            g.label("g"),
             func.substr(programming_runs.c.programmed_s_blob, device * T_BYTES + 1, T_BYTES).label("t0"),
         )
         .join(programming_runs, programming_runs.c.id == readouts.c.run_id)
+        .outerjoin(readout_blocks, holding)
         .where(readouts.c.run_id == run_id)
         .order_by(readouts.c.board_time_s)
     )
     rows = conn.execute(query).all()
-    _check_device(device, run_id, [r.g_len for r in rows], run.programmed_s_len)
+    _check_device(device, run_id, rows, run.programmed_s_len)
     t0 = rows[0].t0 if rows else b""
     return _series(device, [_read_time_s(r, device) for r in rows], [r.g for r in rows], t0)
 
 
-def _sqlite_device_series(conn: Connection, run_id: int, device: int, n_programmed: int) -> DeviceSeries:
-    columns = select(readouts.c.id, readouts.c.board_time_s, readouts.c.block_starts, readouts.c.g_len)
-    rows = conn.execute(columns.where(readouts.c.run_id == run_id).order_by(readouts.c.board_time_s)).all()
-    _check_device(device, run_id, [r.g_len for r in rows], n_programmed)
+def _sqlite_device_series(
+    conn: Connection, run_id: int, device: int, n_programmed: int, columns: list[Any], holding: Any
+) -> DeviceSeries:
+    query = select(*columns).outerjoin(readout_blocks, holding).where(readouts.c.run_id == run_id)
+    rows = conn.execute(query.order_by(readouts.c.board_time_s)).all()
+    _check_device(device, run_id, rows, n_programmed)
     raw = conn.connection.driver_connection  # sqlite3.Connection: blob I/O is not in SQLAlchemy
 
     def read(table: str, column: str, rowid: int, offset: int, width: int) -> bytes:
@@ -296,15 +449,23 @@ def _sqlite_device_series(conn: Connection, run_id: int, device: int, n_programm
             blob.seek(offset)
             return bytes(blob.read(width))
 
-    g = [read("readouts", "g_blob", r.id, device * G_BYTES, G_BYTES) for r in rows]
+    def g_bytes(r: Any) -> bytes:
+        if r.g_crc32 is not None:  # stored whole
+            return read("readouts", "g_blob", r.id, device * G_BYTES, G_BYTES)
+        return read("readout_blocks", "g_blob", r.block_id, (device - r.first_device) * G_BYTES, G_BYTES)
+
+    g = [g_bytes(r) for r in rows]
     t0 = read("programming_runs", "programmed_s_blob", run_id, device * T_BYTES, T_BYTES)
     return _series(device, [_read_time_s(r, device) for r in rows], g, t0)
 
 
-def _check_device(device: int, run_id: int, readout_lengths: list[int], n_programmed: int) -> None:
-    n_devices = min([n_programmed, *readout_lengths])
+def _check_device(device: int, run_id: int, rows: Sequence[Any], n_programmed: int) -> None:
+    n_devices = min([n_programmed, *(r.g_len for r in rows)])
     if device >= n_devices:
         raise StoreError(f"device {device} outside run {run_id}'s {n_devices} devices")
+    for r in rows:
+        if r.g_crc32 is None and r.block_id is None:
+            raise CorruptVectorError(f"readout {r.id}: no stored block holds device {device}")
 
 
 def _block_starts(row: Any) -> list[tuple[int, float]]:
@@ -315,8 +476,12 @@ def _block_starts(row: Any) -> list[tuple[int, float]]:
 
 def _read_time_s(row: Any, device: int) -> float:
     """When `device` was read in this readout: the start of the block that holds it."""
-    holding = [t_s for first, t_s in _block_starts(row) if first <= device]
-    return holding[-1] if holding else float(row.board_time_s)
+    return _read_time_in(_block_starts(row), device)
+
+
+def _read_time_in(starts: list[tuple[int, float]], device: int) -> float:
+    holding = [t_s for first, t_s in starts if first <= device]
+    return holding[-1] if holding else starts[0][1]
 
 
 def _series(device: int, board_time_s: list[float], g_bytes: list[bytes], t0_bytes: bytes) -> DeviceSeries:
@@ -333,14 +498,28 @@ def device_read_times_s(conn: Connection, readout_id: int) -> npt.NDArray[np.flo
     A whole-chip readout spans seconds of wall time, hours of board time on an accelerated
     clock; readouts stored before the blocks were recorded count from their first block.
     """
+    starts, n_devices = read_block_starts(conn, readout_id)
+    return read_times_in_range(starts, 0, n_devices)
+
+
+def read_block_starts(conn: Connection, readout_id: int) -> tuple[list[tuple[int, float]], int]:
+    """(first device, board s) of each read block of a readout, and its device count."""
     row = conn.execute(
         select(readouts.c.board_time_s, readouts.c.block_starts, readouts.c.g_len).where(
             readouts.c.id == readout_id
         )
-    ).one()
-    starts = _block_starts(row)
-    firsts = [first for first, _ in starts] + [int(row.g_len)]
-    return np.repeat([t_s for _, t_s in starts], np.diff(firsts)).astype(np.float64)
+    ).one_or_none()
+    if row is None:
+        raise NotFoundError(f"readout {readout_id} does not exist")
+    return _block_starts(row), int(row.g_len)
+
+
+def read_times_in_range(starts: list[tuple[int, float]], start: int, stop: int) -> npt.NDArray[np.float64]:
+    """The read time (board s) of devices `start`…`stop` − 1, from their blocks' starts."""
+    firsts = np.array([first for first, _ in starts], np.int64)
+    holding = np.searchsorted(firsts, np.arange(start, stop), side="right") - 1
+    times = np.array([t_s for _, t_s in starts], np.float64)
+    return times[np.maximum(holding, 0)]
 
 
 def list_readouts(conn: Connection, run_id: int) -> list[ReadoutInfo]:

@@ -20,7 +20,7 @@ from hwctl.store.readouts import (
     load_programming_result,
     load_readout,
 )
-from hwctl.store.schema import readouts
+from hwctl.store.schema import readout_blocks, readouts
 
 OFFSETS_S = (25.0, 100.0, 1_000.0, 10_000.0)
 
@@ -69,7 +69,9 @@ def test_a_corrupted_readout_blob_is_detected_not_returned(
     with engine.begin() as conn:
         blob = bytearray(load_readout(conn, 2).g_us.tobytes())
         blob[5] ^= 0x01
-        conn.execute(update(readouts).where(readouts.c.id == 2).values(g_blob=bytes(blob)))
+        # the test chip's readout is one stored block
+        stored = update(readout_blocks).where(readout_blocks.c.readout_id == 2)
+        conn.execute(stored.values(g_blob=bytes(blob)))
     with engine.connect() as conn, pytest.raises(CorruptVectorError, match="readout 2: checksum mismatch"):
         load_readout(conn, 2)
 
@@ -80,7 +82,8 @@ def test_a_truncated_readout_blob_is_detected_by_its_length(
     run, _ = programmed_run
     _read_back(engine, run, device_map.n_devices)
     with engine.begin() as conn:
-        conn.execute(update(readouts).where(readouts.c.id == 1).values(g_blob=b"\x00" * 8))
+        stored = update(readout_blocks).where(readout_blocks.c.readout_id == 1)
+        conn.execute(stored.values(g_blob=b"\x00" * 8))
     with engine.connect() as conn, pytest.raises(CorruptVectorError, match="holds 8 bytes"):
         load_readout(conn, 1)
 
