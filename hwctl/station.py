@@ -258,10 +258,14 @@ def open_station(
         options = SimChipOptions.parse(resource)
         embedded = start_embedded_chip(options)
         resource, advances_clock = embedded.resource, advances_clock or options.virtual
+    chip: ChipDriver | None = None
+    on_close = embedded.stop if embedded is not None else None
     try:
         chip = ChipDriver(open_transport(resource, timeout_s=timeout_s))
-    except BaseException:
+        return Station(name, chip, advances_clock=advances_clock, on_close=on_close)
+    except BaseException:  # a board that does not answer its first command leaves nothing open
+        if chip is not None:
+            chip.close()
         if embedded is not None:
             embedded.stop()
         raise
-    return Station(name, chip, advances_clock=advances_clock, on_close=embedded.stop if embedded else None)
