@@ -306,9 +306,12 @@ def readout_info(conn: Connection, readout_id: int) -> ReadoutInfo:
     return ReadoutInfo(**row._asdict())
 
 
-def iter_readout_blocks(conn: Connection, readout_id: int) -> Iterator[tuple[int, npt.NDArray[np.float32]]]:
-    """(first device, conductances µS) of each stored block of a readout, in device order,
-    each block's length and checksum verified as it is read; one block in memory at a time.
+def iter_readout_blocks(
+    conn: Connection, readout_id: int, start_device: int = 0, stop_device: int | None = None
+) -> Iterator[tuple[int, npt.NDArray[np.float32]]]:
+    """(first device, conductances µS) of each stored block of a readout that holds a device
+    of `start_device`…`stop_device` − 1 (default: all), in device order, each block's
+    length and checksum verified as it is read; one block in memory at a time.
 
     A readout stored whole (before 0008) comes as one block. A gap, an overlap or a short
     end raises `CorruptVectorError` when reached.
@@ -318,26 +321,33 @@ def iter_readout_blocks(conn: Connection, readout_id: int) -> Iterator[tuple[int
     ).one_or_none()
     if head is None:
         raise NotFoundError(f"readout {readout_id} does not exist")
+    stop = int(head.g_len) if stop_device is None else min(stop_device, int(head.g_len))
     what = f"readout {readout_id}"
     if head.g_crc32 is not None:  # one blob
         whole = select(readouts).where(readouts.c.id == readout_id)
         yield 0, decode_row(conn.execute(whole, execution_options=BINARY_RESULTS).one(), "g", what=what)
         return
-    ids = conn.execute(
-        select(readout_blocks.c.id)
+    blocks = conn.execute(
+        select(readout_blocks.c.id, readout_blocks.c.first_device, readout_blocks.c.g_len)
         .where(readout_blocks.c.readout_id == readout_id)
         .order_by(readout_blocks.c.first_device)
-    ).scalars().all()  # fmt: skip
+    ).all()
     reached = 0
-    for block_id in ids:
+    for block in blocks:
+        if block.first_device != reached:
+            raise CorruptVectorError(
+                f"{what}: block at device {block.first_device} does not follow {reached}"
+            )
+        reached += block.g_len
+        if reached <= start_device or block.first_device >= stop:
+            continue
         row = conn.execute(
-            select(readout_blocks).where(readout_blocks.c.id == block_id), execution_options=BINARY_RESULTS
+            select(readout_blocks).where(readout_blocks.c.id == block.id), execution_options=BINARY_RESULTS
         ).one()
-        if row.first_device != reached:
-            raise CorruptVectorError(f"{what}: block at device {row.first_device} does not follow {reached}")
-        g_us = decode_row(row, "g", what=f"block at device {row.first_device} of {what}")
-        reached += g_us.size
-        yield int(row.first_device), g_us
+        yield (
+            int(row.first_device),
+            decode_row(row, "g", what=f"block at device {row.first_device} of {what}"),
+        )
     if reached != head.g_len:
         raise CorruptVectorError(f"{what}: its blocks hold {reached} devices, the readout {head.g_len}")
 
