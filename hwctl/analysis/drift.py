@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from hwctl.store.fits import FitStatus, FittedLines
+from hwctl.store.fits import FitStatus, FittedLines, Floats
 
 DEFAULT_T0_S = 25.0
 # Devices per chunk: 20 readouts × 16k devices × 8 B ≈ 2.5 MB per float64 array.
@@ -31,9 +31,9 @@ class DriftFit(FittedLines):
     """The fitted lines (`hwctl.store.fits.FittedLines`, what is stored) with the fit's own
     uncertainties, which chip statistics need; one entry per device, NaN where not OK."""
 
-    residual_std: FloatArray  # of ln G around the line ≈ relative read noise
-    nu_stderr: FloatArray  # standard error of ν (from the residuals)
-    g_t0_stderr_us: FloatArray  # standard error of G(t0) (delta method)
+    residual_std: Floats  # of ln G around the line ≈ relative read noise
+    nu_stderr: Floats  # standard error of ν (from the residuals)
+    g_t0_stderr_us: Floats  # standard error of G(t0) (delta method)
     n_points: npt.NDArray[np.int32]
 
 

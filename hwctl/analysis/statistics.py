@@ -15,7 +15,7 @@ its own estimation error, which widens the observed spread (by ~30 % for ν). Wi
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -25,9 +25,11 @@ from scipy.special import erf
 
 from drivers.pcm_model import PCMModel
 from hwctl.analysis.drift import DriftFit
-from hwctl.store.fits import FitStatus
+from hwctl.store.fits import FitStatus, FittedLines
 
 _CHUNK_DEVICES = 16_384
+# Devices per chunk of the statistics passes: their temporaries stay a few MB, not per chip.
+_STATISTICS_CHUNK_DEVICES = 1 << 18
 _BIN_IDENTITY = {"target_lo_us", "target_hi_us", "n_devices", "n_used"}
 
 
@@ -99,16 +101,21 @@ class ChipStatistics:
 def chip_statistics(
     fit: DriftFit,
     target_g_us: npt.ArrayLike,
-    t_s: npt.ArrayLike,
+    t_s: npt.ArrayLike | None,
     model: PCMModel | None = None,
     converged: npt.ArrayLike | None = None,
     bin_width_us: float = 2.5,
     correct_fit_error: bool = True,
     thresholds: OutlierThresholds | None = None,
+    *,
+    model_read_noise_rel: npt.ArrayLike | None = None,
 ) -> ChipStatistics:
     """Bin statistics and outliers for one chip's readouts.
 
-    `t_s` is the same time-since-programming array given to `fit_drift`. Without a
+    `t_s` is the same time-since-programming array given to `fit_drift`; it serves only
+    to predict each device's read noise (`model_relative_read_noise`), so a caller that
+    fitted range by range passes that prediction as `model_read_noise_rel` and `t_s=None`
+    instead of holding every readout's ages at once. Without a
     `converged` mask from program-and-verify, devices whose G(t0) lies `far_sigmas`
     model σ_prog from target count as not converged. A device is a fast drifter when its
     ν lies `fast_sigmas` above its bin's μ_ν, counting both the bin's spread and the
@@ -118,78 +125,177 @@ def chip_statistics(
     """
     model = model or PCMModel()
     limits = thresholds or OutlierThresholds()
-    target = np.asarray(target_g_us, np.float64)
-    if target.shape != fit.nu.shape:
-        raise ValueError(f"{target.size} targets for {fit.n_devices} fitted devices")
-    programmed = target > 0
-    far_us = limits.far_sigmas * model.sigma_prog_us(target)
-    far = np.abs(fit.g_t0_us - target) > far_us
-    conv = ~(far & fit.ok) if converged is None else np.asarray(converged, bool)
-    constant = np.abs(fit.nu) < limits.nu_constant_max
-    stuck = programmed & fit.ok & constant & (far | ~conv)
-    dead = (target > far_us) & (fit.status == FitStatus.NO_SIGNAL)
-    non_converged = programmed & ~conv
-    usable = programmed & fit.ok & conv & ~stuck
-
+    targets = np.asarray(target_g_us)
+    if targets.shape != fit.nu.shape:
+        raise ValueError(f"{targets.size} targets for {fit.n_devices} fitted devices")
+    if (t_s is None) == (model_read_noise_rel is None):
+        raise ValueError("give either the readout ages t_s or the predicted model_read_noise_rel")
+    rel_noise_model = (
+        model_relative_read_noise(fit, np.asarray(t_s), model)
+        if t_s is not None
+        else np.asarray(model_read_noise_rel)
+    )
+    converged_all = None if converged is None else np.asarray(converged, bool)
     n_bins = round(model.g_max_us / bin_width_us)
-    bin_of = np.minimum((target / bin_width_us).astype(np.int64), n_bins - 1)
-    rel_noise_model = _model_relative_read_noise(fit, np.asarray(t_s), model)
+    sums = [_BinSums() for _ in range(n_bins)]
+    found: dict[str, list[npt.NDArray[np.intp]]] = {"stuck": [], "dead": [], "non_converged": []}
+    n_reset = 0
+    # Pass 1, chunk by chunk: each device's class, and the bins' sums over the usable ones.
+    for chunk in _chunks(fit.n_devices):
+        target = np.asarray(targets[chunk], np.float64)
+        ok, nu = fit.ok[chunk], np.asarray(fit.nu[chunk], np.float64)
+        programmed = target > 0
+        far_us = limits.far_sigmas * model.sigma_prog_us(target)
+        far = np.abs(fit.g_t0_us[chunk] - target) > far_us
+        conv = ~(far & ok) if converged_all is None else converged_all[chunk]
+        stuck = programmed & ok & (np.abs(nu) < limits.nu_constant_max) & (far | ~conv)
+        dead = (target > far_us) & (fit.status[chunk] == FitStatus.NO_SIGNAL)
+        non_converged = programmed & ~conv
+        usable = programmed & ok & conv & ~stuck
+        bin_of = _bin_of(target, bin_width_us, n_bins)
+        for b, bin_sums in enumerate(sums):
+            in_bin = programmed & (bin_of == b)
+            bin_sums.n_devices += int(in_bin.sum())
+            bin_sums.add(fit, chunk, in_bin & usable, target, rel_noise_model[chunk], model)
+        for kind, mask in (("stuck", stuck), ("dead", dead), ("non_converged", non_converged)):
+            found[kind].append(chunk.start + np.flatnonzero(mask))
+        n_reset += int((~programmed).sum())
     bins = []
-    fast = np.zeros(fit.n_devices, bool)
-    for b in range(n_bins):
-        in_bin = programmed & (bin_of == b)
-        used = in_bin & usable
-        stats = _bin_statistics(fit, target, used, rel_noise_model, model, correct_fit_error)
+    for b, bin_sums in enumerate(sums):
         lo_us, hi_us = b * bin_width_us, (b + 1) * bin_width_us
-        bins.append(BinStatistics(lo_us, hi_us, int(in_bin.sum()), int(used.sum()), **stats))
-        spread = np.sqrt(stats["nu_sigma"] ** 2 + fit.nu_stderr**2)
-        fast |= in_bin & fit.ok & (fit.nu > stats["nu_mean"] + limits.fast_sigmas * spread)
-    fast |= programmed & fit.ok & (fit.nu - limits.fast_sigmas * fit.nu_stderr > limits.nu_fast_abs)
+        bins.append(BinStatistics(lo_us, hi_us, bin_sums.n_devices, bin_sums.n_used,
+                                  **bin_sums.statistics(correct_fit_error)))  # fmt: skip
+    # Pass 2: fast drifters, against their bin's μ_ν and σ_ν (NaN where a bin has none: never fast).
+    nu_mean = np.array([b.nu_mean for b in bins], np.float64)
+    nu_sigma = np.array([b.nu_sigma for b in bins], np.float64)
+    fast = []
+    for chunk in _chunks(fit.n_devices):
+        target = np.asarray(targets[chunk], np.float64)
+        nu, nu_stderr = np.asarray(fit.nu[chunk], np.float64), np.asarray(fit.nu_stderr[chunk], np.float64)
+        bin_of = _bin_of(target, bin_width_us, n_bins)
+        spread = np.sqrt(nu_sigma[bin_of] ** 2 + nu_stderr**2)
+        with np.errstate(invalid="ignore"):
+            above_bin = nu > nu_mean[bin_of] + limits.fast_sigmas * spread
+            above_limit = nu - limits.fast_sigmas * nu_stderr > limits.nu_fast_abs
+        fast.append(chunk.start + np.flatnonzero((target > 0) & fit.ok[chunk] & (above_bin | above_limit)))
     return ChipStatistics(
         t0_s=fit.t0_s,
         g_max_us=model.g_max_us,
         bin_width_us=bin_width_us,
         fit_error_corrected=correct_fit_error,
         n_devices=fit.n_devices,
-        n_reset_targets=int((~programmed).sum()),
+        n_reset_targets=n_reset,
         bins=bins,
-        outliers=Outliers(_indices(stuck), _indices(dead), _indices(fast), _indices(non_converged)),
+        outliers=Outliers(
+            stuck=_indices(found["stuck"]),
+            dead=_indices(found["dead"]),
+            fast_drifters=_indices(fast),
+            non_converged=_indices(found["non_converged"]),
+        ),
     )
 
 
-def _bin_statistics(
-    fit: DriftFit,
-    target: np.ndarray,
-    used: np.ndarray,
-    rel_noise_model: np.ndarray,
-    model: PCMModel,
-    correct_fit_error: bool,
-) -> dict[str, float]:
-    if not used.any():
-        return dict.fromkeys((f.name for f in fields(BinStatistics) if f.name not in _BIN_IDENTITY), math.nan)
-    g_t = target[used]
-    log_x = np.log(g_t / model.g_max_us)
-    error = fit.g_t0_us[used] - g_t
-    nu = fit.nu[used]
-    prog_var, nu_var = float(np.var(error)), float(np.var(nu))
-    if correct_fit_error:
-        prog_var -= float(np.mean(fit.g_t0_stderr_us[used] ** 2))
-        nu_var -= float(np.mean(fit.nu_stderr[used] ** 2))
-    folded_mean, folded_var = _folded_normal_moments(model.drift_mu(g_t), model.drift_sigma(g_t))
-    return {
-        "target_mean_us": float(g_t.mean()),
-        "mean_log_x": float(log_x.mean()),
-        "var_log_x": float(log_x.var()),
-        "prog_bias_us": float(error.mean()),
-        "prog_sigma_us": _unresolved_if_negative(prog_var),
-        "model_prog_sigma_us": _rms(model.sigma_prog_us(g_t)),
-        "nu_mean": float(nu.mean()),
-        "nu_sigma": _unresolved_if_negative(nu_var),
-        "model_nu_mean": float(folded_mean.mean()),
-        "model_nu_sigma": math.sqrt(float(folded_var.mean() + folded_mean.var())),
-        "read_noise_rel": _rms(fit.residual_std[used]),
-        "model_read_noise_rel": _rms(rel_noise_model[used]),
-    }
+def _chunks(n_devices: int) -> Iterator[slice]:
+    for start in range(0, n_devices, _STATISTICS_CHUNK_DEVICES):
+        yield slice(start, min(start + _STATISTICS_CHUNK_DEVICES, n_devices))
+
+
+def _bin_of(target: npt.NDArray[np.float64], bin_width_us: float, n_bins: int) -> npt.NDArray[np.int64]:
+    return np.minimum((target / bin_width_us).astype(np.int64), n_bins - 1)
+
+
+class _Moments:
+    """Count, mean and sum of squared deviations of a quantity, merged chunk by chunk
+    (Chan et al.): M2 = M2_a + M2_b + δ²·n_a·n_b/n with δ = mean_b − mean_a."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+
+    def add(self, values: npt.NDArray[np.float64]) -> None:
+        n_b = values.size
+        if n_b == 0:
+            return
+        mean_b = float(values.mean())
+        m2_b = float(np.square(values - mean_b).sum())
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.m2 += m2_b + delta * delta * self.n * n_b / n
+        self.mean += delta * n_b / n
+        self.n = n
+
+    @property
+    def var(self) -> float:
+        """Population variance, as `np.var`."""
+        return self.m2 / self.n
+
+
+class _BinSums:
+    """What one target bin's `BinStatistics` needs, summed over its usable devices chunk by chunk."""
+
+    QUANTITIES = ("g_t", "log_x", "error", "nu", "g_t0_fit_var", "nu_fit_var", "model_prog_var",
+                  "folded_mean", "folded_var", "read_noise_sq", "model_read_noise_sq")  # fmt: skip
+
+    def __init__(self) -> None:
+        self.n_devices = 0  # non-zero targets in the bin
+        self.moments = {name: _Moments() for name in self.QUANTITIES}
+
+    @property
+    def n_used(self) -> int:
+        return self.moments["g_t"].n
+
+    def add(
+        self, fit: DriftFit, chunk: slice, used: npt.NDArray[np.bool_], target: npt.NDArray[np.float64],
+        rel_noise_model: npt.NDArray[np.floating], model: PCMModel,
+    ) -> None:  # fmt: skip
+        if not used.any():
+            return
+        g_t = target[used]
+
+        def of(values: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+            return np.asarray(values[chunk][used], np.float64)
+
+        folded_mean, folded_var = _folded_normal_moments(model.drift_mu(g_t), model.drift_sigma(g_t))
+        values = {
+            "g_t": g_t,
+            "log_x": np.log(g_t / model.g_max_us),
+            "error": of(fit.g_t0_us) - g_t,
+            "nu": of(fit.nu),
+            "g_t0_fit_var": of(fit.g_t0_stderr_us) ** 2,
+            "nu_fit_var": of(fit.nu_stderr) ** 2,
+            "model_prog_var": model.sigma_prog_us(g_t) ** 2,
+            "folded_mean": folded_mean,
+            "folded_var": folded_var,
+            "read_noise_sq": of(fit.residual_std) ** 2,
+            "model_read_noise_sq": np.asarray(rel_noise_model[used], np.float64) ** 2,
+        }
+        for name, moments in self.moments.items():
+            moments.add(values[name])
+
+    def statistics(self, correct_fit_error: bool) -> dict[str, float]:
+        if self.n_used == 0:
+            measured = (f.name for f in fields(BinStatistics) if f.name not in _BIN_IDENTITY)
+            return dict.fromkeys(measured, math.nan)
+        m = self.moments
+        prog_var, nu_var = m["error"].var, m["nu"].var
+        if correct_fit_error:
+            prog_var -= m["g_t0_fit_var"].mean
+            nu_var -= m["nu_fit_var"].mean
+        return {
+            "target_mean_us": m["g_t"].mean,
+            "mean_log_x": m["log_x"].mean,
+            "var_log_x": m["log_x"].var,
+            "prog_bias_us": m["error"].mean,
+            "prog_sigma_us": _unresolved_if_negative(prog_var),
+            "model_prog_sigma_us": math.sqrt(m["model_prog_var"].mean),
+            "nu_mean": m["nu"].mean,
+            "nu_sigma": _unresolved_if_negative(nu_var),
+            "model_nu_mean": m["folded_mean"].mean,
+            "model_nu_sigma": math.sqrt(m["folded_var"].mean + m["folded_mean"].var),
+            "read_noise_rel": math.sqrt(m["read_noise_sq"].mean),
+            "model_read_noise_rel": math.sqrt(m["model_read_noise_sq"].mean),
+        }
 
 
 def _unresolved_if_negative(variance: float) -> float:
@@ -198,7 +304,7 @@ def _unresolved_if_negative(variance: float) -> float:
     return math.sqrt(variance) if variance > 0 else math.nan
 
 
-def _model_relative_read_noise(fit: DriftFit, t_s: np.ndarray, model: PCMModel) -> np.ndarray:
+def model_relative_read_noise(fit: FittedLines, t_s: np.ndarray, model: PCMModel) -> npt.NDArray[np.float64]:
     """RMS over a device's reads of the §4 law σ_read/G = Q_s(G(t))·sqrt(ln((t+t_read)/2t_read)).
 
     G(t) is the device's own fitted line, so this isolates the read-noise law from the
@@ -223,12 +329,9 @@ def _folded_normal_moments(mu: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarra
     return mean, mu**2 + sigma**2 - mean**2
 
 
-def _rms(values: np.ndarray) -> float:
-    return math.sqrt(float(np.mean(np.square(values))))
-
-
-def _indices(mask: np.ndarray) -> list[int]:
-    return [int(i) for i in np.flatnonzero(mask)]
+def _indices(parts: list[npt.NDArray[np.intp]]) -> list[int]:
+    """Device indices found chunk by chunk, as one ascending list of plain ints."""
+    return [int(i) for part in parts for i in part]
 
 
 def _nan_for_none(values: Mapping[str, Any]) -> dict[str, Any]:

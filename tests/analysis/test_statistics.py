@@ -76,3 +76,17 @@ def test_statistics_survive_the_json_round_trip_a_stored_fit_makes(default_chip:
     assert rebuilt.outliers == stats.outliers and len(rebuilt.bins) == len(stats.bins)
     unresolved = type(stats).from_dict({**stored, "bins": [{**stored["bins"][0], "nu_sigma": None}]})
     assert np.isnan(unresolved.bins[0].nu_sigma)
+
+
+def test_statistics_gathered_chunk_by_chunk_are_those_of_the_whole_chip(
+    default_chip: FittedChip, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bin moments merge exactly across chunks, so a chip of any size is described the same way."""
+    args = (default_chip.fit, default_chip.target_g_us, default_chip.readouts.t_s)
+    whole = chip_statistics(*args)
+    monkeypatch.setattr("hwctl.analysis.statistics._STATISTICS_CHUNK_DEVICES", 1_234)
+    chunked = chip_statistics(*args)
+    assert chunked.outliers == whole.outliers
+    for got, want in zip(chunked.bins, whole.bins, strict=True):
+        for name, value in vars(want).items():
+            assert getattr(got, name) == pytest.approx(value, rel=1e-12, nan_ok=True), name
