@@ -6,12 +6,13 @@ so a service never writes rows a newer or older schema would misread.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
@@ -25,6 +26,7 @@ from api.routers import (
     evaluations,
     experiments,
     fits,
+    health,
     inferences,
     jobs,
     networks,
@@ -38,7 +40,7 @@ from hwctl.queue import JobStateError
 from hwctl.settings import Settings
 from hwctl.station import StationError
 from hwctl.store import experiments as store_experiments
-from hwctl.store.engine import make_engine
+from hwctl.store.engine import make_engine, unavailable_reason
 from hwctl.store.errors import CorruptVectorError, DatabaseUnavailableError, NotFoundError, StoreError
 from hwctl.store.experiments import ExperimentStateError
 from hwctl.store.migrate import ensure_migrated
@@ -48,12 +50,24 @@ DOMAIN_STATUSES: dict[type[Exception], int] = {
     NotFoundError: 404,
     JobStateError: 409,
     ExperimentStateError: 409,
-    DatabaseUnavailableError: 503,  # the request may succeed once the database is back
     StationError: 422,
     MappingError: 422,
     UnknownModelError: 422,
     CorruptVectorError: 500,  # stored data failed its checksum: the server's problem, not the request's
     StoreError: 422,  # e.g. a device index outside the run, a run that has not finished
+}
+
+
+def _database_down(exc: Exception) -> str:
+    reason = unavailable_reason(exc) if isinstance(exc, DBAPIError) else str(exc)
+    return f"the database is unavailable ({reason}); retry shortly"
+
+
+# The database is down or restarting: the same request may succeed in a moment.
+UNAVAILABLE: dict[type[Exception], Callable[[Exception], str]] = {
+    DatabaseUnavailableError: _database_down,
+    OperationalError: _database_down,  # includes SQLite's "database is locked" past the busy timeout
+    InterfaceError: _database_down,
 }
 
 TAGS = [
@@ -64,6 +78,7 @@ TAGS = [
     {"name": "readouts", "description": "Per-device conductance vectors, as downloads."},
     {"name": "evaluations", "description": "Accuracy of each readout, per drift-compensation method."},
     {"name": "fits", "description": "Per-device drift fits and their per-bin statistics."},
+    {"name": "health", "description": "The database, each station's worker and board link, for probes."},
 ]
 
 
@@ -114,10 +129,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.writes = writes
-    install_problem_handlers(app, DOMAIN_STATUSES)
+    install_problem_handlers(app, DOMAIN_STATUSES, UNAVAILABLE)
     app.add_middleware(BodyLimit, limit_for=lambda scope: _body_limit(scope, settings))
     for module in (stations, networks, experiments, plots, jobs, readouts, evaluations, fits,
-                   datasets, inferences):  # fmt: skip
+                   datasets, inferences, health):  # fmt: skip
         app.include_router(module.router)
     app.include_router(dashboard.router)
     return app

@@ -10,7 +10,7 @@ status's phrase, so a client tells kinds of error apart the same way for every r
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -70,8 +70,16 @@ def _validation_detail(exc: RequestValidationError) -> tuple[str, list[dict[str,
     return "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors
 
 
-def install_problem_handlers(app: FastAPI, domain_statuses: Mapping[type[Exception], int]) -> None:
-    """Route every error through problem details; `domain_statuses` maps domain exceptions to codes."""
+RETRY_AFTER_S = 5
+
+
+def install_problem_handlers(
+    app: FastAPI, domain_statuses: Mapping[type[Exception], int],
+    unavailable: Mapping[type[Exception], Callable[[Exception], str]] | None = None,
+) -> None:
+    """Route every error through problem details; `domain_statuses` maps domain exceptions to
+    codes, `unavailable` the exceptions of a dependency that is down (the database) to how
+    each says why: those are 503 with a Retry-After, since the same request may then succeed."""
 
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -90,7 +98,17 @@ def install_problem_handlers(app: FastAPI, domain_statuses: Mapping[type[Excepti
     app.add_exception_handler(RequestValidationError, validation_error)
     for exc_type, status in domain_statuses.items():
         app.add_exception_handler(exc_type, _domain_handler(status))
+    for exc_type, reason in (unavailable or {}).items():
+        app.add_exception_handler(exc_type, _unavailable_handler(reason))
     app.add_exception_handler(Exception, unexpected_error)
+
+
+def _unavailable_handler(reason: Callable[[Exception], str]) -> Any:
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("answering 503: %s", reason(exc))
+        return problem_response(503, reason(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    return handle
 
 
 def _domain_handler(status: int) -> Any:

@@ -48,7 +48,8 @@ def network_out(row: Row[Any]) -> Network:
 def experiment_out(row: Row[Any]) -> Experiment:
     return Experiment(
         id=row.id, name=row.name, network_id=row.network_id, station=row.station, status=row.status,
-        spec=ExperimentSpec.model_validate(row.settings), created_at=row.created_at,
+        status_reason=row.status_reason, spec=ExperimentSpec.model_validate(row.settings),
+        created_at=row.created_at,
     )  # fmt: skip
 
 

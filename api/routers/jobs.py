@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Db, EngineDep, ReadAccess, SettingsDep, WriteAccess
@@ -21,6 +22,7 @@ from api.views import job_out, page_of, paging
 from hwctl import queue
 from hwctl.store import queries
 from hwctl.store.engine import connect
+from hwctl.store.errors import DatabaseUnavailableError
 from hwctl.vocabulary import TERMINAL_JOB_STATUSES, JobKind, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -77,7 +79,8 @@ async def job_events(
 
     A job may make no progress for a long time (a readback due in hours); a `: keep-alive`
     comment every `sse_keepalive_s` at most keeps proxies from closing the idle connection
-    and tells the client the stream is alive."""
+    and tells the client the stream is alive. While the database is unreachable the stream
+    waits for it instead of ending."""
     first = await run_in_threadpool(_read_job, engine, job_id)  # 404 before the stream starts
 
     async def events() -> AsyncIterator[str]:
@@ -96,6 +99,9 @@ async def job_events(
             await asyncio.sleep(min(settings.sse_poll_s, settings.sse_keepalive_s))
             if await request.is_disconnected():
                 return
-            job = await run_in_threadpool(_read_job, engine, job_id)
+            try:
+                job = await run_in_threadpool(_read_job, engine, job_id)
+            except (DatabaseUnavailableError, OperationalError, InterfaceError):
+                continue  # the database is restarting: the stream waits for it (and keeps alive)
 
     return StreamingResponse(events(), media_type=EVENT_STREAM, headers={"Cache-Control": "no-cache"})

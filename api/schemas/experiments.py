@@ -17,6 +17,9 @@ class Experiment(BaseModel):
     network_id: int
     station: str
     status: ExperimentStatus
+    status_reason: str | None = Field(
+        None, description="why the status is what it is, with the evidence (e.g. a board that lost its state)"
+    )
     spec: ExperimentSpec
     created_at: UtcDatetime
 
