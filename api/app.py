@@ -22,6 +22,7 @@ from api.body_limit import MAX_JSON_BODY_BYTES, MULTIPART_FRAMING_BYTES, BodyLim
 from api.deps import Writes
 from api.problems import install_problem_handlers
 from api.routers import (
+    aihwkit,
     datasets,
     evaluations,
     experiments,
@@ -95,9 +96,10 @@ def _warm_up(engine: Engine, writes: Writes) -> None:
 
 
 def _body_limit(scope: Scope, settings: Settings) -> int:
-    """The checkpoint upload takes a file; every other body is JSON."""
+    """Uploads (a checkpoint, a data set, an aihwkit CSV) take a file; every other body is JSON."""
     path = scope["path"].removeprefix(scope.get("root_path", ""))
-    if scope["method"] == "POST" and path in ("/networks", "/datasets"):
+    uploads = path in ("/networks", "/datasets") or path.endswith("/import/aihwkit-fusion.csv")
+    if scope["method"] == "POST" and uploads:
         return settings.max_upload_bytes + MULTIPART_FRAMING_BYTES
     return MAX_JSON_BODY_BYTES
 
@@ -132,7 +134,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_problem_handlers(app, DOMAIN_STATUSES, UNAVAILABLE)
     app.add_middleware(BodyLimit, limit_for=lambda scope: _body_limit(scope, settings))
     for module in (stations, networks, experiments, plots, jobs, readouts, evaluations, fits,
-                   datasets, inferences, health):  # fmt: skip
+                   datasets, inferences, health, aihwkit):  # fmt: skip
         app.include_router(module.router)
     app.include_router(dashboard.router)
     return app

@@ -212,3 +212,27 @@ def test_hwctl_infer_uploads_a_file_follows_the_job_and_prints_accuracy(
 
     assert main(["infer", "99999", "--dataset", "1", "--at", "now", *api]) == 2
     assert "experiment 99999 does not exist" in capsys.readouterr().err
+
+
+def test_targets_and_readouts_leave_as_aihwkit_fusion_csv_and_targets_come_back(live: Live) -> None:
+    base = f"/experiments/{live.experiment_id}"
+    targets_csv = live.client.get(f"{base}/export/aihwkit-fusion.csv")
+    assert targets_csv.status_code == 200 and targets_csv.headers["content-type"].startswith("text/csv")
+    lines = targets_csv.text.splitlines()
+    assert lines[1].split(",")[0] == "AnalogConv2d" and lines[5].split(",")[0] == "conv1"
+    at_readout = {"readout_id": live.readout_ids[0]}
+    readout_csv = live.client.get(f"{base}/export/aihwkit-fusion.csv", params=at_readout)
+    assert readout_csv.status_code == 200 and readout_csv.text.splitlines()[:6] == lines[:6]
+
+    files = {"file": ("targets.csv", targets_csv.content, "text/csv")}
+    imported = live.client.post(f"{base}/import/aihwkit-fusion.csv", files=files)
+    assert imported.status_code == 200, imported.text
+    targets = np.load(io.BytesIO(imported.content))
+    g_us = np.load(io.BytesIO(live.client.get(f"/readouts/{live.readout_ids[0]}/vector").content))
+    assert targets.shape == g_us.shape
+    programmed = targets > 1.0
+    assert np.median(np.abs(g_us[programmed] - targets[programmed])) < 2.0  # programmed to these, 25 s ago
+
+    bad = {"file": ("other.csv", "1,2\nAnalogLinear\n", "text/csv")}
+    problem(live.client.post(f"{base}/import/aihwkit-fusion.csv", files=bad), 422, "header line 1")
+    problem(live.client.get(f"{base}/export/aihwkit-fusion.csv", params={"readout_id": 99_999}), 404)

@@ -1,0 +1,1 @@
+"""Exchange formats with other tools (aihwkit)."""
