@@ -339,12 +339,18 @@ class Worker:
                 self._compute_wakeup.set()  # it may have queued an evaluation or the analysis
 
     def _heartbeat_if_due(self, station_id: int) -> None:
-        now = time.monotonic()
-        if now - self._alive_at >= self.options.worker_heartbeat_s:
+        if self._alive_due():
             self._write(
                 "recording the worker alive", lambda conn: station_link.worker_alive(conn, station_id)
             )
-            self._alive_at = now
+
+    def _alive_due(self) -> bool:
+        """Whether the station row's worker heartbeat is due (then it counts as written)."""
+        now = time.monotonic()
+        if now - self._alive_at < self.options.worker_heartbeat_s:
+            return False
+        self._alive_at = now
+        return True
 
     def _chip_wait(self, station: Station, station_id: int, now_s: float) -> None:
         """Sleep until the next job of either lane falls due; a virtual clock is moved there."""
@@ -413,9 +419,13 @@ class Worker:
         ) -> bool:  # fmt: skip
             now_s = lane.now_s()
 
+            alive = self._alive_due()  # a job may run for minutes between the lane's looks
+
             def commit(conn: Connection) -> bool:
                 if write is not None:
                     write(conn)
+                if alive:
+                    station_link.worker_alive(conn, station_id)
                 return queue.heartbeat_in(
                     conn, job.id, now_s, progress=progress, message=message, checkpoint=checkpoint
                 )

@@ -135,6 +135,7 @@ def test_a_link_cut_mid_readback_resumes_from_the_last_block_once_the_board_answ
 
     assert seen_down and seen_down[0][0] == "down" and seen_down[0][1] >= 1
     assert link_row(engine) == ("up", 0)
+    assert scalar(engine, select(stations.c.worker_heartbeat_at)) is not None
     assert job_statuses(engine, JOB_READBACK) == ["succeeded"] * POINTS
     assert_every_point_once(engine, campaign)
     with engine.connect() as conn:
