@@ -11,7 +11,8 @@ summary are stored in one write at the end; a job finding them stored completes 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,24 +50,30 @@ class _Loaded:
     spec: InferenceSpec
     network: ChipNetwork
     inputs: Inputs
-    g_t0_us: npt.NDArray[np.float32] | None
-    t0_readout_id: int | None
+    t0: store_readouts.Readout | None  # the run's first readout: GDC's reference
     stored_readout: store_readouts.Readout | None
     programmed_end_s: float
     done: bool
 
 
 def _load(ctx: JobContext, payload: InferPayload, conn: Connection) -> _Loaded:
+    """The inference row and what it runs on; what does not change between jobs (the
+    network bound to its run's device map, the inputs, the run's t0 readout and programming
+    end) is built once per worker lane."""
     record = store_inferences.get_inference(conn, payload.inference_id)
     spec = InferenceSpec.model_validate(record.settings)
-    experiment = load_spec(conn, payload.experiment_id)
-    checkpoint = load_network(conn, experiment.network_id)
 
     def network() -> ChipNetwork:
+        checkpoint = load_network(conn, load_spec(conn, payload.experiment_id).network_id)
         dataset = model_spec(checkpoint.arch).dataset
         calibration = adabs_calibration_set(dataset, spec.methods, spec.calibration_images)
         device_map = store_readouts.load_run_device_map(conn, payload.run_id)
         return ChipNetwork(checkpoint, device_map, calibration)
+
+    def run_t0() -> tuple[store_readouts.Readout | None, float]:
+        first = store_readouts.run_readouts(conn, payload.run_id)
+        t0 = store_readouts.load_readout(conn, first[0][0]) if first else None
+        return t0, store_inferences.run_programmed_end_s(conn, payload.run_id)
 
     calibration_key = spec.calibration_images if "adabs" in spec.methods else None
     chip_network = ctx.cached(("chip_network", payload.run_id, calibration_key), network)
@@ -74,15 +81,17 @@ def _load(ctx: JobContext, payload: InferPayload, conn: Connection) -> _Loaded:
     inputs = ctx.cached(
         ("inputs", record.dataset_id), lambda: load_inputs(conn, record.dataset_id, max_bytes)
     )
-    first = store_readouts.run_readouts(conn, payload.run_id)
-    t0_id = first[0][0] if first else None
-    stored = record.readout_id
+    key = ("run_t0", payload.run_id)
+    t0, programmed_end_s = ctx.cached(key, run_t0)
+    if t0 is None:  # the run had no readout when this was cached: look again
+        t0, programmed_end_s = ctx.cache[key] = run_t0()
+    stored = None
+    if record.readout_id is not None:
+        same = t0 is not None and t0.id == record.readout_id
+        stored = t0 if same else store_readouts.load_readout(conn, record.readout_id)
     return _Loaded(
-        spec=spec, network=chip_network, inputs=inputs,
-        g_t0_us=None if t0_id is None else store_readouts.load_readout(conn, t0_id).g_us, t0_readout_id=t0_id,
-        stored_readout=None if stored is None else store_readouts.load_readout(conn, stored),
-        programmed_end_s=store_inferences.run_programmed_end_s(conn, payload.run_id),
-        done=record.summary is not None,
+        spec=spec, network=chip_network, inputs=inputs, t0=t0, stored_readout=stored,
+        programmed_end_s=programmed_end_s, done=record.summary is not None,
     )  # fmt: skip
 
 
@@ -135,30 +144,54 @@ def _read_now(ctx: JobContext, payload: InferPayload, device_map: DeviceMap, pro
     return _Read(ctx.write("storing the fresh readout", store), g_us, first_s)
 
 
+class _Phases:
+    """Wall seconds per phase of the job, reported in its result (what a slow job spent)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def rounded(self) -> dict[str, float]:
+        return {f"{phase}_s": round(s, 4) for phase, s in self.seconds.items()}
+
+
 def handle(ctx: JobContext, payload: InferPayload) -> None:
-    got = ctx.read("loading the inference", lambda conn: _load(ctx, payload, conn))
+    phases = _Phases()
+    with phases("load"):
+        got = ctx.read("loading the inference", lambda conn: _load(ctx, payload, conn))
     if got.done:  # stored before a crash, job not yet marked done
         ctx.complete({"inference_id": payload.inference_id})
         return
     if got.stored_readout is not None:
         stored = got.stored_readout
         reads = [_Read(stored.id, stored.g_us, stored.board_time_s)]
-        outcomes = got.network.infer(got.inputs, stored.g_us, got.spec.settings(), _t0(got, stored.g_us),
-                                     _Progress(ctx))  # fmt: skip
+        with phases("infer"):
+            outcomes = got.network.infer(got.inputs, stored.g_us, got.spec.settings(), _t0(got, stored.g_us),
+                                         _Progress(ctx))  # fmt: skip
     else:
-        reads, outcomes = _infer_now(ctx, payload, got)
+        reads, outcomes = _infer_now(ctx, payload, got, phases)
     logits, summary = _summarise(got, reads, outcomes)
 
     def store(conn: Connection) -> None:
         store_inferences.store_results(conn, payload.inference_id, logits, summary, reads[0].readout_id)
 
-    ctx.write("storing the inference", store)
+    with phases("store"):
+        ctx.write("storing the inference", store)
     accuracy = {f"{r['method']}/{r['repeat']}": r.get("accuracy_pct") for r in summary["results"]}
     ctx.complete({"inference_id": payload.inference_id, "readout_ids": [r.readout_id for r in reads],
-                  "accuracy_pct": accuracy})  # fmt: skip
+                  "accuracy_pct": accuracy, **phases.rounded()})  # fmt: skip
 
 
-def _infer_now(ctx: JobContext, payload: InferPayload, got: _Loaded) -> tuple[list[_Read], list[Outcome]]:
+def _infer_now(
+    ctx: JobContext, payload: InferPayload, got: _Loaded, phases: _Phases
+) -> tuple[list[_Read], list[Outcome]]:
     """One fresh read per repeat, each run through the network; reads kept in the checkpoint."""
     spec = got.spec
     kept_ids = [int(i) for i in (ctx.checkpoint or {}).get("readout_ids", [])]
@@ -166,12 +199,13 @@ def _infer_now(ctx: JobContext, payload: InferPayload, got: _Loaded) -> tuple[li
     outcomes: list[Outcome] = []
     for repeat in range(spec.repeats):
         progress = _Progress(ctx, {"readout_ids": [r.readout_id for r in reads]})
-        if repeat < len(kept_ids):
-            kept = ctx.read("loading a fresh readout", _readout_loader(kept_ids[repeat]))
-            read = _Read(kept.id, kept.g_us, kept.board_time_s)
-        else:
-            device_map = got.network.evaluator.device_map
-            read = _read_now(ctx, payload, device_map, got.programmed_end_s, progress, repeat)
+        with phases("read"):
+            if repeat < len(kept_ids):
+                kept = ctx.read("loading a fresh readout", _readout_loader(kept_ids[repeat]))
+                read = _Read(kept.id, kept.g_us, kept.board_time_s)
+            else:
+                device_map = got.network.evaluator.device_map
+                read = _read_now(ctx, payload, device_map, got.programmed_end_s, progress, repeat)
         reads.append(read)
         ctx.safe_point(repeat / spec.repeats, f"fresh read {repeat + 1} stored",
                        {"readout_ids": [r.readout_id for r in reads]})  # fmt: skip
@@ -179,9 +213,10 @@ def _infer_now(ctx: JobContext, payload: InferPayload, got: _Loaded) -> tuple[li
         def scaled(fraction: float, message: str, at: int = repeat, tick: _Progress = progress) -> None:
             tick((at + fraction) / spec.repeats, message)
 
-        settings = spec.settings(repeats=1)
-        for o in got.network.infer(got.inputs, read.g_us, settings, _t0(got, read.g_us), scaled):
-            outcomes.append(Outcome(o.method, repeat, o.logits))
+        with phases("infer"):
+            settings = spec.settings(repeats=1)
+            for o in got.network.infer(got.inputs, read.g_us, settings, _t0(got, read.g_us), scaled):
+                outcomes.append(Outcome(o.method, repeat, o.logits))
     return reads, outcomes
 
 
@@ -191,7 +226,7 @@ def _readout_loader(readout_id: int) -> Callable[[Connection], store_readouts.Re
 
 def _t0(got: _Loaded, g_t_us: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """The GDC reference: the run's first stored readout, else (no readout yet) this one."""
-    return g_t_us if got.g_t0_us is None else got.g_t0_us
+    return g_t_us if got.t0 is None else got.t0.g_us
 
 
 def _summarise(
@@ -213,7 +248,8 @@ def _summarise(
         results.append(entry)
     summary = {
         "n_images": len(got.inputs), "n_classes": int(logits.shape[-1]), "labelled": labels is not None,
-        "methods": [str(m) for m in methods], "repeats": repeats, "t0_readout_id": got.t0_readout_id,
+        "methods": [str(m) for m in methods], "repeats": repeats,
+        "t0_readout_id": None if got.t0 is None else got.t0.id,
         "readouts": [{"readout_id": r.readout_id, "board_time_s": r.board_time_s,
                       "t_since_program_s": r.board_time_s - got.programmed_end_s} for r in reads],
         "results": results,
