@@ -40,13 +40,14 @@ from hwctl.analysis.plots import (
 )
 from hwctl.analysis.run_fit import RunFit, fit_run, stored_run_fit
 from hwctl.analysis.statistics import ChipStatistics
-from hwctl.analysis.stored import StoredExperiment, load_experiment, open_connection
+from hwctl.analysis.stored import NotReadyError, StoredExperiment, load_experiment, open_connection
 from hwctl.nn.data import DatasetMissingError, load_dataset
 from hwctl.nn.evaluation import ReadoutEvaluator, adabs_calibration_set
 from hwctl.program_verify import DeviceStatus
 from hwctl.store.errors import NotFoundError
 from hwctl.store.fits import FittedLines
 from hwctl.store.networks import load_network
+from hwctl.store.readouts import load_readout
 from hwctl.vocabulary import METHOD_LABELS, OUTLIERS_LISTED, CompensationMethod
 
 PLOT_NAMES = ("accuracy", "histograms", "programming_error", "drift", "heatmap")
@@ -61,21 +62,25 @@ class UnknownPlotError(NotFoundError):
 class ExperimentAnalysis:
     """A stored experiment with its drift fit, statistics and (optionally) forecast.
 
-    `stored_fit` is the analyze job's fit when it covers every readout; without it the
-    fit of the readouts so far is computed on first use and labelled provisional.
+    `drift_fit` is the analyze job's fit when it covers every readout; without it the fit
+    of the readouts so far, computed (streamed from the store) when the experiment is
+    loaded and labelled provisional; None before the first readout.
     `base_model` is the device model the plots draw beside the measurements, the one
     the statistics compare with.
     """
 
     stored: StoredExperiment
-    stored_fit: RunFit | None = None
+    drift_fit: RunFit | None = None
     forecast: list[AccuracyRecord] = field(default_factory=list)
     forecast_note: str = "forecast not requested"
     base_model: PCMModel = field(default_factory=PCMModel)
 
-    @cached_property
+    @property
     def run_fit(self) -> RunFit:
-        return self.stored_fit or fit_run(self.stored)
+        if self.drift_fit is None:
+            self.stored.require_readouts()  # raises: no readouts yet
+            raise NotReadyError(f"experiment {self.stored.experiment_id} has no drift fit")
+        return self.drift_fit
 
     @property
     def fit(self) -> FittedLines:
@@ -105,7 +110,10 @@ def analyze_experiment(
     """Load the experiment and, if asked and possible, forecast its accuracy (`hwctl.analysis.forecast`)."""
     with open_connection(db) as conn:
         stored = load_experiment(conn, experiment_id)
-        analysis = ExperimentAnalysis(stored, stored_run_fit(conn, stored))
+        run_fit = stored_run_fit(conn, stored)
+        if run_fit is None and stored.readouts:
+            run_fit = fit_run(conn, stored)
+        analysis = ExperimentAnalysis(stored, run_fit)
         if forecast:
             _add_forecast(analysis, conn, seed)
     return analysis
@@ -173,7 +181,7 @@ def _add_forecast(analysis: ExperimentAnalysis, conn: Connection, seed: int) -> 
         analysis.fit,
         methods=spec.methods,
         model=model,
-        g_reference_us=stored.readouts[0].g_us,
+        g_reference_us=load_readout(conn, stored.readouts[0].id).g_us,
         seed=seed,
     )
     analysis.forecast_note = (
@@ -204,11 +212,11 @@ def _accuracy(a: ExperimentAnalysis) -> Figure:
 
 def _histograms(a: ExperimentAnalysis) -> Figure:
     a.stored.require_readouts()
-    readouts = a.stored.readouts
+    readouts, samples = a.stored.readouts, a.stored.g_samples_us  # whole, or blocks spread over the chip
     picks = np.unique(np.round(np.linspace(0, len(readouts) - 1, min(len(readouts), HISTOGRAM_READOUTS))))
     end_s = a.stored.programmed_end_s
     return conductance_histograms_figure(
-        [(horizon_label(readouts[i].board_time_s - end_s), readouts[i].g_us) for i in picks.astype(int)]
+        [(horizon_label(readouts[i].board_time_s - end_s), samples[i]) for i in picks.astype(int)]
     )
 
 

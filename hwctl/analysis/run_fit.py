@@ -6,23 +6,46 @@ dashboard read that stored fit (`stored_run_fit`) instead of fitting again. Befo
 job has run (a report in the middle of a campaign), the same `fit_run` gives the fit of
 the readouts so far, and callers label it provisional: it is the fit the job would store
 from those readouts, never a differently computed one.
+
+The fit walks the devices in ranges (`fit_ranges`): each range brings its conductances
+and ages from every readout, is fitted, and leaves only its per-device results (float32).
+Memory is one range of every readout plus ~40 bytes a device, not the readouts: a
+43.6 M-device chip read 20 times never holds its 3.5 GB of readouts or 7 GB of ages.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy import Connection
 
-from hwctl.analysis.drift import fit_drift
-from hwctl.analysis.statistics import ChipStatistics, chip_statistics
+from drivers.pcm_model import PCMModel
+from hwctl.analysis.drift import DEFAULT_T0_S, DriftFit, fit_drift
+from hwctl.analysis.statistics import ChipStatistics, chip_statistics, model_relative_read_noise
 from hwctl.analysis.stored import StoredExperiment
 from hwctl.program_verify import DeviceStatus
 from hwctl.store.errors import NotFoundError
 from hwctl.store.fits import FittedLines, latest_device_fit, save_device_fit
+from hwctl.store.readouts import iter_readout_ranges
 
 # A drift line per device needs three points to have a residual.
 MIN_READOUTS_TO_FIT = 3
+# Devices per range: 20 readouts × 1 Mi devices × (4 B of G + 8 B of age) ≈ 250 MB in flight.
+RANGE_DEVICES = 1 << 20
+# The per-device results a range leaves behind, kept as float32 (the stored fit is float32).
+_FLOAT_FIELDS = ("nu", "g_t0_us", "r_squared", "residual_std", "nu_stderr", "g_t0_stderr_us")
+
+
+@dataclass(frozen=True)
+class ReadoutRange:
+    """Devices `first_device`… of every readout of a run: conductances and each device's age."""
+
+    first_device: int
+    g_us: npt.NDArray[np.float32]  # (n_readouts, n)
+    ages_s: npt.NDArray[np.floating]  # (n_readouts, n): time since that device was programmed
 
 
 @dataclass(frozen=True)
@@ -45,17 +68,63 @@ class RunFit:
         )
 
 
-def fit_run(stored: StoredExperiment) -> RunFit:
-    """Fit every device of the run from all its readouts, each device aged from its own programming.
+def fit_run(conn: Connection, stored: StoredExperiment, range_devices: int = RANGE_DEVICES) -> RunFit:
+    """Fit every device of the run from all its readouts, streamed from the store range by
+    range, each device aged from its own programming.
 
     Devices program-and-verify did not converge count as non-converged in the statistics.
     """
     device_map, programming = stored.require_readouts()
-    ages_s = stored.device_ages_s()
-    fit = fit_drift(stored.readout_matrix_us(), ages_s, min_points=MIN_READOUTS_TO_FIT)
     converged = programming.status == DeviceStatus.CONVERGED
-    statistics = chip_statistics(fit, device_map.target_g_us, ages_s, converged=converged)
-    return RunFit(fit, statistics, len(stored.readouts))
+    ranges = _stored_ranges(conn, stored, range_devices)
+    return fit_ranges(ranges, device_map.target_g_us, len(stored.readouts), converged)
+
+
+def fit_ranges(
+    ranges: Iterable[ReadoutRange],
+    target_g_us: npt.NDArray[np.floating],
+    n_readouts: int,
+    converged: npt.NDArray[np.bool_],
+    model: PCMModel | None = None,
+) -> RunFit:
+    """The run's fit from its readouts given range by range, in device order, covering
+    every device of `target_g_us` once; each range is fitted (`fit_drift`) and predicted
+    (`model_relative_read_noise`) as the whole chip would be, then dropped."""
+    model = model or PCMModel()
+    n_devices = target_g_us.size
+    kept = {name: np.empty(n_devices, np.float32) for name in (*_FLOAT_FIELDS, "model_read_noise_rel")}
+    n_points = np.empty(n_devices, np.int32)
+    status = np.empty(n_devices, np.int8)
+    reached = 0
+    for part in ranges:
+        if part.first_device != reached or part.g_us.shape[0] != n_readouts:
+            raise ValueError(
+                f"range at device {part.first_device} with {part.g_us.shape[0]} readouts does not "
+                f"follow device {reached} of {n_readouts} readouts"
+            )
+        fitted = fit_drift(part.g_us, part.ages_s, min_points=MIN_READOUTS_TO_FIT)
+        devices = slice(reached, reached + fitted.n_devices)
+        for name in _FLOAT_FIELDS:
+            kept[name][devices] = getattr(fitted, name)
+        kept["model_read_noise_rel"][devices] = model_relative_read_noise(fitted, part.ages_s, model)
+        n_points[devices], status[devices] = fitted.n_points, fitted.status
+        reached = devices.stop
+    if reached != n_devices:
+        raise ValueError(f"the ranges cover {reached} devices of {n_devices}")
+    predicted = kept.pop("model_read_noise_rel")
+    fit = DriftFit(t0_s=DEFAULT_T0_S, status=status, n_points=n_points, **kept)
+    statistics = chip_statistics(fit, target_g_us, None, model, converged, model_read_noise_rel=predicted)
+    return RunFit(fit, statistics, n_readouts)
+
+
+def _stored_ranges(conn: Connection, stored: StoredExperiment, range_devices: int) -> Iterator[ReadoutRange]:
+    """Every readout walked in step, `range_devices` at a time (one range of each in memory)."""
+    _, programming = stored.require_readouts()
+    n_devices = programming.programmed_s.size
+    walks = [iter_readout_ranges(conn, r.id, range_devices) for r in stored.readouts]
+    for start in range(0, n_devices, range_devices):
+        stop = min(start + range_devices, n_devices)
+        yield ReadoutRange(start, np.stack([next(walk) for walk in walks]), stored.device_ages_s(start, stop))
 
 
 def save_run_fit(conn: Connection, run_id: int, run_fit: RunFit) -> int:

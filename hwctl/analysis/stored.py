@@ -1,9 +1,11 @@
-"""One experiment as the store holds it, loaded whole for analysis and reports.
+"""One experiment as the store holds it, for analysis and reports.
 
-Reads what the station worker wrote (`hwctl.campaign`): the experiment and its
+Reads what the station worker wrote (`hwctl.jobs`): the experiment and its
 specification, the network, the station's chip geometry, the latest finished
-programming run with its device map, every readout of that run, and the accuracy
-evaluations of those readouts. Times are seconds since programming on the station
+programming run with its device map, every readout of that run without its vector
+(readers stream those from the store: `hwctl.store.readouts.iter_readout_ranges`), a
+sample of each readout's conductances for histograms (`HISTOGRAM_SAMPLE_DEVICES`), and
+the accuracy evaluations of those readouts. Times are seconds since programming on the station
 clock: each device's own age (its block's read time − `programmed_s[device]`) for drift
 fits, and the readout's mean device read time since the end of programming for accuracy
 points. On an accelerated clock one readout spans hours of board time, so its first
@@ -28,11 +30,12 @@ from hwctl.mapping import DeviceMap
 from hwctl.store.errors import NotFoundError
 from hwctl.store.readouts import (
     ProgrammingResult,
-    Readout,
-    device_read_times_s,
+    ReadoutInfo,
+    list_readouts,
     load_programming_result,
-    load_readout,
-    run_readouts,
+    read_block_starts,
+    read_times_in_range,
+    readout_sample_us,
 )
 from hwctl.store.schema import (
     evaluations,
@@ -44,6 +47,10 @@ from hwctl.store.schema import (
     stations,
 )
 from hwctl.vocabulary import CompensationMethod
+
+# Up to this many devices of each readout are loaded for histograms: every device of a
+# chip this size or smaller, else whole stored blocks spread evenly over the chip.
+HISTOGRAM_SAMPLE_DEVICES = 1 << 20
 
 
 class NotReadyError(NotFoundError):
@@ -66,8 +73,9 @@ class StoredExperiment:
     run_id: int | None
     device_map: DeviceMap | None
     programming: ProgrammingResult | None
-    readouts: list[Readout]
-    read_times_s: list[npt.NDArray[np.float64]]  # per readout: each device's read time (board s)
+    readouts: list[ReadoutInfo]  # without their vectors
+    g_samples_us: list[npt.NDArray[np.float32]]  # per readout: ≤ HISTOGRAM_SAMPLE_DEVICES conductances
+    block_starts: list[list[tuple[int, float]]]  # per readout: (first device, board s) of each read block
     measured: list[AccuracyRecord]  # kind="measured", ordered by time then method
 
     @property
@@ -86,14 +94,15 @@ class StoredExperiment:
             )
         return self.device_map, self.programming
 
-    def readout_matrix_us(self) -> npt.NDArray[np.float32]:
-        """Conductances (n_readouts, n_devices) in schedule order."""
-        return np.stack([r.g_us for r in self.readouts])
-
-    def device_ages_s(self) -> npt.NDArray[np.float64]:
-        """Each device's time since its own programming at each readout, (n_readouts, n_devices)."""
+    def device_ages_s(self, start: int = 0, stop: int | None = None) -> npt.NDArray[np.float64]:
+        """Each device's time since its own programming at each readout, (n_readouts, n_devices),
+        for devices `start`…`stop` − 1 (default: all; 8 bytes a device per readout)."""
         _, programming = self.require_readouts()
-        return np.stack([read_s - programming.programmed_s for read_s in self.read_times_s])
+        stop = programming.programmed_s.size if stop is None else stop
+        programmed_s = programming.programmed_s[start:stop]
+        return np.stack(
+            [read_times_in_range(starts, start, stop) - programmed_s for starts in self.block_starts]
+        )
 
 
 @contextmanager
@@ -137,9 +146,12 @@ def load_experiment(db: Engine | Connection, experiment_id: int) -> StoredExperi
         run_id = None if run is None else int(run.id)
         device_map = None if run is None else DeviceMap.from_bytes(run.device_map)
         programming = None if run_id is None else load_programming_result(conn, run_id)
-        stored = [] if run_id is None else [load_readout(conn, rid) for rid, _ in run_readouts(conn, run_id)]
-        read_times_s = [device_read_times_s(conn, r.id) for r in stored]
-        mean_read_s = {r.id: float(t_s.mean()) for r, t_s in zip(stored, read_times_s, strict=True)}
+        stored = [] if run_id is None else list_readouts(conn, run_id)
+        block_starts = [read_block_starts(conn, r.id)[0] for r in stored]
+        samples = [readout_sample_us(conn, r.id, HISTOGRAM_SAMPLE_DEVICES) for r in stored]
+        mean_read_s = {
+            r.id: _mean_read_s(starts, r.n_devices) for r, starts in zip(stored, block_starts, strict=True)
+        }
         measured = (
             []
             if programming is None
@@ -159,9 +171,17 @@ def load_experiment(db: Engine | Connection, experiment_id: int) -> StoredExperi
         device_map=device_map,
         programming=programming,
         readouts=stored,
-        read_times_s=read_times_s,
+        g_samples_us=samples,
+        block_starts=block_starts,
         measured=measured,
     )
+
+
+def _mean_read_s(starts: list[tuple[int, float]], n_devices: int) -> float:
+    """The mean over devices of their read time: each block's start weighted by its size."""
+    firsts = [first for first, _ in starts] + [n_devices]
+    sizes = np.diff(firsts)
+    return float(np.dot(sizes, [t_s for _, t_s in starts]) / max(n_devices, 1))
 
 
 def _measured(

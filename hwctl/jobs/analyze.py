@@ -34,7 +34,7 @@ def handle(ctx: JobContext, payload: AnalyzePayload) -> None:
         )
         ctx.complete({"n_readouts": n_readouts, "skipped": f"fewer than {MIN_READOUTS_TO_FIT} readouts"})
         return
-    run_fit = fit_run(stored)
+    run_fit = ctx.read("fitting the drift", lambda conn: fit_run(conn, stored))
 
     def store(conn: Connection) -> int:
         fit_id = save_run_fit(conn, payload.run_id, run_fit)

@@ -377,6 +377,28 @@ def _rechunk(blocks: Iterable[npt.NDArray[np.float32]], size: int) -> Iterator[n
         yield np.concatenate(pending)
 
 
+def readout_sample_us(conn: Connection, readout_id: int, max_devices: int) -> npt.NDArray[np.float32]:
+    """Up to `max_devices` conductances of a readout, for histograms: all of them when the
+    readout is that small, else whole stored blocks evenly spread over the chip (reading
+    only those blocks; a readout stored whole is strided)."""
+    info = readout_info(conn, readout_id)
+    if info.n_devices <= max_devices:
+        return load_readout(conn, readout_id).g_us
+    blocks = conn.execute(
+        select(readout_blocks.c.first_device, readout_blocks.c.g_len)
+        .where(readout_blocks.c.readout_id == readout_id)
+        .order_by(readout_blocks.c.first_device)
+    ).all()
+    if not blocks:  # stored whole before 0008
+        return load_readout(conn, readout_id).g_us[:: -(-info.n_devices // max_devices)].copy()
+    n_taken = max(1, min(len(blocks), max_devices // max(int(blocks[0].g_len), 1)))
+    picks = [blocks[int(k)] for k in np.unique(np.linspace(0, len(blocks) - 1, n_taken).round())]
+    parts = [
+        next(iter_readout_blocks(conn, readout_id, b.first_device, b.first_device + 1))[1] for b in picks
+    ]
+    return np.concatenate(parts)[:max_devices]
+
+
 def load_readout(conn: Connection, readout_id: int) -> Readout:
     """The readout with its conductances whole (memory: the vector plus one block),
     every block's length and checksum verified."""

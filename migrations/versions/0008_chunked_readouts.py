@@ -58,7 +58,9 @@ def downgrade() -> None:
     chunked = bind.execute(sa.select(readouts.c.id).where(readouts.c.g_blob.is_(None))).scalars().all()
     for readout_id in chunked:
         parts = bind.execute(
-            sa.select(blocks.c.g_blob).where(blocks.c.readout_id == readout_id).order_by(blocks.c.first_device)
+            sa.select(blocks.c.g_blob)
+            .where(blocks.c.readout_id == readout_id)
+            .order_by(blocks.c.first_device)
         ).scalars()
         blob = b"".join(parts)
         bind.execute(

@@ -158,7 +158,7 @@ def test_device_ages_follow_each_blocks_own_read_time_not_the_readouts_start(rep
     """On an accelerated clock the second half of a readout is read hours after the first."""
     with reported.engine.connect() as conn, conn.begin() as transaction:
         last = load_experiment(conn, reported.experiment_id).readouts[-1]
-        half, later_s = last.g_us.size // 2, last.board_time_s + 7200.0
+        half, later_s = last.n_devices // 2, last.board_time_s + 7200.0
         conn.execute(
             update(readouts)
             .where(readouts.c.id == last.id)
