@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "hwctl.commands.serve",
     "hwctl.commands.train",
     "hwctl.commands.evaluate",
+    "hwctl.commands.export",
     "hwctl.commands.worker",
     "hwctl.commands.report",
     "hwctl.commands.demo",

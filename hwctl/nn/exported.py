@@ -65,7 +65,8 @@ class ExportedProgramError(ValueError):
 
 @dataclass(frozen=True)
 class TensorRef:
-    """An argument that is another value of the graph, by its name there."""
+    """An argument that is another value of the graph, by its name there: a tensor, or a
+    size computed while running (a dynamic batch dimension)."""
 
     name: str
 
@@ -218,6 +219,10 @@ def _decode(arg: dict[str, Any]) -> Any:
         return [None if "as_none" in v else TensorRef(v["as_tensor"]["name"]) for v in value]
     if kind == "as_none":
         return None
+    if kind == "as_sym_int":
+        return _sym_int(value)
+    if kind == "as_sym_ints":
+        return [_sym_int(v) for v in value]
     plain = {"as_int": int, "as_float": float, "as_bool": bool, "as_string": str}
     if kind in plain and isinstance(value, plain[kind]):
         return value
@@ -225,6 +230,15 @@ def _decode(arg: dict[str, Any]) -> Any:
     if kind in lists and isinstance(value, list) and all(isinstance(v, lists[kind]) for v in value):
         return list(value)
     raise ExportedProgramError(f"arguments of kind {kind!r} are not supported")
+
+
+def _sym_int(value: dict[str, Any]) -> TensorRef | int:
+    """A size: a named value of the graph, or a number. Its symbolic expression is not read."""
+    if "as_name" in value:
+        return TensorRef(str(value["as_name"]))
+    if isinstance(value.get("as_int"), int):
+        return int(value["as_int"])
+    raise ExportedProgramError(f"a size of kind {sorted(value)} is not supported")
 
 
 def tensor_refs(node: GraphNode) -> Iterator[TensorRef]:

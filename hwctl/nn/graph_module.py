@@ -13,6 +13,7 @@ operator outside it is refused by name when the module is built, before any inpu
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -61,6 +62,12 @@ OPERATIONS: dict[str, Callable[..., Any]] = {
     "torch.ops.aten.log_softmax.int": aten.log_softmax.int,
     "torch.ops.aten.dropout.default": aten.dropout.default,
     "torch.ops.aten.clone.default": aten.clone.default,
+    # Sizes of a dynamic batch dimension, and integer arithmetic on them.
+    "torch.ops.aten.sym_size.int": aten.sym_size.int,
+    "_operator.mul": operator.mul,
+    "_operator.floordiv": operator.floordiv,
+    "_operator.add": operator.add,
+    "_operator.sub": operator.sub,
 }
 _CONV_MODULES: dict[int, type[nn.Module]] = {3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}
 _BATCH_NORM_MODULES: dict[int, type[nn.Module]] = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d,
