@@ -13,6 +13,7 @@ from api.pagination import Page, Paging
 from api.params import PathId
 from api.problems import problem_responses
 from api.schemas.networks import Network
+from api.uploads import read_bounded
 from api.views import network_out, page_of, paging
 from hwctl.nn.models import Checkpoint, load_checkpoint
 from hwctl.store import queries, records
@@ -51,10 +52,7 @@ def upload_network(
 ) -> Network:
     """Store a checkpoint. The request body was bounded while it arrived (api.body_limit),
     the file part is read up to the limit, and the archive sized before it is loaded."""
-    limit = settings.max_upload_bytes
-    data = file.file.read(limit + 1)  # sync handler: runs in the thread pool, not the event loop
-    if len(data) > limit:
-        raise HTTPException(413, f"the checkpoint is larger than this server accepts: at most {limit} bytes")
+    data = read_bounded(file, settings.max_upload_bytes, "checkpoint")
     filename = file.filename or "upload"
     checkpoint = _parse_checkpoint(data, filename, settings.max_upload_expanded_bytes)
     meta = json.loads(json.dumps(checkpoint.meta, default=str))  # JSON-safe whatever was recorded
