@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from tests.api.archives import checkpoint_bomb
-from tests.api.conftest import API_KEY, AUTH, api_settings, assert_problem, upload
+from tests.api.conftest import API_KEY, AUTH, api_settings, assert_problem, migrated_sqlite_url, upload
 
 GIB = 1 << 30
 UPLOAD_LIMIT = 4 << 20
@@ -59,9 +59,11 @@ def _peak_rss_bytes(pid: int) -> int:
     raise AssertionError("no VmHWM in /proc status")
 
 
-@pytest.fixture
-def api_process(db_url: str, tmp_path: Path) -> Iterator[tuple[str, int]]:
+@pytest.fixture(scope="module")
+def api_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """`hwctl serve --no-embedded` as deployed: its own process, so its memory is its own."""
+    tmp_path = tmp_path_factory.mktemp("api")
+    db_url = migrated_sqlite_url(tmp_path)
     port = _free_port()
     env = os.environ | {
         "HWCTL_DATABASE_URL": db_url, "HWCTL_API_KEYS": API_KEY, "HWCTL_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
@@ -116,7 +118,7 @@ def test_a_body_without_a_length_is_refused_once_past_the_limit_not_at_its_end(
         )
         part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.pt"\r\n\r\n'
         connection.sendall(f"{len(part):x}\r\n".encode() + part + b"\r\n")
-        chunk = b"x" * (1 << 16)
+        chunk = b"x" * (1 << 18)
         framed = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
         sent = 0
         connection.settimeout(0.05)
