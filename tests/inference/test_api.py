@@ -236,3 +236,16 @@ def test_targets_and_readouts_leave_as_aihwkit_fusion_csv_and_targets_come_back(
     bad = {"file": ("other.csv", "1,2\nAnalogLinear\n", "text/csv")}
     problem(live.client.post(f"{base}/import/aihwkit-fusion.csv", files=bad), 422, "header line 1")
     problem(live.client.get(f"{base}/export/aihwkit-fusion.csv", params={"readout_id": 99_999}), 404)
+
+
+def test_a_cancelled_inference_stops_and_has_no_results(live: Live) -> None:
+    body = {"dataset_id": DIGITS, "at": "now", "repeats": 50}
+    accepted = live.client.post(f"/experiments/{live.experiment_id}/inferences", json=body)
+    assert accepted.status_code == 202, accepted.text
+    cancelled = live.client.post(f"{accepted.headers['Location']}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    job = live.wait(accepted.json()["job"]["id"])
+    assert job["status"] == "cancelled", job
+    assert live.client.get(accepted.headers["Location"]).json()["summary"] is None
+    problem(live.client.get(f"{accepted.headers['Location']}/logits.npy"), 409, "no results yet")
+    problem(live.client.post(f"{accepted.headers['Location']}/cancel"), 409, "already cancelled")
