@@ -20,7 +20,7 @@ from hwctl.experiment_spec import DATASET_IMAGE_SHAPES, DatasetName, ExperimentR
 from hwctl.nn.models import UnknownModelError, model_spec
 from hwctl.schedule import duration_label
 from hwctl.store import experiments as store_experiments
-from hwctl.store import queries
+from hwctl.store import queries, records
 from hwctl.store.engine import connect
 from hwctl.vocabulary import ExperimentStatus
 
@@ -152,7 +152,7 @@ def _after_collision(
         if job is not None:
             return _with_experiment(db, job)
         if store_experiments.holds_busy_station(exc):
-            _refuse_if_busy(db, store_experiments.station_id(db, station))  # the 409 naming the holder
+            _refuse_if_busy(db, records.station_id(db, station))  # the 409 naming the holder
             raise HTTPException(409, f"station {station!r} was busy with another submission; retry")
         if idempotency_key is not None:
             raise HTTPException(409, "a concurrent submission with this Idempotency-Key failed; retry")

@@ -94,7 +94,6 @@ _NEXT_READBACK = (
 )  # fmt: skip
 _JOB_BY_KEY = select(jobs).where(jobs.c.idempotency_key == bindparam("key"))
 _EXPERIMENT_BY_ID = EXPERIMENT_WITH_STATION.where(experiments.c.id == bindparam("experiment_id"))
-_STATION_ID = select(stations.c.id).where(stations.c.name == bindparam("station"))
 
 
 def warm_up(conn: Connection) -> None:
@@ -115,13 +114,6 @@ def targets(conn: Connection, station: str, network_id: int) -> Targets:
         None if network_name is None else str(network_name),
         None if architecture is None else str(architecture),
     )
-
-
-def station_id(conn: Connection, station: str) -> int:
-    found = conn.execute(_STATION_ID, {"station": station}).scalar()
-    if found is None:
-        raise NotFoundError(f"station {station!r} does not exist")
-    return int(found)
 
 
 def station_holder(conn: Connection, station_id: int) -> StationHolder:
