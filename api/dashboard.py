@@ -22,7 +22,8 @@ from api.params import PathId
 from api.schemas.experiments import Experiment
 from api.schemas.jobs import Job
 from api.schemas.results import Evaluation
-from api.views import experiment_detail, experiment_out, job_out
+from api.schemas.stations import Station
+from api.views import experiment_detail, experiment_out, job_out, station_out
 from hwctl.report import PLOT_NAMES  # what /experiments/{id}/plots/ serves
 from hwctl.store import queries
 from hwctl.vocabulary import METHOD_LABELS, JobStatus
@@ -54,6 +55,7 @@ class StationQueue:
     name: str
     resource: str
     clock_kind: str
+    link: str  # up, down since when (attempts), or unknown
     queued: int
     running: Job | None
     next_due: Job | None
@@ -83,6 +85,14 @@ def _render(request: Request, template: str, **context: Any) -> HTMLResponse:
     return HTMLResponse(html)
 
 
+def link_label(station: Station) -> str:
+    """The board's link for people: up, down since 04:50:12 UTC (3 attempts), or unknown."""
+    link = station.link
+    if link.state == "down" and link.down_since is not None:
+        return f"down since {link.down_since:%Y-%m-%d %H:%M:%S} UTC ({link.attempts} attempts)"
+    return link.state or "unknown"
+
+
 def _job(row: Any) -> Job | None:
     return None if row is None else job_out(row)
 
@@ -91,7 +101,8 @@ def station_queues(db: Connection) -> list[StationQueue]:
     return [
         StationQueue(
             name=q.station.name, resource=q.station.resource, clock_kind=q.station.clock_kind,
-            queued=q.queued, running=_job(q.running), next_due=_job(q.next_due),
+            link=link_label(station_out(q.station)), queued=q.queued, running=_job(q.running),
+            next_due=_job(q.next_due),
         )
         for q in queries.station_queues(db)
     ]  # fmt: skip

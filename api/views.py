@@ -13,7 +13,7 @@ from api.schemas.experiments import Experiment, ExperimentDetail, ExperimentProg
 from api.schemas.jobs import Job
 from api.schemas.networks import Network
 from api.schemas.results import DriftFitSummary, Evaluation, OutlierDevices, Readout
-from api.schemas.stations import GeometryModel, Station
+from api.schemas.stations import GeometryModel, Station, StationLink
 from hwctl.experiment_spec import ExperimentSpec
 from hwctl.store import queries
 from hwctl.vocabulary import OUTLIERS_LISTED, TERMINAL_JOB_STATUSES
@@ -35,6 +35,10 @@ def station_out(row: Row[Any]) -> Station:
         id=row.id, name=row.name, resource=row.resource, chip_serial=row.chip_serial,
         geometry=GeometryModel(tiles=row.tiles, rows=row.rows, cols=row.cols),
         amplitude_limit_ua=row.amplitude_limit_ua, clock_kind=row.clock_kind, created_at=row.created_at,
+        link=StationLink(
+            state=row.link_state, down_since=row.link_down_since, attempts=row.link_attempts,
+            worker_heartbeat_at=row.worker_heartbeat_at,
+        ),
     )  # fmt: skip
 
 

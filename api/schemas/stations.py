@@ -31,7 +31,17 @@ class StationCreate(BaseModel):
     clock_kind: Literal["real", "accelerated", "virtual"] = "real"
 
 
+class StationLink(BaseModel):
+    """The board's link as the station's worker last recorded it."""
+
+    state: Literal["up", "down"] | None = Field(description="null until a worker first opened the board")
+    down_since: UtcDatetime | None
+    attempts: int = Field(description="attempts to re-open the link since it went down")
+    worker_heartbeat_at: UtcDatetime | None = Field(description="when the worker last said it was alive")
+
+
 class Station(StationCreate):
     model_config = ConfigDict(extra="forbid")
     id: int
     created_at: UtcDatetime
+    link: StationLink

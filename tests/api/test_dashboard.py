@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,12 @@ from api.server import BackgroundServer
 from drivers.base import Geometry
 from hwctl.embedded_chip import SimChipOptions, start_embedded_chip
 from hwctl.report import PLOT_NAMES
+from hwctl.store import station_link
 from hwctl.store.engine import make_engine
 from hwctl.store.records import add_experiment, add_network, add_station
 from hwctl.store.schema import evaluations, jobs, readouts
 from hwctl.worker import Worker, WorkerOptions
-from tests.api.conftest import API_KEY, api_settings, migrated_sqlite_url
+from tests.api.conftest import API_KEY, AUTH, api_settings, migrated_sqlite_url, station_body
 from tests.service.conftest import SMALL_CHIP, create_campaign
 from tests.service.test_campaign import run_until_idle
 
@@ -245,3 +247,22 @@ def test_experiment_page_renders_in_headless_chromium(finished: FinishedCampaign
     assert table_rows(dom, "accuracy") == expected_accuracy_rows(finished.url)
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert screenshot.stat().st_size > 20_000  # a rendered page with tables, not a blank canvas
+
+
+def test_the_api_and_the_overview_show_each_board_link(client: TestClient, db_url: str) -> None:
+    for name in ("bench-1", "bench-2", "bench-3"):
+        client.post("/stations", json=station_body(name), headers=AUTH)
+    ids = {s["name"]: s["id"] for s in client.get("/stations").json()["items"]}
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        station_link.link_up(conn, ids["bench-1"])
+        down_since = datetime(2026, 12, 1, 4, 50, 12, tzinfo=UTC)
+        station_link.link_down(conn, ids["bench-2"], since=down_since, attempts=3)
+    engine.dispose()
+    links = {s["name"]: s["link"] for s in client.get("/stations").json()["items"]}
+    assert {k: v for k, v in links["bench-2"].items() if k != "worker_heartbeat_at"} == {
+        "state": "down", "down_since": "2026-12-01T04:50:12Z", "attempts": 3,
+    }
+    assert (links["bench-1"]["state"], links["bench-3"]["state"]) == ("up", None)
+    rows = table_rows(client.get("/").text, "stations")[1:]
+    assert [row[-1] for row in rows] == ["up", "down since 2026-12-01 04:50:12 UTC (3 attempts)", "unknown"]
