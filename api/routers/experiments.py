@@ -185,3 +185,32 @@ async def cancel_experiment(experiment_id: PathId, writes: WritesDep) -> Experim
     stop at its next block, and the experiment is `cancelled` at once."""
     cancel = writes.group.submit(lambda db: store_experiments.cancel(db, experiment_id))
     return experiment_out(await asyncio.wrap_future(cancel))
+
+
+@router.post(
+    "/{experiment_id}/resume", response_model=Experiment, dependencies=[WriteAccess],
+    responses=problem_responses(401, 403, 404, 409),
+)  # fmt: skip
+async def resume_experiment(experiment_id: PathId, writes: WritesDep) -> Experiment:
+    """An experiment whose board lost its state (`board_state_lost`, the evidence in
+    `status_reason`) reads on, as the operator judged the board fit: readbacks from now are
+    not flagged; those taken while it waited stay flagged."""
+    resume = writes.group.submit(lambda db: store_experiments.resume(db, experiment_id))
+    return experiment_out(await asyncio.wrap_future(resume))
+
+
+@router.post(
+    "/{experiment_id}/reprogram", status_code=202, response_model=ExperimentAccepted,
+    dependencies=[WriteAccess], responses=problem_responses(401, 403, 404, 409),
+)  # fmt: skip
+async def reprogram_experiment(experiment_id: PathId, writes: WritesDep) -> ExperimentAccepted:
+    """An experiment whose board lost its state is programmed again from scratch: its
+    pending readbacks stop, a new program job is queued, and a new programming run with its
+    own readback schedule follows. The old run's readouts stay, flagged."""
+
+    def reprogram(db: Connection) -> tuple[Row[Any], Row[Any]]:
+        job = store_experiments.reprogram(db, experiment_id)
+        return store_experiments.experiment(db, experiment_id), job
+
+    experiment, job = await asyncio.wrap_future(writes.group.submit(reprogram))
+    return ExperimentAccepted(experiment=experiment_out(experiment), program_job=job_out(job))

@@ -173,16 +173,56 @@ def add_with_program_job(
 _OPEN_JOBS = (JobStatus.QUEUED, JobStatus.INTERRUPTED)
 
 
-def cancel(conn: Connection, experiment_id: int) -> Row[Any]:
-    """Free the station: waiting jobs cancelled, a running one asked to stop at its next
-    block, the experiment `cancelled`; returns the experiment row."""
-    found = experiment(conn, experiment_id)
-    if found.status not in ACTIVE_EXPERIMENT_STATUSES:
-        raise ExperimentStateError(f"experiment {experiment_id} is already {found.status}; nothing to cancel")
+def _stop_jobs(conn: Connection, experiment_id: int) -> None:
+    """The experiment's waiting jobs cancelled, a running one asked to stop at its next block."""
     mine = jobs.c.experiment_id == experiment_id
     conn.execute(update(jobs).where(mine, jobs.c.status.in_(_OPEN_JOBS)).values(status=JobStatus.CANCELLED))
     conn.execute(update(jobs).where(mine, jobs.c.status == JobStatus.RUNNING).values(cancel_requested=True))
-    conn.execute(
-        update(experiments).where(experiments.c.id == experiment_id).values(status=ExperimentStatus.CANCELLED)
-    )
+
+
+def _move(conn: Connection, experiment_id: int, status: ExperimentStatus, reason: str | None) -> None:
+    change = update(experiments).where(experiments.c.id == experiment_id)
+    conn.execute(change.values(status=status, status_reason=reason))
+
+
+def cancel(conn: Connection, experiment_id: int) -> Row[Any]:
+    """Free the station: its jobs stopped (`_stop_jobs`), the experiment `cancelled`;
+    returns the experiment row."""
+    found = experiment(conn, experiment_id)
+    if found.status not in ACTIVE_EXPERIMENT_STATUSES:
+        raise ExperimentStateError(f"experiment {experiment_id} is already {found.status}; nothing to cancel")
+    _stop_jobs(conn, experiment_id)
+    _move(conn, experiment_id, ExperimentStatus.CANCELLED, found.status_reason)
     return experiment(conn, experiment_id)
+
+
+def _waiting_for_operator(conn: Connection, experiment_id: int, action: str) -> Row[Any]:
+    found = experiment(conn, experiment_id)
+    if found.status != ExperimentStatus.BOARD_STATE_LOST:
+        raise ExperimentStateError(
+            f"experiment {experiment_id} is {found.status}; only an experiment whose board lost its "
+            f"state ({ExperimentStatus.BOARD_STATE_LOST}) can be {action}"
+        )
+    return found
+
+
+def resume(conn: Connection, experiment_id: int) -> Row[Any]:
+    """An operator judged the board fit to read on: the experiment reads on from here;
+    the readouts taken while it waited stay flagged. Returns the experiment row."""
+    found = _waiting_for_operator(conn, experiment_id, "resumed")
+    reason = f"resumed by an operator after: {found.status_reason}"
+    _move(conn, experiment_id, ExperimentStatus.READING, reason)
+    return experiment(conn, experiment_id)
+
+
+def reprogram(conn: Connection, experiment_id: int) -> Row[Any]:
+    """Program the experiment's network again, from scratch, on the board that lost it: the
+    old schedule's jobs stop, a new program job is queued (a new programming run with its
+    own readbacks follows), and the experiment starts over from `created`. Returns the job."""
+    found = _waiting_for_operator(conn, experiment_id, "re-programmed")
+    _stop_jobs(conn, experiment_id)
+    _move(conn, experiment_id, ExperimentStatus.CREATED, f"re-programming after: {found.status_reason}")
+    return queue.enqueue_in(
+        conn, kind=JobKind.PROGRAM, station_id=found.station_id, experiment_id=experiment_id,
+        payload={"experiment_id": experiment_id}, run_at_s=0.0,
+    )  # fmt: skip
