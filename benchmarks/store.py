@@ -46,7 +46,7 @@ from hwctl.store.readouts import (
     run_readouts,
     start_programming_run,
 )
-from hwctl.store.schema import readouts
+from hwctl.store.schema import readout_blocks
 from hwctl.store.vectors import decode_row
 
 N_DEVICES = 923_744
@@ -156,10 +156,15 @@ def _series_ms(engine: Engine, run: int, rng: np.random.Generator) -> list[float
 def _load_text_ms(engine: Engine, readout_ids: list[int]) -> list[float]:
     """PostgreSQL's default text results (hex bytea): how `load_readout` fetched before."""
     with engine.connect() as conn:
-        query = select(readouts).where(readouts.c.id == bindparam("id"))
+        query = (
+            select(readout_blocks)
+            .where(readout_blocks.c.readout_id == bindparam("id"))
+            .order_by(readout_blocks.c.first_device)
+        )
 
         def load(readout_id: int) -> None:
-            decode_row(conn.execute(query, {"id": readout_id}).one(), "g", what=f"readout {readout_id}")
+            for row in conn.execute(query, {"id": readout_id}):
+                decode_row(row, "g", what=f"readout {readout_id} block {row.first_device}")
 
         return [_ms(partial(load, readout_id)) for readout_id in readout_ids]
 
