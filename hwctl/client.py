@@ -4,11 +4,17 @@
 dashboard uses, never around it, so what they show is what the service serves. Every
 failure a user can act on (service down, bad request, unknown id) is an `ApiError`
 carrying the server's problem detail, never an httpx traceback.
+
+A 503 (the service's database is restarting) is retried for reads and for submissions
+that carry an idempotency key, after the server's Retry-After (at most
+`RETRY_WAIT_MAX_S`), up to `RETRIES_ON_503` times: a campaign followed from the command
+line rides out a database restart.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -20,6 +26,8 @@ from hwctl.experiment_spec import ExperimentSpec
 
 API_KEY_HEADER = "X-API-Key"
 PAGE_LIMIT = 500  # the API's largest page
+RETRIES_ON_503 = 5
+RETRY_WAIT_MAX_S = 2.0
 
 Json = dict[str, Any]
 
@@ -42,16 +50,26 @@ class HwctlClient:
 
     # -- plumbing -------------------------------------------------------------------------
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise ApiError(
-                f"cannot reach the hwctl API at {self.base_url} ({exc}); is `hwctl serve` running?"
-            ) from None
+        repeatable = method == "GET" or "Idempotency-Key" in kwargs.get("headers", {})
+        for _ in range(RETRIES_ON_503 if repeatable else 0):
+            response = self._send(method, path, **kwargs)
+            if response.status_code != 503:
+                break
+            time.sleep(_retry_after_s(response))
+        else:  # not repeatable, or every retry was a 503: this answer stands
+            response = self._send(method, path, **kwargs)
         if response.is_error:
             detail = _detail(response)
             raise ApiError(f"{method} {path}: {response.status_code} {detail}", response.status_code)
         return response
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiError(
+                f"cannot reach the hwctl API at {self.base_url} ({exc}); is `hwctl serve` running?"
+            ) from None
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Json:
         body: Json = self._request(method, path, **kwargs).json()
@@ -108,6 +126,17 @@ class HwctlClient:
         """The experiment with its progress, readouts and evaluations so far."""
         return self._json("GET", f"/experiments/{experiment_id}")
 
+    def cancel_experiment(self, experiment_id: int) -> Json:
+        return self._json("POST", f"/experiments/{experiment_id}/cancel")
+
+    def resume_experiment(self, experiment_id: int) -> Json:
+        """Read on after the board lost its state (the operator judged it fit)."""
+        return self._json("POST", f"/experiments/{experiment_id}/resume")
+
+    def reprogram_experiment(self, experiment_id: int) -> Json:
+        """Program again after the board lost its state: the experiment and its new program job."""
+        return self._json("POST", f"/experiments/{experiment_id}/reprogram")
+
     def jobs(self, experiment_id: int, status: str | None = None) -> list[Json]:
         params: Json = {"experiment_id": experiment_id}
         if status is not None:
@@ -155,6 +184,13 @@ class HwctlClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _retry_after_s(response: httpx.Response) -> float:
+    try:
+        return min(float(response.headers.get("Retry-After", RETRY_WAIT_MAX_S)), RETRY_WAIT_MAX_S)
+    except ValueError:  # an HTTP date: not what this API sends
+        return RETRY_WAIT_MAX_S
 
 
 def _detail(response: httpx.Response) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import os
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -16,9 +17,10 @@ from sqlalchemy.engine import make_url
 
 from api.app import create_app
 from api.server import BackgroundServer
+from hwctl.client import HwctlClient
 from hwctl.store.engine import make_engine
 from hwctl.store.migrate import upgrade
-from tests.api.conftest import AUTH, api_settings, station_body
+from tests.api.conftest import API_KEY, AUTH, api_settings, station_body
 from tests.store.conftest import POSTGRES_URL, _postgres_admin
 
 CLUSTERS = glob.glob("/etc/postgresql/*")
@@ -86,3 +88,13 @@ def test_the_first_request_after_a_restart_and_requests_during_an_outage(postgre
         assert [r.status_code for r in after] == [200, 201, 200, 200, 200], [r.text for r in after]
         names = [s["name"] for s in http.get("/stations").json()["items"]]
         assert names == ["bench-1", "bench-2", "bench-3"]
+
+        _cluster("stop")  # the command line's client waits out a short outage
+        back = threading.Timer(1.0, _cluster, args=("start",))
+        back.start()
+        try:
+            with HwctlClient(server.url, API_KEY) as client:
+                station = client.station("bench-1")
+        finally:
+            back.join()
+        assert station is not None and station["name"] == "bench-1"
