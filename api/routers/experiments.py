@@ -54,6 +54,13 @@ def _dataset(spec: ExperimentRequest, architecture: str) -> DatasetName:
                 "give evaluation.dataset",
             ) from None
         return requested or "digits"  # not evaluated: nothing reads it
+    if own not in DATASET_IMAGE_SHAPES:  # e.g. ResNet-34's ImageNet: not a data set this service has
+        if spec.evaluation.enabled:
+            raise HTTPException(
+                422, f"network {spec.network_id} is a {architecture!r}, whose data set {own!r} is not "
+                "available here; set evaluation.enabled false",
+            )
+        return requested or "digits"  # not evaluated: nothing reads it
     if requested is not None and DATASET_IMAGE_SHAPES[requested] != DATASET_IMAGE_SHAPES[own]:
         raise HTTPException(
             422, f"evaluation.dataset {requested!r} ({_shape(requested)} images) does not fit network "
