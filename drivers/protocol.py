@@ -185,6 +185,11 @@ COMMANDS: tuple[Command, ...] = (
     _c("SIM:FAUL:DEL", (number("s", 0.0, MAX_REPLY_DELAY_S),), Reply.OK,
        "Delay later replies on this connection by `<s>` s (0 clears).", True),
     _c("SIM:FAUL:GARB", (), Reply.OK, "Replace the next reply on this connection by a garbled line.", True),
+    _c("SIM:POW:CYC", (), Reply.OK,
+       "Power-cycle: volatile state lost unless the chip has a state file; clock restarts at 0 or "
+       "continues. The error queue and the time of the last read are cleared.", True),
+    _c("SIM:SAFE?", (), Reply.VALUE,
+       "Whether the board is in its safe state: `1` (lines grounded, pulser off) or `0`.", True),
 )
 BY_HEADER: dict[str, Command] = {command.header: command for command in COMMANDS}
 

@@ -81,6 +81,14 @@ class BoardCore:
         values, counts = np.unique(addresses, return_counts=True)
         return int(values[np.argmax(counts > 1)])
 
+    def power_cycle(self) -> None:
+        """The board loses power and comes back: what it keeps outside its devices (the
+        error queue, the time of the last read) is gone; devices and clock as `SimBoard`
+        keeps them (a state file) or blank."""
+        self.board.power_cycle()
+        self.errors.clear()
+        self.last_read_time_s = None
+
     def push_error(self, code: int, message: str) -> None:
         if len(self.errors) >= ERROR_QUEUE_DEPTH:
             self.errors[-1] = (p.ERR_QUEUE_OVERFLOW, "Queue overflow")
@@ -156,6 +164,8 @@ class BoardSession:
             "SIM:FAUL:DISC": lambda a: _done(lambda: setattr(self, "_disconnect_armed", True)),
             "SIM:FAUL:DEL": lambda a: _done(lambda: setattr(self, "_delay_s", a[0])),
             "SIM:FAUL:GARB": lambda a: _done(lambda: setattr(self, "_garble_next", True)),
+            "SIM:POW:CYC": lambda a: _done(self.core.power_cycle),
+            "SIM:SAFE?": lambda a: _line(0 if self.board.pulser_enabled else 1),
         }
         assert set(self._handlers) == set(p.BY_HEADER), "server and command table diverge"
 
