@@ -17,7 +17,7 @@ from torch import nn
 from api.deps import Db, EngineDep, ReadAccess, SettingsDep, WriteAccess
 from api.params import MAX_ROW_ID, PathId
 from api.problems import problem_responses
-from api.routers.datasets import read_bounded
+from api.uploads import read_bounded
 from hwctl.interop.aihwkit_fusion import (
     FusionLayoutError,
     fusion_layers,

@@ -3,24 +3,22 @@ list them, inspect one. The built-in digits and CIFAR-10 test sets are listed to
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import PurePath
-from typing import Annotated, Literal
+from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile
-from starlette.datastructures import UploadFile as StarletteUpload
+from fastapi import APIRouter, File, Form, Response, UploadFile
 
-from api.deps import Db, ReadAccess, SettingsDep, WriteAccess, Writes, WritesDep
+from api.dataset_uploads import LayoutForm, ingest
+from api.deps import Db, ReadAccess, SettingsDep, WriteAccess, WritesDep
 from api.pagination import Page, Paging
 from api.params import PathId
 from api.problems import problem_responses
 from api.schemas.datasets import Dataset, NormalisationModel
-from hwctl.settings import Settings
+from api.uploads import read_bounded
 from hwctl.store import datasets as store_datasets
-from hwctl.store.datasets import DatasetError, DatasetInfo, DatasetTooLargeError
+from hwctl.store.datasets import DatasetInfo
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
-CHUNK_BYTES = 1 << 20
 
 
 def dataset_out(info: DatasetInfo) -> Dataset:
@@ -32,54 +30,6 @@ def dataset_out(info: DatasetInfo) -> Dataset:
         normalisation=None if norm is None else NormalisationModel(mean=list(norm.mean), std=list(norm.std)),
         created_at=info.created_at,
     )  # fmt: skip
-
-
-def read_bounded(file: StarletteUpload, limit: int, what: str) -> bytes:
-    """The uploaded file's bytes, read in chunks and refused (413) once past `limit`."""
-    chunks, size = [], 0
-    while chunk := file.file.read(CHUNK_BYTES):
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"the {what} is larger than this server accepts: at most {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _numbers(value: str | None, what: str) -> list[float] | None:
-    if value is None:
-        return None
-    try:
-        return [float(v) for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
-    except ValueError:
-        raise HTTPException(422, f"{what} must be comma-separated numbers, got {value!r}") from None
-
-
-LayoutForm = Literal["NCHW", "NHWC"] | None
-
-
-def ingest(
-    db_writes: Writes, settings: Settings, data: bytes, name: str, layout: LayoutForm = None,
-    mean: str | None = None, std: str | None = None,
-) -> tuple[int, bool]:
-    """Parse and store an upload (or find the same bytes stored); (id, created). 413/422 if unusable."""
-    with db_writes.engine.connect() as db:
-        found = store_datasets.dataset_id_for_hash(db, hashlib.sha256(data).hexdigest())
-    if found is not None:
-        return found, False
-    means, stds = _numbers(mean, "mean"), _numbers(std, "std")
-    try:
-        norm = None
-        if means is not None or stds is not None:
-            norm = store_datasets.normalisation_from(means or [], stds or [])
-        parsed = store_datasets.parse_upload(data, settings.max_upload_expanded_bytes, layout, norm)
-    except DatasetTooLargeError as exc:
-        raise HTTPException(413, f"{name!r}: {exc}") from None
-    except DatasetError as exc:
-        raise HTTPException(422, f"{name!r}: {exc}") from None
-    except ValueError as exc:  # the shared image checks (InputError)
-        raise HTTPException(422, f"{name!r}: {exc}") from None
-    with db_writes.transaction() as conn:
-        return store_datasets.add_dataset(conn, name, data, parsed)
 
 
 @router.post(

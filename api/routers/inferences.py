@@ -23,13 +23,14 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from api.dataset_uploads import ingest
 from api.deps import Db, EngineDep, ReadAccess, SettingsDep, WriteAccess, Writes, WritesDep
 from api.pagination import Page, Paging
 from api.params import PathId
 from api.problems import problem_responses
-from api.routers.datasets import ingest, read_bounded
 from api.schemas.inferences import Inference, InferenceAccepted, InferenceRequest, Predictions
 from api.schemas.jobs import Job
+from api.uploads import read_bounded
 from hwctl import queue
 from hwctl.inference.inputs import InputError
 from hwctl.inference.results import top_k
