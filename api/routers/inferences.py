@@ -22,6 +22,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.dataset_uploads import ingest
 from api.deps import Db, EngineDep, ReadAccess, SettingsDep, WriteAccess, Writes, WritesDep
@@ -130,10 +131,14 @@ async def _request_spec(request: Request, writes: Writes, settings: Settings) ->
     content_type = request.headers.get("content-type", "")
     upload: UploadFile | None = None
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=2)
+        shape = "a multipart submission has a `spec` field (JSON) and an `inputs` file"
+        try:
+            form = await request.form(max_files=1, max_fields=2)
+        except StarletteHTTPException as exc:  # Starlette's 400 for a malformed or overfull body
+            raise HTTPException(422, f"{shape}: {exc.detail}") from None
         raw, part = form.get("spec"), form.get("inputs")
         if not isinstance(raw, str) or not isinstance(part, UploadFile):
-            raise HTTPException(422, "a multipart submission has a `spec` field (JSON) and an `inputs` file")
+            raise HTTPException(422, shape)
         upload = part
     elif content_type.startswith("application/json"):
         raw = (await request.body()).decode("utf-8", errors="replace")
