@@ -135,6 +135,8 @@ async def _request_spec(request: Request, writes: Writes, settings: Settings) ->
         try:
             form = await request.form(max_files=1, max_fields=2)
         except StarletteHTTPException as exc:  # Starlette's 400 for a malformed or overfull body
+            if exc.status_code != 400:
+                raise  # a body over its limit stays 413
             raise HTTPException(422, f"{shape}: {exc.detail}") from None
         raw, part = form.get("spec"), form.get("inputs")
         if not isinstance(raw, str) or not isinstance(part, UploadFile):
