@@ -96,11 +96,14 @@ def _warm_up(engine: Engine, writes: Writes) -> None:
 
 
 def _body_limit(scope: Scope, settings: Settings) -> int:
-    """Uploads (a checkpoint, a data set, an aihwkit CSV) take a file; every other body is JSON."""
+    """Uploads (a checkpoint, a data set, an aihwkit CSV) take a file; an inference may carry a
+    batch of at most a JSON body's size beside its spec; every other body is JSON."""
     path = scope["path"].removeprefix(scope.get("root_path", ""))
     uploads = path in ("/networks", "/datasets") or path.endswith("/import/aihwkit-fusion.csv")
     if scope["method"] == "POST" and uploads:
         return settings.max_upload_bytes + MULTIPART_FRAMING_BYTES
+    if scope["method"] == "POST" and path.endswith("/inferences"):
+        return MAX_JSON_BODY_BYTES + MULTIPART_FRAMING_BYTES
     return MAX_JSON_BODY_BYTES
 
 
