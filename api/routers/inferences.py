@@ -35,10 +35,9 @@ from api.uploads import read_bounded
 from hwctl import queue
 from hwctl.inference.inputs import InputError
 from hwctl.inference.results import top_k
-from hwctl.inference.run import InferenceError, check_fits, check_methods
+from hwctl.inference.run import InferenceError, architecture_has_batchnorm, check_fits, check_methods
 from hwctl.inference.spec import InferenceSpec
 from hwctl.jobs.infer import FRESH_READ_SCHEDULED_S, InferPayload
-from hwctl.nn.models import model_spec
 from hwctl.settings import Settings
 from hwctl.store import datasets as store_datasets
 from hwctl.store import inferences as store
@@ -83,7 +82,7 @@ def _checked(
         raise HTTPException(422, str(exc)) from None
     try:
         check_fits(target.architecture, dataset.image_shape)
-        check_methods(model_spec(target.architecture).build(), request.methods)
+        check_methods(request.methods, batchnorm=architecture_has_batchnorm(target.architecture))
         request.settings()  # the compute core's own checks (a method given twice…)
     except (InputError, InferenceError) as exc:
         raise HTTPException(422, f"data set {dataset.id} and network {target.network_id}: {exc}") from None

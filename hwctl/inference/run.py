@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 
 import numpy as np
 import numpy.typing as npt
@@ -88,7 +89,8 @@ class ChipNetwork:
     def check(self, inputs: Inputs, settings: InferenceSettings, has_t0: bool) -> None:
         """Everything that would fail mid-run, refused before any work."""
         check_fits(self.arch, inputs.image_shape)
-        check_methods(self.model, settings.methods, has_calibration=self.evaluator.calibration_x is not None)
+        check_methods(settings.methods, batchnorm=has_batchnorm(self.model),
+                      has_calibration=self.evaluator.calibration_x is not None)  # fmt: skip
         if CompensationMethod.GDC in settings.methods and not has_t0:
             raise InferenceError("GDC needs the run's first readout as its reference (t0)")
 
@@ -150,17 +152,23 @@ def check_fits(arch: str, shape: Sequence[int]) -> None:
 
 
 def check_methods(
-    model: nn.Module, methods: Sequence[CompensationMethod], has_calibration: bool = True
+    methods: Sequence[CompensationMethod], *, batchnorm: bool, has_calibration: bool = True
 ) -> None:
     """AdaBS only where there is batch norm to re-estimate, and images to re-estimate it on."""
     if CompensationMethod.ADABS in methods:
-        if not has_batchnorm(model):
+        if not batchnorm:
             raise InferenceError(
-                f"AdaBS re-estimates batch-norm statistics, and this network ({type(model).__name__}) "
-                "has no batch norm; choose none or gdc"
+                "AdaBS re-estimates batch-norm statistics, and this network has no batch norm; "
+                "choose none or gdc"
             )
         if not has_calibration:
             raise InferenceError("AdaBS needs a calibration set")
+
+
+@cache
+def architecture_has_batchnorm(arch: str) -> bool:
+    """Whether a registered architecture has batch norm (built once per architecture)."""
+    return has_batchnorm(model_spec(arch).build())
 
 
 def _shape(shape: Sequence[int]) -> str:

@@ -12,7 +12,15 @@ from drivers.base import Geometry
 from hwctl.inference import periphery
 from hwctl.inference.inputs import InputError, Inputs, Normalisation, infer_layout
 from hwctl.inference.results import Outcome
-from hwctl.inference.run import ChipNetwork, InferenceError, InferenceSettings, check_methods, forward
+from hwctl.inference.run import (
+    ChipNetwork,
+    InferenceError,
+    InferenceSettings,
+    architecture_has_batchnorm,
+    check_methods,
+    forward,
+    has_batchnorm,
+)
 from hwctl.mapping import DeviceMap, map_network
 from hwctl.nn.compensation import AnalogIO
 from hwctl.nn.conductance import export_layers
@@ -103,9 +111,10 @@ def test_periphery_quantises_to_the_bit_grid_and_redraws_noise_per_seed(
 
 def test_adabs_on_a_network_without_batch_norm_is_refused() -> None:
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    assert not has_batchnorm(mlp) and architecture_has_batchnorm("digits-resnet")
     with pytest.raises(InferenceError, match="no batch norm"):
-        check_methods(mlp, [M.ADABS])
-    check_methods(mlp, [M.NONE, M.GDC])
+        check_methods([M.ADABS], batchnorm=has_batchnorm(mlp))
+    check_methods([M.NONE, M.GDC], batchnorm=False)
 
 
 def test_inputs_that_do_not_fit_are_refused_with_both_shapes(
