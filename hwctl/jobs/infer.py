@@ -24,7 +24,7 @@ from hwctl.inference.inputs import Inputs
 from hwctl.inference.results import Outcome
 from hwctl.inference.run import ChipNetwork
 from hwctl.inference.spec import InferenceSpec
-from hwctl.jobs.context import JobContext, JobOvertaken, JobPayload, JobType
+from hwctl.jobs.context import JobContext, JobError, JobOvertaken, JobPayload, JobType
 from hwctl.mapping import DeviceMap
 from hwctl.nn.evaluation import adabs_calibration_set
 from hwctl.nn.models import model_spec
@@ -192,8 +192,18 @@ def handle(ctx: JobContext, payload: InferPayload) -> None:
 def _infer_now(
     ctx: JobContext, payload: InferPayload, got: _Loaded, phases: _Phases
 ) -> tuple[list[_Read], list[Outcome]]:
-    """One fresh read per repeat, each run through the network; reads kept in the checkpoint."""
+    """One fresh read per repeat, each run through the network; reads kept in the checkpoint.
+
+    The chip must still hold the run it was queued for (checked again: another experiment
+    may have been programmed on the station since)."""
     spec = got.spec
+    try:
+        held = ctx.read("checking the chip", _held_run(payload.experiment_id))
+    except store_inferences.ChipNotHeldError as exc:
+        raise JobError(str(exc)) from None
+    if held != payload.run_id:
+        raise JobError(f"the chip holds programming run {held} now, not run {payload.run_id} "
+                       "this job was queued for")  # fmt: skip
     kept_ids = [int(i) for i in (ctx.checkpoint or {}).get("readout_ids", [])]
     reads: list[_Read] = []
     outcomes: list[Outcome] = []
@@ -218,6 +228,10 @@ def _infer_now(
             for o in got.network.infer(got.inputs, read.g_us, settings, _t0(got, read.g_us), scaled):
                 outcomes.append(Outcome(o.method, repeat, o.logits))
     return reads, outcomes
+
+
+def _held_run(experiment_id: int) -> Callable[[Connection], int]:
+    return lambda conn: store_inferences.run_held_on_chip(conn, experiment_id)
 
 
 def _readout_loader(readout_id: int) -> Callable[[Connection], store_readouts.Readout]:

@@ -11,9 +11,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy import select, update
 
 from hwctl.cli import main
 from hwctl.nn.data import load_digits
+from hwctl.store.engine import make_engine
+from hwctl.store.readouts import add_readout, start_programming_run
+from hwctl.store.records import add_experiment, add_mapping
+from hwctl.store.schema import experiments
 from tests.api.conftest import AUTH
 from tests.inference.conftest import Live, npz_bytes
 
@@ -249,3 +254,30 @@ def test_a_cancelled_inference_stops_and_has_no_results(live: Live) -> None:
     assert live.client.get(accepted.headers["Location"]).json()["summary"] is None
     problem(live.client.get(f"{accepted.headers['Location']}/logits.npy"), 409, "no results yet")
     problem(live.client.post(f"{accepted.headers['Location']}/cancel"), 409, "already cancelled")
+
+
+def test_another_experiments_readout_is_refused_and_now_needs_the_chip_to_hold_the_experiment(
+    live: Live,
+) -> None:
+    """Runs last: a second experiment's programming run, started on the same station and never
+    finished, is what the chip holds from then on."""
+    engine = make_engine(live.url)
+    with engine.begin() as conn:
+        first = conn.execute(select(experiments).where(experiments.c.id == live.experiment_id)).one()
+        other = add_experiment(conn, "other", network_id=first.network_id, station_id=first.station_id,
+                               settings=first.settings)  # fmt: skip
+        conn.execute(update(experiments).where(experiments.c.id == other).values(status="cancelled"))
+        mapping = add_mapping(conn, network_id=first.network_id, station_id=first.station_id, device_map=b"-",
+                              n_devices=2, utilisation=0.0, experiment_id=other)  # fmt: skip
+        run = start_programming_run(conn, mapping, {}, experiment_id=other)
+        foreign = add_readout(conn, run, offset_s=25.0, scheduled_s=25.0, board_time_s=25.0, g_us=[1.0, 2.0])
+    engine.dispose()
+    before = live.infer_jobs()
+    submit = f"/experiments/{live.experiment_id}/inferences"
+    problem(live.client.post(submit, json={"dataset_id": DIGITS, "at": foreign}), 422,
+            f"readout {foreign} is not a readout of experiment {live.experiment_id}")  # fmt: skip
+    problem(live.client.post(submit, json={"dataset_id": DIGITS, "at": "now"}), 409,
+            f"experiment {other} was programmed after it")  # fmt: skip
+    problem(live.client.post(f"/experiments/{other}/inferences", json={"dataset_id": DIGITS, "at": "now"}),
+            409, "still being programmed")  # fmt: skip
+    assert live.infer_jobs() == before
