@@ -12,7 +12,7 @@ LOCKED` on PostgreSQL).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict, Unpack
@@ -64,6 +64,7 @@ class Recovery:
     interrupted: list[int]
     requeued: list[int]
     missed: list[int]
+    failed: list[int]  # interrupted once too often
 
 
 def _write(engine: Engine) -> Connection:
@@ -251,8 +252,14 @@ def complete(engine: Engine, job_id: int, now_s: float, result: dict[str, Any] |
 
 
 def fail(engine: Engine, job_id: int, now_s: float, error: str) -> None:
+    with _write(engine) as conn, conn.begin():
+        fail_in(conn, job_id, now_s, error)
+
+
+def fail_in(conn: Connection, job_id: int, now_s: float, error: str) -> None:
+    """A running (or interrupted) job fails with `error`, inside the caller's transaction."""
     values = {"status": JobStatus.FAILED, "finished_s": now_s, "error": error}
-    _transition(engine, job_id, (JobStatus.RUNNING,), values)
+    _transition_in(conn, job_id, (JobStatus.RUNNING, JobStatus.INTERRUPTED), values)
 
 
 def acknowledge_cancel(engine: Engine, job_id: int, now_s: float) -> None:
@@ -288,7 +295,8 @@ def requeue(engine: Engine, job_id: int, reason: str) -> None:
 def resume(engine: Engine, job_id: int, now_s: float) -> None:
     """Operator decision: queue an interrupted (or failed) job again, due now.
 
-    Its checkpoint is kept, so the worker continues from the last committed block.
+    Its checkpoint is kept, so the worker continues from the last committed block (or,
+    for a programming, from its run).
     """
     values = {"status": JobStatus.QUEUED, "run_at_s": now_s, "error": None, "cancel_requested": False}
     _transition(engine, job_id, (JobStatus.INTERRUPTED, JobStatus.FAILED), values)
@@ -299,6 +307,13 @@ def recover_stale(
 ) -> list[int]:
     """Mark running jobs (of one lane, or all) whose heartbeat is older than `stale_after_s`
     as interrupted."""
+    with _write(engine) as conn, conn.begin():
+        return _recover_stale_in(conn, station_id, stale_after_s, now_s, lane)
+
+
+def _recover_stale_in(
+    conn: Connection, station_id: int, stale_after_s: float, now_s: float, lane: str | None = None
+) -> list[int]:
     stale = update(jobs).where(
         jobs.c.station_id == station_id,
         _in_lane(lane),
@@ -306,31 +321,53 @@ def recover_stale(
         or_(jobs.c.heartbeat_s.is_(None), jobs.c.heartbeat_s < now_s - stale_after_s),
     )
     interrupted = stale.values(status=JobStatus.INTERRUPTED, error="worker stopped")
-    with _write(engine) as conn, conn.begin():
-        rows = conn.execute(interrupted.returning(jobs.c.id))
-        return [int(r.id) for r in rows]
+    rows = conn.execute(interrupted.returning(jobs.c.id))
+    return [int(r.id) for r in rows]
 
 
-def recover_on_start(engine: Engine, station_id: int, stale_after_s: float, now_s: float) -> Recovery:
+# give_up(conn, job, reason): ends, in the caller's transaction, what a job that has
+# used up its attempts belongs to (a programming's experiment).
+GiveUp = Callable[[Connection, Job, str], None]
+
+
+def recover_on_start(
+    engine: Engine,
+    station_id: int,
+    stale_after_s: float,
+    now_s: float,
+    *,
+    max_attempts: int | None = None,
+    give_up: GiveUp | None = None,
+) -> Recovery:
     """What a station's worker (the owner of all its lanes) does before its first claim.
 
-    Stale running jobs become interrupted. Interrupted jobs other than programming are
-    queued again (a readback still inside its window then runs at once, and its start
-    records the actual time); interrupted programming waits for an operator's `resume`,
-    since re-programming a half-programmed chip is a decision. Jobs past their window
-    are missed.
+    Stale running jobs become interrupted, and every interrupted job is queued again at
+    its last checkpoint: a programming resumes its run (re-reads the devices and goes on
+    with those not yet within tolerance), a readback still inside its window runs at
+    once and records its actual time. A job that already ran `max_attempts` times (a
+    crash it keeps causing, or a worker killed again and again) fails instead, saying
+    so, and `give_up` ends what it belongs to in the same transaction: one terminal,
+    explained state. Jobs past their window are missed. All in one transaction: no one
+    sees a job between two of these states.
     """
-    interrupted = recover_stale(engine, station_id, stale_after_s, now_s)
-    rerun = update(jobs).where(
-        jobs.c.station_id == station_id,
-        jobs.c.status == JobStatus.INTERRUPTED,
-        jobs.c.kind != JobKind.PROGRAM,
-    )
+    waiting = (jobs.c.station_id == station_id, jobs.c.status == JobStatus.INTERRUPTED)
+    used_up = select(jobs).where(*waiting, jobs.c.attempts >= max_attempts) if max_attempts else None
     with _write(engine) as conn, conn.begin():
-        rows = conn.execute(rerun.values(status=JobStatus.QUEUED).returning(jobs.c.id))
+        interrupted = _recover_stale_in(conn, station_id, stale_after_s, now_s)
+        failed = []
+        for row in conn.execute(used_up.order_by(jobs.c.id)).all() if used_up is not None else ():
+            job = Job.from_row(row)
+            reason = f"{job.kind} job {job.id}: {row.error}; gave up after {job.attempts} attempts"
+            fail_in(conn, job.id, now_s, reason)
+            if give_up is not None:
+                give_up(conn, job, reason)
+            failed.append(job.id)
+        rows = conn.execute(update(jobs).where(*waiting).values(status=JobStatus.QUEUED).returning(jobs.c.id))
         requeued = [int(r.id) for r in rows]
         missed = _mark_missed(conn, station_id, now_s)
-    return Recovery(interrupted=interrupted, requeued=sorted(set(requeued) - set(missed)), missed=missed)
+    return Recovery(
+        interrupted=interrupted, requeued=sorted(set(requeued) - set(missed)), missed=missed, failed=failed
+    )
 
 
 def next_run_at_s(

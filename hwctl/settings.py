@@ -75,8 +75,8 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(
         default=5,
         ge=1,
-        description="Runs of a job that a link failure may interrupt before the job (and, "
-        "for programming, its experiment) fails.",
+        description="Runs of a job that a link failure or a worker crash may interrupt before "
+        "the job (and, for programming, its experiment) fails.",
     )
     stop_grace_s: float = Field(
         default=1.5,

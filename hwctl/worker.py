@@ -7,10 +7,12 @@ drift analysis) runs in a second thread that never touches the driver and reads 
 station clock by extrapolating the chip lane's last reading, so a minute of CPU spent
 on an evaluation never delays a due readback.
 
-On start it recovers from a crash: jobs left running become interrupted; programming
-stays interrupted (the chip's state after a host crash is unknown: an operator resumes
-it), readbacks are queued again and resume from their last committed block, late ones
-run at once and record their actual time, and those past their window are missed.
+On start it recovers from a crash: jobs left running are queued again at their last
+checkpoint. A programming resumes its run (every device re-read, program-and-verify
+continued for those not yet within tolerance); a readback resumes from its last
+committed block, a late one runs at once and records its actual time, and one past its
+window is missed. A job interrupted `job_max_attempts` times fails instead, and a
+programming's experiment with it, both saying why.
 Between jobs it sleeps until the next due job, converting station seconds to wall
 seconds by the clock rate it observes (or, on a virtual-clock chip, advances the board
 to it).
@@ -54,7 +56,6 @@ from hwctl.jobs.context import (
     JobContext,
     JobOvertaken,
     JobPaused,
-    JobType,
 )
 from hwctl.settings import Settings
 from hwctl.station import DEFAULT_TIMEOUT_S, Station, StationIdentityError, open_station
@@ -242,11 +243,7 @@ class Worker:
                     self._station = self._clock = station
                     station.check(row.chip_serial)
                     if not recovered:
-                        recovery = queue.recover_on_start(
-                            self.engine, station_id, _ANY_AGE_S, station.clock_now_s()
-                        )
-                        if recovery.interrupted or recovery.missed:
-                            log.warning("station %s recovered: %s", self.station_name, recovery)
+                        self._recover(station_id, station.clock_now_s())
                         recovered = True
                     self._check_continuity(station, station_id)
                     if link.down_since is not None:
@@ -266,6 +263,15 @@ class Worker:
                 self._link_failed(station_id, link, str(exc))
             finally:
                 self._station = None
+
+    def _recover(self, station_id: int, now_s: float) -> None:
+        """Queue the previous worker's jobs again at their checkpoints (see `queue.recover_on_start`)."""
+        recovery = self._retrying("recovering the queue", lambda: queue.recover_on_start(
+            self.engine, station_id, _ANY_AGE_S, now_s, max_attempts=self.options.job_max_attempts,
+            give_up=_give_up,
+        ))  # fmt: skip
+        if recovery.interrupted or recovery.missed or recovery.failed:
+            log.warning("station %s recovered: %s", self.station_name, recovery)
 
     def _link_failed(self, station_id: int, link: _Link, reason: str) -> None:
         link.down_since = link.down_since or utc_now()
@@ -465,15 +471,14 @@ class Worker:
 
             self._retrying("handing the chip over", yield_chip)
         except JobPaused:
-            # The last block is committed; the next start queues readbacks and compute
-            # jobs again and leaves programming interrupted for an operator.
+            # The last block is committed; the next start queues the job again there.
             now_s = lane.now_s()
             self._retrying(
                 "pausing the job",
                 lambda: queue.recover_stale(self.engine, station_id, _ANY_AGE_S, now_s, job.lane),
             )
         except LINK_FAILURES as exc:
-            self._link_lost_during(job, job_type, station, f"link lost during attempt {job.attempts}: {exc}")
+            self._link_lost_during(job, station, f"link lost during attempt {job.attempts}: {exc}")
             raise
         except DATABASE_UNAVAILABLE:
             raise  # only when stopping: the job stays running and the next start recovers it
@@ -483,9 +488,7 @@ class Worker:
             error = f"{type(exc).__name__}: {exc}"
             self._retrying("failing the job", lambda: queue.fail(self.engine, job.id, now_s, error))
 
-    def _link_lost_during(
-        self, job: queue.Job, job_type: JobType[Any], station: Station | None, reason: str
-    ) -> None:
+    def _link_lost_during(self, job: queue.Job, station: Station | None, reason: str) -> None:
         """The job goes back to its last checkpoint, or gives up after `job_max_attempts`
         runs (a programming's experiment with it); stopping, it waits for the next start."""
         now_s = station.estimated_now_s() if station is not None else 0.0  # the link is gone
@@ -498,14 +501,20 @@ class Worker:
         elif job.attempts < self.options.job_max_attempts:
             self._retrying("requeueing the job", lambda: queue.requeue(self.engine, job.id, reason))
         else:
-            given_up = f"{reason}; gave up after {job.attempts} attempts"
+            given_up = f"{job.kind} job {job.id}: {reason}; gave up after {job.attempts} attempts"
 
-            def give_up(conn: Connection) -> None:
-                if job_type.fails_experiment and job.experiment_id is not None:
-                    fail_experiment(conn, job.experiment_id, f"{job.kind} job {job.id}: {given_up}")
+            def fail(conn: Connection) -> None:
+                queue.fail_in(conn, job.id, now_s, given_up)
+                _give_up(conn, job, given_up)
 
-            self._retrying("failing the job", lambda: queue.fail(self.engine, job.id, now_s, given_up))
-            self._write("failing the experiment", give_up)
+            self._write("failing the job", fail)
+
+
+def _give_up(conn: Connection, job: queue.Job, reason: str) -> None:
+    """A job out of attempts ends its experiment too when the experiment cannot go on
+    without it (a programming)."""
+    if JOBS[JobKind(job.kind)].fails_experiment and job.experiment_id is not None:
+        fail_experiment(conn, job.experiment_id, reason)
 
 
 def run_worker(

@@ -3,8 +3,8 @@ and queue its readbacks.
 
 The run's per-device outcome and the campaign's readback jobs are stored in one
 transaction, so a crash can never leave a programmed chip without its schedule. The
-job's checkpoint names its run: a programming interrupted by the link (or resumed by an
-operator after a worker crash) re-reads every device and goes on with those not yet
+job's checkpoint names its run: a programming interrupted by the link or a worker crash
+(or resumed by an operator) re-reads every device and goes on with those not yet
 within tolerance (`program_verify.ResumePoint`) instead of starting again.
 """
 
@@ -84,7 +84,11 @@ def handle(ctx: JobContext, payload: ProgramPayload) -> None:
         raise
 
 
-def _start_run(conn: Connection, ctx: JobContext, experiment_id: int, geometry: Geometry) -> _Run:
+def _start_run(
+    conn: Connection, ctx: JobContext, experiment_id: int, geometry: Geometry, now_s: float
+) -> _Run:
+    """Map the network and store the run, with the job's checkpoint naming it in the same
+    transaction: a crash before the first pulse never leaves a run the job would not resume."""
     spec = load_spec(conn, experiment_id)
     model = load_network(conn, spec.network_id).build()
     device_map = map_network(export_layers(model), geometry, spec.g_max_us)
@@ -97,7 +101,9 @@ def _start_run(conn: Connection, ctx: JobContext, experiment_id: int, geometry: 
         conn, mapping_id, spec.program.model_dump(), experiment_id=experiment_id
     )
     move_experiment(conn, experiment_id, ExperimentStatus.PROGRAMMING)
-    return _Run(spec, device_map, mapping_id, run_id)
+    run = _Run(spec, device_map, mapping_id, run_id)
+    queue.heartbeat_in(conn, ctx.job_id, now_s, checkpoint=run.checkpoint())
+    return run
 
 
 def _stored_run(conn: Connection, experiment_id: int, checkpoint: dict[str, Any]) -> _Run:
@@ -116,8 +122,10 @@ def _program(ctx: JobContext, experiment_id: int) -> None:
         read_s, g_now_us = station.read_block(run.device_map.addresses)
         resume = ResumePoint(g_now_us, read_s)
     else:
-        geometry = station.chip.geometry()
-        run = ctx.write("starting the run", lambda conn: _start_run(conn, ctx, experiment_id, geometry))
+        geometry, now_s = station.chip.geometry(), station.clock_now_s()
+        run = ctx.write(
+            "starting the run", lambda conn: _start_run(conn, ctx, experiment_id, geometry, now_s)
+        )
     n = run.device_map.n_devices
     ctx.safe_point(0.0, "resuming programming" if resume else "programming", run.checkpoint())
 

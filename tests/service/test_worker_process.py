@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 
 from hwctl.cli import main
 from hwctl.embedded_chip import EmbeddedChip
@@ -25,7 +25,7 @@ from hwctl.experiment_spec import JOB_PROGRAM, JOB_READBACK
 from hwctl.mapping import DeviceMap
 from hwctl.settings import get_settings
 from hwctl.store.engine import make_engine
-from hwctl.store.schema import jobs, mappings, programming_runs, readouts
+from hwctl.store.schema import experiments, jobs, mappings, programming_runs, readouts
 from hwctl.worker import Worker, WorkerOptions
 from tests.service.conftest import create_campaign, job_statuses
 
@@ -158,7 +158,7 @@ def test_kill_9_mid_readout_then_restart_resumes_from_the_last_block_and_loses_n
 
 
 @pytest.mark.slow
-def test_kill_9_mid_programming_leaves_it_interrupted_and_never_reprograms(
+def test_kill_9_mid_programming_then_restart_resumes_the_run_and_the_campaign_completes(
     sqlite_url: str, engine: Engine, virtual_chip: EmbeddedChip
 ) -> None:
     campaign = create_campaign(engine, virtual_chip.resource, points=POINTS)
@@ -174,22 +174,51 @@ def test_kill_9_mid_programming_leaves_it_interrupted_and_never_reprograms(
         gate.release()
     progress = scalar(engine, select(jobs.c.progress).where(jobs.c.id == campaign.program_job_id))
     assert 0.0 < progress < 1.0  # type: ignore[operator]
-    time.sleep(0.2)  # let the released SET land before looking at the board
-    clock_before_s = virtual_chip.board.clock.now_s()
 
     restarted = restart_in_thread(engine, campaign.station)
-    status = select(jobs.c.status).where(jobs.c.id == campaign.program_job_id)
     try:
-        wait_for(lambda: scalar(engine, status) == "interrupted", "programming recovery")
-        time.sleep(0.5)  # the worker idles: nothing else is due
+        wait_for(lambda: campaign_idle(engine), "the campaign to finish after the restart")
     finally:
         restarted.stop()
     assert restarted.error is None
 
-    assert job_statuses(engine, JOB_PROGRAM) == ["interrupted"]
+    with engine.connect() as conn:
+        program = conn.execute(select(jobs).where(jobs.c.id == campaign.program_job_id)).one()
+        runs = conn.execute(select(programming_runs.c.ended_at)).scalars().all()
+        offsets = conn.execute(select(readouts.c.offset_s).order_by(readouts.c.offset_s)).scalars().all()
+        experiment_status = conn.execute(select(experiments.c.status)).scalar()
+    assert (program.status, program.attempts, program.error) == ("succeeded", 2, None)
+    assert program.result["resumed"] and program.result["converged_fraction"] > 0.9
+    assert len(runs) == 1 and runs[0] is not None  # the one run, resumed, not a second programming
+    assert job_statuses(engine, JOB_READBACK) == ["succeeded"] * len(campaign.offsets_s)
+    assert offsets == campaign.offsets_s
+    assert experiment_status == "done"
+    assert not virtual_chip.board.pulser_enabled
+
+
+def test_a_programming_interrupted_job_max_attempts_times_fails_with_its_experiment_saying_why(
+    engine: Engine, virtual_chip: EmbeddedChip
+) -> None:
+    campaign = create_campaign(engine, virtual_chip.resource, points=POINTS)
+    with engine.begin() as conn:  # as a worker killed during its second run leaves it
+        conn.execute(update(jobs).where(jobs.c.id == campaign.program_job_id)
+                     .values(status="running", attempts=2, heartbeat_s=0.0))  # fmt: skip
+
+    restarted = Worker(engine, campaign.station, WorkerOptions(poll_s=0.1, job_max_attempts=2))
+    restarted.start()
+    status = select(experiments.c.status, experiments.c.status_reason)
+    try:
+        wait_for(lambda: scalar(engine, status) == "failed", "the experiment to fail")
+    finally:
+        restarted.stop()
+    assert restarted.error is None
+    with engine.connect() as conn:
+        program = conn.execute(select(jobs).where(jobs.c.id == campaign.program_job_id)).one()
+        experiment = conn.execute(status).one()
+    reason = f"program job {campaign.program_job_id}: worker stopped; gave up after 2 attempts"
+    assert (program.status, program.error) == ("failed", reason)
+    assert experiment.status_reason == reason
     assert job_statuses(engine, JOB_READBACK) == []
-    assert scalar(engine, select(programming_runs.c.ended_at)) is None
-    assert virtual_chip.board.clock.now_s() == clock_before_s  # nothing scheduled, nothing advanced
     assert not virtual_chip.board.pulser_enabled
 
 

@@ -111,20 +111,30 @@ def test_stale_running_job_is_interrupted_but_a_fresh_one_is_left_alone(
     assert queue.get_job(engine, stale).status == "interrupted"
 
 
-def test_interrupted_programming_waits_for_an_operator_and_resumes_from_its_checkpoint(
+def test_interrupted_programming_resumes_from_its_checkpoint_until_it_has_used_its_attempts(
     engine: Engine, station_ids: list[int]
 ) -> None:
     s = station_ids[0]
     job = queue.enqueue(engine, kind=JobKind.PROGRAM, station_id=s, run_at_s=0.0)
     queue.claim(engine, s, 0.0)
-    queue.heartbeat(engine, job, 10.0, progress=0.3, checkpoint={"last_block": 29})
-    recovery = queue.recover_on_start(engine, s, stale_after_s=60.0, now_s=500.0)
-    assert recovery.interrupted == [job] and recovery.requeued == []
-    assert queue.claim(engine, s, 501.0) is None
-    queue.resume(engine, job, 600.0)
-    resumed = queue.claim(engine, s, 600.0)
+    queue.heartbeat(engine, job, 10.0, progress=0.3, checkpoint={"run_id": 29})
+    recovery = queue.recover_on_start(engine, s, stale_after_s=60.0, now_s=500.0, max_attempts=2)
+    assert recovery.interrupted == [job] and recovery.requeued == [job] and recovery.failed == []
+    resumed = queue.claim(engine, s, 501.0)
     assert resumed is not None and resumed.id == job
-    assert resumed.checkpoint == {"last_block": 29} and resumed.attempts == 2
+    assert resumed.checkpoint == {"run_id": 29} and resumed.attempts == 2
+
+    given_up: list[tuple[int, str]] = []
+    recovery = queue.recover_on_start(
+        engine, s, stale_after_s=60.0, now_s=900.0, max_attempts=2,
+        give_up=lambda conn, out, reason: given_up.append((out.id, reason)),
+    )  # fmt: skip
+    assert recovery.failed == [job] and recovery.requeued == []
+    failed = queue.get_job(engine, job)
+    assert (failed.status, failed.finished_s) == ("failed", 900.0)
+    assert failed.error == f"program job {job}: worker stopped; gave up after 2 attempts"
+    assert given_up == [(job, failed.error)]
+    queue.resume(engine, job, 1_000.0)  # an operator may still try once more
 
 
 def test_a_late_readback_inside_its_window_runs_at_once_and_records_the_actual_time(
