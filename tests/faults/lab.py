@@ -24,18 +24,19 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import httpx
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import DBAPIError
 
 from drivers import protocol as p
 from drivers.base import Geometry
 from drivers.chip import ChipDriver
 from drivers.transports.factory import open_transport
-from hwctl.client import HwctlClient
+from hwctl.client import ApiError, HwctlClient
 from hwctl.experiment_spec import EvaluationSpec, ExperimentSpec, ScheduleSpec
 from hwctl.store.engine import make_engine
 from hwctl.store.migrate import upgrade
@@ -52,6 +53,7 @@ GEOMETRY = Geometry(4, 256, 256)
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 # A process that imports torch on a busy 2-core machine: generous.
 STARTUP_S = 90.0
+T = TypeVar("T")
 
 
 class LabError(RuntimeError):
@@ -73,6 +75,19 @@ def wait_until(condition: Callable[[], bool], what: str, timeout_s: float, poll_
         if time.monotonic() > deadline:
             raise LabError(f"timed out after {timeout_s:g} s waiting for {what}")
         time.sleep(poll_s)
+
+
+def patiently(what: str, attempt: Callable[[], T], timeout_s: float = 60.0) -> T:
+    """`attempt` until the database lets it through: the suite's own looks and requests ride
+    out a PostgreSQL restart (its own, or another test's on the shared server)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return attempt()
+        except (DBAPIError, ApiError) as exc:
+            if (isinstance(exc, ApiError) and exc.status != 503) or time.monotonic() > deadline:
+                raise LabError(f"{what}: the database did not answer within {timeout_s:g} s: {exc}") from exc
+            time.sleep(0.2)
 
 
 class Child:
@@ -324,7 +339,11 @@ class Lab:
     def network_id(self) -> int:
         """The digits network, uploaded through the API once per lab."""
         if self._network_id is None:
-            network = self.api_client.upload_network(digits_checkpoint_bytes(), "digits.pt", "digits")
+            checkpoint = digits_checkpoint_bytes()
+            network = patiently(
+                "uploading the network",
+                lambda: self.api_client.upload_network(checkpoint, "digits.pt", "digits"),
+            )
             self._network_id = int(network["id"])
         return self._network_id
 
@@ -356,9 +375,9 @@ class Bench:
         self.chip.port = free_port()
         self.proxy = FaultProxy(self.chip.address).start()
         clock_kind = "virtual" if self.chip.clock == "virtual" else "real"
-        self.lab.api_client.ensure_station(
-            self.name, self.proxy.resource(), CHIP_SERIAL, GEOMETRY, clock_kind
-        )
+        patiently("registering the station", lambda: self.lab.api_client.ensure_station(
+            self.name, self.link.resource(), CHIP_SERIAL, GEOMETRY, clock_kind
+        ))  # fmt: skip
         self.worker.start()
         self.chip.start(state=self.state)
         return self
@@ -382,5 +401,6 @@ class Bench:
             schedule=ScheduleSpec(offsets_s=offsets_s),
             evaluation=EvaluationSpec(methods=["none"], n_images=100, calibration_images=100),
         )  # fmt: skip
-        accepted: dict[str, Any] = self.lab.api_client.submit_experiment(spec)
+        key = f"faults-{self.name}"  # a submission retried through an outage is still one experiment
+        accepted = patiently("submitting", lambda: self.lab.api_client.submit_experiment(spec, key))
         return int(accepted["experiment"]["id"])

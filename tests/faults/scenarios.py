@@ -25,7 +25,16 @@ from sqlalchemy.exc import DBAPIError
 from hwctl.store.schema import jobs, stations
 from hwctl.vocabulary import ExperimentStatus, JobKind, JobStatus
 from tests.faults.audit import Audit, audit_campaign, settled, work_signature
-from tests.faults.lab import STARTUP_S, Bench, Lab, LabError, WorkerScale, restart_postgresql, wait_until
+from tests.faults.lab import (
+    STARTUP_S,
+    Bench,
+    Lab,
+    LabError,
+    WorkerScale,
+    patiently,
+    restart_postgresql,
+    wait_until,
+)
 
 READBACK_CUT = 2  # the fault lands in the third readback: readouts before and after it
 # How long after the watchdog's period a board may still be unsafe: its check runs every
@@ -200,6 +209,12 @@ class Run:
         return rows[index] if len(rows) > index else None
 
     def in_phase(self) -> bool:
+        try:
+            return self._in_phase()
+        except DBAPIError:  # a restart of the shared server (another test's): look again
+            return False
+
+    def _in_phase(self) -> bool:
         if self.scenario.phase == "programming":
             job = self._job(JobKind.PROGRAM)
             return bool(
@@ -228,9 +243,12 @@ class Run:
         )
 
     def check_link_seen_down(self) -> None:
-        with self.engine.connect() as conn:
-            state = conn.execute(select(stations.c.link_state, stations.c.link_attempts)
-                                 .where(stations.c.name == self.bench.name)).one()  # fmt: skip
+        def link_row() -> Any:
+            with self.engine.connect() as conn:
+                return conn.execute(select(stations.c.link_state, stations.c.link_attempts)
+                                    .where(stations.c.name == self.bench.name)).one()  # fmt: skip
+
+        state = patiently("reading the station row", link_row)
         self.observed["link_row_during_outage"] = f"{state.link_state} ({state.link_attempts} attempts)"
         self.expect(
             state.link_state == "down", f"station row says link {state.link_state!r} during the outage"
@@ -273,10 +291,12 @@ def board_restart(state: bool) -> Fault:
 
 
 def power_cycle(run: Run) -> None:
-    """The board loses power for an instant (SIM:POW:CYC) and its link with it."""
-    run.bench.chip.probe.power_cycle()
-    run.bench.link.drop()
+    """The board loses power for an instant (SIM:POW:CYC): its link drops at once and answers
+    again once the board is up."""
+    run.bench.link.refuse()
     run.fault_starts()
+    run.bench.chip.probe.power_cycle()
+    run.bench.link.resume()
     run.fault_ends()
 
 
@@ -431,7 +451,7 @@ def _audit(run: Run) -> Audit | None:
         return None
     try:
         probe = run.bench.chip.probe if run.bench.chip.child and run.bench.chip.child.alive else None
-        return audit_campaign(run.engine, run.experiment_id, probe)
+        return patiently("auditing", lambda: audit_campaign(run.engine, run.experiment_id, probe))
     except Exception as exc:  # the verdict itself failed: say so, with the reason
         run.problems.append(f"the audit failed: {type(exc).__name__}: {exc}")
         return None
