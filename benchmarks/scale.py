@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 import sqlite3
@@ -89,10 +90,14 @@ def _free_port() -> int:
 
 def _peak_rss_gb(pid: int) -> float:
     """The process's high-water resident set (VmHWM), GB."""
+    return _status_gb(pid, "VmHWM")
+
+
+def _status_gb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024**2
-    raise RuntimeError(f"no VmHWM for process {pid}")
+    raise RuntimeError(f"no {field} for process {pid}")
 
 
 class Processes:
@@ -115,6 +120,10 @@ class Processes:
 
     def peak_rss_gb(self) -> dict[str, float]:
         return {name: round(_peak_rss_gb(p.pid), 3) for name, p in self.running.items() if p.poll() is None}
+
+    def rss_gb(self) -> dict[str, float]:
+        """Each running process's resident set now (VmRSS), GB."""
+        return {name: _status_gb(p.pid, "VmRSS") for name, p in self.running.items() if p.poll() is None}
 
     def stop(self) -> None:
         for process in self.running.values():
@@ -164,7 +173,7 @@ def run_campaign(
     *,
     arch: str = "resnet34",
     geometry: str = "50m",
-    block_devices: int = 1 << 20,
+    block_devices: int = 1 << 18,
     offsets_s: list[float] | None = None,
     timeout_s: float = 3600.0,
     log: Callable[[str], None] = print,
@@ -222,7 +231,7 @@ def run_campaign(
         submitted = client.post("/experiments", json=spec)
         submitted.raise_for_status()
         experiment_id = int(submitted.json()["experiment"]["id"])
-        jobs = _follow(client, experiment_id, start, timeout_s, log)
+        jobs = _follow(client, experiment_id, start, timeout_s, log, processes)
         stages["campaign_s"] = time.perf_counter() - start
         report_start = time.perf_counter()
         for name in ("histograms", "programming_error", "drift", "heatmap"):
@@ -279,12 +288,17 @@ def _wait(condition: Callable[[], bool], what: str, timeout_s: float) -> None:
 
 
 def _follow(
-    client: httpx.Client, experiment_id: int, start: float, timeout_s: float, log: Callable[[str], None]
-) -> dict[str, Any]:
-    """Poll the experiment's jobs until it ends; wall seconds each job was seen running."""
+    client: httpx.Client, experiment_id: int, start: float, timeout_s: float, log: Callable[[str], None],
+    processes: Processes,
+) -> dict[str, Any]:  # fmt: skip
+    """Poll the experiment's jobs until it ends; wall seconds each job was seen running, and
+    each process's largest sampled RSS while each kind of job ran."""
     seen: dict[int, dict[str, Any]] = {}
-    while True:
+    rss_by_phase: dict[str, float] = {}
+    status = "?"
+    while status not in ("done", "failed", "cancelled"):  # one more look at the jobs after the end
         now = time.perf_counter() - start
+        status = client.get(f"/experiments/{experiment_id}").json()["status"]
         page = client.get("/jobs", params={"experiment_id": experiment_id, "limit": 100}).json()["items"]
         for job in page:
             entry = seen.setdefault(job["id"], {"kind": job["kind"], "started": None, "ended": None})
@@ -295,9 +309,11 @@ def _follow(
                 entry["status"] = job["status"]
                 entry["started"] = entry["started"] if entry["started"] is not None else now
                 log(f"{now:8.1f} s  {job['kind']} {job['id']} {job['status']} {job['progress_message']}")
-        status = client.get(f"/experiments/{experiment_id}").json()["status"]
-        if status in ("done", "failed", "cancelled"):
-            break
+        running = {j["kind"] for j in page if j["status"] == "running"} or {"idle"}
+        for name, gb in processes.rss_gb().items():
+            for kind in running:
+                key = f"{name}_during_{kind}"
+                rss_by_phase[key] = round(max(rss_by_phase.get(key, 0.0), gb), 3)
         if now > timeout_s:
             raise TimeoutError(f"experiment {experiment_id} still {status} after {timeout_s} s")
         time.sleep(0.5)
@@ -314,6 +330,7 @@ def _follow(
         "readback_s": durations("readback"),
         "analyze_s": durations("analyze"),
         "statuses": sorted({j.get("status", "?") for j in seen.values()}),
+        "rss_gb_sampled_by_phase": rss_by_phase,
     }
 
 
@@ -577,7 +594,7 @@ def main() -> None:
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--arch", default="resnet34")
     parser.add_argument("--geometry", default="50m")
-    parser.add_argument("--block-devices", type=int, default=1 << 20)
+    parser.add_argument("--block-devices", type=int, default=1 << 18)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     rng = np.random.default_rng(7)
@@ -607,7 +624,7 @@ def main() -> None:
         for kind, campaign in campaigns.items():
             result[f"store_s_{kind}"] = campaign["store"]["store_s"]
         result["series_ms"] = max(c["store"]["series_ms_median"] for c in campaigns.values())
-        result["fit_s"] = max(c["jobs"]["analyze_s"][0] for c in campaigns.values())
+        result["fit_s"] = max(max(c["jobs"]["analyze_s"], default=math.nan) for c in campaigns.values())
         result["campaign_s"] = max(c["campaign_s"] for c in campaigns.values())
         result["campaign_s_by_database"] = {k: c["campaign_s"] for k, c in campaigns.items()}
         result["rss_gb"] = {

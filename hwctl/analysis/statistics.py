@@ -143,7 +143,10 @@ def chip_statistics(
     # Pass 1, chunk by chunk: each device's class, and the bins' sums over the usable ones.
     for chunk in _chunks(fit.n_devices):
         target = np.asarray(targets[chunk], np.float64)
-        ok, nu = fit.ok[chunk], np.asarray(fit.nu[chunk], np.float64)
+        ok, nu = (
+            fit.status[chunk] == FitStatus.OK,
+            np.asarray(fit.nu[chunk], np.float64),
+        )  # not fit.ok: whole chip
         programmed = target > 0
         far_us = limits.far_sigmas * model.sigma_prog_us(target)
         far = np.abs(fit.g_t0_us[chunk] - target) > far_us
@@ -177,7 +180,8 @@ def chip_statistics(
         with np.errstate(invalid="ignore"):
             above_bin = nu > nu_mean[bin_of] + limits.fast_sigmas * spread
             above_limit = nu - limits.fast_sigmas * nu_stderr > limits.nu_fast_abs
-        fast.append(chunk.start + np.flatnonzero((target > 0) & fit.ok[chunk] & (above_bin | above_limit)))
+        ok = fit.status[chunk] == FitStatus.OK
+        fast.append(chunk.start + np.flatnonzero((target > 0) & ok & (above_bin | above_limit)))
     return ChipStatistics(
         t0_s=fit.t0_s,
         g_max_us=model.g_max_us,

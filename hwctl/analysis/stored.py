@@ -99,10 +99,11 @@ class StoredExperiment:
         for devices `start`…`stop` − 1 (default: all; 8 bytes a device per readout)."""
         _, programming = self.require_readouts()
         stop = programming.programmed_s.size if stop is None else stop
-        programmed_s = programming.programmed_s[start:stop]
-        return np.stack(
-            [read_times_in_range(starts, start, stop) - programmed_s for starts in self.block_starts]
-        )
+        ages_s = np.empty((len(self.block_starts), stop - start), np.float64)
+        for row, starts in zip(ages_s, self.block_starts, strict=True):
+            row[:] = read_times_in_range(starts, start, stop)
+            row -= programming.programmed_s[start:stop]
+        return ages_s
 
 
 @contextmanager
@@ -145,7 +146,7 @@ def load_experiment(db: Engine | Connection, experiment_id: int) -> StoredExperi
         ).one_or_none()
         run_id = None if run is None else int(run.id)
         device_map = None if run is None else DeviceMap.from_bytes(run.device_map)
-        programming = None if run_id is None else load_programming_result(conn, run_id)
+        programming = None if run_id is None else load_programming_result(conn, run_id, device_map)
         stored = [] if run_id is None else list_readouts(conn, run_id)
         block_starts = [read_block_starts(conn, r.id)[0] for r in stored]
         samples = [readout_sample_us(conn, r.id, HISTOGRAM_SAMPLE_DEVICES) for r in stored]

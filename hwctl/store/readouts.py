@@ -36,9 +36,10 @@ from hwctl.store.vectors import decode_row, encode
 Floats = npt.NDArray[np.float64]
 G_BYTES = 4  # readout conductances are float32
 T_BYTES = 8  # programming end times are float64
-# Devices per stored block when a whole vector is handed in (4 MiB of float32): large
-# enough that a 43.6 M-device readout is ~42 inserts, small enough to bound every reader.
-STORED_BLOCK_DEVICES = 1 << 20
+# Devices per stored block when a whole vector is handed in (1 MiB of float32, as the
+# worker's read blocks): a 43.6 M-device readout is 167 inserts; every reader is bounded
+# by it, and on SQLite one device's bytes are at most 32 overflow pages into its block.
+STORED_BLOCK_DEVICES = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -130,9 +131,14 @@ def run_finished(conn: Connection, run_id: int) -> bool:
     return ended is not None
 
 
-def load_programming_result(conn: Connection, run_id: int) -> ProgrammingResult:
+def load_programming_result(
+    conn: Connection, run_id: int, device_map: DeviceMap | None = None
+) -> ProgrammingResult:
+    """The run's per-device outcome; `device_map`: the run's map when the caller holds it
+    already (a 43.6 M-device map is 350 MB: not decoded twice)."""
+    columns = [programming_runs] if device_map is not None else [programming_runs, mappings.c.device_map]
     query = (
-        select(programming_runs, mappings.c.device_map)
+        select(*columns)
         .join(mappings, mappings.c.id == programming_runs.c.mapping_id)
         .where(programming_runs.c.id == run_id)
     )
@@ -142,7 +148,7 @@ def load_programming_result(conn: Connection, run_id: int) -> ProgrammingResult:
     if row.ended_at is None:
         raise StoreError(f"programming run {run_id} has not finished: no per-device results yet")
     what = f"programming run {run_id}"
-    device_map = DeviceMap.from_bytes(row.device_map)
+    device_map = device_map if device_map is not None else DeviceMap.from_bytes(row.device_map)
     return ProgrammingResult(
         addresses=device_map.addresses,
         target_g_us=device_map.target_g_us,
@@ -327,29 +333,34 @@ def iter_readout_blocks(
         whole = select(readouts).where(readouts.c.id == readout_id)
         yield 0, decode_row(conn.execute(whole, execution_options=BINARY_RESULTS).one(), "g", what=what)
         return
-    blocks = conn.execute(
-        select(readout_blocks.c.id, readout_blocks.c.first_device, readout_blocks.c.g_len)
-        .where(readout_blocks.c.readout_id == readout_id)
-        .order_by(readout_blocks.c.first_device)
-    ).all()
+    blocks = _block_index(conn, readout_id)
+    ends = [first for _, first in blocks[1:]] + [int(head.g_len)]
     reached = 0
-    for block in blocks:
-        if block.first_device != reached:
-            raise CorruptVectorError(
-                f"{what}: block at device {block.first_device} does not follow {reached}"
-            )
-        reached += block.g_len
-        if reached <= start_device or block.first_device >= stop:
+    for (block_id, first), end in zip(blocks, ends, strict=True):
+        if first != reached:
+            raise CorruptVectorError(f"{what}: block at device {first} does not follow {reached}")
+        if end <= start_device or first >= stop:
+            reached = end
             continue
         row = conn.execute(
-            select(readout_blocks).where(readout_blocks.c.id == block.id), execution_options=BINARY_RESULTS
+            select(readout_blocks).where(readout_blocks.c.id == block_id), execution_options=BINARY_RESULTS
         ).one()
-        yield (
-            int(row.first_device),
-            decode_row(row, "g", what=f"block at device {row.first_device} of {what}"),
-        )
+        g_us = decode_row(row, "g", what=f"block at device {first} of {what}")
+        reached = first + g_us.size
+        yield first, g_us
     if reached != head.g_len:
         raise CorruptVectorError(f"{what}: its blocks hold {reached} devices, the readout {head.g_len}")
+
+
+def _block_index(conn: Connection, readout_id: int) -> list[tuple[int, int]]:
+    """(block id, first device) of a readout's blocks in device order, from the index alone:
+    SQLite keeps the columns after a blob (g_len…) behind its overflow pages."""
+    query = (
+        select(readout_blocks.c.id, readout_blocks.c.first_device)
+        .where(readout_blocks.c.readout_id == readout_id)
+        .order_by(readout_blocks.c.first_device)
+    )
+    return [(int(block_id), int(first)) for block_id, first in conn.execute(query)]
 
 
 def iter_readout_ranges(
@@ -384,18 +395,13 @@ def readout_sample_us(conn: Connection, readout_id: int, max_devices: int) -> np
     info = readout_info(conn, readout_id)
     if info.n_devices <= max_devices:
         return load_readout(conn, readout_id).g_us
-    blocks = conn.execute(
-        select(readout_blocks.c.first_device, readout_blocks.c.g_len)
-        .where(readout_blocks.c.readout_id == readout_id)
-        .order_by(readout_blocks.c.first_device)
-    ).all()
-    if not blocks:  # stored whole before 0008
+    firsts = [first for _, first in _block_index(conn, readout_id)]
+    if not firsts:  # stored whole before 0008
         return load_readout(conn, readout_id).g_us[:: -(-info.n_devices // max_devices)].copy()
-    n_taken = max(1, min(len(blocks), max_devices // max(int(blocks[0].g_len), 1)))
-    picks = [blocks[int(k)] for k in np.unique(np.linspace(0, len(blocks) - 1, n_taken).round())]
-    parts = [
-        next(iter_readout_blocks(conn, readout_id, b.first_device, b.first_device + 1))[1] for b in picks
-    ]
+    block_devices = firsts[1] if len(firsts) > 1 else info.n_devices
+    n_taken = max(1, min(len(firsts), max_devices // max(block_devices, 1)))
+    picks = [firsts[int(k)] for k in np.unique(np.linspace(0, len(firsts) - 1, n_taken).round())]
+    parts = [next(iter_readout_blocks(conn, readout_id, first, first + 1))[1] for first in picks]
     return np.concatenate(parts)[:max_devices]
 
 
@@ -436,11 +442,18 @@ def device_series(conn: Connection, run_id: int, device: int) -> DeviceSeries:
         raise NotFoundError(f"programming run {run_id} does not exist")
     if run.programmed_s_len is None:
         raise StoreError(f"programming run {run_id} has not finished: no per-device programming times")
-    holding = and_(
-        readout_blocks.c.readout_id == readouts.c.id,
-        readout_blocks.c.first_device <= device,
-        readout_blocks.c.first_device + readout_blocks.c.g_len > device,
+    # The block that holds the device: the readout's last block starting at or before it,
+    # found in the (readout_id, first_device) index alone. Its length is not compared in
+    # SQL: SQLite keeps the columns after a blob behind its overflow pages, so reading
+    # g_len of every candidate block would read the blocks themselves; a block too short
+    # to hold the device shows as a short read instead.
+    earlier = readout_blocks.alias("earlier")
+    last_start = (
+        select(func.max(earlier.c.first_device))
+        .where(earlier.c.readout_id == readouts.c.id, earlier.c.first_device <= device)
+        .scalar_subquery()
     )
+    holding = and_(readout_blocks.c.readout_id == readouts.c.id, readout_blocks.c.first_device == last_start)
     columns = [
         readouts.c.id, readouts.c.board_time_s, readouts.c.block_starts, readouts.c.g_len, readouts.c.g_crc32,
         readout_blocks.c.id.label("block_id"), readout_blocks.c.first_device,
@@ -465,19 +478,22 @@ def device_series(conn: Connection, run_id: int, device: int) -> DeviceSeries:
     rows = conn.execute(query).all()
     _check_device(device, run_id, rows, run.programmed_s_len)
     t0 = rows[0].t0 if rows else b""
-    return _series(device, [_read_time_s(r, device) for r in rows], [r.g for r in rows], t0)
+    return _series(device, rows, [r.g for r in rows], t0)
 
 
 def _sqlite_device_series(
     conn: Connection, run_id: int, device: int, n_programmed: int, columns: list[Any], holding: Any
 ) -> DeviceSeries:
-    query = select(*columns).outerjoin(readout_blocks, holding).where(readouts.c.run_id == run_id)
+    query = select(*columns).select_from(readouts).outerjoin(readout_blocks, holding)
+    query = query.where(readouts.c.run_id == run_id)
     rows = conn.execute(query.order_by(readouts.c.board_time_s)).all()
     _check_device(device, run_id, rows, n_programmed)
     raw = conn.connection.driver_connection  # sqlite3.Connection: blob I/O is not in SQLAlchemy
 
     def read(table: str, column: str, rowid: int, offset: int, width: int) -> bytes:
         with raw.blobopen(table, column, rowid, readonly=True) as blob:  # type: ignore[union-attr]
+            if offset + width > len(blob):
+                return b""  # a short read: `_series` reports it
             blob.seek(offset)
             return bytes(blob.read(width))
 
@@ -488,7 +504,7 @@ def _sqlite_device_series(
 
     g = [g_bytes(r) for r in rows]
     t0 = read("programming_runs", "programmed_s_blob", run_id, device * T_BYTES, T_BYTES)
-    return _series(device, [_read_time_s(r, device) for r in rows], g, t0)
+    return _series(device, rows, g, t0)
 
 
 def _check_device(device: int, run_id: int, rows: Sequence[Any], n_programmed: int) -> None:
@@ -516,11 +532,16 @@ def _read_time_in(starts: list[tuple[int, float]], device: int) -> float:
     return holding[-1] if holding else starts[0][1]
 
 
-def _series(device: int, board_time_s: list[float], g_bytes: list[bytes], t0_bytes: bytes) -> DeviceSeries:
+def _series(device: int, rows: Sequence[Any], g_bytes: list[bytes], t0_bytes: bytes) -> DeviceSeries:
+    """The series from each readout's 4 bytes of the device, aged from the block that holds it."""
     if not g_bytes:
         return DeviceSeries(device, np.empty(0), np.empty(0, np.float32))
+    for row, g in zip(rows, g_bytes, strict=True):
+        if len(g) != G_BYTES:
+            raise CorruptVectorError(f"readout {row.id}: no stored block holds device {device}")
     g_us = np.frombuffer(b"".join(g_bytes), "<f4").astype(np.float32)
     t0_s = float(np.frombuffer(t0_bytes, "<f8")[0])
+    board_time_s = [_read_time_s(r, device) for r in rows]
     return DeviceSeries(device, np.asarray(board_time_s, np.float64) - t0_s, g_us)
 
 
@@ -547,11 +568,13 @@ def read_block_starts(conn: Connection, readout_id: int) -> tuple[list[tuple[int
 
 
 def read_times_in_range(starts: list[tuple[int, float]], start: int, stop: int) -> npt.NDArray[np.float64]:
-    """The read time (board s) of devices `start`…`stop` − 1, from their blocks' starts."""
+    """The read time (board s) of devices `start`…`stop` − 1, from their blocks' starts
+    (devices before the first block count from it): each block's time repeated over the
+    devices of the range it holds."""
     firsts = np.array([first for first, _ in starts], np.int64)
-    holding = np.searchsorted(firsts, np.arange(start, stop), side="right") - 1
-    times = np.array([t_s for _, t_s in starts], np.float64)
-    return times[np.maximum(holding, 0)]
+    begins = np.clip(np.concatenate([[start], firsts[1:]]), start, stop)
+    ends = np.clip(np.concatenate([firsts[1:], [stop]]), start, stop)
+    return np.repeat(np.array([t_s for _, t_s in starts], np.float64), np.maximum(ends - begins, 0))
 
 
 def list_readouts(conn: Connection, run_id: int) -> list[ReadoutInfo]:
