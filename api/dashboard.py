@@ -55,7 +55,7 @@ class StationQueue:
     name: str
     resource: str
     clock_kind: str
-    link: str  # up, down since when (attempts), or unknown
+    link: str  # up, down or paused since when (attempts), or unknown
     queued: int
     running: Job | None
     next_due: Job | None
@@ -86,10 +86,12 @@ def _render(request: Request, template: str, **context: Any) -> HTMLResponse:
 
 
 def link_label(station: Station) -> str:
-    """The board's link for people: up, down since 04:50:12 UTC (3 attempts), or unknown."""
+    """The board's link for people: up, down since 04:50:12 UTC (3 attempts), paused
+    (down so long that the queue waits), or unknown."""
     link = station.link
-    if link.state == "down" and link.down_since is not None:
-        return f"down since {link.down_since:%Y-%m-%d %H:%M:%S} UTC ({link.attempts} attempts)"
+    if link.state in ("down", "paused") and link.down_since is not None:
+        queue = ", queue paused" if link.state == "paused" else ""
+        return f"{link.state} since {link.down_since:%Y-%m-%d %H:%M:%S} UTC ({link.attempts} attempts{queue})"
     return link.state or "unknown"
 
 

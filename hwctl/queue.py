@@ -185,7 +185,25 @@ def _in_lane(lane: str | None) -> Any:
     return true() if lane is None else jobs.c.lane == lane
 
 
-def _mark_missed(conn: Connection, station_id: int, now_s: float, lane: str | None = None) -> list[int]:
+NOT_STARTED_IN_WINDOW = "not started within its window"
+
+
+def mark_missed(
+    engine: Engine, station_id: int, now_s: float, why: str, lane: str | None = None
+) -> list[int]:
+    """Queued jobs past their window are missed now, saying `why` they could not start
+    (a station whose link is down marks them while it waits for the board)."""
+    with _write(engine) as conn, conn.begin():
+        return _mark_missed(conn, station_id, now_s, lane, f"{NOT_STARTED_IN_WINDOW}: {why}")
+
+
+def _mark_missed(
+    conn: Connection,
+    station_id: int,
+    now_s: float,
+    lane: str | None = None,
+    reason: str = NOT_STARTED_IN_WINDOW,
+) -> list[int]:
     """Queued jobs past their window are missed; the reason goes after any earlier error
     (why an interrupted readback could not continue in time)."""
     late = update(jobs).where(
@@ -195,9 +213,10 @@ def _mark_missed(conn: Connection, station_id: int, now_s: float, lane: str | No
         jobs.c.window_s.is_not(None),
         jobs.c.run_at_s + jobs.c.window_s < now_s,
     )
-    reason = func.coalesce(jobs.c.error + "; ", "") + "not started within its window"
     rows = conn.execute(
-        late.values(status=JobStatus.MISSED, finished_s=now_s, error=reason).returning(jobs.c.id)
+        late.values(
+            status=JobStatus.MISSED, finished_s=now_s, error=func.coalesce(jobs.c.error + "; ", "") + reason
+        ).returning(jobs.c.id)
     )
     return [int(r.id) for r in rows]
 

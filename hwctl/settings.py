@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     reconnect_max_s: float = Field(
         default=30.0, gt=0, description="The longest wait between a worker's attempts to re-open its board."
     )
+    link_pause_after_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a board's link may stay down before the station's queue is paused "
+        "(link state 'paused'; readbacks that pass their window meanwhile are missed, saying so); "
+        "the worker keeps re-opening the board at the longest backoff and resumes by itself.",
+    )
     job_max_attempts: int = Field(
         default=5,
         ge=1,

@@ -82,6 +82,7 @@ class WorkerOptions:
     link_timeout_s: float = DEFAULT_TIMEOUT_S
     reconnect_initial_s: float = 0.5  # doubled after each failed re-open, up to reconnect_max_s
     reconnect_max_s: float = 30.0
+    link_pause_after_s: float = 300.0  # a link down this long pauses the station's chip queue
     job_max_attempts: int = 5
     stop_grace_s: float = 1.5
     db_retry_max_s: float = 5.0
@@ -90,8 +91,8 @@ class WorkerOptions:
     @classmethod
     def from_settings(cls, settings: Settings, **chosen: Any) -> WorkerOptions:
         """The deployment's settings, with `chosen` (command-line flags) on top."""
-        names = ("link_timeout_s", "reconnect_initial_s", "reconnect_max_s", "job_max_attempts",
-                 "stop_grace_s", "db_retry_max_s", "worker_heartbeat_s")  # fmt: skip
+        names = ("link_timeout_s", "reconnect_initial_s", "reconnect_max_s", "link_pause_after_s",
+                 "job_max_attempts", "stop_grace_s", "db_retry_max_s", "worker_heartbeat_s")  # fmt: skip
         return cls(**{name: getattr(settings, name) for name in names}, **chosen)
 
 
@@ -117,10 +118,12 @@ class _Lane:
 
 @dataclass
 class _Link:
-    """The supervisor's record of the link: down since when, after how many re-opens."""
+    """The supervisor's record of the link: down since when, after how many re-opens, and
+    whether the station's queue is paused for it."""
 
     down_since: datetime | None = None
     attempts: int = 0
+    paused: bool = False
 
 
 class Worker:
@@ -247,9 +250,8 @@ class Worker:
                         recovered = True
                     self._check_continuity(station, station_id)
                     if link.down_since is not None:
-                        log.info(
-                            "station %s: link up again after %d attempts", self.station_name, link.attempts
-                        )
+                        log.info("station %s: link up again after %d attempts%s", self.station_name,
+                                 link.attempts, "; queue resumed" if link.paused else "")  # fmt: skip
                     link = _Link()
                     self._write("recording the link up", lambda conn: station_link.link_up(conn, station_id))
                     if not compute.is_alive():
@@ -274,20 +276,42 @@ class Worker:
             log.warning("station %s recovered: %s", self.station_name, recovery)
 
     def _link_failed(self, station_id: int, link: _Link, reason: str) -> None:
-        link.down_since = link.down_since or utc_now()
+        """Record the failure; once the link has been down `link_pause_after_s` the queue is
+        paused: readbacks that pass their window meanwhile are missed, saying why."""
+        now = utc_now()
+        link.down_since = link.down_since or now
         link.attempts += 1
         since, attempts = link.down_since, link.attempts
+        down_for_s = (now - since).total_seconds()
         log.warning("station %s: link down since %s (attempt %d): %s", self.station_name,
                     since.isoformat(timespec="seconds"), attempts, reason)  # fmt: skip
+        if not link.paused and down_for_s >= self.options.link_pause_after_s:
+            link.paused = True
+            log.error("station %s: link down for %.1f s: queue paused until the board answers",
+                      self.station_name, down_for_s)  # fmt: skip
+        paused = link.paused
         self._write(
-            "recording the link down", lambda conn: station_link.link_down(conn, station_id, since, attempts)
+            "recording the link down",
+            lambda conn: station_link.link_down(conn, station_id, since, attempts, paused),
         )
+        if paused and self._clock is not None:
+            now_s = self._clock.estimated_now_s()
+            why = f"link down since {since.isoformat(timespec='seconds')}"
+            missed = self._retrying(
+                "missing readbacks",
+                lambda: queue.mark_missed(self.engine, station_id, now_s, why, JobLane.CHIP),
+            )
+            if missed:
+                log.warning("station %s: jobs %s missed: %s", self.station_name, missed, why)
 
     def _back_off(self, station_id: int, link: _Link) -> bool:
-        """Wait before the next re-open (exponential backoff); False if stopped meanwhile."""
+        """Wait before the next re-open (exponential backoff, the longest once the queue is
+        paused); False if stopped meanwhile."""
         delay_s = min(
             self.options.reconnect_initial_s * 2 ** (link.attempts - 1), self.options.reconnect_max_s
         )
+        if link.paused:
+            delay_s = self.options.reconnect_max_s
         log.info("station %s: re-opening the board in %.2f s", self.station_name, delay_s)
         return not self.stop_event.wait(delay_s)
 

@@ -23,7 +23,9 @@ class StationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=STATION_NAME, description="unique name experiments refer to")
     resource: str = Field(
-        min_length=1, max_length=256, description="TCPIP::host::port::SOCKET, ASRL/dev/ttyUSB0::INSTR or sim://"
+        min_length=1,
+        max_length=256,
+        description="TCPIP::host::port::SOCKET, ASRL/dev/ttyUSB0::INSTR or sim://",
     )
     chip_serial: str = Field(min_length=1, max_length=64)
     geometry: GeometryModel
@@ -34,7 +36,11 @@ class StationCreate(BaseModel):
 class StationLink(BaseModel):
     """The board's link as the station's worker last recorded it."""
 
-    state: Literal["up", "down"] | None = Field(description="null until a worker first opened the board")
+    state: Literal["up", "down", "paused"] | None = Field(
+        description="null until a worker first opened the board; 'paused': down longer than the "
+        "worker's link_pause_after_s, the station's queue waits (readbacks past their window are "
+        "missed) and resumes by itself when the board answers"
+    )
     down_since: UtcDatetime | None
     attempts: int = Field(description="attempts to re-open the link since it went down")
     worker_heartbeat_at: UtcDatetime | None = Field(description="when the worker last said it was alive")

@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 
 from hwctl.store.engine import unavailable_reason
 from hwctl.store.schema import stations, utc_now
-from hwctl.store.station_link import LINK_DOWN, LINK_UP
+from hwctl.store.station_link import LINK_DOWN, LINK_PAUSED, LINK_UP
 
 
 def database_problem(engine: Engine) -> str | None:
@@ -31,7 +31,7 @@ def database_problem(engine: Engine) -> str | None:
 class StationHealth:
     name: str
     worker_heartbeat_at: datetime | None
-    link_state: str | None  # up | down; None until a worker first opened the board
+    link_state: str | None  # up | down | paused; None until a worker first opened the board
     link_down_since: datetime | None
     link_attempts: int
     problems: tuple[str, ...]  # empty when the station is healthy
@@ -60,11 +60,12 @@ def _judged(row: Any, now: datetime, stale_after: timedelta) -> StationHealth:
         problems.append(
             f"station {row.name!r}: its worker was last alive {(now - heartbeat).total_seconds():.0f} s ago"
         )
-    if row.link_state == LINK_DOWN:
+    if row.link_state in (LINK_DOWN, LINK_PAUSED):
         since = "" if down_since is None else f" since {down_since.isoformat(timespec='seconds')}"
+        paused = "; its queue is paused" if row.link_state == LINK_PAUSED else ""
         problems.append(
             f"station {row.name!r}: the board's link is down{since} "
-            f"({row.link_attempts} attempts to re-open it)"
+            f"({row.link_attempts} attempts to re-open it){paused}"
         )
     elif row.link_state not in (None, LINK_UP):
         problems.append(f"station {row.name!r}: unknown link state {row.link_state!r}")

@@ -1,6 +1,8 @@
 """What a station's worker knows of its board, kept on the station row for the API and
-health probes: the link ("up", or "down" since when and after how many attempts to
-re-open it) and when the worker last said it was alive."""
+health probes: the link ("up"; "down" since when and after how many attempts to re-open
+it; "paused" once it has been down longer than the worker's `link_pause_after_s`, its
+chip queue held until the board answers again) and when the worker last said it was
+alive."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from hwctl.store.schema import stations, utc_now
 
 LINK_UP = "up"
 LINK_DOWN = "down"
+LINK_PAUSED = "paused"  # down for long: the station's chip queue waits for the board
 
 
 def station_by_name(conn: Connection, name: str) -> Row[Any] | None:
@@ -27,13 +30,19 @@ def link_up(conn: Connection, station_id: int) -> None:
     )
 
 
-def link_down(conn: Connection, station_id: int, since: datetime, attempts: int) -> None:
-    """The link failed at `since`; `attempts` re-opens have failed since."""
+def link_down(
+    conn: Connection, station_id: int, since: datetime, attempts: int, paused: bool = False
+) -> None:
+    """The link failed at `since`; `attempts` re-opens have failed since (`paused`: for so
+    long that the station's queue is paused)."""
     conn.execute(
         update(stations)
         .where(stations.c.id == station_id)
         .values(
-            link_state=LINK_DOWN, link_down_since=since, link_attempts=attempts, worker_heartbeat_at=utc_now()
+            link_state=LINK_PAUSED if paused else LINK_DOWN,
+            link_down_since=since,
+            link_attempts=attempts,
+            worker_heartbeat_at=utc_now(),
         )
     )
 

@@ -10,19 +10,21 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from sqlalchemy import Engine, func, select
 
-from hwctl.embedded_chip import EmbeddedChip
+from hwctl.embedded_chip import EmbeddedChip, SimChipOptions, start_embedded_chip
 from hwctl.experiment_spec import JOB_PROGRAM, JOB_READBACK
 from hwctl.mapping import DeviceMap
 from hwctl.store.engine import make_engine
+from hwctl.store.health import station_health
 from hwctl.store.schema import experiments, jobs, mappings, programming_runs, readouts, stations
 from hwctl.worker import Worker, WorkerOptions
 from tests.faultproxy import FaultProxy
-from tests.service.conftest import Campaign, create_campaign, job_statuses
+from tests.service.conftest import SMALL_CHIP, Campaign, create_campaign, job_statuses
 
 BLOCK_DEVICES = 5_000  # the digits network's ~38k devices in 8 blocks per readout
 POINTS = 4
@@ -193,6 +195,56 @@ def test_a_board_back_blank_flags_the_experiment_and_every_later_readout(
     )
     assert flags[0] is None  # read before the power cycle
     assert len(flags) == POINTS and all(flag == experiment.status_reason for flag in flags[1:])
+
+
+PAUSE_RATE = 100.0  # board s per wall s: an outage of ~2 wall s outlasts a 60-s readback window
+
+
+@pytest.fixture
+def accelerated_chip() -> Iterator[EmbeddedChip]:
+    chip = start_embedded_chip(SimChipOptions(rate=PAUSE_RATE, geometry=SMALL_CHIP, seed=5))
+    yield chip
+    chip.stop()
+
+
+def test_a_link_down_past_the_limit_pauses_the_queue_misses_late_readbacks_with_the_reason_and_resumes(
+    engine: Engine, accelerated_chip: EmbeddedChip
+) -> None:
+    proxy = FaultProxy(("127.0.0.1", int(accelerated_chip.resource.split("::")[2]))).start()
+    offsets_s = [25.0, 300.0, 700.0]  # windows: 60, 150 and 350 board s
+    campaign = create_campaign(engine, proxy.resource(), clock_kind="accelerated", offsets_s=offsets_s)
+    seen: list[tuple[str, list[str]]] = []
+
+    def look_then_reconnect() -> None:
+        with engine.connect() as conn:
+            [health] = station_health(conn, worker_stale_after_s=60.0)
+        seen.append((link_row(engine)[0], list(health.problems)))
+        proxy.resume()
+
+    def pull_the_cable() -> None:  # at the second readout, for 2 s of wall time: 200 board s
+        proxy.refuse()
+        threading.Timer(2.0, look_then_reconnect).start()
+
+    options = replace(FAST, link_timeout_s=0.5, link_pause_after_s=0.3)
+    cut = cut_when(
+        accelerated_chip, "read_block", block_of_readout(engine, 0, after_readouts=1), pull_the_cable
+    )
+    try:
+        worker = Worker(engine, campaign.station, options)
+        run_until(worker, lambda: cut.is_set() and idle(engine), "the campaign to end after the outage")
+    finally:
+        proxy.close()
+
+    [(state_while_down, problems)] = seen
+    assert state_while_down == "paused"
+    assert len(problems) == 1 and "link is down since" in problems[0] and "queue is paused" in problems[0]
+    assert link_row(engine) == ("up", 0)  # resumed by itself
+    with engine.connect() as conn:
+        rows = conn.execute(select(jobs.c.status, jobs.c.error).where(jobs.c.kind == JOB_READBACK)
+                            .order_by(jobs.c.run_at_s)).all()  # fmt: skip
+    assert [r.status for r in rows] == ["succeeded", "missed", "succeeded"]
+    assert "not started within its window: link down since 20" in rows[1].error
+    assert stored_readouts(engine) == 2
 
 
 def test_a_stop_while_the_link_hangs_ends_the_worker_within_2_s(
