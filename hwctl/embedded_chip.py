@@ -7,12 +7,14 @@ the simulator.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import parse_qs, urlsplit
+from pathlib import Path
+from urllib.parse import parse_qs, quote, urlsplit
 
 from drivers.base import Geometry
 from drivers.sim.board import DEFAULT_GEOMETRY, SimBoard
 from drivers.sim.clock import AcceleratedClock, Clock, VirtualClock
 from drivers.sim.server import serve_in_thread
+from drivers.sim.state import StateFileError
 from hwctl.station import StationError
 
 DEFAULT_SIM_RATE = 3600.0  # 24 h of board time in 24 s of wall time
@@ -20,18 +22,23 @@ DEFAULT_SIM_RATE = 3600.0  # 24 h of board time in 24 s of wall time
 
 @dataclass(frozen=True)
 class SimChipOptions:
-    """How to build an embedded simulated chip, parsed from `sim://?rate=…&seed=…`."""
+    """How to build an embedded simulated chip, parsed from `sim://?rate=…&seed=…`.
+
+    `state`: the file that keeps its devices and board time (a non-volatile chip: a
+    restarted process finds it as it was); None: blank at every start."""
 
     rate: float = DEFAULT_SIM_RATE
     virtual: bool = False
     seed: int = 0
     geometry: Geometry = DEFAULT_GEOMETRY
+    state: Path | None = None
 
     @classmethod
     def parse(cls, resource: str) -> SimChipOptions:
-        """`sim://?clock=virtual|accelerated&rate=X&seed=N&geometry=TxRxC`."""
+        """`sim://?clock=virtual|accelerated&rate=X&seed=N&geometry=TxRxC&state=PATH`
+        (PATH percent-encoded as `with_state` writes it)."""
         query = {k: v[-1] for k, v in parse_qs(urlsplit(resource).query).items()}
-        unknown = set(query) - {"clock", "rate", "seed", "geometry"}
+        unknown = set(query) - {"clock", "rate", "seed", "geometry", "state"}
         if unknown:
             raise StationError(f"{resource!r}: unknown simulated-chip options {sorted(unknown)}")
         clock = query.get("clock", "accelerated")
@@ -48,7 +55,16 @@ class SimChipOptions:
             raise StationError(f"{resource!r}: malformed simulated-chip option ({exc})") from None
         if rate <= 0:
             raise StationError(f"{resource!r}: clock rate must be positive, got {rate}")
-        return cls(rate=rate, virtual=clock == "virtual", seed=seed, geometry=geometry)
+        if "state" in query and not query["state"]:
+            raise StationError(f"{resource!r}: state must name a file")
+        state = Path(query["state"]) if "state" in query else None
+        return cls(rate=rate, virtual=clock == "virtual", seed=seed, geometry=geometry, state=state)
+
+
+def with_state(resource: str, state: Path) -> str:
+    """`resource` (a `sim://` string) whose chip keeps its state in `state`."""
+    separator = "&" if "?" in resource else "?"
+    return f"{resource}{separator}state={quote(str(state), safe='/')}"
 
 
 class EmbeddedChip:
@@ -57,7 +73,10 @@ class EmbeddedChip:
     def __init__(self, options: SimChipOptions = SimChipOptions()) -> None:
         clock: Clock = VirtualClock() if options.virtual else AcceleratedClock(options.rate)
         self.options = options
-        self.board = SimBoard(options.geometry, clock=clock, seed=options.seed)
+        try:
+            self.board = SimBoard(options.geometry, clock=clock, seed=options.seed, state_path=options.state)
+        except (StateFileError, OSError) as exc:
+            raise StationError(f"cannot use the simulated chip's state file {options.state}: {exc}") from None
         self._server = serve_in_thread(self.board, port=0)
 
     @property
@@ -66,7 +85,11 @@ class EmbeddedChip:
         return self._server.resource
 
     def stop(self) -> None:
-        self._server.stop()
+        """Stop serving, then sync and release the state file (another chip may open it)."""
+        try:
+            self._server.stop()
+        finally:
+            self.board.close()
 
 
 def start_embedded_chip(options: SimChipOptions = SimChipOptions()) -> EmbeddedChip:

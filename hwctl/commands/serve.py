@@ -5,20 +5,25 @@ whose resource is an embedded simulated chip (`sim://`) and its station worker t
 so experiments submitted to the API run without any hardware. Its clock is virtual by
 default: the worker jumps it to each due readback, so a 24 h schedule runs in minutes and
 no readback is missed while programming takes wall seconds (an accelerated 3600× clock
-turns 2 s of programming into 2 h of board time, past the early readbacks).
-`--no-embedded` serves the API only; workers then run as `hwctl worker` processes.
+turns 2 s of programming into 2 h of board time, past the early readbacks). The chip is
+non-volatile by default: its devices and board time are kept in a state file next to
+the SQLite database (`--chip-state FILE` chooses another, `--no-chip-state` makes it
+blank at every start), so a restarted `hwctl serve` finds the campaign's chip as it
+left it. `--no-embedded` serves the API only; workers then run as `hwctl worker`
+processes.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, make_url, select, update
 
 from hwctl.commands.errors import CLIError
-from hwctl.embedded_chip import SimChipOptions
+from hwctl.embedded_chip import SimChipOptions, with_state
 from hwctl.settings import Settings, get_settings
 from hwctl.store import records
 from hwctl.store.engine import make_engine
@@ -33,26 +38,65 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("serve", help="run the REST API (and, by default, a simulated station)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port")
-    parser.add_argument("--embedded", action=argparse.BooleanOptionalAction, default=True,
-                        help="also run a simulated chip and its station worker in this process")
+    parser.add_argument(
+        "--embedded",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run a simulated chip and its station worker in this process",
+    )
     parser.add_argument("--station", default="sim", help="name of the embedded station (default: sim)")
-    parser.add_argument("--clock", choices=("virtual", "accelerated"), default="virtual",
-                        help="embedded chip's clock: virtual (default; the worker jumps it to each due "
-                             "readback) or accelerated (runs --rate times real time)")
-    parser.add_argument("--rate", type=float, default=DEFAULT_RATE,
-                        help="board seconds per wall second with --clock accelerated (default: %(default)g)")
-    parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
-                        help="log every request (uvicorn access log)")
+    parser.add_argument(
+        "--clock",
+        choices=("virtual", "accelerated"),
+        default="virtual",
+        help="embedded chip's clock: virtual (default; the worker jumps it to each due "
+        "readback) or accelerated (runs --rate times real time)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=DEFAULT_RATE,
+        help="board seconds per wall second with --clock accelerated (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--chip-state",
+        type=Path,
+        metavar="FILE",
+        help="file keeping the embedded chip's devices and board time across restarts "
+        "(default: STATION.chip-state next to the SQLite database, else under var/)",
+    )
+    parser.add_argument(
+        "--no-chip-state",
+        action="store_true",
+        help="a volatile embedded chip: every device blank and its clock at 0 at each start",
+    )
+    parser.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="log every request (uvicorn access log)",
+    )
     parser.set_defaults(func=run)
 
 
-def embedded_resource(clock: str = "virtual", rate: float = DEFAULT_RATE) -> str:
-    """The embedded chip's `sim://` resource for a clock choice."""
+def embedded_resource(clock: str = "virtual", rate: float = DEFAULT_RATE, state: Path | None = None) -> str:
+    """The embedded chip's `sim://` resource for a clock choice (and its state file)."""
     if clock == "virtual":
-        return "sim://?clock=virtual"
-    if rate <= 0:
+        resource = "sim://?clock=virtual"
+    elif rate <= 0:
         raise CLIError(f"--rate must be positive, got {rate:g}")
-    return f"sim://?clock=accelerated&rate={rate:g}"
+    else:
+        resource = f"sim://?clock=accelerated&rate={rate:g}"
+    return resource if state is None else with_state(resource, state.resolve())
+
+
+def default_chip_state(database_url: str, station: str) -> Path:
+    """Where the embedded chip keeps its state: beside a SQLite database file (what is
+    backed up together stays together), else under `var/` in the working directory."""
+    url = make_url(database_url)
+    on_file = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+    folder = Path(str(url.database)).parent if on_file else Path("var")
+    return folder / f"{station}.chip-state"
 
 
 def ensure_embedded_station(engine: Engine, name: str, resource: str | None = None) -> None:
@@ -67,8 +111,13 @@ def ensure_embedded_station(engine: Engine, name: str, resource: str | None = No
         ).first()
         if existing is None:
             records.add_station(
-                conn, name, resource=resource, chip_serial=EMBEDDED_SERIAL, geometry=options.geometry,
-                amplitude_limit_ua=500.0, clock_kind=clock_kind,
+                conn,
+                name,
+                resource=resource,
+                chip_serial=EMBEDDED_SERIAL,
+                geometry=options.geometry,
+                amplitude_limit_ua=500.0,
+                clock_kind=clock_kind,
             )
         elif existing.resource.startswith("sim://") and existing.resource != resource:
             values = {"resource": resource, "clock_kind": clock_kind}
@@ -76,7 +125,11 @@ def ensure_embedded_station(engine: Engine, name: str, resource: str | None = No
 
 
 def serve(
-    settings: Settings, host: str, port: int, embedded_station: str | None, access_log: bool = True,
+    settings: Settings,
+    host: str,
+    port: int,
+    embedded_station: str | None,
+    access_log: bool = True,
     embedded_resource: str | None = None,
 ) -> None:
     """Serve until interrupted; the embedded worker leaves its chip safe on the way out."""
@@ -110,7 +163,12 @@ def serve(
 
 
 def run(args: argparse.Namespace) -> int:
-    resource = embedded_resource(args.clock, args.rate)
+    settings = get_settings()
+    state = None
+    if args.embedded and not args.no_chip_state:
+        state = args.chip_state or default_chip_state(settings.database_url, args.station)
+        state.parent.mkdir(parents=True, exist_ok=True)
+    resource = embedded_resource(args.clock, args.rate, state)
     station = args.station if args.embedded else None
-    serve(get_settings(), args.host, args.port, station, args.access_log, resource)
+    serve(settings, args.host, args.port, station, args.access_log, resource)
     return 0
