@@ -264,6 +264,18 @@ def run_campaign(
     }
 
 
+def _get(client: httpx.Client, path: str, **params: Any) -> Any:
+    """GET as JSON, waiting out a database outage (503: other engineers restart the shared
+    PostgreSQL server in their fault tests)."""
+    for _ in range(120):
+        response = client.get(path, params=params)
+        if response.status_code != 503:
+            response.raise_for_status()
+            return response.json()
+        time.sleep(1.0)
+    raise TimeoutError(f"GET {path}: the database stayed unavailable")
+
+
 def _connectable(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -298,8 +310,8 @@ def _follow(
     status = "?"
     while status not in ("done", "failed", "cancelled"):  # one more look at the jobs after the end
         now = time.perf_counter() - start
-        status = client.get(f"/experiments/{experiment_id}").json()["status"]
-        page = client.get("/jobs", params={"experiment_id": experiment_id, "limit": 100}).json()["items"]
+        status = _get(client, f"/experiments/{experiment_id}")["status"]
+        page = _get(client, "/jobs", experiment_id=experiment_id, limit=100)["items"]
         for job in page:
             entry = seen.setdefault(job["id"], {"kind": job["kind"], "started": None, "ended": None})
             if job["status"] == "running" and entry["started"] is None:
