@@ -35,7 +35,14 @@ from api.uploads import read_bounded
 from hwctl import queue
 from hwctl.inference.inputs import InputError
 from hwctl.inference.results import top_k
-from hwctl.inference.run import InferenceError, architecture_has_batchnorm, check_fits, check_methods
+from hwctl.inference.run import (
+    InferenceError,
+    architecture_classes,
+    architecture_has_batchnorm,
+    check_fits,
+    check_methods,
+    check_size,
+)
 from hwctl.inference.spec import InferenceSpec
 from hwctl.jobs.infer import FRESH_READ_SCHEDULED_S, InferPayload
 from hwctl.settings import Settings
@@ -83,7 +90,8 @@ def _checked(
     try:
         check_fits(target.architecture, dataset.image_shape)
         check_methods(request.methods, batchnorm=architecture_has_batchnorm(target.architecture))
-        request.settings()  # the compute core's own checks (a method given twice…)
+        settings = request.settings()  # the compute core's own checks (a method given twice…)
+        check_size(dataset.n_images, architecture_classes(target.architecture), settings)
     except (InputError, InferenceError) as exc:
         raise HTTPException(422, f"data set {dataset.id} and network {target.network_id}: {exc}") from None
     if request.at == "now":

@@ -33,6 +33,7 @@ from hwctl.vocabulary import CompensationMethod
 BATCH_IMAGES = 500  # fastest of 250/500/1000 for the CIFAR ResNets on 2 cores; memory ~0.2 GB
 MAX_REPEATS = 100
 MAX_TOP_K = 100
+MAX_LOGITS = 50_000_000  # float32 values one inference may produce (200 MB: memory and its row)
 
 Progress = Callable[[float, str], None]  # (fraction done, message); may raise to stop
 
@@ -169,6 +170,25 @@ def check_methods(
 def architecture_has_batchnorm(arch: str) -> bool:
     """Whether a registered architecture has batch norm (built once per architecture)."""
     return has_batchnorm(model_spec(arch).build())
+
+
+@cache
+def architecture_classes(arch: str) -> int:
+    """How many logits a registered architecture gives per image (one forward pass, once)."""
+    model = model_spec(arch).build().eval()
+    with torch.inference_mode():
+        return int(model(torch.zeros(1, *input_shape(arch))).shape[1])
+
+
+def check_size(n_images: int, n_classes: int, settings: InferenceSettings) -> None:
+    """The logits of every method and repeat must stay within MAX_LOGITS."""
+    values = n_images * n_classes * len(settings.methods) * settings.repeats
+    if values > MAX_LOGITS:
+        raise InferenceError(
+            f"{n_images} images × {n_classes} classes × {len(settings.methods)} method(s) × "
+            f"{settings.repeats} repeat(s) is {values} logits; at most {MAX_LOGITS} per inference: "
+            "split the data set or ask for fewer repeats"
+        )
 
 
 def _shape(shape: Sequence[int]) -> str:

@@ -16,8 +16,10 @@ from hwctl.inference.run import (
     ChipNetwork,
     InferenceError,
     InferenceSettings,
+    architecture_classes,
     architecture_has_batchnorm,
     check_methods,
+    check_size,
     forward,
     has_batchnorm,
 )
@@ -115,6 +117,13 @@ def test_adabs_on_a_network_without_batch_norm_is_refused() -> None:
     with pytest.raises(InferenceError, match="no batch norm"):
         check_methods([M.ADABS], batchnorm=has_batchnorm(mlp))
     check_methods([M.NONE, M.GDC], batchnorm=False)
+
+
+def test_an_inference_whose_logits_would_not_fit_in_memory_is_refused() -> None:
+    assert architecture_classes("digits-resnet") == 10
+    check_size(100_000, 10, InferenceSettings(methods=(M.NONE, M.GDC), repeats=25))
+    with pytest.raises(InferenceError, match="at most 50000000"):
+        check_size(100_000, 10, InferenceSettings(methods=(M.NONE, M.GDC, M.ADABS), repeats=100))
 
 
 def test_inputs_that_do_not_fit_are_refused_with_both_shapes(
