@@ -126,6 +126,38 @@ class EvaluationRequest(_EvaluationSettings):
     )
 
 
+FIRST_AND_LAST = "first_and_last"  # the stem conv and the classifier (`hwctl.nn.first_and_last_layers`)
+MAX_LAYER_NAME_CHARS = 256
+MAX_DIGITAL_LAYERS = 1_000
+
+
+class MappingSpec(_Spec):
+    """How the network goes on the chip: which of its analog layers stay digital (off the
+    chip, computed exactly), by module name, or "first_and_last" (the paper's choice)."""
+
+    digital_layers: list[str] | Literal["first_and_last"] = Field(
+        default_factory=list,
+        description='analog layers kept digital: module names (e.g. ["conv1", "fc"]) or "first_and_last"',
+    )
+
+    @field_validator("digital_layers")
+    @classmethod
+    def _bounded(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, str):
+            return value
+        if len(value) > MAX_DIGITAL_LAYERS:
+            raise ValueError(f"{len(value)} layers; at most {MAX_DIGITAL_LAYERS} may be kept digital")
+        if any(not 1 <= len(name) <= MAX_LAYER_NAME_CHARS for name in value):
+            raise ValueError(f"a layer name is 1-{MAX_LAYER_NAME_CHARS} characters")
+        if len(set(value)) < len(value):
+            raise ValueError("each layer at most once")
+        return value
+
+    def kept_digital(self, first_and_last: tuple[str, str]) -> tuple[str, ...]:
+        """The layer names kept digital, given the network's first and last analog layers."""
+        return first_and_last if self.digital_layers == FIRST_AND_LAST else tuple(self.digital_layers)
+
+
 class _ExperimentSettings(_Spec):
     network_id: int = Field(ge=1, le=2**31 - 1)
     station: str = Field(min_length=1, max_length=MAX_STATION_NAME_CHARS)
@@ -133,6 +165,7 @@ class _ExperimentSettings(_Spec):
     g_max_us: float = Field(25.0, gt=0, le=100)
     program: ProgramSpec = Field(default_factory=ProgramSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    mapping: MappingSpec = Field(default_factory=MappingSpec)
 
 
 class ExperimentSpec(_ExperimentSettings):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -251,6 +251,18 @@ def _place_addresses(layer: LayerPlacement, geometry: Geometry, addresses: npt.N
     np.add(plus.ravel(), 1, out=addresses[o + n : o + 2 * n])
 
 
+def analog_names(names: Sequence[str], digital_layers: Collection[str]) -> set[str]:
+    """The layers that go on the chip: all of `names` but those kept digital, each of which
+    must be one of them (MappingError lists the valid names)."""
+    unknown = sorted(set(digital_layers) - set(names))
+    if unknown:
+        raise MappingError(f"no layer named {', '.join(unknown)} to keep digital; layers: {', '.join(names)}")
+    analog = set(names) - set(digital_layers)
+    if not analog:
+        raise MappingError("no layers to map" + (" (every layer is kept digital)" if digital_layers else ""))
+    return analog
+
+
 def map_network(
     layers: list[LayerWeights],
     geometry: Geometry,
@@ -259,14 +271,9 @@ def map_network(
 ) -> DeviceMap:
     """Scale, split and place every layer not named in `digital_layers`; return targets and
     addresses in canonical order."""
-    digital = tuple(name for name in (layer.name for layer in layers) if name in set(digital_layers))
-    unknown = sorted(set(digital_layers) - set(digital))
-    if unknown:
-        known = ", ".join(layer.name for layer in layers)
-        raise MappingError(f"no layer named {', '.join(unknown)} to keep digital; layers: {known}")
-    layers = [layer for layer in layers if layer.name not in digital]
-    if not layers:
-        raise MappingError("no layers to map" + (" (every layer is kept digital)" if digital else ""))
+    analog = analog_names([layer.name for layer in layers], digital_layers)
+    digital = tuple(layer.name for layer in layers if layer.name not in analog)
+    layers = [layer for layer in layers if layer.name in analog]
     for layer in layers:
         m = layer.matrix
         if m.ndim != 2 or m.size == 0 or not np.isfinite(m).all():

@@ -16,7 +16,9 @@ from api.params import PathId
 from api.problems import problem_responses
 from api.schemas.experiments import Experiment, ExperimentAccepted, ExperimentDetail
 from api.views import experiment_detail, experiment_out, job_out, page_of, paging
-from hwctl.experiment_spec import DATASET_IMAGE_SHAPES, DatasetName, ExperimentRequest
+from hwctl.analog_layers import architecture_layers
+from hwctl.experiment_spec import DATASET_IMAGE_SHAPES, DatasetName, ExperimentRequest, ExperimentSpec
+from hwctl.mapping import MappingError
 from hwctl.nn.models import UnknownModelError, model_spec
 from hwctl.schedule import duration_label
 from hwctl.store import experiments as store_experiments
@@ -74,6 +76,17 @@ def _shape(dataset: str) -> str:
     return "×".join(str(n) for n in DATASET_IMAGE_SHAPES[dataset])
 
 
+def _check_digital_layers(spec: ExperimentSpec, architecture: str) -> None:
+    """422 if `mapping.digital_layers` names a layer the network does not have (the valid
+    ones listed), or keeps every layer digital."""
+    try:
+        architecture_layers(architecture).kept_digital(spec.mapping)
+    except UnknownModelError:
+        return  # a stored network always has a registered architecture
+    except MappingError as exc:
+        raise HTTPException(422, f"mapping.digital_layers of network {spec.network_id}: {exc}") from None
+
+
 def _refuse_if_busy(db: Connection, station_id: int) -> None:
     """409 while another experiment holds the station's devices (see ACTIVE_EXPERIMENT_STATUSES)."""
     holder = store_experiments.station_holder(db, station_id)
@@ -101,6 +114,7 @@ def _store_submission(db: Connection, request: ExperimentRequest, idempotency_ke
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
     spec = request.resolved(_dataset(request, architecture))
+    _check_digital_layers(spec, architecture)
     _refuse_if_busy(db, station.id)
     return store_experiments.add_with_program_job(
         db, spec.name or f"{network_name} on {spec.station}", network_id=spec.network_id,

@@ -17,6 +17,7 @@ from sqlalchemy import Connection
 
 from drivers.base import Geometry
 from hwctl import queue
+from hwctl.analog_layers import AnalogLayers
 from hwctl.experiment_spec import ExperimentSpec
 from hwctl.jobs import analyze, readback
 from hwctl.jobs.context import (
@@ -91,7 +92,8 @@ def _start_run(
     transaction: a crash before the first pulse never leaves a run the job would not resume."""
     spec = load_spec(conn, experiment_id)
     model = load_network(conn, spec.network_id).build()
-    device_map = map_network(export_layers(model), geometry, spec.g_max_us)
+    digital = AnalogLayers.of(model).kept_digital(spec.mapping)
+    device_map = map_network(export_layers(model), geometry, spec.g_max_us, digital_layers=digital)
     mapping_id = add_mapping(
         conn, network_id=spec.network_id, station_id=ctx.station_id, device_map=device_map.to_bytes(),
         n_devices=device_map.n_devices, utilisation=device_map.utilisation.fraction_of_chip,

@@ -71,6 +71,19 @@ REFUSED = {
     "an empty name": ({"name": ""}, ["name", "at least 1 character"]),
     "a long station name": ({"station": "s" * 65}, ["station", "at most 64 characters"]),
     "a billion test images": ({"evaluation": {"n_images": 10**9}}, ["at most 100000 images"]),
+    "a layer kept digital that the network does not have": (
+        {"mapping": {"digital_layers": ["conv1", "fc"]}},
+        ["no layer named fc to keep digital", "layers: conv1, layer1.0.conv1, ", "layer3.0.conv2, linear"],
+    ),
+    "every layer kept digital": (
+        {"mapping": {"digital_layers": ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer2.0.conv1",
+                                        "layer2.0.conv2", "layer3.0.conv1", "layer3.0.conv2", "linear"]}},
+        ["no layers to map (every layer is kept digital)"],
+    ),
+    "a layer kept digital twice": (
+        {"mapping": {"digital_layers": ["conv1", "conv1"]}}, ["each layer at most once"],
+    ),
+    "an unknown mapping choice": ({"mapping": {"digital_layers": "middle"}}, ["digital_layers"]),
 }
 
 
@@ -106,6 +119,16 @@ def test_non_finite_numbers_are_422_wherever_they_appear(
 def test_a_megabyte_name_is_refused_before_it_is_parsed(client: TestClient, ready: dict[str, Any]) -> None:
     assert_problem(submit(client, ready | {"name": "n" * (1 << 20)}), 413, "at most 1048576 bytes")
     _nothing_queued(client)
+
+
+@pytest.mark.parametrize("digital_layers", ["first_and_last", ["conv1", "linear"], []])
+def test_layers_kept_digital_by_name_or_as_first_and_last_are_accepted_and_stored(
+    client: TestClient, ready: dict[str, Any], digital_layers: Any
+) -> None:
+    response = submit(client, ready | {"mapping": {"digital_layers": digital_layers}})
+    assert response.status_code == 202, response.text
+    experiment = client.get(f"/experiments/{response.json()['experiment']['id']}").json()
+    assert experiment["spec"]["mapping"] == {"digital_layers": digital_layers}
 
 
 def test_a_virtual_clock_may_run_a_schedule_of_years(client: TestClient, ready: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, create_engine, insert, select, text
 
 from drivers.base import Geometry
 from hwctl.embedded_chip import EmbeddedChip, SimChipOptions, start_embedded_chip
-from hwctl.experiment_spec import JOB_PROGRAM, EvaluationSpec, ExperimentSpec, ScheduleSpec
+from hwctl.experiment_spec import JOB_PROGRAM, EvaluationSpec, ExperimentSpec, MappingSpec, ScheduleSpec
 from hwctl.nn.models import build_model
 from hwctl.schedule import log_spaced_offsets_s
 from hwctl.store.engine import make_engine
@@ -91,6 +91,7 @@ def create_campaign(
     evaluate: bool = False,
     station: str = "bench",
     offsets_s: list[float] | None = None,
+    mapping: MappingSpec | None = None,
 ) -> Campaign:
     """Register a station, a digits network and an experiment, and queue its programming.
 
@@ -107,6 +108,7 @@ def create_campaign(
         spec = ExperimentSpec(
             network_id=network_id, station=station, schedule=ScheduleSpec(offsets_s=offsets_s),
             evaluation=EvaluationSpec(enabled=evaluate, n_images=100, calibration_images=100),
+            mapping=mapping or MappingSpec(),
         )  # fmt: skip
         experiment_id = add_experiment(
             conn, "campaign", network_id=network_id, station_id=station_id, settings=spec.model_dump()

@@ -10,13 +10,23 @@ from sqlalchemy import Engine, func, select, update
 
 from hwctl import queue
 from hwctl.embedded_chip import EmbeddedChip
-from hwctl.experiment_spec import JOB_ANALYZE, JOB_PROGRAM, JOB_READBACK
-from hwctl.mapping import DeviceMap
+from hwctl.experiment_spec import JOB_ANALYZE, JOB_PROGRAM, JOB_READBACK, MappingSpec
+from hwctl.mapping import DeviceMap, map_network
+from hwctl.nn.conductance import export_layers
+from hwctl.nn.models import build_model
 from hwctl.schedule import readout_window_s
 from hwctl.store.engine import make_engine
-from hwctl.store.schema import device_fits, experiments, jobs, mappings, programming_runs, readouts
+from hwctl.store.schema import (
+    device_fits,
+    evaluations,
+    experiments,
+    jobs,
+    mappings,
+    programming_runs,
+    readouts,
+)
 from hwctl.worker import Worker, WorkerOptions
-from tests.service.conftest import create_campaign, job_statuses
+from tests.service.conftest import SMALL_CHIP, create_campaign, job_statuses
 
 
 def run_while(worker: Worker, engine: Engine, busy: str, timeout_s: float = 60.0) -> None:
@@ -241,4 +251,28 @@ def test_an_experiment_cancelled_while_programming_stays_cancelled_without_readb
     assert experiment_status(engine, campaign.experiment_id) == "cancelled"
     assert job_statuses(engine, JOB_PROGRAM) == ["succeeded"]  # the run is stored, nothing follows
     assert job_statuses(engine, JOB_READBACK) == []
+    engine.dispose()
+
+
+def test_layers_kept_digital_stay_off_the_chip_and_the_campaign_reads_the_rest(
+    engine: Engine, virtual_chip: EmbeddedChip
+) -> None:
+    campaign = create_campaign(
+        engine, virtual_chip.resource, points=3, evaluate=True,
+        mapping=MappingSpec(digital_layers="first_and_last"),
+    )  # fmt: skip
+    run_while(Worker(engine, campaign.station), engine, "queued", timeout_s=120.0)
+
+    assert experiment_status(engine, campaign.experiment_id) == "done"
+    with engine.connect() as conn:
+        device_map = DeviceMap.from_bytes(conn.execute(select(mappings.c.device_map)).scalar_one())
+        sizes = conn.execute(select(readouts.c.g_len)).scalars().all()
+        accuracies = conn.execute(select(evaluations.c.accuracy)).scalars().all()
+    everything = map_network(export_layers(build_model("digits-resnet")), SMALL_CHIP)
+    assert device_map.digital_layers == ("conv1", "linear")
+    assert [layer.name for layer in device_map.layers] == [
+        layer.name for layer in everything.layers if layer.name not in ("conv1", "linear")
+    ]
+    assert sizes == [device_map.n_devices] * 3 and device_map.n_devices < everything.n_devices
+    assert len(accuracies) == 3 * 3 and all(0.0 <= a <= 100.0 for a in accuracies)  # readout x method, %
     engine.dispose()
