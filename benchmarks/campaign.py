@@ -28,12 +28,13 @@ from sqlalchemy import Engine, func, select
 from benchmarks.common import emit, machine_info
 from hwctl import queue
 from hwctl.embedded_chip import SimChipOptions, start_embedded_chip
-from hwctl.experiment_spec import JOB_PROGRAM, JOB_READBACK, EvaluationSpec, ExperimentSpec
+from hwctl.experiment_spec import EvaluationSpec, ExperimentSpec
 from hwctl.nn.models import build_model
 from hwctl.store.engine import make_engine
 from hwctl.store.migrate import upgrade
 from hwctl.store.records import add_experiment, add_network, add_station
 from hwctl.store.schema import jobs, readouts
+from hwctl.vocabulary import JobKind
 from hwctl.worker import Worker, WorkerOptions
 
 RESNET32 = "models/resnet32-d509ac18.th"
@@ -85,7 +86,7 @@ def run(network: str, clock: str, rate: float, block_devices: int, evaluate: boo
             conn, "bench", network_id=network_id, station_id=station_id, settings=spec.model_dump()
         )
     queue.enqueue(
-        engine, kind=JOB_PROGRAM, station_id=station_id, run_at_s=0.0, experiment_id=experiment_id,
+        engine, kind=JobKind.PROGRAM, station_id=station_id, run_at_s=0.0, experiment_id=experiment_id,
         payload={"experiment_id": experiment_id},
     )  # fmt: skip
     worker = Worker(engine, "bench", WorkerOptions(poll_s=0.05, read_block_devices=block_devices))
@@ -96,15 +97,15 @@ def run(network: str, clock: str, rate: float, block_devices: int, evaluate: boo
     while True:
         if worker.error is not None:
             raise worker.error
-        if "program_s" not in marks and count(engine, JOB_PROGRAM, "succeeded"):
+        if "program_s" not in marks and count(engine, JobKind.PROGRAM, "succeeded"):
             marks["program_s"] = time.perf_counter() - started
-        settled = sum(count(engine, JOB_READBACK, s) for s in ("succeeded", "missed"))
+        settled = sum(count(engine, JobKind.READBACK, s) for s in ("succeeded", "missed"))
         if "readbacks_s" not in marks and settled == n_points:
             marks["readbacks_s"] = time.perf_counter() - started
         if "analyze_s" not in marks and count(engine, "analyze", "succeeded"):
             marks["analyze_s"] = time.perf_counter() - started
         evaluated = not evaluate or count(engine, "evaluate", "succeeded") == count(
-            engine, JOB_READBACK, "succeeded"
+            engine, JobKind.READBACK, "succeeded"
         )
         if "analyze_s" in marks and evaluated:
             marks["evaluations_s"] = time.perf_counter() - started
@@ -114,7 +115,8 @@ def run(network: str, clock: str, rate: float, block_devices: int, evaluate: boo
     with engine.connect() as conn:
         rows = conn.execute(select(readouts.c.offset_s, readouts.c.scheduled_s, readouts.c.board_time_s,
                                    readouts.c.g_len)).all()  # fmt: skip
-        program_result = conn.execute(select(jobs.c.result).where(jobs.c.kind == JOB_PROGRAM)).scalar_one()
+        program = select(jobs.c.result).where(jobs.c.kind == JobKind.PROGRAM)
+        program_result = conn.execute(program).scalar_one()
     chip.stop()
     engine.dispose()
     late_s = sorted(r.board_time_s - r.scheduled_s for r in rows)
@@ -133,7 +135,7 @@ def run(network: str, clock: str, rate: float, block_devices: int, evaluate: boo
             "total_with_evaluations": marks["evaluations_s"],
         },
         "readouts_stored": len(rows),
-        "readbacks_missed": count(engine, JOB_READBACK, "missed"),
+        "readbacks_missed": count(engine, JobKind.READBACK, "missed"),
         "max_lateness_board_s": late_s[-1] if late_s else None,
         "median_lateness_board_s": late_s[len(late_s) // 2] if late_s else None,
         "converged_fraction": program_result["converged_fraction"],

@@ -21,13 +21,6 @@ from hwctl.program_verify import ProgramSettings
 from hwctl.schedule import DAY_S, duration_label, log_spaced_offsets_s, validate_offsets_s
 from hwctl.vocabulary import CompensationMethod
 
-# Job kinds the station worker knows; the payload of each is {"experiment_id": int, ...}.
-JOB_PROGRAM = "program"
-JOB_READBACK = "readback"
-JOB_EVALUATE = "evaluate"
-JOB_ANALYZE = "analyze"
-
-
 YEAR_S = 365.25 * DAY_S
 
 

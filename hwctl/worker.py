@@ -59,7 +59,7 @@ from hwctl.jobs.context import (
 )
 from hwctl.settings import Settings
 from hwctl.station import DEFAULT_TIMEOUT_S, Station, StationIdentityError, open_station
-from hwctl.store import station_link
+from hwctl.store import queries, station_link
 from hwctl.store.campaign import active_experiment_id, board_reference, fail_experiment, move_experiment
 from hwctl.store.engine import make_engine
 from hwctl.store.migrate import ensure_migrated
@@ -221,7 +221,7 @@ class Worker:
 
     def _station_row(self) -> Row[Any]:
         with self.engine.connect() as conn:
-            row = station_link.station_by_name(conn, self.station_name)
+            row = queries.station_by_name(conn, self.station_name)
         if row is None:
             raise WorkerError(f"no station named {self.station_name!r}; register it first")
         return row

@@ -22,7 +22,7 @@ from drivers.sim.board import DEFAULT_GEOMETRY, GEOMETRY_PRESETS, SimBoard
 from drivers.sim.clock import AcceleratedClock, Clock, RealClock, VirtualClock
 from drivers.sim.server import SimChipServer
 from drivers.sim.state import StateFileError
-from hwctl.cli import CLIError
+from hwctl.commands.errors import CLIError
 
 
 def register(subparsers: Any) -> None:

@@ -18,7 +18,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-from hwctl.cli import CLIError
+from hwctl.commands.errors import CLIError
 
 
 def register(subparsers: Any) -> None:

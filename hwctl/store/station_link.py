@@ -7,19 +7,14 @@ alive."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Connection, Row, select, update
+from sqlalchemy import Connection, update
 
 from hwctl.store.schema import stations, utc_now
 
 LINK_UP = "up"
 LINK_DOWN = "down"
 LINK_PAUSED = "paused"  # down for long: the station's chip queue waits for the board
-
-
-def station_by_name(conn: Connection, name: str) -> Row[Any] | None:
-    return conn.execute(select(stations).where(stations.c.name == name)).one_or_none()
 
 
 def link_up(conn: Connection, station_id: int) -> None:

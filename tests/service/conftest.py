@@ -15,13 +15,14 @@ from sqlalchemy import Engine, create_engine, insert, select, text
 
 from drivers.base import Geometry
 from hwctl.embedded_chip import EmbeddedChip, SimChipOptions, start_embedded_chip
-from hwctl.experiment_spec import JOB_PROGRAM, EvaluationSpec, ExperimentSpec, MappingSpec, ScheduleSpec
+from hwctl.experiment_spec import EvaluationSpec, ExperimentSpec, MappingSpec, ScheduleSpec
 from hwctl.nn.models import build_model
 from hwctl.schedule import log_spaced_offsets_s
 from hwctl.store.engine import make_engine
 from hwctl.store.migrate import upgrade
 from hwctl.store.records import add_experiment, add_network, add_station
 from hwctl.store.schema import jobs
+from hwctl.vocabulary import JobKind
 from tests.conftest import unavailable
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -115,7 +116,7 @@ def create_campaign(
         )
         job_id = conn.execute(
             insert(jobs).values(
-                kind=JOB_PROGRAM, station_id=station_id, experiment_id=experiment_id,
+                kind=JobKind.PROGRAM, station_id=station_id, experiment_id=experiment_id,
                 payload={"experiment_id": experiment_id}, status="queued", run_at_s=0.0,
             ).returning(jobs.c.id)
         ).scalar_one()  # fmt: skip

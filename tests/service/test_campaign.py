@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import select
 
 from hwctl.embedded_chip import EmbeddedChip
-from hwctl.experiment_spec import JOB_ANALYZE, JOB_EVALUATE, JOB_PROGRAM, JOB_READBACK
 from hwctl.store.engine import make_engine
 from hwctl.store.readouts import load_programming_result, load_readout, run_readouts
 from hwctl.store.schema import device_fits, evaluations, experiments, jobs, programming_runs
 from hwctl.store.vectors import decode_row
+from hwctl.vocabulary import JobKind
 from hwctl.worker import Worker, WorkerOptions
 from tests.service.conftest import create_campaign, job_statuses
 
@@ -49,8 +49,8 @@ def test_24h_campaign_stores_every_readout_with_its_times(
     elapsed_s = time.monotonic() - started
 
     assert elapsed_s < 60
-    assert job_statuses(engine, JOB_PROGRAM) == ["succeeded"]
-    assert job_statuses(engine, JOB_READBACK) == ["succeeded"] * len(campaign.offsets_s)
+    assert job_statuses(engine, JobKind.PROGRAM) == ["succeeded"]
+    assert job_statuses(engine, JobKind.READBACK) == ["succeeded"] * len(campaign.offsets_s)
     with engine.connect() as conn:
         run_id = conn.execute(select(programming_runs.c.id)).scalar_one()
         programmed = load_programming_result(conn, run_id)
@@ -74,8 +74,8 @@ def test_each_readout_is_evaluated_per_method_and_drift_is_fitted_after_the_last
     campaign = create_campaign(engine, virtual_chip.resource, points=4, evaluate=True)
     run_until_idle(Worker(engine, campaign.station), engine)
 
-    assert job_statuses(engine, JOB_EVALUATE) == ["succeeded"] * 4
-    assert job_statuses(engine, JOB_ANALYZE) == ["succeeded"]
+    assert job_statuses(engine, JobKind.EVALUATE) == ["succeeded"] * 4
+    assert job_statuses(engine, JobKind.ANALYZE) == ["succeeded"]
     with engine.connect() as conn:
         rows = conn.execute(select(evaluations)).all()
         fit = conn.execute(select(device_fits)).one()

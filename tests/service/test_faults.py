@@ -17,11 +17,11 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from hwctl.embedded_chip import EmbeddedChip, SimChipOptions, start_embedded_chip
-from hwctl.experiment_spec import JOB_PROGRAM, JOB_READBACK
 from hwctl.mapping import DeviceMap
 from hwctl.store.engine import make_engine
 from hwctl.store.health import station_health
 from hwctl.store.schema import experiments, jobs, mappings, programming_runs, readouts, stations
+from hwctl.vocabulary import JobKind
 from hwctl.worker import Worker, WorkerOptions
 from tests.faultproxy import FaultProxy
 from tests.service.conftest import SMALL_CHIP, Campaign, create_campaign, job_statuses
@@ -138,11 +138,11 @@ def test_a_link_cut_mid_readback_resumes_from_the_last_block_once_the_board_answ
     assert seen_down and seen_down[0][0] == "down" and seen_down[0][1] >= 1
     assert link_row(engine) == ("up", 0)
     assert scalar(engine, select(stations.c.worker_heartbeat_at)) is not None
-    assert job_statuses(engine, JOB_READBACK) == ["succeeded"] * POINTS
+    assert job_statuses(engine, JobKind.READBACK) == ["succeeded"] * POINTS
     assert_every_point_once(engine, campaign)
     with engine.connect() as conn:
         second = conn.execute(
-            select(jobs).where(jobs.c.kind == JOB_READBACK).order_by(jobs.c.run_at_s).offset(1).limit(1)
+            select(jobs).where(jobs.c.kind == JobKind.READBACK).order_by(jobs.c.run_at_s).offset(1).limit(1)
         ).one()
     assert second.attempts == 2 and second.error is None  # resumed, and no stale error
     assert len(second.result["block_starts_s"]) == 8  # blocks 1–3 kept, not read again
@@ -159,14 +159,14 @@ def test_a_link_cut_mid_programming_resumes_the_run_instead_of_failing_it(
     run_until(worker, lambda: cut.is_set() and idle(engine), "the campaign to finish after the cut")
 
     with engine.connect() as conn:
-        program = conn.execute(select(jobs).where(jobs.c.kind == JOB_PROGRAM)).one()
+        program = conn.execute(select(jobs).where(jobs.c.kind == JobKind.PROGRAM)).one()
         runs = conn.execute(select(func.count()).select_from(programming_runs)).scalar_one()
         status = conn.execute(select(experiments.c.status)).scalar_one()
     assert program.status == "succeeded" and program.attempts == 2 and program.error is None
     assert program.result["resumed"] and program.result["converged_fraction"] >= 0.99
     assert runs == 1  # the same run went on
     assert status == "done"
-    assert job_statuses(engine, JOB_READBACK) == ["succeeded"] * POINTS
+    assert job_statuses(engine, JobKind.READBACK) == ["succeeded"] * POINTS
     assert_every_point_once(engine, campaign)
 
 
@@ -240,7 +240,7 @@ def test_a_link_down_past_the_limit_pauses_the_queue_misses_late_readbacks_with_
     assert len(problems) == 1 and "link is down since" in problems[0] and "queue is paused" in problems[0]
     assert link_row(engine) == ("up", 0)  # resumed by itself
     with engine.connect() as conn:
-        rows = conn.execute(select(jobs.c.status, jobs.c.error).where(jobs.c.kind == JOB_READBACK)
+        rows = conn.execute(select(jobs.c.status, jobs.c.error).where(jobs.c.kind == JobKind.READBACK)
                             .order_by(jobs.c.run_at_s)).all()  # fmt: skip
     assert [r.status for r in rows] == ["succeeded", "missed", "succeeded"]
     assert "not started within its window: link down since 20" in rows[1].error
@@ -303,7 +303,7 @@ def test_a_postgresql_restart_mid_campaign_loses_and_doubles_nothing(
     run_until(Worker(engine, campaign.station, FAST), finished, "the campaign to finish after the restart")
 
     assert any("database unavailable" in r.getMessage() for r in caplog.records)  # it did ride one out
-    assert job_statuses(engine, JOB_READBACK) == ["succeeded"] * POINTS
+    assert job_statuses(engine, JobKind.READBACK) == ["succeeded"] * POINTS
     assert_every_point_once(engine, campaign)
     assert scalar(engine, select(experiments.c.status)) == "done"
     engine.dispose()

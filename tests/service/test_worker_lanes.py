@@ -12,7 +12,6 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from hwctl.embedded_chip import EmbeddedChip, SimChipOptions, start_embedded_chip
-from hwctl.experiment_spec import JOB_ANALYZE, JOB_EVALUATE, JOB_READBACK
 from hwctl.jobs import JOBS, evaluate
 from hwctl.jobs.context import JobContext
 from hwctl.store.engine import make_engine
@@ -93,9 +92,9 @@ def test_a_slow_evaluation_does_not_delay_the_readbacks_that_fall_due_while_it_r
     assert worker.error is None
 
     assert overlapped == [True]  # the later readbacks all fell due while the first evaluation ran
-    assert job_statuses(engine, JOB_READBACK) == ["succeeded"] * len(OFFSETS_S)
-    assert job_statuses(engine, JOB_EVALUATE) == ["succeeded"] * len(OFFSETS_S)
-    assert job_statuses(engine, JOB_ANALYZE) == ["succeeded"]
+    assert job_statuses(engine, JobKind.READBACK) == ["succeeded"] * len(OFFSETS_S)
+    assert job_statuses(engine, JobKind.EVALUATE) == ["succeeded"] * len(OFFSETS_S)
+    assert job_statuses(engine, JobKind.ANALYZE) == ["succeeded"]
     with engine.connect() as conn:
         rows = conn.execute(select(readouts).order_by(readouts.c.offset_s)).all()
         late_s = [r.board_time_s - r.scheduled_s for r in rows]
@@ -132,14 +131,16 @@ def test_stopping_the_worker_pauses_a_running_evaluation_and_the_next_start_comp
     assert started.wait(60), "the evaluation never started"
     worker.stop()
     assert worker.error is None and not worker._thread.is_alive()  # type: ignore[union-attr]
-    assert job_statuses(engine, JOB_EVALUATE) == ["interrupted"]
+    assert job_statuses(engine, JobKind.EVALUATE) == ["interrupted"]
     assert not accelerated_chip.board.pulser_enabled
 
     monkeypatch.setitem(JOBS, JobKind.EVALUATE, evaluate.JOB)
     restarted = Worker(engine, campaign.station, WorkerOptions(poll_s=0.1))
     restarted.start()
     try:
-        wait_until(restarted, lambda: job_statuses(engine, JOB_EVALUATE) == ["succeeded"], "the evaluation")
+        wait_until(
+            restarted, lambda: job_statuses(engine, JobKind.EVALUATE) == ["succeeded"], "the evaluation"
+        )
     finally:
         restarted.stop()
     assert restarted.error is None

@@ -21,11 +21,11 @@ from sqlalchemy import Engine, func, select, update
 
 from hwctl.cli import main
 from hwctl.embedded_chip import EmbeddedChip
-from hwctl.experiment_spec import JOB_PROGRAM, JOB_READBACK
 from hwctl.mapping import DeviceMap
 from hwctl.settings import get_settings
 from hwctl.store.engine import make_engine
 from hwctl.store.schema import experiments, jobs, mappings, programming_runs, readouts
+from hwctl.vocabulary import JobKind
 from hwctl.worker import Worker, WorkerOptions
 from tests.service.conftest import create_campaign, job_statuses
 
@@ -133,7 +133,7 @@ def test_kill_9_mid_readout_then_restart_resumes_from_the_last_block_and_loses_n
     finally:
         worker.kill()
         gate.release()
-    running = select(jobs.c.id, jobs.c.checkpoint).where(jobs.c.kind == JOB_READBACK)
+    running = select(jobs.c.id, jobs.c.checkpoint).where(jobs.c.kind == JobKind.READBACK)
     running = running.where(jobs.c.status == "running")
     with engine.connect() as conn:
         killed_id, checkpoint = conn.execute(running).one()
@@ -146,8 +146,8 @@ def test_kill_9_mid_readout_then_restart_resumes_from_the_last_block_and_loses_n
         restarted.stop()
     assert restarted.error is None
 
-    assert job_statuses(engine, JOB_PROGRAM) == ["succeeded"]
-    assert job_statuses(engine, JOB_READBACK) == ["succeeded"] * len(campaign.offsets_s)
+    assert job_statuses(engine, JobKind.PROGRAM) == ["succeeded"]
+    assert job_statuses(engine, JobKind.READBACK) == ["succeeded"] * len(campaign.offsets_s)
     with engine.connect() as conn:
         offsets = conn.execute(select(readouts.c.offset_s).order_by(readouts.c.offset_s)).scalars().all()
         resumed = conn.execute(select(jobs.c.attempts, jobs.c.result).where(jobs.c.id == killed_id)).one()
@@ -190,7 +190,7 @@ def test_kill_9_mid_programming_then_restart_resumes_the_run_and_the_campaign_co
     assert (program.status, program.attempts, program.error) == ("succeeded", 2, None)
     assert program.result["resumed"] and program.result["converged_fraction"] > 0.9
     assert len(runs) == 1 and runs[0] is not None  # the one run, resumed, not a second programming
-    assert job_statuses(engine, JOB_READBACK) == ["succeeded"] * len(campaign.offsets_s)
+    assert job_statuses(engine, JobKind.READBACK) == ["succeeded"] * len(campaign.offsets_s)
     assert offsets == campaign.offsets_s
     assert experiment_status == "done"
     assert not virtual_chip.board.pulser_enabled
@@ -218,7 +218,7 @@ def test_a_programming_interrupted_job_max_attempts_times_fails_with_its_experim
     reason = f"program job {campaign.program_job_id}: worker stopped; gave up after 2 attempts"
     assert (program.status, program.error) == ("failed", reason)
     assert experiment.status_reason == reason
-    assert job_statuses(engine, JOB_READBACK) == []
+    assert job_statuses(engine, JobKind.READBACK) == []
     assert not virtual_chip.board.pulser_enabled
 
 
@@ -238,7 +238,7 @@ def test_sigterm_finishes_the_block_leaves_the_board_safe_and_exits_0(
         worker.kill()
     assert not virtual_chip.board.pulser_enabled
     with engine.connect() as conn:
-        paused = conn.execute(select(jobs.c.status, jobs.c.checkpoint).where(jobs.c.kind == JOB_READBACK)
+        paused = conn.execute(select(jobs.c.status, jobs.c.checkpoint).where(jobs.c.kind == JobKind.READBACK)
                               .where(jobs.c.status.not_in(("queued", "succeeded")))).one()  # fmt: skip
     assert paused.status == "interrupted"  # queued again, and resumed, by the next worker start
     assert paused.checkpoint["next_device"] == 4 * BLOCK_DEVICES  # the block under way was finished

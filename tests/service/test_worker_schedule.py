@@ -10,7 +10,7 @@ from sqlalchemy import Engine, func, select, update
 
 from hwctl import queue
 from hwctl.embedded_chip import EmbeddedChip
-from hwctl.experiment_spec import JOB_ANALYZE, JOB_PROGRAM, JOB_READBACK, MappingSpec
+from hwctl.experiment_spec import MappingSpec
 from hwctl.mapping import DeviceMap, map_network
 from hwctl.nn.conductance import export_layers
 from hwctl.nn.models import build_model
@@ -25,6 +25,7 @@ from hwctl.store.schema import (
     programming_runs,
     readouts,
 )
+from hwctl.vocabulary import JobKind
 from hwctl.worker import Worker, WorkerOptions
 from tests.service.conftest import SMALL_CHIP, create_campaign, job_statuses
 
@@ -76,14 +77,14 @@ def program_then_stop(engine: Engine, chip: EmbeddedChip, station: str, after_re
         worker.stop()
     finally:
         chip.board.clock.advance = advance  # type: ignore[method-assign]
-    assert worker.error is None and job_statuses(engine, JOB_PROGRAM) == ["succeeded"]
+    assert worker.error is None and job_statuses(engine, JobKind.PROGRAM) == ["succeeded"]
     return program_end_s(engine)
 
 
 def program_end_s(engine: Engine) -> float:
     """Board time at which programming ended (the campaign's time origin)."""
     with engine.connect() as conn:
-        result = conn.execute(select(jobs.c.result).where(jobs.c.kind == JOB_PROGRAM)).scalar_one()
+        result = conn.execute(select(jobs.c.result).where(jobs.c.kind == JobKind.PROGRAM)).scalar_one()
     return float(result["programmed_end_s"])
 
 
@@ -98,7 +99,8 @@ def test_after_downtime_late_readbacks_run_at_once_and_those_past_their_window_a
     run_while(Worker(engine, campaign.station), engine, "queued")
 
     with engine.connect() as conn:
-        rows = conn.execute(select(jobs.c.status, jobs.c.payload).where(jobs.c.kind == JOB_READBACK)).all()
+        readbacks = select(jobs.c.status, jobs.c.payload).where(jobs.c.kind == JobKind.READBACK)
+        rows = conn.execute(readbacks).all()
         read = {r.offset_s: r for r in conn.execute(select(readouts))}
     late = [o for o in campaign.offsets_s if o <= outage_s < o + readout_window_s(o)]
     missed = [o for o in campaign.offsets_s if o + readout_window_s(o) < outage_s]
@@ -128,9 +130,9 @@ def test_cancelling_a_running_programming_stops_it_at_the_next_iteration_without
     virtual_chip.board.set_pulse = set_pulse_then_cancel  # type: ignore[method-assign]
     run_while(Worker(engine, campaign.station), engine, "queued")
 
-    assert job_statuses(engine, JOB_PROGRAM) == ["cancelled"]
+    assert job_statuses(engine, JobKind.PROGRAM) == ["cancelled"]
     assert len(calls) == 2  # stopped at the heartbeat right after that iteration
-    assert job_statuses(engine, JOB_READBACK) == []
+    assert job_statuses(engine, JobKind.READBACK) == []
     with engine.connect() as conn:
         assert conn.execute(select(programming_runs.c.ended_at)).scalar_one() is None
     assert not virtual_chip.board.pulser_enabled
@@ -144,14 +146,15 @@ def test_a_cancelled_readback_is_skipped_and_the_rest_of_the_campaign_completes(
     program_then_stop(engine, virtual_chip, campaign.station)
     with engine.connect() as conn:
         third = conn.execute(
-            select(jobs.c.id).where(jobs.c.kind == JOB_READBACK).order_by(jobs.c.run_at_s).offset(2).limit(1)
+            select(jobs.c.id).where(jobs.c.kind == JobKind.READBACK)
+            .order_by(jobs.c.run_at_s).offset(2).limit(1)
         ).scalar_one()
     assert queue.cancel(engine, third) == "cancelled"
 
     run_while(Worker(engine, campaign.station), engine, "queued")
 
     expected = ["succeeded", "succeeded", "cancelled", "succeeded", "succeeded"]
-    assert job_statuses(engine, JOB_READBACK) == expected
+    assert job_statuses(engine, JobKind.READBACK) == expected
     with engine.connect() as conn:
         offsets = conn.execute(select(readouts.c.offset_s).order_by(readouts.c.offset_s)).scalars().all()
     assert offsets == [o for i, o in enumerate(campaign.offsets_s) if i != 2]
@@ -183,9 +186,9 @@ def test_a_later_readback_due_between_blocks_goes_first_and_the_earlier_one_resu
     run_while(Worker(engine, campaign.station, WorkerOptions(read_block_devices=block)), engine, "queued")
 
     assert jumped, "the fourth readout never reached its third block"
-    assert job_statuses(engine, JOB_READBACK) == ["succeeded"] * 8
+    assert job_statuses(engine, JobKind.READBACK) == ["succeeded"] * 8
     with engine.connect() as conn:
-        rows = conn.execute(select(jobs).where(jobs.c.kind == JOB_READBACK)).all()
+        rows = conn.execute(select(jobs).where(jobs.c.kind == JobKind.READBACK)).all()
         overtaken = next(r for r in rows if r.payload["offset_s"] == campaign.offsets_s[3])
         read = {r.offset_s: r.board_time_s for r in conn.execute(select(readouts))}
     fifth = next(r for r in rows if r.payload["offset_s"] == campaign.offsets_s[4])
@@ -206,8 +209,8 @@ def test_when_the_last_readbacks_are_missed_the_drift_fit_still_runs_once_their_
 
     run_while(Worker(engine, campaign.station), engine, "queued")
 
-    assert job_statuses(engine, JOB_READBACK) == ["succeeded"] * 3 + ["missed"] * 3
-    assert job_statuses(engine, JOB_ANALYZE) == ["succeeded"]
+    assert job_statuses(engine, JobKind.READBACK) == ["succeeded"] * 3 + ["missed"] * 3
+    assert job_statuses(engine, JobKind.ANALYZE) == ["succeeded"]
     with engine.connect() as conn:
         fit = conn.execute(select(device_fits.c.summary)).scalar_one()
     assert fit["n_readouts"] == 3
@@ -227,9 +230,9 @@ def test_a_programming_that_fails_leaves_its_experiment_failed_and_the_station_f
     virtual_chip.board.set_amplitude_limit_ua(100.0)  # below what program-and-verify needs
     run_while(Worker(engine, campaign.station), engine, "queued")
 
-    assert job_statuses(engine, JOB_PROGRAM) == ["failed"]
+    assert job_statuses(engine, JobKind.PROGRAM) == ["failed"]
     assert experiment_status(engine, campaign.experiment_id) == "failed"
-    assert job_statuses(engine, JOB_READBACK) == []
+    assert job_statuses(engine, JobKind.READBACK) == []
     engine.dispose()
 
 
@@ -249,8 +252,8 @@ def test_an_experiment_cancelled_while_programming_stays_cancelled_without_readb
     run_while(Worker(engine, campaign.station), engine, "queued")
 
     assert experiment_status(engine, campaign.experiment_id) == "cancelled"
-    assert job_statuses(engine, JOB_PROGRAM) == ["succeeded"]  # the run is stored, nothing follows
-    assert job_statuses(engine, JOB_READBACK) == []
+    assert job_statuses(engine, JobKind.PROGRAM) == ["succeeded"]  # the run is stored, nothing follows
+    assert job_statuses(engine, JobKind.READBACK) == []
     engine.dispose()
 
 
