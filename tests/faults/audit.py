@@ -24,7 +24,6 @@ import numpy.typing as npt
 from sqlalchemy import Connection, Engine, func, select
 
 from hwctl.station import FINGERPRINT_MIN_AGE_S, NU_MAX, RATIO_CEILING, RATIO_FLOOR
-from hwctl.store.campaign import load_spec
 from hwctl.store.readouts import device_read_times_s, load_programming_result, load_readout
 from hwctl.store.schema import experiments, jobs, programming_runs, readout_blocks, readouts
 from hwctl.vocabulary import PROGRESSING_EXPERIMENT_STATUSES, JobKind, JobStatus
@@ -150,9 +149,10 @@ def audit_campaign(engine: Engine, experiment_id: int, probe: BoardProbe | None)
     chip directly for the last comparison."""
     with engine.connect() as conn:
         experiment = conn.execute(
-            select(experiments.c.status, experiments.c.status_reason).where(experiments.c.id == experiment_id)
-        ).one()
-        offsets_s = list(load_spec(conn, experiment_id).schedule.offsets_s)
+            select(experiments.c.status, experiments.c.status_reason, experiments.c.settings)
+            .where(experiments.c.id == experiment_id)
+        ).one()  # fmt: skip
+        offsets_s = [float(t_s) for t_s in experiment.settings["schedule"]["offsets_s"]]
         job_rows = conn.execute(
             select(jobs).where(jobs.c.experiment_id == experiment_id).order_by(jobs.c.id)
         ).all()
