@@ -308,7 +308,8 @@ def _follow(
     seen: dict[int, dict[str, Any]] = {}
     rss_by_phase: dict[str, float] = {}
     status = "?"
-    while status not in ("done", "failed", "cancelled"):  # one more look at the jobs after the end
+    ended = ("done", "failed", "cancelled")
+    while status not in ended or any(j["ended"] is None for j in seen.values()):  # jobs complete after
         now = time.perf_counter() - start
         status = _get(client, f"/experiments/{experiment_id}")["status"]
         page = _get(client, "/jobs", experiment_id=experiment_id, limit=100)["items"]
