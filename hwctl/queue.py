@@ -20,6 +20,7 @@ from typing import Any, NotRequired, TypedDict, Unpack
 from sqlalchemy import Connection, Engine, Row, and_, exists, func, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 
+from hwctl.store import wakeup
 from hwctl.store.engine import SQLITE_BEGIN_OPTION
 from hwctl.store.errors import NotFoundError, StoreError
 from hwctl.store.schema import jobs
@@ -105,8 +106,11 @@ def enqueue_in(conn: Connection, **job: Unpack[NewJob]) -> Row[Any]:
     returns the new row as stored (server defaults included).
 
     A used `idempotency_key` raises IntegrityError (the caller's transaction is then void).
+    The station's worker is woken when the transaction commits.
     """
-    return conn.execute(insert(jobs).values(**_values(job)).returning(*jobs.c)).one()
+    row = conn.execute(insert(jobs).values(**_values(job)).returning(*jobs.c)).one()
+    wakeup.notify_in(conn, [job["station_id"]])
+    return row
 
 
 def enqueue_many_in(conn: Connection, new_jobs: Sequence[NewJob]) -> None:
@@ -116,6 +120,7 @@ def enqueue_many_in(conn: Connection, new_jobs: Sequence[NewJob]) -> None:
     """
     for start in range(0, len(new_jobs), ENQUEUE_BATCH_ROWS):
         conn.execute(insert(jobs), [_values(job) for job in new_jobs[start : start + ENQUEUE_BATCH_ROWS]])
+    wakeup.notify_in(conn, (job["station_id"] for job in new_jobs))
 
 
 def enqueue(engine: Engine, **job: Unpack[NewJob]) -> int:

@@ -64,6 +64,7 @@ from hwctl.store.campaign import active_experiment_id, board_reference, fail_exp
 from hwctl.store.engine import make_engine
 from hwctl.store.migrate import ensure_migrated
 from hwctl.store.schema import utc_now
+from hwctl.store.wakeup import Listener
 from hwctl.vocabulary import ExperimentStatus, JobKind, JobLane
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ class Worker:
         self.stop_event = stop_event or threading.Event()
         self._thread: threading.Thread | None = None
         self._compute_wakeup = threading.Event()  # set when the chip lane may have queued work
+        self._chip_wakeup = threading.Event()  # set when a job is queued for this station, or at stop
         self._chip_stopped = threading.Event()  # the chip lane has left the board
         self._station: Station | None = None  # the open station, for the stop watchdog
         self._clock: Station | None = None  # the last station opened: the compute lane's clock
@@ -208,11 +210,14 @@ class Worker:
         threading.Thread(
             target=self._abort_when_stuck, name=f"worker-{self.station_name}-stop", daemon=True
         ).start()
+        wakeups = (self._chip_wakeup, self._compute_wakeup)
+        listener = Listener(self.engine, int(row.id), wakeups, self.stop_event).start()
         try:
             self._supervise(row, compute)
         finally:
             self._chip_stopped.set()
             self.stop_event.set()
+            listener.join(self.options.stop_grace_s)
             if compute.is_alive():
                 compute.join(self.options.stop_grace_s + self.options.poll_s)
         log.info("worker for station %s stopped", self.station_name)
@@ -359,6 +364,7 @@ class Worker:
         while not self.stop_event.is_set():
             self._heartbeat_if_due(station_id)
             now_s = station.clock_now_s()
+            self._chip_wakeup.clear()  # before the look, so no wake-up is lost
             job = self._claim(station_id, now_s, JobLane.CHIP)
             if job is None:
                 self._chip_wait(station, station_id, now_s)
@@ -383,14 +389,15 @@ class Worker:
         return True
 
     def _chip_wait(self, station: Station, station_id: int, now_s: float) -> None:
-        """Sleep until the next job of either lane falls due; a virtual clock is moved there."""
+        """Sleep until the next job of either lane falls due, or a job is queued (a wake-up,
+        `hwctl.store.wakeup`); a virtual clock is moved there."""
         next_s = self._retrying(
             "looking at the queue", lambda: queue.next_run_at_s(self.engine, station_id, after_s=now_s)
         )
         if next_s is not None and station.advance_to_s(next_s):
             return
         poll_s = self.options.poll_s
-        self.stop_event.wait(poll_s if next_s is None else station.wall_delay_s(next_s - now_s, poll_s))
+        self._chip_wakeup.wait(poll_s if next_s is None else station.wall_delay_s(next_s - now_s, poll_s))
 
     def _compute_now_s(self) -> float:
         """The board time as the chip lane last saw it, extrapolated (never a word to the board)."""

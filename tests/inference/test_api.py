@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -281,3 +283,19 @@ def test_another_experiments_readout_is_refused_and_now_needs_the_chip_to_hold_t
     problem(live.client.post(f"/experiments/{other}/inferences", json={"dataset_id": DIGITS, "at": "now"}),
             409, "still being programmed")  # fmt: skip
     assert live.infer_jobs() == before
+
+
+def test_a_queued_inference_wakes_the_worker_instead_of_waiting_for_its_poll(live: Live) -> None:
+    polling = live.worker.options
+    live.worker.options = replace(polling, poll_s=30.0)
+    try:
+        time.sleep(0.3)  # both lanes are now in a 30 s wait
+        started = time.monotonic()
+        body = {"dataset_id": DIGITS, "at": live.readout_ids[0], "methods": ["none"]}
+        accepted = live.client.post(f"/experiments/{live.experiment_id}/inferences", json=body)
+        assert accepted.status_code == 202, accepted.text
+        job = live.wait(accepted.json()["job"]["id"], timeout_s=20.0)
+        assert job["status"] == "succeeded", job["error"]
+        assert time.monotonic() - started < 5.0
+    finally:
+        live.worker.options = polling
