@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import socket
@@ -106,6 +107,8 @@ class Processes:
     def __init__(self, workdir: Path, env: dict[str, str]) -> None:
         self.workdir, self.env = workdir, env
         self.running: dict[str, subprocess.Popen[bytes]] = {}
+        self.args: dict[str, tuple[str, ...]] = {}
+        self.restarts: list[str] = []
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         with (self.workdir / f"{name}.log").open("ab") as log:
@@ -113,7 +116,18 @@ class Processes:
                 [*HWCTL, *args], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
         self.running[name] = process
+        self.args[name] = args
         return process
+
+    def revive(self) -> list[str]:
+        """Start again the API or worker if it exited (as a supervisor's restart policy would:
+        other engineers' fault tests restart the shared PostgreSQL server, and a worker
+        that cannot open its database at start exits); returns their names."""
+        revived = [n for n, p in self.running.items() if n != "chip" and p.poll() is not None]
+        for name in revived:
+            self.start(name, *self.args[name])
+        self.restarts.extend(revived)
+        return revived
 
     def run(self, *args: str) -> None:
         subprocess.run([*HWCTL, *args], cwd=REPO, env=self.env, check=True, capture_output=True)
@@ -261,6 +275,7 @@ def run_campaign(
         "jobs": jobs,
         **{k: round(v, 2) for k, v in stages.items()},
         "rss_gb": rss,
+        "restarted": processes.restarts,
     }
 
 
@@ -268,7 +283,11 @@ def _get(client: httpx.Client, path: str, **params: Any) -> Any:
     """GET as JSON, waiting out a database outage (503: other engineers restart the shared
     PostgreSQL server in their fault tests)."""
     for _ in range(120):
-        response = client.get(path, params=params)
+        try:
+            response = client.get(path, params=params)
+        except httpx.TransportError:  # the API itself restarting
+            time.sleep(1.0)
+            continue
         if response.status_code != 503:
             response.raise_for_status()
             return response.json()
@@ -322,6 +341,8 @@ def _follow(
                 entry["status"] = job["status"]
                 entry["started"] = entry["started"] if entry["started"] is not None else now
                 log(f"{now:8.1f} s  {job['kind']} {job['id']} {job['status']} {job['progress_message']}")
+        for name in processes.revive():
+            log(f"{now:8.1f} s  {name} had exited: started again")
         running = {j["kind"] for j in page if j["status"] == "running"} or {"idle"}
         for name, gb in processes.rss_gb().items():
             for kind in running:
@@ -609,11 +630,21 @@ def main() -> None:
     parser.add_argument("--geometry", default="50m")
     parser.add_argument("--block-devices", type=int, default=1 << 18)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        metavar="KIND=FILE",
+        help="take this database's campaign from an earlier run's JSON instead of running it again",
+    )
     args = parser.parse_args()
     rng = np.random.default_rng(7)
     result: dict[str, Any] = {"machine": machine_info(uptime=_uptime()), "targets": TARGETS}
     workdir = Path(tempfile.mkdtemp(prefix="hwctl-scale-", dir=args.workdir))
     campaigns: dict[str, Any] = {}
+    for reused in args.reuse:
+        kind, path = reused.split("=", 1)
+        campaigns[kind] = {**json.loads(Path(path).read_text()), "reused_from": path}
     for kind in [] if args.skip_campaign else args.databases.split(","):
         with database(kind, workdir, args.postgres_url) as url:
             print(f"campaign on {kind}", flush=True)
