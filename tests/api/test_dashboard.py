@@ -266,3 +266,23 @@ def test_the_api_and_the_overview_show_each_board_link(client: TestClient, db_ur
     assert (links["bench-1"]["state"], links["bench-3"]["state"]) == ("up", None)
     rows = table_rows(client.get("/").text, "stations")[1:]
     assert [row[-1] for row in rows] == ["up", "down since 2026-12-01 04:50:12 UTC (3 attempts)", "unknown"]
+
+
+def test_a_paused_queue_shows_on_the_api_the_overview_and_health(client: TestClient, db_url: str) -> None:
+    client.post("/stations", json=station_body("bench-1"), headers=AUTH)
+    [station_id] = [s["id"] for s in client.get("/stations").json()["items"]]
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        down_since = datetime(2026, 12, 1, 4, 50, 12, tzinfo=UTC)
+        station_link.link_down(conn, station_id, since=down_since, attempts=12, paused=True)
+    engine.dispose()
+    [link] = [s["link"] for s in client.get("/stations").json()["items"]]
+    assert (link["state"], link["down_since"], link["attempts"]) == ("paused", "2026-12-01T04:50:12Z", 12)
+    [row] = table_rows(client.get("/").text, "stations")[1:]
+    assert row[-1] == "paused since 2026-12-01 04:50:12 UTC (12 attempts, queue paused)"
+    health = client.get("/health")
+    assert health.status_code == 503
+    [reason] = health.json()["reasons"]
+    assert reason.endswith(
+        "link is down since 2026-12-01T04:50:12+00:00 (12 attempts to re-open it); its queue is paused"
+    )
