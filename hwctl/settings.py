@@ -82,8 +82,9 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(
         default=5,
         ge=1,
-        description="Runs of a job that a link failure or a worker crash may interrupt before "
-        "the job (and, for programming, its experiment) fails.",
+        description="A job fails (and, for programming, its experiment) after this many runs in a "
+        "row that a link failure ended without a new checkpoint, or this many runs in all once a "
+        "worker crash interrupts it.",
     )
     stop_grace_s: float = Field(
         default=1.5,

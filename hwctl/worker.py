@@ -18,15 +18,15 @@ seconds by the clock rate it observes (or, on a virtual-clock chip, advances the
 to it).
 
 Faults are part of the day. A link error, timeout or garbled reply never ends the
-worker: the job goes back to its last checkpoint (after `job_max_attempts` runs it
-fails, and a programming's experiment with it), the board is re-opened with exponential
-backoff (every attempt logged, the link state kept on the station row), and work goes on
-when it answers. Each (re)connection checks the board: its serial, that its clock did
-not go back, and that a sample of the programmed devices still reads as the last stored
-values drifted (`Station.continuity`); a board that lost its state puts the experiment
-in `board_state_lost` with the evidence, and its later readouts are flagged. Database
-outages are ridden out: every statement is retried until it gets through, the running
-job holding its data meanwhile.
+worker: the job goes back to its last checkpoint (after `job_max_attempts` runs in a row
+without a new checkpoint it fails, and a programming's experiment with it), the board is
+re-opened with exponential backoff (every attempt logged, the link state kept on the
+station row), and work goes on when it answers. Each (re)connection checks the board: its
+serial, that its clock did not go back, and that a sample of the programmed devices still
+reads as the last stored values drifted (`Station.continuity`); a board that lost its
+state puts the experiment in `board_state_lost` with the evidence, and its later readouts
+are flagged. Database outages are ridden out: every statement is retried until it gets
+through, the running job holding its data meanwhile.
 
 A stop request (SIGTERM/SIGINT, or `Worker.stop`) is honoured at the next block; a
 command that does not finish within `stop_grace_s` has its link aborted. The board is
@@ -148,6 +148,9 @@ class Worker:
         self._station: Station | None = None  # the open station, for the stop watchdog
         self._clock: Station | None = None  # the last station opened: the compute lane's clock
         self._alive_at = 0.0  # monotonic s of the last worker heartbeat on the station row
+        # Job id -> its runs in a row that the link ended before a new checkpoint: a job
+        # that gets further each time (a readback on a flapping link) never runs out.
+        self._fruitless_runs: dict[int, int] = {}
         self.error: BaseException | None = None
 
     # -- as a thread (the embedded server) ---------------------------------------------
@@ -450,10 +453,13 @@ class Worker:
         )
 
     def _run_job(self, lane: _Lane, station_id: int, job: queue.Job) -> None:
+        progressed = False  # a checkpoint other than the one the job started from was committed
+
         def heartbeat(
             progress: float, message: str, checkpoint: dict[str, Any] | None,
             write: Callable[[Connection], None] | None,
         ) -> bool:  # fmt: skip
+            nonlocal progressed
             now_s = lane.now_s()
 
             alive = self._alive_due()  # a job may run for minutes between the lane's looks
@@ -467,7 +473,9 @@ class Worker:
                     conn, job.id, now_s, progress=progress, message=message, checkpoint=checkpoint
                 )
 
-            return not self._write("committing a checkpoint", commit)
+            go_on = not self._write("committing a checkpoint", commit)
+            progressed = progressed or (checkpoint is not None and checkpoint != job.checkpoint)
+            return go_on
 
         def complete(result: dict[str, Any]) -> None:
             now_s = lane.now_s()
@@ -509,7 +517,8 @@ class Worker:
                 lambda: queue.recover_stale(self.engine, station_id, _ANY_AGE_S, now_s, job.lane),
             )
         except LINK_FAILURES as exc:
-            self._link_lost_during(job, station, f"link lost during attempt {job.attempts}: {exc}")
+            reason = f"link lost during attempt {job.attempts}: {exc}"
+            self._link_lost_during(job, station, reason, progressed)
             raise
         except DATABASE_UNAVAILABLE:
             raise  # only when stopping: the job stays running and the next start recovers it
@@ -519,20 +528,28 @@ class Worker:
             error = f"{type(exc).__name__}: {exc}"
             self._retrying("failing the job", lambda: queue.fail(self.engine, job.id, now_s, error))
 
-    def _link_lost_during(self, job: queue.Job, station: Station | None, reason: str) -> None:
+    def _link_lost_during(
+        self, job: queue.Job, station: Station | None, reason: str, progressed: bool
+    ) -> None:
         """The job goes back to its last checkpoint, or gives up after `job_max_attempts`
-        runs (a programming's experiment with it); stopping, it waits for the next start."""
+        runs in a row that ended without a new checkpoint (a programming's experiment with
+        it); stopping, it waits for the next start."""
         now_s = station.estimated_now_s() if station is not None else 0.0  # the link is gone
         log.error("station %s: %s job %d: %s", self.station_name, job.kind, job.id, reason)
+        fruitless = 0 if progressed else self._fruitless_runs.get(job.id, 0) + 1
+        self._fruitless_runs[job.id] = fruitless
         if self.stop_event.is_set():
             self._retrying(
                 "pausing the job",
                 lambda: queue.recover_stale(self.engine, job.station_id, _ANY_AGE_S, now_s, job.lane),
             )
-        elif job.attempts < self.options.job_max_attempts:
+        elif fruitless < self.options.job_max_attempts:
             self._retrying("requeueing the job", lambda: queue.requeue(self.engine, job.id, reason))
         else:
-            given_up = f"{job.kind} job {job.id}: {reason}; gave up after {job.attempts} attempts"
+            given_up = (
+                f"{job.kind} job {job.id}: {reason}; gave up after {job.attempts} attempts, "
+                f"the last {fruitless} without progress"
+            )
 
             def fail(conn: Connection) -> None:
                 queue.fail_in(conn, job.id, now_s, given_up)

@@ -170,6 +170,32 @@ def test_a_link_cut_mid_programming_resumes_the_run_instead_of_failing_it(
     assert_every_point_once(engine, campaign)
 
 
+def test_a_programming_cut_again_and_again_without_progress_fails_with_its_experiment_saying_why(
+    engine: Engine, virtual_chip: EmbeddedChip, proxy: FaultProxy
+) -> None:
+    campaign = create_campaign(engine, proxy.resource(), points=POINTS)
+    original = virtual_chip.board.set_pulse
+
+    def cut_every_time(*args: object) -> object:  # no SET pulse ever answers
+        proxy.drop()
+        return original(*args)
+
+    virtual_chip.board.set_pulse = cut_every_time  # type: ignore[method-assign]
+    worker = Worker(engine, campaign.station, replace(FAST, job_max_attempts=2))
+    failed = select(func.count()).where(experiments.c.status == "failed")
+    run_until(worker, lambda: scalar(engine, failed) == 1, "the experiment to fail")
+
+    with engine.connect() as conn:
+        program = conn.execute(select(jobs).where(jobs.c.kind == JobKind.PROGRAM)).one()
+        reason = conn.execute(select(experiments.c.status_reason)).scalar_one()
+    # The first run stored the run (progress); the next two got no further.
+    assert (program.status, program.attempts) == ("failed", 3)
+    assert program.error.startswith(f"program job {program.id}: link lost during attempt 3: ")
+    assert program.error.endswith("; gave up after 3 attempts, the last 2 without progress")
+    assert reason == program.error
+    assert job_statuses(engine, JobKind.READBACK) == []
+
+
 def test_a_board_back_blank_flags_the_experiment_and_every_later_readout(
     engine: Engine, virtual_chip: EmbeddedChip, proxy: FaultProxy
 ) -> None:
