@@ -22,15 +22,19 @@ from hwctl.uploads import ArchiveTooLargeError, check_archive
 router = APIRouter(prefix="/networks", tags=["networks"])
 
 
-def _parse_checkpoint(data: bytes, filename: str, max_expanded_bytes: int) -> Checkpoint:
-    """Sized before it is opened (a checkpoint is a ZIP archive whose members may be deflated),
-    then tensors and plain data only (`weights_only=True`), and it must build its architecture."""
+def _parse_checkpoint(
+    data: bytes, filename: str, max_expanded_bytes: int, architecture: str | None
+) -> Checkpoint:
+    """Sized before it is opened (a checkpoint or a `.pt2` is a ZIP archive whose members may
+    be deflated), then tensors and plain data only (`weights_only=True`) or, for a `.pt2`,
+    the graph read as data (`hwctl.nn.exported`: nothing in it runs); it must build its
+    architecture."""
     try:
         check_archive(data, max_expanded_bytes)
     except ArchiveTooLargeError as exc:
         raise HTTPException(413, f"{filename!r}: {exc}") from None
     try:
-        checkpoint = load_checkpoint(data)
+        checkpoint = load_checkpoint(data, architecture)
         checkpoint.build()
     except Exception as exc:  # untrusted bytes: any failure means "not a usable checkpoint"
         raise HTTPException(
@@ -47,14 +51,17 @@ def upload_network(
     writes: WritesDep,
     settings: SettingsDep,
     response: Response,
-    file: Annotated[UploadFile, File(description="checkpoint saved by `hwctl train` (torch.save)")],
+    file: Annotated[UploadFile, File(
+        description="checkpoint saved by `hwctl train` (torch.save), or a `.pt2` from `hwctl export`")],
     name: Annotated[str | None, Form(max_length=128)] = None,
+    architecture: Annotated[str | None, Form(
+        max_length=64, description="the registered architecture a `.pt2` graph is, e.g. resnet20")] = None,
 ) -> Network:
     """Store a checkpoint. The request body was bounded while it arrived (api.body_limit),
     the file part is read up to the limit, and the archive sized before it is loaded."""
     data = read_bounded(file, settings.max_upload_bytes, "checkpoint")
     filename = file.filename or "upload"
-    checkpoint = _parse_checkpoint(data, filename, settings.max_upload_expanded_bytes)
+    checkpoint = _parse_checkpoint(data, filename, settings.max_upload_expanded_bytes, architecture)
     meta = json.loads(json.dumps(checkpoint.meta, default=str))  # JSON-safe whatever was recorded
     with writes.transaction() as conn:
         new_id = records.add_network(

@@ -131,6 +131,16 @@ class ExportedNetwork:
         return [LayerWeights(w.layer, unroll(torch.from_numpy(w.values))) for w in weights]
 
 
+def is_exported_archive(data: bytes) -> bool:
+    """Whether `data` is a torch.export archive (a `.pt2`) rather than a `torch.save` checkpoint,
+    told from the ZIP's member names alone (nothing is decompressed or loaded)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return any(name.endswith("/archive_format") for name in archive.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
 def read_exported_program(
     source: ExportSource, max_expanded_bytes: int = MAX_EXPANDED_BYTES
 ) -> ExportedNetwork:

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hwctl.nn.exported import ExportedNetwork, is_exported_archive, read_exported_program
+
 
 class BasicBlock(nn.Module):
     """Two 3×3 convs with BN; shortcut is option A (subsample + zero-pad) or a 1×1 projection."""
@@ -198,9 +200,17 @@ class Checkpoint:
     arch: str
     state_dict: dict[str, torch.Tensor]
     meta: dict[str, Any] = field(default_factory=dict)
+    # An uploaded torch.export graph (`.pt2`) of this architecture: built as the graph it
+    # is (`ExportedModule`), never from code of the upload.
+    graph: ExportedNetwork | None = None
 
     def build(self) -> nn.Module:
-        model = build_model(self.arch)
+        if self.graph is None:
+            model = build_model(self.arch)
+        else:
+            from hwctl.nn.graph_module import ExportedModule
+
+            model = ExportedModule(self.graph)
         model.load_state_dict(self.state_dict, strict=True)
         return model.eval()
 
@@ -220,6 +230,10 @@ def load_checkpoint(source: CheckpointSource, arch: str | None = None) -> Checkp
     binary file, so every caller decodes checkpoints the same safe way.
     """
     where = f"{source}" if isinstance(source, str | Path) else "checkpoint"
+    if isinstance(source, str | Path) and str(source).endswith(".pt2"):
+        source = Path(source).read_bytes()
+    if isinstance(source, bytes) and is_exported_archive(source):
+        return exported_checkpoint(source, arch)
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     raw = torch.load(stream, map_location="cpu", weights_only=True)
     if not isinstance(raw, dict) or "state_dict" not in raw:
@@ -233,3 +247,22 @@ def load_checkpoint(source: CheckpointSource, arch: str | None = None) -> Checkp
         meta.setdefault("reported_best_prec1", float(raw["best_prec1"]))
     model_spec(name)
     return Checkpoint(name, state, meta)
+
+
+def exported_checkpoint(data: bytes, arch: str | None) -> Checkpoint:
+    """A `.pt2` of a registered architecture (`hwctl export`), read as data (`hwctl.nn.exported`):
+    its weights under the graph's parameter names, which must be the architecture's own."""
+    from hwctl.nn.graph_module import ExportedModule
+
+    if arch is None:
+        raise ValueError("an exported graph (.pt2) needs its architecture named (arch=)")
+    network = read_exported_program(data)
+    state = ExportedModule(network).state_dict()
+    expected = model_spec(arch).build().state_dict()
+    if state.keys() != expected.keys():
+        missing, extra = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+        raise ValueError(f"the graph is not a {arch}: missing {missing[:5]}, unexpected {extra[:5]}")
+    shapes = [k for k in state if state[k].shape != expected[k].shape]
+    if shapes:
+        raise ValueError(f"the graph is not a {arch}: shapes differ for {shapes[:5]}")
+    return Checkpoint(arch, dict(state), {"format": "torch.export"}, network)

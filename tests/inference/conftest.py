@@ -8,6 +8,7 @@ import io
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,19 @@ def digits_checkpoint() -> bytes:
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    databases = _database(request.param, tmp_path_factory.mktemp("db"))
+    network = ("digits.pt", digits_checkpoint())
+    with live_service(request.param, tmp_path_factory.mktemp("db"), network) as service:
+        yield service
+
+
+@contextmanager
+def live_service(
+    kind: str, tmp_path: Path, network: tuple[str, bytes], evaluation: dict[str, Any] | None = None,
+    **form: str,
+) -> Iterator[Live]:
+    """The service with `network` (file name, bytes; `form` fields beside it) uploaded,
+    programmed and read back at OFFSETS_S."""
+    databases = _database(kind, tmp_path)
     url = next(databases)
     chip = start_embedded_chip(SimChipOptions(virtual=True, geometry=CHIP, seed=5))
     worker_engine = make_engine(url)
@@ -117,11 +130,11 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
                 "clock_kind": "virtual",
                 "geometry": {"tiles": CHIP.tiles, "rows": CHIP.rows, "cols": CHIP.cols},
             }).raise_for_status()  # fmt: skip
-            files = {"file": ("digits.pt", io.BytesIO(digits_checkpoint()), "application/octet-stream")}
-            network = client.post("/networks", files=files).raise_for_status().json()
+            files = {"file": (network[0], io.BytesIO(network[1]), "application/octet-stream")}
+            uploaded = client.post("/networks", files=files, data=form).raise_for_status().json()
             accepted = client.post("/experiments", json={
-                "network_id": network["id"], "station": "infer", "schedule": {"offsets_s": OFFSETS_S},
-                "evaluation": {"enabled": False},
+                "network_id": uploaded["id"], "station": "infer", "schedule": {"offsets_s": OFFSETS_S},
+                "evaluation": evaluation or {"enabled": False},
             }).raise_for_status().json()  # fmt: skip
             worker.start()
             live = Live(client, url, worker, accepted["experiment"]["id"], [])

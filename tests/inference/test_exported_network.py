@@ -1,0 +1,99 @@
+"""Bring your own network, as a `.pt2` graph (`hwctl export`): uploaded over the real API,
+read as data, programmed, read back, evaluated (none, GDC, AdaBS) and run by inference
+jobs, computing what the native network computes from the same readout."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hwctl.cli import main
+from hwctl.inference.inputs import Inputs
+from hwctl.inference.run import ChipNetwork, InferenceSettings
+from hwctl.nn.data import load_digits
+from hwctl.nn.models import load_checkpoint
+from hwctl.store import readouts as store_readouts
+from hwctl.store.engine import make_engine
+from hwctl.vocabulary import CompensationMethod
+from tests.inference.conftest import OFFSETS_S, Live, digits_checkpoint, live_service
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+METHODS = ["none", "gdc", "adabs"]
+
+
+def exported(tmp_path: Path, model: str, checkpoint: bytes) -> bytes:
+    source, archive = tmp_path / f"{model}.pt", tmp_path / f"{model}.pt2"
+    source.write_bytes(checkpoint)
+    assert main(["export", model, "--checkpoint", str(source), "--out", str(archive)]) == 0
+    return archive.read_bytes()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    tmp = tmp_path_factory.mktemp("export")
+    network = ("digits.pt2", exported(tmp, "digits-resnet", digits_checkpoint()))
+    evaluation = {"methods": METHODS}
+    with live_service(request.param, tmp, network, evaluation, architecture="digits-resnet") as service:
+        yield service
+
+
+def test_an_uploaded_graph_is_evaluated_after_every_readout_with_each_method(live: Live) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        rows = live.client.get("/evaluations", params={"experiment_id": live.experiment_id}).json()["items"]
+        if len(rows) == len(OFFSETS_S) * len(METHODS):
+            break
+        time.sleep(0.1)
+    assert sorted((r["readout_id"], r["method"]) for r in rows) == sorted(
+        (readout_id, method) for readout_id in live.readout_ids for method in METHODS
+    )
+    assert all(0.0 <= r["accuracy"] <= 100.0 and r["n_images"] == 449 for r in rows), rows
+
+
+def test_an_inference_on_the_graph_gives_what_the_native_network_gives_from_the_same_readout(
+    live: Live,
+) -> None:
+    readout_id = live.readout_ids[-1]
+    body = {"dataset_id": 1, "at": readout_id, "methods": ["none", "gdc"]}
+    accepted = live.client.post(f"/experiments/{live.experiment_id}/inferences", json=body)
+    assert accepted.status_code == 202, accepted.text
+    job = live.wait(accepted.json()["job"]["id"])
+    assert job["status"] == "succeeded", job["error"]
+    location = accepted.headers["Location"]
+    logits = np.load(io.BytesIO(live.client.get(f"{location}/logits.npy").content))
+    accuracy = [r["accuracy_pct"] for r in live.client.get(location).json()["summary"]["results"]]
+
+    engine = make_engine(live.url)
+    try:
+        with engine.connect() as conn:
+            readout = store_readouts.load_readout(conn, readout_id)
+            t0 = store_readouts.load_readout(conn, live.readout_ids[0])
+            device_map = store_readouts.load_run_device_map(conn, readout.run_id)
+    finally:
+        engine.dispose()
+    native = ChipNetwork(load_checkpoint(digits_checkpoint()), device_map)
+    test = load_digits("test")
+    settings = InferenceSettings(methods=(CompensationMethod.NONE, CompensationMethod.GDC))
+    outcomes = native.infer(Inputs.from_image_set(test), readout.g_us, settings, t0.g_us)
+    for k, outcome in enumerate(outcomes):
+        np.testing.assert_allclose(logits[k, 0], outcome.logits, rtol=1e-4, atol=1e-4)
+        assert accuracy[k] == pytest.approx(outcome.scores(test.y).accuracy_pct, abs=0.01)
+    listing = live.client.get("/evaluations", params={"experiment_id": live.experiment_id})
+    evaluations = listing.json()["items"]
+    [evaluated] = [r for r in evaluations if r["readout_id"] == readout_id and r["method"] == "none"]
+    assert evaluated["accuracy"] == pytest.approx(accuracy[0], abs=0.01)  # the evaluation job agrees
+
+
+def test_a_graph_needs_its_architecture_and_must_be_that_architecture(live: Live, tmp_path: Path) -> None:
+    digits = exported(tmp_path, "digits-resnet", digits_checkpoint())
+    files = {"file": ("net.pt2", io.BytesIO(digits), "application/octet-stream")}
+    unnamed = live.client.post("/networks", files=files)
+    assert unnamed.status_code == 422 and "needs its architecture" in unnamed.json()["detail"]
+    files = {"file": ("net.pt2", io.BytesIO(digits), "application/octet-stream")}
+    other = live.client.post("/networks", files=files, data={"architecture": "resnet20"})
+    assert other.status_code == 422 and "not a resnet20" in other.json()["detail"]
