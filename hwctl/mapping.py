@@ -251,6 +251,14 @@ def _place_addresses(layer: LayerPlacement, geometry: Geometry, addresses: npt.N
     np.add(plus.ravel(), 1, out=addresses[o + n : o + 2 * n])
 
 
+def check_placement(shapes: Sequence[tuple[int, int]], geometry: Geometry) -> None:
+    """Whether matrices of these (rows, cols) shapes can be placed on `geometry` as
+    `map_network` places them (MappingError saying what is left over when not), without
+    building the map."""
+    cuts = [(nr, nc) for rows, cols in shapes for _, _, nr, nc in _cut(rows, cols, geometry)]
+    _shelf_pack(cuts, geometry)
+
+
 def analog_names(names: Sequence[str], digital_layers: Collection[str]) -> set[str]:
     """The layers that go on the chip: all of `names` but those kept digital, each of which
     must be one of them (MappingError lists the valid names)."""

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import json
 from pathlib import PurePath
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile
+from sqlalchemy import Row
 
 from api.deps import Db, ReadAccess, SettingsDep, WriteAccess, WritesDep
 from api.pagination import Page, Paging
 from api.params import PathId
 from api.problems import problem_responses
-from api.schemas.networks import Network
+from api.schemas.networks import AnalogLayer, Network, NetworkDetail, StationFit
 from api.uploads import read_bounded
 from api.views import network_out, page_of, paging
 from hwctl.nn.models import Checkpoint, load_checkpoint
 from hwctl.store import queries, records
+from hwctl.store.networks import NetworkNeeds, load_network, network_needs
 from hwctl.uploads import ArchiveTooLargeError, check_archive
 
 router = APIRouter(prefix="/networks", tags=["networks"])
@@ -44,7 +46,7 @@ def _parse_checkpoint(
 
 
 @router.post(
-    "", status_code=201, response_model=Network,
+    "", status_code=201, response_model=NetworkDetail,
     dependencies=[WriteAccess], responses=problem_responses(401, 403, 413, 422),
 )
 def upload_network(
@@ -56,9 +58,10 @@ def upload_network(
     name: Annotated[str | None, Form(max_length=128)] = None,
     architecture: Annotated[str | None, Form(
         max_length=64, description="the registered architecture a `.pt2` graph is, e.g. resnet20")] = None,
-) -> Network:
+) -> NetworkDetail:
     """Store a checkpoint. The request body was bounded while it arrived (api.body_limit),
-    the file part is read up to the limit, and the archive sized before it is loaded."""
+    the file part is read up to the limit, and the archive sized before it is loaded. The
+    answer says what the network asks of a chip and which registered stations it fits."""
     data = read_bounded(file, settings.max_upload_bytes, "checkpoint")
     filename = file.filename or "upload"
     checkpoint = _parse_checkpoint(data, filename, settings.max_upload_expanded_bytes, architecture)
@@ -69,8 +72,20 @@ def upload_network(
             checkpoint=data, meta=meta,
         )
         created = queries.get_network(conn, new_id)
+        needs = network_needs(conn, checkpoint)
     response.headers["Location"] = f"/networks/{new_id}"
-    return network_out(created)
+    return _detail(created, needs)
+
+
+def _detail(row: Row[Any], needs: NetworkNeeds) -> NetworkDetail:
+    return NetworkDetail(
+        **network_out(row).model_dump(), input_shape=list(needs.input_shape),
+        analog_layers=[AnalogLayer(name=layer.name, shape=layer.shape, weights=layer.n_weights)
+                       for layer in needs.layers],
+        analog_weights=needs.n_devices // 2, devices=needs.n_devices,
+        stations=[StationFit(station=f.station, devices=f.devices, fits=f.fits, reason=f.reason)
+                  for f in needs.stations],
+    )  # fmt: skip
 
 
 @router.get("", response_model=Page[Network], dependencies=[ReadAccess])
@@ -79,8 +94,10 @@ def list_networks(db: Db, page: Paging) -> Page[Network]:
 
 
 @router.get(
-    "/{network_id}", response_model=Network, dependencies=[ReadAccess],
+    "/{network_id}", response_model=NetworkDetail, dependencies=[ReadAccess],
     responses=problem_responses(404),
 )
-def get_network(network_id: PathId, db: Db) -> Network:
-    return network_out(queries.get_network(db, network_id))
+def get_network(network_id: PathId, db: Db) -> NetworkDetail:
+    """The network with its analog layers and which registered stations it fits."""
+    row = queries.get_network(db, network_id)
+    return _detail(row, network_needs(db, load_network(db, network_id)))

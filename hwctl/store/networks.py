@@ -1,12 +1,18 @@
-"""Stored networks: a network row decoded into its checkpoint, the one way every job and report does it."""
+"""Stored networks: a network row decoded into its checkpoint, the one way every job and report
+does it; and what a network needs of a station (its analog layers against each station's chip)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy import Connection, select
 
-from hwctl.nn.models import Checkpoint, load_checkpoint
+from drivers.base import Geometry
+from hwctl.mapping import MappingError, check_placement
+from hwctl.nn.conductance import export_layers
+from hwctl.nn.models import Checkpoint, load_checkpoint, model_spec
 from hwctl.store.errors import NotFoundError
-from hwctl.store.schema import networks
+from hwctl.store.schema import networks, stations
 
 
 def load_network(conn: Connection, network_id: int) -> Checkpoint:
@@ -16,3 +22,56 @@ def load_network(conn: Connection, network_id: int) -> Checkpoint:
         raise NotFoundError(f"network {network_id} does not exist")
     source = row.checkpoint if row.checkpoint is not None else row.checkpoint_path
     return load_checkpoint(source, row.architecture)
+
+
+@dataclass(frozen=True)
+class AnalogLayer:
+    """One conv/linear weight as it goes on the chip: a (rows, cols) crossbar matrix."""
+
+    name: str
+    shape: tuple[int, int]
+
+    @property
+    def n_weights(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+
+@dataclass(frozen=True)
+class StationFit:
+    station: str
+    devices: int  # the chip's devices: tiles × rows × cols
+    fits: bool
+    reason: str | None  # why not, with the numbers
+
+
+@dataclass(frozen=True)
+class NetworkNeeds:
+    """What a network asks of a chip (all layers analog; layers kept digital need fewer)."""
+
+    input_shape: tuple[int, ...]
+    layers: list[AnalogLayer]
+    stations: list[StationFit]
+
+    @property
+    def n_devices(self) -> int:
+        return 2 * sum(layer.n_weights for layer in self.layers)  # a differential pair per weight
+
+
+def station_fit(name: str, geometry: Geometry, layers: list[AnalogLayer]) -> StationFit:
+    devices = geometry.tiles * geometry.rows * geometry.cols
+    try:
+        check_placement([layer.shape for layer in layers], geometry)
+    except MappingError as exc:
+        needed = 2 * sum(layer.n_weights for layer in layers)
+        return StationFit(name, devices, False, f"{needed:,} devices needed, the chip has {devices:,}: {exc}")
+    return StationFit(name, devices, True, None)
+
+
+def network_needs(conn: Connection, checkpoint: Checkpoint) -> NetworkNeeds:
+    """The network's input shape and analog layers, and whether it fits each registered station."""
+    layers = [AnalogLayer(w.name, (int(w.matrix.shape[0]), int(w.matrix.shape[1])))
+              for w in export_layers(checkpoint.build())]  # fmt: skip
+    rows = conn.execute(select(stations.c.name, stations.c.tiles, stations.c.rows, stations.c.cols)
+                        .order_by(stations.c.name)).all()  # fmt: skip
+    fits = [station_fit(r.name, Geometry(r.tiles, r.rows, r.cols), layers) for r in rows]
+    return NetworkNeeds(model_spec(checkpoint.arch).input_shape, layers, fits)

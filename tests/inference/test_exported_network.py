@@ -15,6 +15,7 @@ import pytest
 from hwctl.cli import main
 from hwctl.inference.inputs import Inputs
 from hwctl.inference.run import ChipNetwork, InferenceSettings
+from hwctl.nn.conductance import export_layers
 from hwctl.nn.data import load_digits
 from hwctl.nn.models import load_checkpoint
 from hwctl.store import readouts as store_readouts
@@ -97,3 +98,26 @@ def test_a_graph_needs_its_architecture_and_must_be_that_architecture(live: Live
     files = {"file": ("net.pt2", io.BytesIO(digits), "application/octet-stream")}
     other = live.client.post("/networks", files=files, data={"architecture": "resnet20"})
     assert other.status_code == 422 and "not a resnet20" in other.json()["detail"]
+
+
+def test_the_upload_answers_input_shape_analog_layers_devices_and_which_stations_it_fits(
+    live: Live, tmp_path: Path
+) -> None:
+    tiny = {"tiles": 1, "rows": 64, "cols": 64}
+    station = {"name": "tiny", "resource": "TCPIP::tiny::5025::SOCKET", "chip_serial": "SIM-TINY",
+               "geometry": tiny}  # fmt: skip
+    live.client.post("/stations", json=station).raise_for_status()
+    files = {"file": ("again.pt2", io.BytesIO(exported(tmp_path, "digits-resnet", digits_checkpoint())), "")}
+    uploaded = live.client.post("/networks", files=files, data={"architecture": "digits-resnet"})
+    assert uploaded.status_code == 201, uploaded.text
+    body = uploaded.json()
+    native = export_layers(load_checkpoint(digits_checkpoint()).build())
+    assert body["input_shape"] == [1, 8, 8]
+    assert [(layer["name"], tuple(layer["shape"])) for layer in body["analog_layers"]] == [
+        (w.name, w.matrix.shape) for w in native
+    ]
+    assert body["devices"] == 2 * body["analog_weights"] == 2 * sum(w.matrix.size for w in native)
+    fits = {f["station"]: f for f in body["stations"]}
+    assert fits["infer"]["fits"] and fits["infer"]["reason"] is None
+    assert not fits["tiny"]["fits"] and fits["tiny"]["devices"] == 64 * 64
+    assert f"{body['devices']:,} devices needed, the chip has 4,096" in fits["tiny"]["reason"]
