@@ -44,7 +44,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Row
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError, PendingRollbackError
 
 from drivers.errors import DriverError
 from hwctl import queue
@@ -70,8 +70,9 @@ from hwctl.vocabulary import ExperimentStatus, JobKind, JobLane
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# What a database outage (server restart, dropped connection, SQLite lock storm) raises.
-DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
+# What a database outage (server restart, dropped connection, SQLite lock storm) raises;
+# PendingRollbackError: a statement on a connection such an outage invalidated.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PendingRollbackError)
 # After these the board is re-opened (a board with another serial may be swapped back).
 _REOPEN_AFTER: tuple[type[Exception], ...] = (*LINK_FAILURES, StationIdentityError)
 
@@ -185,7 +186,8 @@ class Worker:
                 if self.stop_event.is_set():
                     raise
                 log.warning("station %s: database unavailable while %s (%s); retrying in %.2f s",
-                            self.station_name, what, type(exc.orig).__name__, delay_s)  # fmt: skip
+                            self.station_name, what, type(getattr(exc, "orig", exc)).__name__,
+                            delay_s)  # fmt: skip
                 self.stop_event.wait(delay_s)
                 delay_s = min(2 * delay_s, self.options.db_retry_max_s)
 
@@ -520,8 +522,14 @@ class Worker:
             reason = f"link lost during attempt {job.attempts}: {exc}"
             self._link_lost_during(job, station, reason, progressed)
             raise
-        except DATABASE_UNAVAILABLE:
-            raise  # only when stopping: the job stays running and the next start recovers it
+        except DATABASE_UNAVAILABLE as exc:
+            if self.stop_event.is_set():
+                raise  # the job stays running and the next start recovers it
+            # A statement of the handler's own met the outage: the job goes back to its
+            # last checkpoint once the database answers (nothing after it was committed).
+            reason = f"database unavailable during attempt {job.attempts}: {type(exc).__name__}"
+            log.warning("station %s: %s job %d: %s", self.station_name, job.kind, job.id, reason)
+            self._retrying("requeueing the job", lambda: queue.requeue(self.engine, job.id, reason))
         except Exception as exc:
             log.exception("station %s: %s job %d failed", self.station_name, job.kind, job.id)
             now_s = lane.now_s()

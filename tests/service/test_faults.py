@@ -15,8 +15,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import OperationalError
 
 from hwctl.embedded_chip import EmbeddedChip, SimChipOptions, start_embedded_chip
+from hwctl.jobs import JOBS, readback
+from hwctl.jobs.context import JobContext
 from hwctl.mapping import DeviceMap
 from hwctl.store.engine import make_engine
 from hwctl.store.health import station_health
@@ -298,6 +301,28 @@ def test_a_stop_while_the_link_hangs_ends_the_worker_within_2_s(
             select(jobs.c.status, jobs.c.checkpoint).where(jobs.c.status == "interrupted")
         ).one()
     assert paused.checkpoint["next_device"] == 3 * BLOCK_DEVICES  # resumes from the last committed block
+
+
+def test_a_database_error_inside_a_job_puts_it_back_at_its_checkpoint_instead_of_failing_it(
+    engine: Engine, virtual_chip: EmbeddedChip, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    campaign = create_campaign(engine, virtual_chip.resource, points=2)
+    outages: list[int] = []
+
+    def read_after_one_outage(ctx: JobContext, payload: readback.ReadbackPayload) -> None:
+        if not outages:  # a statement of the handler's own meets a dropped connection
+            outages.append(ctx.job_id)
+            raise OperationalError("SELECT 1", {}, ConnectionError("server closed the connection"))
+        readback.JOB.handle(ctx, payload)
+
+    monkeypatch.setitem(JOBS, JobKind.READBACK, replace(readback.JOB, handle=read_after_one_outage))
+    run_until(Worker(engine, campaign.station, FAST), lambda: bool(outages) and idle(engine), "the campaign")
+
+    with engine.connect() as conn:
+        first = conn.execute(select(jobs).where(jobs.c.id == outages[0])).one()
+    assert (first.status, first.attempts, first.error) == ("succeeded", 2, None)
+    assert job_statuses(engine, JobKind.READBACK) == ["succeeded"] * 2
+    assert_every_point_once(engine, campaign)
 
 
 POSTGRES_CLUSTERS = glob.glob("/etc/postgresql/*")
