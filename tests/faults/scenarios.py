@@ -106,14 +106,16 @@ class ApiPoller:
                         answer = type(exc).__name__
                     self.answers.append((time.monotonic(), path, answer))
 
-    def failures_after(self, t_s: float) -> list[str]:
-        """Answers after `t_s` that are server errors (a health probe's designed 503 aside)
-        or no answer at all."""
+    def failures_after(self, t_s: float, outages: list[tuple[float, float]]) -> list[str]:
+        """Answers after `t_s` that are server errors or no answer at all; a 503 is the
+        designed answer of a health probe, and of any request while the database is out
+        (`outages`: another test may restart the shared server)."""
         bad = []
         for at_s, path, answer in self.answers:
             if at_s < t_s:
                 continue
-            designed = path.startswith("/health") and answer == 503
+            during_outage = any(start_s <= at_s <= end_s for start_s, end_s in outages)
+            designed = answer == 503 and (path.startswith("/health") or during_outage)
             if isinstance(answer, str) or (answer >= 500 and not designed):
                 bad.append(f"{path}: {answer} at +{at_s - t_s:.2f} s")
         return bad
@@ -149,6 +151,24 @@ class WorkWatcher:
                 signature = None
             self.samples.append((time.monotonic(), signature))
             self._stop.wait(self.period_s)
+
+    def outages(self) -> list[tuple[float, float]]:
+        """(from, to) of each stretch the database did not answer: from the last sample that
+        answered before it to the first that answered after (or now)."""
+        stretches: list[tuple[float, float]] = []
+        last_answer_s = float("-inf")
+        start_s: float | None = None
+        for at_s, signature in self.samples:
+            if signature is None and start_s is None:
+                start_s = last_answer_s
+            elif signature is not None:
+                if start_s is not None:
+                    stretches.append((start_s, at_s))
+                    start_s = None
+                last_answer_s = at_s
+        if start_s is not None:
+            stretches.append((start_s, float("inf")))
+        return stretches
 
     def answering_again_s(self, after_s: float) -> float | None:
         """The first sample after `after_s` that followed one where the database did not answer."""
@@ -416,7 +436,6 @@ def run_scenario(scenario: Scenario, lab: Lab, scale: Scale) -> ScenarioResult:
             run.watcher = WorkWatcher(run.engine, run.experiment_id).start()
             scenario.fault(run)
             _settle(run)
-            run.watcher.stop()
             recovery_s = _recovery_s(run, run.watcher)
             _stop_worker(run)
         except (LabError, DBAPIError) as exc:
@@ -426,7 +445,8 @@ def run_scenario(scenario: Scenario, lab: Lab, scale: Scale) -> ScenarioResult:
                 run.watcher.stop()
             if poller is not None:
                 poller.stop()
-                failures = poller.failures_after(run.t_back_s or float("inf"))
+                outages = run.watcher.outages() if run.watcher is not None else []
+                failures = poller.failures_after(run.t_back_s or float("inf"), outages)
                 run.observed["api_answers"] = len(poller.answers)
                 run.expect(not failures, f"the API failed after the fault ended: {failures[:5]}")
         audit = _audit(run)
