@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
 import hwctl
-from api import dashboard
+from api import dashboard, dashboard_inference
 from api.body_limit import MAX_JSON_BODY_BYTES, MULTIPART_FRAMING_BYTES, BodyLimit
 from api.deps import Writes
 from api.problems import install_problem_handlers
@@ -140,4 +140,5 @@ def create_app(settings: Settings) -> FastAPI:
                    datasets, inferences, health, aihwkit):  # fmt: skip
         app.include_router(module.router)
     app.include_router(dashboard.router)
+    app.include_router(dashboard_inference.router)
     return app

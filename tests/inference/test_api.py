@@ -4,8 +4,10 @@ bad input refused with a problem before anything is queued."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -299,3 +301,31 @@ def test_a_queued_inference_wakes_the_worker_instead_of_waiting_for_its_poll(liv
         assert time.monotonic() - started < 5.0
     finally:
         live.worker.options = polling
+
+
+def test_the_dashboard_shows_data_sets_networks_and_an_inference_with_its_confusion_and_inputs(
+    live: Live,
+) -> None:
+    body = {"dataset_id": DIGITS, "at": live.readout_ids[0], "methods": ["none"]}
+    accepted = live.client.post(f"/experiments/{live.experiment_id}/inferences", json=body)
+    assert live.wait(accepted.json()["job"]["id"])["status"] == "succeeded"
+    inference_id = accepted.json()["inference"]["id"]
+    page = live.client.get(f"/dashboard/inferences/{inference_id}")
+    assert page.status_code == 200 and "Confusion matrix" in page.text
+    logits = np.load(io.BytesIO(live.client.get(f"/inferences/{inference_id}/logits.npy").content))
+    labels = load_digits("test").y
+    images = re.findall(r'<img src="data:image/png;base64,([^"]+)" alt="input (\d+)"', page.text)
+    assert [int(i) for _, i in images] == list(range(12))
+    assert all(base64.b64decode(data).startswith(b"\x89PNG") for data, _ in images)
+    captions = re.findall(r"#(\d+): predicted (\d+), true (\d+)", page.text)
+    assert [(int(i), int(p), int(t)) for i, p, t in captions] == [
+        (i, int(logits[0, 0, i].argmax()), int(labels[i])) for i in range(12)
+    ]
+    listing = live.client.get(f"/dashboard/experiments/{live.experiment_id}/inferences").text
+    assert f'href="/dashboard/inferences/{inference_id}"' in listing
+
+    experiment = live.client.get(f"/experiments/{live.experiment_id}").json()
+    network = live.client.get(f"/dashboard/networks/{experiment['network_id']}").text
+    assert "digits-resnet" in network and "<code>conv1</code>" in network and "infer" in network
+    assert "digits" in live.client.get("/dashboard/datasets").text
+    assert live.client.get("/dashboard/networks").status_code == 200
