@@ -29,7 +29,14 @@ from api.deps import Db, EngineDep, ReadAccess, SettingsDep, WriteAccess, Writes
 from api.pagination import Page, Paging
 from api.params import PathId
 from api.problems import problem_responses
-from api.schemas.inferences import Inference, InferenceAccepted, InferenceRequest, Predictions
+from api.schemas.inferences import (
+    Inference,
+    InferenceAccepted,
+    InferenceRequest,
+    Predictions,
+    ReevaluationAccepted,
+    SeriesPointOut,
+)
 from api.schemas.jobs import Job
 from api.uploads import read_bounded
 from hwctl import queue
@@ -43,11 +50,17 @@ from hwctl.inference.run import (
     check_methods,
     check_size,
 )
-from hwctl.inference.spec import InferenceSpec
+from hwctl.inference.spec import (
+    EVALUATION_SERIES,
+    MAX_REEVALUATED_READOUTS,
+    InferenceSpec,
+    ReevaluationSpec,
+)
 from hwctl.jobs.infer import FRESH_READ_SCHEDULED_S, InferPayload
 from hwctl.settings import Settings
 from hwctl.store import datasets as store_datasets
 from hwctl.store import inferences as store
+from hwctl.store import queries
 from hwctl.store.errors import NotFoundError
 from hwctl.vocabulary import JobKind, JobLane
 
@@ -118,19 +131,26 @@ def _submit(writes: Writes, experiment_id: int, spec: InferenceSpec, key: str | 
             inference_id = store.inference_for_job(db, job_id)
             if inference_id is not None:
                 return inference_id, store.job_row(db, job_id)
-        target, run_id, now = _checked(db, experiment_id, spec)
-        inference_id = store.add_inference(
-            db, experiment_id, spec.dataset_id, None if now else int(spec.at), spec.model_dump(mode="json")
-        )
-        payload = InferPayload(experiment_id=experiment_id, inference_id=inference_id, run_id=run_id)
-        job = queue.enqueue_in(
-            db, kind=JobKind.INFER, lane=JobLane.CHIP if now else JobLane.COMPUTE,
-            station_id=target.station_id, experiment_id=experiment_id, payload=payload.model_dump(),
-            run_at_s=0.0, idempotency_key=job_key,
-            scheduled_s=FRESH_READ_SCHEDULED_S if now else None,
-        )  # fmt: skip  # due at once: run_at_s 0 is before any station clock
-        store.set_job(db, inference_id, int(job.id))
-        return inference_id, job
+        return _queue_one(db, experiment_id, spec, job_key)
+
+
+def _queue_one(
+    db: Connection, experiment_id: int, spec: InferenceSpec, job_key: str | None
+) -> tuple[int, Any]:
+    """Check, store and queue one inference in the caller's transaction; (inference id, job row)."""
+    target, run_id, now = _checked(db, experiment_id, spec)
+    inference_id = store.add_inference(
+        db, experiment_id, spec.dataset_id, None if now else int(spec.at), spec.model_dump(mode="json")
+    )
+    payload = InferPayload(experiment_id=experiment_id, inference_id=inference_id, run_id=run_id)
+    job = queue.enqueue_in(
+        db, kind=JobKind.INFER, lane=JobLane.CHIP if now else JobLane.COMPUTE,
+        station_id=target.station_id, experiment_id=experiment_id, payload=payload.model_dump(),
+        run_at_s=0.0, idempotency_key=job_key,
+        scheduled_s=FRESH_READ_SCHEDULED_S if now else None,
+    )  # fmt: skip  # due at once: run_at_s 0 is before any station clock
+    store.set_job(db, inference_id, int(job.id))
+    return inference_id, job
 
 
 async def _request_spec(request: Request, writes: Writes, settings: Settings) -> InferenceSpec:
@@ -293,3 +313,47 @@ def get_predictions(
     return Predictions(inference_id=inference_id, method=chosen, repeat=repeat, offset=offset,
                        top_k=top.tolist(), labels=labels, total=int(logits.shape[2]))  # fmt: skip
 
+
+@router.post(
+    "/experiments/{experiment_id}/evaluations", status_code=202, response_model=ReevaluationAccepted,
+    dependencies=[WriteAccess], responses=problem_responses(401, 403, 404, 409, 422),
+)  # fmt: skip
+def submit_reevaluation(
+    experiment_id: PathId, spec: ReevaluationSpec, writes: WritesDep
+) -> ReevaluationAccepted:
+    """Evaluate a range of stored readouts again with other settings (data set, methods, analog
+    periphery) as the series `spec.series` of the accuracy-vs-time table: one inference job
+    per readout in the compute lane, all checked and queued in one transaction, or none."""
+    with writes.transaction() as db:
+        store.experiment_target(db, experiment_id)  # 404
+        readout_ids = store.experiment_readouts_between(
+            db, experiment_id, spec.first_readout_id, spec.last_readout_id
+        )
+        if not readout_ids:
+            raise HTTPException(422, f"experiment {experiment_id} has no readout with an id in "
+                                     f"{spec.first_readout_id}..{spec.last_readout_id}")  # fmt: skip
+        if len(readout_ids) > MAX_REEVALUATED_READOUTS:
+            raise HTTPException(422, f"{len(readout_ids)} readouts in the range; at most "
+                                     f"{MAX_REEVALUATED_READOUTS} per re-evaluation")  # fmt: skip
+        if spec.series == EVALUATION_SERIES or spec.series in store.series_names(db, experiment_id):
+            raise HTTPException(409, f"experiment {experiment_id} already has a series {spec.series!r}")
+        queued = [_queue_one(db, experiment_id, spec.at(readout_id), None) for readout_id in readout_ids]
+    return ReevaluationAccepted(series=spec.series, readout_ids=readout_ids,
+                                inference_ids=[i for i, _ in queued], job_ids=[int(j.id) for _, j in queued])
+
+
+@router.get(
+    "/experiments/{experiment_id}/accuracy-series", response_model=list[SeriesPointOut],
+    dependencies=[ReadAccess], responses=problem_responses(404),
+)  # fmt: skip
+def accuracy_series(experiment_id: PathId, db: Db) -> list[SeriesPointOut]:
+    """Accuracy vs time since programming, every series side by side: the experiment's own
+    evaluations (series "evaluation") and each finished re-evaluation."""
+    store.experiment_target(db, experiment_id)  # 404
+    own = [SeriesPointOut(series=EVALUATION_SERIES, readout_id=r.readout_id, t_since_program_s=r.offset_s,
+                          method=r.method, accuracy_pct=r.accuracy)
+           for r in queries.experiment_evaluations(db, experiment_id)]  # fmt: skip
+    again = [SeriesPointOut(series=p.series, readout_id=p.readout_id, t_since_program_s=p.t_since_program_s,
+                            method=p.method, accuracy_pct=p.accuracy_pct, inference_id=p.inference_id)
+             for p in store.series_points(db, experiment_id)]  # fmt: skip
+    return sorted(own + again, key=lambda p: (p.series, p.method, p.t_since_program_s))

@@ -50,3 +50,21 @@ class Predictions(BaseModel):
     top_k: list[list[int]]
     labels: list[int] | None
     total: int
+
+
+class ReevaluationAccepted(BaseModel):
+    series: str
+    readout_ids: list[int] = Field(description="re-evaluated, in order")
+    inference_ids: list[int] = Field(description="one per readout: GET /inferences/{id}")
+    job_ids: list[int]
+
+
+class SeriesPointOut(BaseModel):
+    """One accuracy of one series at one readout."""
+
+    series: str = Field(description='"evaluation": the experiment\'s own; else a re-evaluation\'s name')
+    readout_id: int
+    t_since_program_s: float
+    method: str
+    accuracy_pct: float
+    inference_id: int | None = Field(None, description="the re-evaluation's inference")

@@ -12,6 +12,10 @@ from hwctl.nn.compensation import AnalogIO
 from hwctl.vocabulary import CompensationMethod
 
 MAX_ID = 2**31 - 1
+MAX_SERIES_CHARS = 64
+SERIES_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._:+-]*$"
+MAX_REEVALUATED_READOUTS = 1_000
+EVALUATION_SERIES = "evaluation"  # the name of the experiment's own evaluations in the series table
 
 
 class PeripherySpec(BaseModel):
@@ -50,6 +54,10 @@ class InferenceSpec(BaseModel):
     top_k: int = Field(1, ge=1, le=MAX_TOP_K)
     seed: int = Field(0, ge=0, le=MAX_ID, description="of the periphery noise")
     calibration_images: int | None = Field(None, ge=1, le=50_000, description="AdaBS calibration set size")
+    series: str | None = Field(
+        None, min_length=1, max_length=MAX_SERIES_CHARS, pattern=SERIES_PATTERN,
+        description="the accuracy-vs-time series this inference belongs to (a re-evaluation)",
+    )  # fmt: skip
 
     def settings(self, repeats: int | None = None) -> InferenceSettings:
         """The compute core's settings (`repeats` overrides, e.g. one per fresh read)."""
@@ -57,3 +65,24 @@ class InferenceSpec(BaseModel):
             methods=tuple(self.methods), periphery=self.periphery.analog_io(),
             repeats=self.repeats if repeats is None else repeats, top_k=self.top_k, seed=self.seed,
         )  # fmt: skip
+
+
+class ReevaluationSpec(BaseModel):
+    """Evaluate a range of stored readouts again with other settings, as a new series of the
+    experiment's accuracy vs time: one inference per readout, each tagged with `series`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    series: str = Field(min_length=1, max_length=MAX_SERIES_CHARS, pattern=SERIES_PATTERN,
+                        description='its name in the accuracy-vs-time table, e.g. "adc6"')  # fmt: skip
+    first_readout_id: int = Field(ge=1, le=MAX_ID, description="the range's first readout of this experiment")
+    last_readout_id: int = Field(ge=1, le=MAX_ID, description="its last (inclusive)")
+    dataset_id: int = Field(ge=1, le=MAX_ID, description="GET /datasets lists them")
+    methods: list[CompensationMethod] = Field(default_factory=_none_only, min_length=1, max_length=3)
+    periphery: PeripherySpec = Field(default_factory=PeripherySpec)
+    seed: int = Field(0, ge=0, le=MAX_ID, description="of the periphery noise")
+    calibration_images: int | None = Field(None, ge=1, le=50_000, description="AdaBS calibration set size")
+
+    def at(self, readout_id: int) -> InferenceSpec:
+        """The inference of one readout of the range."""
+        fields = self.model_dump(exclude={"first_readout_id", "last_readout_id"})
+        return InferenceSpec.model_validate({**fields, "at": readout_id})

@@ -128,6 +128,57 @@ def experiment_readout(conn: Connection, experiment_id: int, readout_id: int) ->
     return RunAtReadout(int(row.id), int(row.run_id))
 
 
+def experiment_readouts_between(
+    conn: Connection, experiment_id: int, first_id: int, last_id: int
+) -> list[int]:
+    """The experiment's readout ids from `first_id` to `last_id` (inclusive), in order."""
+    rows = conn.execute(
+        select(readouts.c.id)
+        .join(programming_runs, programming_runs.c.id == readouts.c.run_id)
+        .where(programming_runs.c.experiment_id == experiment_id, readouts.c.id.between(first_id, last_id))
+        .order_by(readouts.c.id)
+    )
+    return [int(r.id) for r in rows]
+
+
+@dataclass(frozen=True)
+class SeriesPoint:
+    """One accuracy of a re-evaluation series: an inference at a stored readout."""
+
+    series: str
+    readout_id: int
+    t_since_program_s: float
+    method: str
+    accuracy_pct: float
+    inference_id: int
+
+
+def series_names(conn: Connection, experiment_id: int) -> set[str]:
+    """The re-evaluation series of the experiment, finished or not."""
+    rows = conn.execute(select(inferences.c.settings).where(inferences.c.experiment_id == experiment_id))
+    return {r.settings["series"] for r in rows if r.settings.get("series") is not None}
+
+
+def series_points(conn: Connection, experiment_id: int) -> list[SeriesPoint]:
+    """Every finished re-evaluation of the experiment, per method (first repeat), by readout."""
+    rows = conn.execute(
+        select(inferences.c.id, inferences.c.readout_id, inferences.c.settings, inferences.c.summary)
+        .where(inferences.c.experiment_id == experiment_id, inferences.c.summary.is_not(None))
+        .order_by(inferences.c.readout_id, inferences.c.id)
+    )
+    points = []
+    for row in rows:
+        series, summary = row.settings.get("series"), row.summary
+        if series is None or row.readout_id is None or not summary.get("readouts"):
+            continue
+        age_s, readout_id = float(summary["readouts"][0]["t_since_program_s"]), int(row.readout_id)
+        points += [
+            SeriesPoint(series, readout_id, age_s, r["method"], float(r["accuracy_pct"]), int(row.id))
+            for r in summary["results"] if r["repeat"] == 0 and r.get("accuracy_pct") is not None
+        ]  # fmt: skip
+    return points
+
+
 def latest_run(conn: Connection, experiment_id: int) -> int | None:
     """The experiment's last finished programming run, if any."""
     found = conn.execute(

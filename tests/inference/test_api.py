@@ -24,7 +24,7 @@ from hwctl.store.readouts import add_readout, start_programming_run
 from hwctl.store.records import add_experiment, add_mapping
 from hwctl.store.schema import experiments
 from tests.api.conftest import AUTH
-from tests.inference.conftest import Live, npz_bytes
+from tests.inference.conftest import OFFSETS_S, Live, npz_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 DIGITS, CIFAR10 = 1, 2  # the built-in data sets' ids
@@ -329,3 +329,35 @@ def test_the_dashboard_shows_data_sets_networks_and_an_inference_with_its_confus
     assert "digits-resnet" in network and "<code>conv1</code>" in network and "infer" in network
     assert "digits" in live.client.get("/dashboard/datasets").text
     assert live.client.get("/dashboard/networks").status_code == 200
+
+
+def test_a_range_of_stored_readouts_re_evaluated_with_other_settings_is_a_new_series(live: Live) -> None:
+    first, last = live.readout_ids[0], live.readout_ids[-1]
+    body = {"series": "adc4", "first_readout_id": first, "last_readout_id": last, "dataset_id": DIGITS,
+            "methods": ["none", "gdc"], "periphery": {"adc_bits": 4}}  # fmt: skip
+    accepted = live.client.post(f"/experiments/{live.experiment_id}/evaluations", json=body)
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["readout_ids"] == live.readout_ids
+    for job_id in accepted.json()["job_ids"]:
+        assert live.wait(job_id)["status"] == "succeeded"
+    points = live.client.get(f"/experiments/{live.experiment_id}/accuracy-series").json()
+    series = [(p["readout_id"], p["method"]) for p in points if p["series"] == "adc4"]
+    assert sorted(series) == sorted((r, m) for r in live.readout_ids for m in ("none", "gdc"))
+    ages = {p["readout_id"]: p["t_since_program_s"] for p in points if p["series"] == "adc4"}
+    assert [ages[r] for r in live.readout_ids] == pytest.approx(OFFSETS_S, rel=0.05)
+    for p in points:
+        if p["series"] == "adc4":
+            inference = live.client.get(f"/inferences/{p['inference_id']}").json()
+            assert inference["spec"]["periphery"]["adc_bits"] == 4
+            assert inference["readout_id"] == p["readout_id"]
+
+    jobs_before = live.infer_jobs()
+    again = live.client.post(f"/experiments/{live.experiment_id}/evaluations", json=body)
+    problem(again, 409, "already has a series 'adc4'")
+    empty = live.client.post(f"/experiments/{live.experiment_id}/evaluations",
+                             json={**body, "series": "none here", "first_readout_id": 10**6,
+                                   "last_readout_id": 10**6 + 5})  # fmt: skip
+    problem(empty, 422, "has no readout with an id in")
+    bad = live.client.post(f"/experiments/{live.experiment_id}/evaluations", json={**body, "series": "<x>"})
+    assert bad.status_code == 422
+    assert live.infer_jobs() == jobs_before
