@@ -46,6 +46,7 @@ from hwctl.nn.evaluation import ReadoutEvaluator, adabs_calibration_set
 from hwctl.program_verify import DeviceStatus
 from hwctl.store.errors import NotFoundError
 from hwctl.store.fits import FittedLines
+from hwctl.store.inferences import SeriesPoint, series_points
 from hwctl.store.networks import load_network
 from hwctl.store.readouts import load_readout
 from hwctl.vocabulary import METHOD_LABELS, OUTLIERS_LISTED, CompensationMethod
@@ -74,6 +75,8 @@ class ExperimentAnalysis:
     forecast: list[AccuracyRecord] = field(default_factory=list)
     forecast_note: str = "forecast not requested"
     base_model: PCMModel = field(default_factory=PCMModel)
+    # Re-evaluations of stored readouts with other settings, drawn beside the measured curves.
+    series: list[SeriesPoint] = field(default_factory=list)
 
     @property
     def run_fit(self) -> RunFit:
@@ -113,7 +116,7 @@ def analyze_experiment(
         run_fit = stored_run_fit(conn, stored)
         if run_fit is None and stored.readouts:
             run_fit = fit_run(conn, stored)
-        analysis = ExperimentAnalysis(stored, run_fit)
+        analysis = ExperimentAnalysis(stored, run_fit, series=series_points(conn, experiment_id))
         if forecast:
             _add_forecast(analysis, conn, seed)
     return analysis
@@ -207,6 +210,11 @@ def _accuracy(a: ExperimentAnalysis) -> Figure:
                 [r.accuracy for r in predicted],
             )
         )
+    for series, method in dict.fromkeys((p.series, p.method) for p in a.series):
+        points = [p for p in a.series if (p.series, p.method) == (series, method)]
+        label = f"{METHOD_LABELS[CompensationMethod(method)]} · {series}"
+        ages_s, accuracy_pct = [p.t_since_program_s for p in points], [p.accuracy_pct for p in points]
+        curves.append(AccuracyCurve(label, ages_s, accuracy_pct))
     return accuracy_vs_time_figure(curves)
 
 

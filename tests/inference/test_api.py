@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 
 from hwctl.cli import main
 from hwctl.nn.data import load_digits
+from hwctl.report import analyze_experiment
 from hwctl.store.engine import make_engine
 from hwctl.store.readouts import add_readout, start_programming_run
 from hwctl.store.records import add_experiment, add_mapping
@@ -350,6 +351,15 @@ def test_a_range_of_stored_readouts_re_evaluated_with_other_settings_is_a_new_se
             inference = live.client.get(f"/inferences/{p['inference_id']}").json()
             assert inference["spec"]["periphery"]["adc_bits"] == 4
             assert inference["readout_id"] == p["readout_id"]
+
+    engine = make_engine(live.url)
+    try:
+        figure = analyze_experiment(engine, live.experiment_id, forecast=False).figure("accuracy")
+    finally:
+        engine.dispose()
+    legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert {"none · adc4 (measured)", "GDC · adc4 (measured)"} <= set(legend)
+    assert live.client.get(f"/experiments/{live.experiment_id}/plots/accuracy").status_code == 200
 
     jobs_before = live.infer_jobs()
     again = live.client.post(f"/experiments/{live.experiment_id}/evaluations", json=body)
