@@ -21,6 +21,13 @@ simulated chip behind its TCP server reached over pyvisa, the shared ResNet-32
   again with the worker polling every 50 ms (`_poll_50ms`), to tell its poll from the rest.
 - `now_read_infer_1000_s`: `at=now` (a fresh read of all 923,744 devices over TCP,
   stored as a readout, rebuild, 1,000 images), submit → end event, median of 3.
+- `export_vs_native_*`: the same checkpoint re-exported with `hwctl export` (a `.pt2`,
+  read back as data and run as `ExportedModule`) against the native model, both rebuilt
+  from the stored readout, on the 10,000 images in interleaved rounds: the accuracy
+  difference in points and the time ratio (min/min wall; CPU beside it).
+
+`--parts` measures some of these only; with `--merge` their keys replace those in the
+existing `--json` file and the rest is kept (`parts_measured` says which run gave which).
 """
 
 from __future__ import annotations
@@ -48,12 +55,14 @@ from api.server import BackgroundServer
 from benchmarks.campaign import shared_dir
 from benchmarks.common import emit, machine_info
 from drivers.base import Geometry
+from hwctl.cli import main as hwctl_cli
 from hwctl.embedded_chip import SimChipOptions, start_embedded_chip
 from hwctl.inference.inputs import Inputs, Normalisation
 from hwctl.inference.run import ChipNetwork, InferenceSettings, forward
+from hwctl.mapping import DeviceMap
 from hwctl.nn.compensation import AnalogIO
 from hwctl.nn.data import ImageSet, load_cifar10
-from hwctl.nn.models import load_checkpoint, save_checkpoint
+from hwctl.nn.models import Checkpoint, load_checkpoint, save_checkpoint
 from hwctl.settings import Settings
 from hwctl.store import readouts as store_readouts
 from hwctl.store.engine import make_engine
@@ -64,6 +73,7 @@ RESNET32 = "models/resnet32-d509ac18.th"
 ANALOG_IO = AnalogIO(dac_bits=8, adc_bits=8, output_noise_rel=0.02)
 CIFAR10_BUILTIN = 2
 FAST_POLL_S = 0.05
+PARTS = ("core", "queue", "api", "export")
 
 
 def _events_end(client: httpx.Client, job_id: int) -> dict[str, Any]:
@@ -117,6 +127,11 @@ class _Timed:
         self.cpu_s.append(time.process_time() - cpu)
 
 
+def _seconds(timed: dict[str, _Timed]) -> dict[str, dict[str, list[float]]]:
+    return {k: {"wall": [round(v, 2) for v in t.wall_s], "cpu": [round(v, 2) for v in t.cpu_s]}
+            for k, t in timed.items()}  # fmt: skip
+
+
 def core_ratios(network: ChipNetwork, plain: torch.nn.Module, g_us: np.ndarray, g_t0_us: np.ndarray,
                 inputs: Inputs, rounds: int) -> dict[str, Any]:  # fmt: skip
     """Rounds of plain torch, chip (ideal periphery) and chip with ANALOG_IO, interleaved.
@@ -146,10 +161,7 @@ def core_ratios(network: ChipNetwork, plain: torch.nn.Module, g_us: np.ndarray, 
         result[f"{name}_cpu"] = round(min(t.cpu_s) / min(torch_t.cpu_s), 3)
         result[f"{name}_median_of_rounds"] = round(statistics.median(
             a / b for a, b in zip(t.wall_s, torch_t.wall_s, strict=True)), 3)  # fmt: skip
-    result["seconds_10k"] = {
-        k: {"wall": [round(v, 2) for v in t.wall_s], "cpu": [round(v, 2) for v in t.cpu_s]}
-        for k, t in timed.items()
-    }
+    result["seconds_10k"] = _seconds(timed)
     result["accuracy_10k_pct"] = accuracy
     return result
 
@@ -246,7 +258,37 @@ def jobs_through_api(live: Service, test: ImageSet) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def run(rounds: int, queue_runs: int, poll_s: float) -> dict[str, Any]:
+def export_vs_native(workdir: Path, checkpoint: Checkpoint, device_map: DeviceMap, g_us: np.ndarray,
+                     inputs: Inputs, rounds: int) -> dict[str, Any]:  # fmt: skip
+    """The `.pt2` of `hwctl export` run from the readout against the native model, interleaved."""
+    archive = workdir / "resnet32.pt2"
+    if hwctl_cli(["export", "resnet32", "--checkpoint", str(workdir / "resnet32.pt"), "--out", str(archive)]):
+        raise RuntimeError("hwctl export failed")
+    networks = {"native": ChipNetwork(checkpoint, device_map),
+                "export": ChipNetwork(load_checkpoint(archive, "resnet32"), device_map)}  # fmt: skip
+    assert inputs.y is not None
+    timed = {key: _Timed([], []) for key in networks}
+    accuracy: dict[str, float] = {}
+    for network in networks.values():
+        network.infer(Inputs(inputs.x[:500], inputs.layout, inputs.y[:500]), g_us, InferenceSettings())
+    for _ in range(rounds):
+        for key, network in networks.items():
+            with timed[key].run():
+                [outcome] = network.infer(inputs, g_us, InferenceSettings())
+            accuracy[key] = outcome.scores(inputs.y).accuracy_pct
+    export, native = timed["export"], timed["native"]
+    return {
+        "export_vs_native_accuracy_diff_pt": round(abs(accuracy["export"] - accuracy["native"]), 4),
+        "export_vs_native_time_ratio": round(min(export.wall_s) / min(native.wall_s), 3),
+        "export_vs_native_time_ratio_cpu": round(min(export.cpu_s) / min(native.cpu_s), 3),
+        "export_vs_native_time_ratio_median_of_rounds": round(statistics.median(
+            a / b for a, b in zip(export.wall_s, native.wall_s, strict=True)), 3),
+        "export_vs_native_accuracy_pct": accuracy,
+        "export_vs_native_seconds_10k": _seconds(timed),
+    }
+
+
+def run(rounds: int, queue_runs: int, poll_s: float, parts: set[str]) -> dict[str, Any]:
     torch.set_num_threads(os.cpu_count() or 1)
     path = shared_dir() / RESNET32
     if not path.exists():
@@ -262,15 +304,21 @@ def run(rounds: int, queue_runs: int, poll_s: float) -> dict[str, Any]:
         network = ChipNetwork(checkpoint, device_map)
         result: dict[str, Any] = {"n_devices": device_map.n_devices, "worker_poll_s": poll_s,
                                   "program_and_first_readout_s": round(live.setup_s, 2)}  # fmt: skip
-        result |= core_ratios(network, checkpoint.build(), readout.g_us, readout.g_us,
-                              Inputs.from_image_set(test), rounds)  # fmt: skip
-        result |= queue_overhead(live, network, readout.g_us, test, queue_runs)
-        # The same with the worker looking at the queue every 50 ms: what is polling, what is not.
-        live.worker.options = replace(live.worker.options, poll_s=FAST_POLL_S)
-        fast = queue_overhead(live, network, readout.g_us, test, queue_runs)
-        result["queue_overhead_ms_p50_poll_50ms"] = fast["queue_overhead_ms_p50"]
-        live.worker.options = replace(live.worker.options, poll_s=poll_s)
-        result |= jobs_through_api(live, test)
+        if "core" in parts:
+            result |= core_ratios(network, checkpoint.build(), readout.g_us, readout.g_us,
+                                  Inputs.from_image_set(test), rounds)  # fmt: skip
+        if "queue" in parts:
+            result |= queue_overhead(live, network, readout.g_us, test, queue_runs)
+            # The same with the worker looking at the queue every 50 ms: what is polling, what is not.
+            live.worker.options = replace(live.worker.options, poll_s=FAST_POLL_S)
+            fast = queue_overhead(live, network, readout.g_us, test, queue_runs)
+            result["queue_overhead_ms_p50_poll_50ms"] = fast["queue_overhead_ms_p50"]
+            live.worker.options = replace(live.worker.options, poll_s=poll_s)
+        if "api" in parts:
+            result |= jobs_through_api(live, test)
+        if "export" in parts:
+            result |= export_vs_native(workdir, checkpoint, device_map, readout.g_us,
+                                       Inputs.from_image_set(test), rounds)  # fmt: skip
     return result
 
 
@@ -280,12 +328,23 @@ def main() -> None:
     parser.add_argument("--queue-runs", type=int, default=15, help="1-image jobs timed (default %(default)s)")
     parser.add_argument("--poll-s", type=float, default=WorkerOptions().poll_s,
                         help="the worker's poll interval (default: its own, %(default)s s)")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help="comma-separated, of: " + ", ".join(PARTS) + " (default: all)")
+    parser.add_argument("--merge", action="store_true", help="keep the other parts' keys of --json")
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args()
-    result = run(args.rounds, args.queue_runs, args.poll_s)
-    emit({"benchmark": "inference", "machine": machine_info(torch=torch.__version__,
-                                                           torch_threads=torch.get_num_threads()), **result},
-         args.json)  # fmt: skip
+    parts = set(args.parts.split(","))
+    if not parts <= set(PARTS):
+        parser.error(f"--parts: unknown {sorted(parts - set(PARTS))}")
+    machine = machine_info(torch=torch.__version__, torch_threads=torch.get_num_threads())
+    result = {"benchmark": "inference", "machine": machine,
+              **run(args.rounds, args.queue_runs, args.poll_s, parts)}  # fmt: skip
+    measured = {part: machine for part in sorted(parts)}
+    if args.merge and args.json is not None and args.json.exists():
+        earlier = json.loads(args.json.read_text())
+        measured = {**earlier.get("parts_measured", {p: earlier.get("machine") for p in PARTS}), **measured}
+        result = {**earlier, **result}
+    emit({**result, "parts_measured": measured}, args.json)
 
 
 if __name__ == "__main__":
