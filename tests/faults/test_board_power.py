@@ -109,5 +109,5 @@ def test_safe_state_is_reported_after_safe_and_after_the_watchdog_not_while_puls
         assert probe.is_safe()
         chip.set_pulse(DEVICES[:4], np.full(4, 100.0, np.float32))  # the pulser is back on
         assert not probe.is_safe()
-        time.sleep(WATCHDOG_S * 1.25 + 0.3)  # the host says nothing: the watchdog grounds the board
+        time.sleep(WATCHDOG_S * 1.25 + 0.6)  # the host says nothing: the watchdog grounds the board
         assert probe.is_safe()
