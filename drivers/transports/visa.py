@@ -107,9 +107,10 @@ class VisaTransport(StreamTransport):
                 self._res.close()
 
     def close(self) -> None:
+        """Close this session only: pyvisa shares one ResourceManager per backend and process,
+        and closing it would end every other station's session with it."""
         with contextlib.suppress(Exception):  # closing a dead session must not mask why it died
             self._res.close()
-        self._manager.close()
 
 
 def _tcp_socket(backend_session: object) -> socket.socket | None:

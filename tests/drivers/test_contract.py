@@ -10,7 +10,9 @@ from drivers.base import Chip, Identity
 from drivers.chip import ChipDriver
 from drivers.errors import BoardError, LimitError
 from drivers.sim.board import SimBoard
-from tests.drivers.conftest import SMALL
+from drivers.sim.server import ServerThread
+from drivers.transports.factory import open_transport
+from tests.drivers.conftest import SMALL, TIMEOUT_S
 
 
 def _state(board: SimBoard) -> list[np.ndarray]:
@@ -93,3 +95,15 @@ def test_context_manager_leaves_the_board_safe(chip: ChipDriver, board: SimBoard
         chip.reset(np.arange(4, dtype=np.uint32))
         raise RuntimeError("campaign crashed")
     assert not board.pulser_enabled
+
+
+def test_closing_one_visa_session_leaves_the_others_of_the_process_working(
+    board: SimBoard, server: ServerThread
+) -> None:
+    first = ChipDriver(open_transport(server.resource, timeout_s=TIMEOUT_S))
+    second = ChipDriver(open_transport(server.resource, timeout_s=TIMEOUT_S))
+    try:
+        first.close()
+        assert second.board_time_s() >= 0.0
+    finally:
+        second.close()
