@@ -198,6 +198,11 @@ class ChipDriver:
     def __enter__(self) -> ChipDriver:
         return self
 
+    @property
+    def link_down_since(self) -> str:
+        """Why the link was declared down ("" while it is up): nothing more is sent on it."""
+        return self._link_down
+
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:

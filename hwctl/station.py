@@ -215,8 +215,12 @@ class Station:
         try:
             self.chip.safe_state()
         except DriverError as exc:
-            # The board's watchdog grounds the lines when the host goes silent.
-            log.error("station %s: could not put the board in its safe state: %s", self.name, exc)
+            # The board's watchdog grounds the lines when the host goes silent. A link already
+            # known to be down is the expected case (its error was reported when it went down).
+            if self.chip.link_down_since:
+                log.warning("station %s: safe state left to the board's watchdog: %s", self.name, exc)
+            else:
+                log.error("station %s: could not put the board in its safe state: %s", self.name, exc)
             raise
         finally:
             try:
