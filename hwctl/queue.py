@@ -297,7 +297,9 @@ def cancel(engine: Engine, job_id: int) -> str:
     Returns the job's status afterwards ('cancelled' or still 'running').
     """
     with _write(engine) as conn, conn.begin():
-        status = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
+        # Locked (PostgreSQL; SQLite's write lock is taken at BEGIN): a worker claiming the
+        # job between this read and the update would otherwise run a job marked cancelled.
+        status = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id).with_for_update()).scalar()
         if status is None:
             raise NotFoundError(f"job {job_id} does not exist")
         if status in (JobStatus.QUEUED, JobStatus.INTERRUPTED):
