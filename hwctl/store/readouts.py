@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Connection, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, Integer, and_, bindparam, delete, func, insert, select, update
 
 from hwctl.mapping import DeviceMap
 from hwctl.program_verify import ProgrammingResult
@@ -424,70 +424,70 @@ def load_readout(conn: Connection, readout_id: int) -> Readout:
     )
 
 
+# One device's series in one statement over every readout of a run, built once (compiled
+# once by SQLAlchemy's cache): the run's row, left-joined with its readouts and, for each,
+# the block that holds the device — the readout's last block starting at or before it,
+# found in the (readout_id, first_device) index alone. The block's length is not compared
+# in SQL: SQLite keeps the columns after a blob behind its overflow pages, so reading g_len
+# of every candidate block would read the blocks themselves; a block too short to hold the
+# device shows as a short read instead. A run without readouts gives one row of NULLs.
+_DEVICE = bindparam("device", type_=Integer)
+_earlier = readout_blocks.alias("earlier")
+_holding = and_(
+    readout_blocks.c.readout_id == readouts.c.id,
+    readout_blocks.c.first_device
+    == select(func.max(_earlier.c.first_device))
+    .where(_earlier.c.readout_id == readouts.c.id, _earlier.c.first_device <= _DEVICE)
+    .scalar_subquery(),
+)
+_SERIES_COLUMNS = (
+    programming_runs.c.programmed_s_len, readouts.c.id, readouts.c.board_time_s, readouts.c.block_starts,
+    readouts.c.g_len, readouts.c.g_crc32, readout_blocks.c.id.label("block_id"),
+    readout_blocks.c.first_device,
+)  # fmt: skip
+_SERIES_FROM = programming_runs.outerjoin(readouts, readouts.c.run_id == programming_runs.c.id).outerjoin(
+    readout_blocks, _holding
+)
+# SQLite: the bytes are read with incremental blob I/O (its `substr` would load every block).
+_SERIES_SQLITE = (
+    select(*_SERIES_COLUMNS)
+    .select_from(_SERIES_FROM)
+    .where(programming_runs.c.id == bindparam("run_id"))
+    .order_by(readouts.c.board_time_s)
+)
+# PostgreSQL: `substr` of uncompressed out-of-line bytea slices it without fetching it whole.
+_SERIES_POSTGRESQL = _SERIES_SQLITE.add_columns(
+    func.coalesce(
+        func.substr(readouts.c.g_blob, _DEVICE * G_BYTES + 1, G_BYTES),
+        func.substr(
+            readout_blocks.c.g_blob, (_DEVICE - readout_blocks.c.first_device) * G_BYTES + 1, G_BYTES
+        ),
+    ).label("g"),
+    func.substr(programming_runs.c.programmed_s_blob, _DEVICE * T_BYTES + 1, T_BYTES).label("t0"),
+)
+
+
 def device_series(conn: Connection, run_id: int, device: int) -> DeviceSeries:
     """One device's conductance over every readout of a run, in time order.
 
     Reads 4 bytes per readout (and 8 of the programming times) by byte offset in the block
-    that holds the device, never whole vectors: `substr` on PostgreSQL (uncompressed
-    out-of-line bytea is sliced without being fetched whole), incremental blob I/O on
-    SQLite (whose `substr` would load every blob). Checksums cover whole blocks, so only
-    lengths are checked here.
+    that holds the device, never whole vectors, in one statement (`_SERIES_SQLITE`,
+    `_SERIES_POSTGRESQL`). Checksums cover whole blocks, so only lengths are checked here.
     """
     if device < 0:
         raise StoreError(f"device index must be ≥ 0, got {device}")
-    run = conn.execute(
-        select(programming_runs.c.programmed_s_len).where(programming_runs.c.id == run_id)
-    ).one_or_none()
-    if run is None:
+    sqlite = is_sqlite(conn)
+    query = _SERIES_SQLITE if sqlite else _SERIES_POSTGRESQL
+    rows = conn.execute(query, {"run_id": run_id, "device": device}).all()
+    if not rows:
         raise NotFoundError(f"programming run {run_id} does not exist")
-    if run.programmed_s_len is None:
+    n_programmed = rows[0].programmed_s_len
+    if n_programmed is None:
         raise StoreError(f"programming run {run_id} has not finished: no per-device programming times")
-    # The block that holds the device: the readout's last block starting at or before it,
-    # found in the (readout_id, first_device) index alone. Its length is not compared in
-    # SQL: SQLite keeps the columns after a blob behind its overflow pages, so reading
-    # g_len of every candidate block would read the blocks themselves; a block too short
-    # to hold the device shows as a short read instead.
-    earlier = readout_blocks.alias("earlier")
-    last_start = (
-        select(func.max(earlier.c.first_device))
-        .where(earlier.c.readout_id == readouts.c.id, earlier.c.first_device <= device)
-        .scalar_subquery()
-    )
-    holding = and_(readout_blocks.c.readout_id == readouts.c.id, readout_blocks.c.first_device == last_start)
-    columns = [
-        readouts.c.id, readouts.c.board_time_s, readouts.c.block_starts, readouts.c.g_len, readouts.c.g_crc32,
-        readout_blocks.c.id.label("block_id"), readout_blocks.c.first_device,
-    ]  # fmt: skip
-    if is_sqlite(conn):
-        return _sqlite_device_series(conn, run_id, device, run.programmed_s_len, columns, holding)
-    g = func.coalesce(
-        func.substr(readouts.c.g_blob, device * G_BYTES + 1, G_BYTES),
-        func.substr(readout_blocks.c.g_blob, (device - readout_blocks.c.first_device) * G_BYTES + 1, G_BYTES),
-    )
-    query = (
-        select(
-            *columns,
-            g.label("g"),
-            func.substr(programming_runs.c.programmed_s_blob, device * T_BYTES + 1, T_BYTES).label("t0"),
-        )
-        .join(programming_runs, programming_runs.c.id == readouts.c.run_id)
-        .outerjoin(readout_blocks, holding)
-        .where(readouts.c.run_id == run_id)
-        .order_by(readouts.c.board_time_s)
-    )
-    rows = conn.execute(query).all()
-    _check_device(device, run_id, rows, run.programmed_s_len)
-    t0 = rows[0].t0 if rows else b""
-    return _series(device, rows, [r.g for r in rows], t0)
-
-
-def _sqlite_device_series(
-    conn: Connection, run_id: int, device: int, n_programmed: int, columns: list[Any], holding: Any
-) -> DeviceSeries:
-    query = select(*columns).select_from(readouts).outerjoin(readout_blocks, holding)
-    query = query.where(readouts.c.run_id == run_id)
-    rows = conn.execute(query.order_by(readouts.c.board_time_s)).all()
+    rows = [r for r in rows if r.id is not None]  # a run without readouts: one row of NULLs
     _check_device(device, run_id, rows, n_programmed)
+    if not sqlite:
+        return _series(device, rows, [r.g for r in rows], rows[0].t0 if rows else b"")
     raw = conn.connection.driver_connection  # sqlite3.Connection: blob I/O is not in SQLAlchemy
 
     def read(table: str, column: str, rowid: int, offset: int, width: int) -> bytes:
@@ -497,13 +497,13 @@ def _sqlite_device_series(
             blob.seek(offset)
             return bytes(blob.read(width))
 
-    def g_bytes(r: Any) -> bytes:
-        if r.g_crc32 is not None:  # stored whole
-            return read("readouts", "g_blob", r.id, device * G_BYTES, G_BYTES)
-        return read("readout_blocks", "g_blob", r.block_id, (device - r.first_device) * G_BYTES, G_BYTES)
-
-    g = [g_bytes(r) for r in rows]
-    t0 = read("programming_runs", "programmed_s_blob", run_id, device * T_BYTES, T_BYTES)
+    g = [
+        read("readouts", "g_blob", r.id, device * G_BYTES, G_BYTES)
+        if r.g_crc32 is not None  # stored whole
+        else read("readout_blocks", "g_blob", r.block_id, (device - r.first_device) * G_BYTES, G_BYTES)
+        for r in rows
+    ]
+    t0 = read("programming_runs", "programmed_s_blob", run_id, device * T_BYTES, T_BYTES) if rows else b""
     return _series(device, rows, g, t0)
 
 
