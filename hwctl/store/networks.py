@@ -3,6 +3,7 @@ does it; and what a network needs of a station (its analog layers against each s
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, select
@@ -67,10 +68,28 @@ def station_fit(name: str, geometry: Geometry, layers: list[AnalogLayer]) -> Sta
     return StationFit(name, devices, True, None)
 
 
+def analog_layers_of(checkpoint: Checkpoint) -> list[AnalogLayer]:
+    return [AnalogLayer(w.name, (int(w.matrix.shape[0]), int(w.matrix.shape[1])))
+            for w in export_layers(checkpoint.build())]  # fmt: skip
+
+
+def fit_on_station(
+    conn: Connection, network_id: int, station_name: str, digital_layers: Collection[str] = ()
+) -> StationFit:
+    """Whether the network, less the layers kept digital, fits the station's chip: the check
+    an experiment's submission makes (its `reason` is the 422's detail when it does not)."""
+    row = conn.execute(select(stations.c.tiles, stations.c.rows, stations.c.cols)
+                       .where(stations.c.name == station_name)).one_or_none()  # fmt: skip
+    if row is None:
+        raise NotFoundError(f"station {station_name!r} does not exist")
+    every = analog_layers_of(load_network(conn, network_id))
+    layers = [layer for layer in every if layer.name not in digital_layers]
+    return station_fit(station_name, Geometry(row.tiles, row.rows, row.cols), layers)
+
+
 def network_needs(conn: Connection, checkpoint: Checkpoint) -> NetworkNeeds:
     """The network's input shape and analog layers, and whether it fits each registered station."""
-    layers = [AnalogLayer(w.name, (int(w.matrix.shape[0]), int(w.matrix.shape[1])))
-              for w in export_layers(checkpoint.build())]  # fmt: skip
+    layers = analog_layers_of(checkpoint)
     rows = conn.execute(select(stations.c.name, stations.c.tiles, stations.c.rows, stations.c.cols)
                         .order_by(stations.c.name)).all()  # fmt: skip
     fits = [station_fit(r.name, Geometry(r.tiles, r.rows, r.cols), layers) for r in rows]

@@ -20,6 +20,7 @@ from hwctl.nn.data import load_digits
 from hwctl.nn.models import load_checkpoint
 from hwctl.store import readouts as store_readouts
 from hwctl.store.engine import make_engine
+from hwctl.store.networks import analog_layers_of, fit_on_station, load_network
 from hwctl.vocabulary import CompensationMethod
 from tests.inference.conftest import OFFSETS_S, Live, digits_checkpoint, live_service
 
@@ -121,3 +122,20 @@ def test_the_upload_answers_input_shape_analog_layers_devices_and_which_stations
     assert fits["infer"]["fits"] and fits["infer"]["reason"] is None
     assert not fits["tiny"]["fits"] and fits["tiny"]["devices"] == 64 * 64
     assert f"{body['devices']:,} devices needed, the chip has 4,096" in fits["tiny"]["reason"]
+
+
+def test_the_fit_an_experiment_submission_checks_counts_only_the_analog_layers(live: Live) -> None:
+    station = {"name": "small", "resource": "TCPIP::small::5025::SOCKET", "chip_serial": "SIM-SMALL",
+               "geometry": {"tiles": 1, "rows": 64, "cols": 64}}  # fmt: skip
+    live.client.post("/stations", json=station).raise_for_status()
+    network_id = live.client.get(f"/experiments/{live.experiment_id}").json()["network_id"]
+    engine = make_engine(live.url)
+    try:
+        with engine.connect() as conn:
+            names = [layer.name for layer in analog_layers_of(load_network(conn, network_id))]
+            assert fit_on_station(conn, network_id, "infer").fits
+            whole = fit_on_station(conn, network_id, "small")
+            assert not whole.fits and whole.reason is not None and "devices needed" in whole.reason
+            assert fit_on_station(conn, network_id, "small", digital_layers=names[1:]).fits  # the stem alone
+    finally:
+        engine.dispose()
