@@ -312,6 +312,34 @@ def readout_info(conn: Connection, readout_id: int) -> ReadoutInfo:
     return ReadoutInfo(**row._asdict())
 
 
+# A readout's row with its blocks' (id, first device) in device order, from the index alone
+# (SQLite keeps the columns after a blob, g_len…, behind its overflow pages); a readout
+# without blocks gives one row with block_id NULL. Built once: SQLAlchemy compiles it once.
+_BLOCK_INDEX = (
+    select(*READOUT_INFO_COLUMNS, readouts.c.g_crc32, readout_blocks.c.id.label("block_id"),
+           readout_blocks.c.first_device)
+    .select_from(readouts.outerjoin(readout_blocks, readout_blocks.c.readout_id == readouts.c.id))
+    .where(readouts.c.id == bindparam("readout_id"))
+    .order_by(readout_blocks.c.first_device)
+)  # fmt: skip
+_G_VECTOR = ("g_blob", "g_len", "g_dtype", "g_crc32")
+_BLOCK = select(*(readout_blocks.c[name] for name in _G_VECTOR)).where(
+    readout_blocks.c.id == bindparam("block_id")
+)
+_WHOLE = select(*(readouts.c[name] for name in _G_VECTOR)).where(readouts.c.id == bindparam("readout_id"))
+
+
+def _block_index(conn: Connection, readout_id: int) -> Sequence[Any]:
+    rows = conn.execute(_BLOCK_INDEX, {"readout_id": readout_id}).all()
+    if not rows:
+        raise NotFoundError(f"readout {readout_id} does not exist")
+    return rows
+
+
+def _info(row: Any) -> ReadoutInfo:
+    return ReadoutInfo(**{name: getattr(row, name) for name in ReadoutInfo.__dataclass_fields__})
+
+
 def iter_readout_blocks(
     conn: Connection, readout_id: int, start_device: int = 0, stop_device: int | None = None
 ) -> Iterator[tuple[int, npt.NDArray[np.float32]]]:
@@ -322,19 +350,22 @@ def iter_readout_blocks(
     A readout stored whole (before 0008) comes as one block. A gap, an overlap or a short
     end raises `CorruptVectorError` when reached.
     """
-    head = conn.execute(
-        select(readouts.c.g_len, readouts.c.g_crc32).where(readouts.c.id == readout_id)
-    ).one_or_none()
-    if head is None:
-        raise NotFoundError(f"readout {readout_id} does not exist")
-    stop = int(head.g_len) if stop_device is None else min(stop_device, int(head.g_len))
+    yield from _iter_blocks(conn, readout_id, _block_index(conn, readout_id), start_device, stop_device)
+
+
+def _iter_blocks(
+    conn: Connection, readout_id: int, index: Sequence[Any], start_device: int, stop_device: int | None
+) -> Iterator[tuple[int, npt.NDArray[np.float32]]]:
+    """`iter_readout_blocks` over the readout's `_block_index` rows: one statement per block."""
+    n_devices = int(index[0].n_devices)
+    stop = n_devices if stop_device is None else min(stop_device, n_devices)
     what = f"readout {readout_id}"
-    if head.g_crc32 is not None:  # one blob
-        whole = select(readouts).where(readouts.c.id == readout_id)
-        yield 0, decode_row(conn.execute(whole, execution_options=BINARY_RESULTS).one(), "g", what=what)
+    if index[0].g_crc32 is not None:  # one blob
+        whole = conn.execute(_WHOLE, {"readout_id": readout_id}, execution_options=BINARY_RESULTS).one()
+        yield 0, decode_row(whole, "g", what=what)
         return
-    blocks = _block_index(conn, readout_id)
-    ends = [first for _, first in blocks[1:]] + [int(head.g_len)]
+    blocks = [(int(r.block_id), int(r.first_device)) for r in index if r.block_id is not None]
+    ends = [first for _, first in blocks[1:]] + ([n_devices] if blocks else [])
     reached = 0
     for (block_id, first), end in zip(blocks, ends, strict=True):
         if first != reached:
@@ -342,25 +373,12 @@ def iter_readout_blocks(
         if end <= start_device or first >= stop:
             reached = end
             continue
-        row = conn.execute(
-            select(readout_blocks).where(readout_blocks.c.id == block_id), execution_options=BINARY_RESULTS
-        ).one()
+        row = conn.execute(_BLOCK, {"block_id": block_id}, execution_options=BINARY_RESULTS).one()
         g_us = decode_row(row, "g", what=f"block at device {first} of {what}")
         reached = first + g_us.size
         yield first, g_us
-    if reached != head.g_len:
-        raise CorruptVectorError(f"{what}: its blocks hold {reached} devices, the readout {head.g_len}")
-
-
-def _block_index(conn: Connection, readout_id: int) -> list[tuple[int, int]]:
-    """(block id, first device) of a readout's blocks in device order, from the index alone:
-    SQLite keeps the columns after a blob (g_len…) behind its overflow pages."""
-    query = (
-        select(readout_blocks.c.id, readout_blocks.c.first_device)
-        .where(readout_blocks.c.readout_id == readout_id)
-        .order_by(readout_blocks.c.first_device)
-    )
-    return [(int(block_id), int(first)) for block_id, first in conn.execute(query)]
+    if reached != n_devices:
+        raise CorruptVectorError(f"{what}: its blocks hold {reached} devices, the readout {n_devices}")
 
 
 def iter_readout_ranges(
@@ -392,26 +410,26 @@ def readout_sample_us(conn: Connection, readout_id: int, max_devices: int) -> np
     """Up to `max_devices` conductances of a readout, for histograms: all of them when the
     readout is that small, else whole stored blocks evenly spread over the chip (reading
     only those blocks; a readout stored whole is strided)."""
-    info = readout_info(conn, readout_id)
-    if info.n_devices <= max_devices:
-        return load_readout(conn, readout_id).g_us
-    firsts = [first for _, first in _block_index(conn, readout_id)]
+    index = _block_index(conn, readout_id)
+    n_devices = int(index[0].n_devices)
+    if n_devices <= max_devices:
+        return _load_g_us(conn, readout_id, index)
+    firsts = [int(r.first_device) for r in index if r.block_id is not None]
     if not firsts:  # stored whole before 0008
-        return load_readout(conn, readout_id).g_us[:: -(-info.n_devices // max_devices)].copy()
-    block_devices = firsts[1] if len(firsts) > 1 else info.n_devices
+        return _load_g_us(conn, readout_id, index)[:: -(-n_devices // max_devices)].copy()
+    block_devices = firsts[1] if len(firsts) > 1 else n_devices
     n_taken = max(1, min(len(firsts), max_devices // max(block_devices, 1)))
     picks = [firsts[int(k)] for k in np.unique(np.linspace(0, len(firsts) - 1, n_taken).round())]
-    parts = [next(iter_readout_blocks(conn, readout_id, first, first + 1))[1] for first in picks]
+    parts = [next(_iter_blocks(conn, readout_id, index, first, first + 1))[1] for first in picks]
     return np.concatenate(parts)[:max_devices]
 
 
 def load_readout(conn: Connection, readout_id: int) -> Readout:
     """The readout with its conductances whole (memory: the vector plus one block),
-    every block's length and checksum verified."""
-    info = readout_info(conn, readout_id)
-    g_us = np.empty(info.n_devices, np.float32)
-    for first, block in iter_readout_blocks(conn, readout_id):
-        g_us[first : first + block.size] = block
+    every block's length and checksum verified: one statement for the row and its block
+    index, one per block."""
+    index = _block_index(conn, readout_id)
+    info = _info(index[0])
     return Readout(
         id=info.id,
         run_id=info.run_id,
@@ -420,8 +438,15 @@ def load_readout(conn: Connection, readout_id: int) -> Readout:
         board_time_s=info.board_time_s,
         read_at=info.read_at,
         temperature_c=info.temperature_c,
-        g_us=g_us,
+        g_us=_load_g_us(conn, readout_id, index),
     )
+
+
+def _load_g_us(conn: Connection, readout_id: int, index: Sequence[Any]) -> npt.NDArray[np.float32]:
+    g_us = np.empty(int(index[0].n_devices), np.float32)
+    for first, block in _iter_blocks(conn, readout_id, index, 0, None):
+        g_us[first : first + block.size] = block
+    return g_us
 
 
 # One device's series in one statement over every readout of a run, built once (compiled
