@@ -375,7 +375,7 @@ class Worker:
                 self._chip_wait(station, station_id, now_s)
                 continue
             try:
-                self._run_job(lane, station_id, job)
+                self._run_recorded(lane, station_id, job)
             finally:
                 self._compute_wakeup.set()  # it may have queued an evaluation or the analysis
 
@@ -419,7 +419,7 @@ class Worker:
                 self._compute_wakeup.clear()  # before the look, so no wake-up is lost
                 job = self._claim_if_due(lane, station_id)
                 if job is not None:
-                    self._run_job(lane, station_id, job)
+                    self._run_recorded(lane, station_id, job)
                 else:
                     self._compute_wakeup.wait(self.options.poll_s)
         except BaseException as exc:
@@ -453,6 +453,18 @@ class Worker:
             "looking for a later readback",
             lambda: queue.later_readback_due(self.engine, station_id, now_s, scheduled_s),
         )
+
+    def _run_recorded(self, lane: _Lane, station_id: int, job: queue.Job) -> None:
+        """Run a job and record its outcome; a job whose row was moved on meanwhile (the
+        user cancelled it between two looks) keeps the state it was given, and the worker
+        goes on with the next job instead of stopping on the refused transition."""
+        try:
+            self._run_job(lane, station_id, job)
+        except queue.JobStateError as exc:
+            log.warning(
+                "station %s: %s job %d changed state under the worker, outcome not recorded: %s",
+                self.station_name, job.kind, job.id, exc,
+            )  # fmt: skip
 
     def _run_job(self, lane: _Lane, station_id: int, job: queue.Job) -> None:
         progressed = False  # a checkpoint other than the one the job started from was committed
