@@ -115,7 +115,8 @@ class EvaluationRequest(_EvaluationSettings):
     """As submitted: no data set means the network architecture's own."""
 
     dataset: DatasetName | None = Field(
-        None, description="test set; omitted: the architecture's (digits-resnet: digits, resnets: cifar10)"
+        None, description="test set; omitted: the architecture's (digits-resnet: digits, resnets: cifar10); "
+        "an uploaded graph of its own architecture has none: give it"
     )
 
 
@@ -194,9 +195,14 @@ class ExperimentRequest(_ExperimentSettings):
         if problems:
             raise ValueError("; ".join(problems))
 
-    def resolved(self, dataset: DatasetName) -> ExperimentSpec:
+    def resolved(self, dataset: DatasetName, *, batchnorm: bool = True) -> ExperimentSpec:
+        """The spec as stored: the data set concrete; on a network without batch norm the
+        default methods leave AdaBS out (asked for by name it is refused before this)."""
         fields = self.model_dump()
         fields["evaluation"]["dataset"] = dataset
+        if not batchnorm and "methods" not in self.evaluation.model_fields_set:
+            methods = self.evaluation.methods
+            fields["evaluation"]["methods"] = [m for m in methods if m != CompensationMethod.ADABS]
         return ExperimentSpec.model_validate(fields)
 
 

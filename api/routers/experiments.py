@@ -16,22 +16,24 @@ from api.params import PathId
 from api.problems import problem_responses
 from api.schemas.experiments import Experiment, ExperimentAccepted, ExperimentDetail
 from api.views import experiment_detail, experiment_out, job_out, page_of, paging
-from hwctl.analog_layers import architecture_layers
+from hwctl.analog_layers import AnalogLayers
 from hwctl.experiment_spec import DATASET_IMAGE_SHAPES, DatasetName, ExperimentRequest, ExperimentSpec
 from hwctl.mapping import MappingError
-from hwctl.nn.models import UnknownModelError, model_spec
+from hwctl.nn.models import UnknownModelError
+from hwctl.nn.network_spec import NetworkSpec
 from hwctl.schedule import duration_label
 from hwctl.store import experiments as store_experiments
 from hwctl.store import queries, records
 from hwctl.store.engine import connect
-from hwctl.vocabulary import ExperimentStatus
+from hwctl.store.networks import stored_network_spec
+from hwctl.vocabulary import CompensationMethod, ExperimentStatus
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 KNOWN_STATIONS_LISTED = 20
 
 
-def _targets(db: Connection, spec: ExperimentRequest) -> tuple[store_experiments.Station, str, str]:
-    """The station, the network's name and architecture, in one round trip; 422 if unknown."""
+def _targets(db: Connection, spec: ExperimentRequest) -> tuple[store_experiments.Station, str, NetworkSpec]:
+    """The station, the network's name and spec; 422 if either is unknown."""
     found = store_experiments.targets(db, spec.station, spec.network_id)
     if found.station is None:
         known = queries.station_names(db, KNOWN_STATIONS_LISTED)
@@ -41,48 +43,58 @@ def _targets(db: Connection, spec: ExperimentRequest) -> tuple[store_experiments
         )
     if found.network_name is None or found.architecture is None:
         raise HTTPException(422, f"network {spec.network_id} does not exist; upload it with POST /networks")
-    return found.station, found.network_name, found.architecture
-
-
-def _dataset(spec: ExperimentRequest, architecture: str) -> DatasetName:
-    """The requested test set, or the architecture's own; 422 if it does not fit the network."""
-    requested = spec.evaluation.dataset
     try:
-        own: DatasetName = model_spec(architecture).dataset  # type: ignore[assignment]
-    except UnknownModelError:
-        if requested is None and spec.evaluation.enabled:
-            raise HTTPException(
-                422, f"network {spec.network_id} is a {architecture!r}, which has no default data set; "
-                "give evaluation.dataset",
-            ) from None
-        return requested or "digits"  # not evaluated: nothing reads it
-    if own not in DATASET_IMAGE_SHAPES:  # e.g. ResNet-34's ImageNet: not a data set this service has
+        network = stored_network_spec(db, spec.network_id)
+    except UnknownModelError as exc:
+        raise HTTPException(422, f"network {spec.network_id}: {exc}") from None
+    return found.station, found.network_name, network
+
+
+def _dataset(spec: ExperimentRequest, network: NetworkSpec) -> DatasetName:
+    """The requested test set, or the network's own; 422 if none or it does not fit the network."""
+    requested, own = spec.evaluation.dataset, network.dataset
+    if requested is None and own not in DATASET_IMAGE_SHAPES:
         if spec.evaluation.enabled:
+            why = (f"whose data set {own!r} is not available here" if own is not None
+                   else "an uploaded graph with no data set of its own")  # fmt: skip
             raise HTTPException(
-                422, f"network {spec.network_id} is a {architecture!r}, whose data set {own!r} is not "
-                "available here; set evaluation.enabled false",
+                422, f"network {spec.network_id} is {why}; give evaluation.dataset "
+                f"({', '.join(f'{name}: {_shape(shape)}' for name, shape in DATASET_IMAGE_SHAPES.items())}) "
+                "or set evaluation.enabled false",
             )
-        return requested or "digits"  # not evaluated: nothing reads it
-    if requested is not None and DATASET_IMAGE_SHAPES[requested] != DATASET_IMAGE_SHAPES[own]:
+        return "digits"  # not evaluated: nothing reads it
+    dataset: DatasetName = requested or own  # type: ignore[assignment]
+    if DATASET_IMAGE_SHAPES[dataset] != tuple(network.input_shape):
+        what = (f"a {network.architecture} that takes {_shape(network.input_shape)} {own} images; "
+                f"omit evaluation.dataset to use {own!r}" if own is not None
+                else f"an uploaded graph that takes {_shape(network.input_shape)} images")  # fmt: skip
         raise HTTPException(
-            422, f"evaluation.dataset {requested!r} ({_shape(requested)} images) does not fit network "
-            f"{spec.network_id}, a {architecture} that takes {_shape(own)} {own} images; "
-            f"omit evaluation.dataset to use {own!r}",
+            422, f"evaluation.dataset {dataset!r} ({_shape(DATASET_IMAGE_SHAPES[dataset])} images) "
+            f"does not fit network {spec.network_id}, {what}",
         )
-    return requested or own
+    return dataset
 
 
-def _shape(dataset: str) -> str:
-    return "×".join(str(n) for n in DATASET_IMAGE_SHAPES[dataset])
+def _shape(shape: tuple[int, ...]) -> str:
+    return "×".join(str(n) for n in shape)
 
 
-def _check_digital_layers(spec: ExperimentSpec, architecture: str) -> None:
+def _check_methods(spec: ExperimentRequest, network: NetworkSpec) -> None:
+    """422 for AdaBS asked for by name on a network without batch norm."""
+    evaluation = spec.evaluation
+    asked = "methods" in evaluation.model_fields_set and CompensationMethod.ADABS in evaluation.methods
+    if spec.evaluation.enabled and asked and not network.has_batchnorm:
+        raise HTTPException(
+            422, f"evaluation.methods: AdaBS re-estimates batch-norm statistics and network "
+            f"{spec.network_id} has no batch norm; choose none and/or gdc",
+        )
+
+
+def _check_digital_layers(spec: ExperimentSpec, network: NetworkSpec) -> None:
     """422 if `mapping.digital_layers` names a layer the network does not have (the valid
     ones listed), or keeps every layer digital."""
     try:
-        architecture_layers(architecture).kept_digital(spec.mapping)
-    except UnknownModelError:
-        return  # a stored network always has a registered architecture
+        AnalogLayers.of(network).kept_digital(spec.mapping)
     except MappingError as exc:
         raise HTTPException(422, f"mapping.digital_layers of network {spec.network_id}: {exc}") from None
 
@@ -108,13 +120,14 @@ def _with_experiment(db: Connection, job: Row[Any]) -> tuple[Row[Any], Row[Any]]
 
 def _store_submission(db: Connection, request: ExperimentRequest, idempotency_key: str | None) -> Row[Any]:
     """The experiment row (its spec resolved) and its program job; returns the job as stored."""
-    station, network_name, architecture = _targets(db, request)  # checked even when a name is given
+    station, network_name, network = _targets(db, request)  # checked even when a name is given
     try:
         request.check_station(station.clock_kind, station.amplitude_limit_ua)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
-    spec = request.resolved(_dataset(request, architecture))
-    _check_digital_layers(spec, architecture)
+    _check_methods(request, network)
+    spec = request.resolved(_dataset(request, network), batchnorm=network.has_batchnorm)
+    _check_digital_layers(spec, network)
     _refuse_if_busy(db, station.id)
     return store_experiments.add_with_program_job(
         db, spec.name or f"{network_name} on {spec.station}", network_id=spec.network_id,

@@ -44,8 +44,6 @@ from hwctl.inference.inputs import InputError
 from hwctl.inference.results import top_k
 from hwctl.inference.run import (
     InferenceError,
-    architecture_classes,
-    architecture_has_batchnorm,
     check_fits,
     check_methods,
     check_size,
@@ -62,6 +60,7 @@ from hwctl.store import datasets as store_datasets
 from hwctl.store import inferences as store
 from hwctl.store import queries
 from hwctl.store.errors import NotFoundError
+from hwctl.store.networks import stored_network_spec
 from hwctl.vocabulary import JobKind, JobLane
 
 router = APIRouter(tags=["inferences"])
@@ -101,10 +100,11 @@ def _checked(
     except NotFoundError as exc:
         raise HTTPException(422, str(exc)) from None
     try:
-        check_fits(target.architecture, dataset.image_shape)
-        check_methods(request.methods, batchnorm=architecture_has_batchnorm(target.architecture))
+        network = stored_network_spec(db, target.network_id)
+        check_fits(network, dataset.image_shape)
+        check_methods(request.methods, batchnorm=network.has_batchnorm)
         settings = request.settings()  # the compute core's own checks (a method given twice…)
-        check_size(dataset.n_images, architecture_classes(target.architecture), settings)
+        check_size(dataset.n_images, network.n_classes, settings)
     except (InputError, InferenceError) as exc:
         raise HTTPException(422, f"data set {dataset.id} and network {target.network_id}: {exc}") from None
     if request.at == "now":

@@ -17,6 +17,7 @@ from api.schemas.networks import AnalogLayer, Network, NetworkDetail, StationFit
 from api.uploads import read_bounded
 from api.views import network_out, page_of, paging
 from hwctl.nn.models import Checkpoint, load_checkpoint
+from hwctl.nn.network_spec import network_spec
 from hwctl.store import queries, records
 from hwctl.store.networks import NetworkNeeds, load_network, network_needs
 from hwctl.uploads import ArchiveTooLargeError, check_archive
@@ -30,14 +31,14 @@ def _parse_checkpoint(
     """Sized before it is opened (a checkpoint or a `.pt2` is a ZIP archive whose members may
     be deflated), then tensors and plain data only (`weights_only=True`) or, for a `.pt2`,
     the graph read as data (`hwctl.nn.exported`: nothing in it runs); it must build its
-    architecture."""
+    architecture (a `.pt2` without one is its own: input shape and classes from the graph)."""
     try:
         check_archive(data, max_expanded_bytes)
     except ArchiveTooLargeError as exc:
         raise HTTPException(413, f"{filename!r}: {exc}") from None
     try:
         checkpoint = load_checkpoint(data, architecture)
-        checkpoint.build()
+        network_spec(checkpoint)  # builds it and runs it once on its input shape
     except Exception as exc:  # untrusted bytes: any failure means "not a usable checkpoint"
         raise HTTPException(
             422, f"{filename!r} is not a usable hwctl/PyTorch checkpoint: {type(exc).__name__}: {exc}"
@@ -57,7 +58,8 @@ def upload_network(
         description="checkpoint saved by `hwctl train` (torch.save), or a `.pt2` from `hwctl export`")],
     name: Annotated[str | None, Form(max_length=128)] = None,
     architecture: Annotated[str | None, Form(
-        max_length=64, description="the registered architecture a `.pt2` graph is, e.g. resnet20")] = None,
+        max_length=64, description="the registered architecture a `.pt2` graph is, e.g. resnet20; "
+        "omitted or 'exported': the graph is its own architecture")] = None,
 ) -> NetworkDetail:
     """Store a checkpoint. The request body was bounded while it arrived (api.body_limit),
     the file part is read up to the limit, and the archive sized before it is loaded. The

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cache
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +26,8 @@ from hwctl.mapping import DeviceMap
 from hwctl.nn.compensation import AnalogIO
 from hwctl.nn.data import ImageSet
 from hwctl.nn.evaluation import ReadoutEvaluator
-from hwctl.nn.models import Checkpoint, model_spec
+from hwctl.nn.models import Checkpoint
+from hwctl.nn.network_spec import NetworkSpec, has_batchnorm, network_spec, registered_spec
 from hwctl.vocabulary import CompensationMethod
 
 BATCH_IMAGES = 500  # fastest of 250/500/1000 for the CIFAR ResNets on 2 cores; memory ~0.2 GB
@@ -64,10 +64,6 @@ class InferenceSettings:
             raise InferenceError(f"batch_images must be ≥ 1, got {self.batch_images}")
 
 
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
 class ChipNetwork:
     """A checkpoint bound to the device map it was programmed with: what an inference runs."""
 
@@ -75,8 +71,8 @@ class ChipNetwork:
         self, checkpoint: Checkpoint, device_map: DeviceMap, calibration: ImageSet | None = None
     ) -> None:
         self.evaluator = ReadoutEvaluator(checkpoint, device_map, calibration)
-        self.arch = checkpoint.arch
-        self.normalisation = Normalisation.of_architecture(checkpoint.arch)
+        self.spec = network_spec(checkpoint)
+        self.normalisation = Normalisation(self.spec.mean, self.spec.std)
 
     @property
     def model(self) -> nn.Module:
@@ -85,11 +81,11 @@ class ChipNetwork:
     @property
     def input_shape(self) -> ImageShape:
         """(channels, height, width) the network was built for."""
-        return input_shape(self.arch)
+        return input_shape(self.spec)
 
     def check(self, inputs: Inputs, settings: InferenceSettings, has_t0: bool) -> None:
         """Everything that would fail mid-run, refused before any work."""
-        check_fits(self.arch, inputs.image_shape)
+        check_fits(self.spec, inputs.image_shape)
         check_methods(settings.methods, batchnorm=has_batchnorm(self.model),
                       has_calibration=self.evaluator.calibration_x is not None)  # fmt: skip
         if CompensationMethod.GDC in settings.methods and not has_t0:
@@ -138,16 +134,16 @@ def forward(
     return np.concatenate(chunks)
 
 
-def input_shape(arch: str) -> ImageShape:
-    """The image shape (C, H, W) a registered architecture takes."""
-    return model_spec(arch).input_shape
+def input_shape(spec: NetworkSpec) -> ImageShape:
+    """The image shape (C, H, W) the network takes."""
+    channels, height, width = spec.input_shape
+    return channels, height, width
 
 
-def check_fits(arch: str, shape: Sequence[int]) -> None:
-    expected = input_shape(arch)
-    if tuple(shape) != expected:
+def check_fits(spec: NetworkSpec, shape: Sequence[int]) -> None:
+    if tuple(shape) != spec.input_shape:
         raise InputError(
-            f"the network ({arch}) takes images of shape {_shape(expected)} (C×H×W); "
+            f"the network takes images of shape {_shape(spec.input_shape)} (C×H×W); "
             f"these are {_shape(shape)}"
         )
 
@@ -166,18 +162,14 @@ def check_methods(
             raise InferenceError("AdaBS needs a calibration set")
 
 
-@cache
 def architecture_has_batchnorm(arch: str) -> bool:
     """Whether a registered architecture has batch norm (built once per architecture)."""
-    return has_batchnorm(model_spec(arch).build())
+    return registered_spec(arch).has_batchnorm
 
 
-@cache
 def architecture_classes(arch: str) -> int:
     """How many logits a registered architecture gives per image (one forward pass, once)."""
-    model = model_spec(arch).build().eval()
-    with torch.inference_mode():
-        return int(model(torch.zeros(1, *input_shape(arch))).shape[1])
+    return registered_spec(arch).n_classes
 
 
 def check_size(n_images: int, n_classes: int, settings: InferenceSettings) -> None:

@@ -27,7 +27,7 @@ from hwctl.inference.spec import InferenceSpec
 from hwctl.jobs.context import JobContext, JobError, JobOvertaken, JobPayload, JobType
 from hwctl.mapping import DeviceMap
 from hwctl.nn.evaluation import adabs_calibration_set
-from hwctl.nn.models import model_spec
+from hwctl.nn.network_spec import network_spec
 from hwctl.settings import get_settings
 from hwctl.store import inferences as store_inferences
 from hwctl.store import readouts as store_readouts
@@ -64,8 +64,9 @@ def _load(ctx: JobContext, payload: InferPayload, conn: Connection) -> _Loaded:
     spec = InferenceSpec.model_validate(record.settings)
 
     def network() -> ChipNetwork:
-        checkpoint = load_network(conn, load_spec(conn, payload.experiment_id).network_id)
-        dataset = model_spec(checkpoint.arch).dataset
+        experiment = load_spec(conn, payload.experiment_id)
+        checkpoint = load_network(conn, experiment.network_id)
+        dataset = network_spec(checkpoint).dataset or experiment.evaluation.dataset  # a graph: the chosen
         calibration = adabs_calibration_set(dataset, spec.methods, spec.calibration_images)
         device_map = store_readouts.load_run_device_map(conn, payload.run_id)
         return ChipNetwork(checkpoint, device_map, calibration)

@@ -31,6 +31,7 @@ from hwctl.jobs.context import (
 )
 from hwctl.mapping import DeviceMap, map_network
 from hwctl.nn.conductance import export_layers
+from hwctl.nn.network_spec import network_spec
 from hwctl.program_verify import ProgrammingResult, ProgramSettings, ResumePoint, program_and_verify
 from hwctl.schedule import readout_window_s
 from hwctl.store import readouts as store_readouts
@@ -91,8 +92,9 @@ def _start_run(
     """Map the network and store the run, with the job's checkpoint naming it in the same
     transaction: a crash before the first pulse never leaves a run the job would not resume."""
     spec = load_spec(conn, experiment_id)
-    model = load_network(conn, spec.network_id).build()
-    digital = AnalogLayers.of(model).kept_digital(spec.mapping)
+    checkpoint = load_network(conn, spec.network_id)
+    model = checkpoint.build()
+    digital = AnalogLayers.of(network_spec(checkpoint)).kept_digital(spec.mapping)
     device_map = map_network(export_layers(model), geometry, spec.g_max_us, digital_layers=digital)
     mapping_id = add_mapping(
         conn, network_id=spec.network_id, station_id=ctx.station_id, device_map=device_map.to_bytes(),

@@ -10,11 +10,15 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from hwctl.nn.models import model_spec
+
+if TYPE_CHECKING:
+    from hwctl.nn.network_spec import NetworkSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CIFAR_ENV = "HWCTL_CIFAR10_DIR"
@@ -114,8 +118,8 @@ def load_dataset(name: str, split: str) -> ImageSet:
 class Normalizer:
     """uint8 NHWC batch → float NCHW tensor normalized the way the model was trained."""
 
-    def __init__(self, arch: str) -> None:
-        spec = model_spec(arch)
+    def __init__(self, arch: str | NetworkSpec) -> None:
+        spec = model_spec(arch) if isinstance(arch, str) else arch  # a registered name, or any network's spec
         self.mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
         self.std = torch.tensor(spec.std).view(1, -1, 1, 1)
 

@@ -22,6 +22,7 @@ from hwctl.nn.conductance import load_matrices
 from hwctl.nn.data import ImageSet, Normalizer, augment_crop_flip, load_dataset
 from hwctl.nn.inference import predict
 from hwctl.nn.models import Checkpoint
+from hwctl.nn.network_spec import network_spec
 from hwctl.vocabulary import CompensationMethod
 
 # AdaBS calibration images when the experiment does not choose: the paper's 2,600 for
@@ -70,7 +71,7 @@ class ReadoutEvaluator:
         self.checkpoint = checkpoint
         self.device_map = device_map
         self.model = checkpoint.build()
-        self.normalizer = Normalizer(checkpoint.arch)
+        self.normalizer = Normalizer(network_spec(checkpoint))
         self.calibration_x = None if calibration is None else self.normalizer(calibration.x)
         self.analog_io = analog_io or AnalogIO()
         self.batch_size = batch_size

@@ -190,6 +190,8 @@ def analog_weight_count(model: nn.Module) -> int:
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear))
 
 
+EXPORTED = "exported"  # the architecture of an uploaded graph that is not a registered one
+
 CheckpointSource = str | Path | bytes | BinaryIO  # a file, stored bytes, or an open binary stream
 
 
@@ -250,14 +252,15 @@ def load_checkpoint(source: CheckpointSource, arch: str | None = None) -> Checkp
 
 
 def exported_checkpoint(data: bytes, arch: str | None) -> Checkpoint:
-    """A `.pt2` of a registered architecture (`hwctl export`), read as data (`hwctl.nn.exported`):
-    its weights under the graph's parameter names, which must be the architecture's own."""
+    """A `.pt2` (`hwctl export`, torch.export), read as data (`hwctl.nn.exported`): its weights
+    under the graph's parameter names. Named as a registered architecture, they must be that
+    architecture's own; without one (or as EXPORTED) the graph is the architecture."""
     from hwctl.nn.graph_module import ExportedModule
 
-    if arch is None:
-        raise ValueError("an exported graph (.pt2) needs its architecture named (arch=)")
     network = read_exported_program(data)
     state = ExportedModule(network).state_dict()
+    if arch is None or arch == EXPORTED:
+        return Checkpoint(EXPORTED, dict(state), {"format": "torch.export"}, network)
     expected = model_spec(arch).build().state_dict()
     if state.keys() != expected.keys():
         missing, extra = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())

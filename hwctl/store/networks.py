@@ -11,7 +11,8 @@ from sqlalchemy import Connection, select
 from drivers.base import Geometry
 from hwctl.mapping import MappingError, check_placement
 from hwctl.nn.conductance import export_layers
-from hwctl.nn.models import Checkpoint, load_checkpoint, model_spec
+from hwctl.nn.models import EXPORTED, Checkpoint, load_checkpoint
+from hwctl.nn.network_spec import NetworkSpec, network_spec, registered_spec
 from hwctl.store.errors import NotFoundError
 from hwctl.store.schema import networks, stations
 
@@ -93,4 +94,24 @@ def network_needs(conn: Connection, checkpoint: Checkpoint) -> NetworkNeeds:
     rows = conn.execute(select(stations.c.name, stations.c.tiles, stations.c.rows, stations.c.cols)
                         .order_by(stations.c.name)).all()  # fmt: skip
     fits = [station_fit(r.name, Geometry(r.tiles, r.rows, r.cols), layers) for r in rows]
-    return NetworkNeeds(model_spec(checkpoint.arch).input_shape, layers, fits)
+    return NetworkNeeds(network_spec(checkpoint).input_shape, layers, fits)
+
+
+_GRAPH_SPECS: dict[str, NetworkSpec] = {}  # by the upload's sha256: a graph's spec is one forward pass
+GRAPH_SPECS_KEPT = 64
+
+
+def stored_network_spec(conn: Connection, network_id: int) -> NetworkSpec:
+    """`network_spec` of a stored network: a registered architecture's from the registry
+    without reading the checkpoint, an uploaded graph's read once per content."""
+    row = conn.execute(select(networks.c.architecture, networks.c.sha256)
+                       .where(networks.c.id == network_id)).one_or_none()  # fmt: skip
+    if row is None:
+        raise NotFoundError(f"network {network_id} does not exist")
+    if row.architecture != EXPORTED:
+        return registered_spec(row.architecture)
+    if row.sha256 not in _GRAPH_SPECS:
+        if len(_GRAPH_SPECS) >= GRAPH_SPECS_KEPT:
+            _GRAPH_SPECS.clear()
+        _GRAPH_SPECS[row.sha256] = network_spec(load_network(conn, network_id))
+    return _GRAPH_SPECS[row.sha256]
