@@ -105,33 +105,47 @@ class PCMArray:
             self.g_t0_us[stuck_at] = g
 
     # -- programming events --------------------------------------------------------------
-    def _alive(self, addresses: Addresses) -> Bools:
-        return (self.flags[addresses] & FROZEN) == 0
+    def _living(self, addresses: Addresses) -> tuple[Addresses, npt.NDArray[np.uint8], Bools | None]:
+        """The devices pulses move (not stuck or dead), their flags, and the mask that picked
+        them from `addresses` (None: all of them, nothing copied); flags gathered once."""
+        flags = self.flags[addresses]
+        alive = (flags & FROZEN) == 0
+        if alive.all():
+            return addresses, flags, None
+        return addresses[alive], flags[alive], alive
 
     def reset(self, addresses: Addresses) -> None:
         """Melt-quench to the amorphous state: G half-normal near 0, no relaxation."""
         for chunk in _chunks(addresses):
-            a = chunk[self._alive(chunk)]
+            a, flags, _ = self._living(chunk)
             g = self.model.reset_g_us(self.rng.standard_normal(a.size, np.float32))
             nu = self.model.drift_nu(g, self.rng.standard_normal(a.size, np.float32))
-            self.store.apply(a, {"g_state_us": g, "g_t0_us": g, "drift_nu": nu,
-                                 "flags": self.flags[a] & ~UNSETTLED, "t_programmed_s": self.clock.now_s()})
+            self.store.apply(
+                a,
+                {
+                    "g_state_us": g,
+                    "g_t0_us": g,
+                    "drift_nu": nu,
+                    "flags": flags & ~UNSETTLED,
+                    "t_programmed_s": self.clock.now_s(),
+                },
+            )
 
     def set_pulse(self, addresses: Addresses, amplitudes_ua: Float32s) -> None:
         """Partial SET: a stochastic, state-dependent step towards g_eq(I)."""
         m = self.model
         for start in range(0, addresses.size, CHUNK_DEVICES):
-            a = addresses[start : start + CHUNK_DEVICES]
+            a, flags, alive = self._living(addresses[start : start + CHUNK_DEVICES])
             amplitudes = amplitudes_ua[start : start + CHUNK_DEVICES]
-            keep = self._alive(a)
-            if not keep.all():
-                a, amplitudes = a[keep], amplitudes[keep]
+            if alive is not None:
+                amplitudes = amplitudes[alive]
             g_eq = m.set_equilibrium_us(amplitudes, self.gain[a])
             xi_rate = self.rng.standard_normal(a.size, np.float32)
             xi_kick = self.rng.standard_normal(a.size, np.float32)
             g = m.set_pulse_g_us(self.g_state_us[a], g_eq, xi_rate, xi_kick)
-            self.store.apply(a, {"g_state_us": g, "flags": self.flags[a] | UNSETTLED,
-                                 "t_programmed_s": self.clock.now_s()})
+            self.store.apply(
+                a, {"g_state_us": g, "flags": flags | UNSETTLED, "t_programmed_s": self.clock.now_s()}
+            )
 
     def _settle(self, addresses: Addresses) -> None:
         """Draw the relaxation offset and drift exponent of the devices' last SET."""
