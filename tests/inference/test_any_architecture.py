@@ -155,8 +155,8 @@ def test_adabs_on_a_graph_without_batch_norm_is_refused_before_anything_is_queue
     refused = live.client.post("/experiments", json=body)
     assert refused.status_code == 422 and "no batch norm" in refused.json()["detail"], refused.text
     jobs_before = live.infer_jobs()
-    inference = live.client.post(f"/experiments/{live.experiment_id}/inferences",
-                                 json={"dataset_id": 1, "at": live.readout_ids[0], "methods": ["adabs"]})  # fmt: skip
+    adabs = {"dataset_id": 1, "at": live.readout_ids[0], "methods": ["adabs"]}
+    inference = live.client.post(f"/experiments/{live.experiment_id}/inferences", json=adabs)
     assert inference.status_code == 422 and "no batch norm" in inference.json()["detail"], inference.text
     assert live.infer_jobs() == jobs_before
 

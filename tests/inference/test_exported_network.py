@@ -91,7 +91,9 @@ def test_an_inference_on_the_graph_gives_what_the_native_network_gives_from_the_
     assert evaluated["accuracy"] == pytest.approx(accuracy[0], abs=0.01)  # the evaluation job agrees
 
 
-def test_a_graph_named_as_an_architecture_must_be_it_and_unnamed_is_its_own(live: Live, tmp_path: Path) -> None:
+def test_a_graph_named_as_an_architecture_must_be_it_unnamed_it_is_its_own(
+    live: Live, tmp_path: Path
+) -> None:
     digits = exported(tmp_path, "digits-resnet", digits_checkpoint())
     files = {"file": ("net.pt2", io.BytesIO(digits), "application/octet-stream")}
     unnamed = live.client.post("/networks", files=files)
