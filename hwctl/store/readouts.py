@@ -40,6 +40,8 @@ T_BYTES = 8  # programming end times are float64
 # worker's read blocks): a 43.6 M-device readout is 167 inserts; every reader is bounded
 # by it, and on SQLite one device's bytes are at most 32 overflow pages into its block.
 STORED_BLOCK_DEVICES = 1 << 18
+# Blocks per insert statement (executemany) when a whole vector is handed in: 8 MiB encoded.
+INSERT_BATCH_BLOCKS = 8
 
 
 @dataclass(frozen=True)
@@ -195,10 +197,17 @@ def add_readout(
         conn, run_id, g.size, offset_s=offset_s, scheduled_s=scheduled_s, board_time_s=board_time_s,
         temperature_c=temperature_c, block_starts=block_starts, suspect=suspect,
     )  # fmt: skip
-    for first in range(0, g.size, STORED_BLOCK_DEVICES):  # one block encoded at a time
+    batch: list[dict[str, Any]] = []  # encoded blocks: at most INSERT_BATCH_BLOCKS at a time
+    for first in range(0, g.size, STORED_BLOCK_DEVICES):
         block = ReadoutBlock(first, _read_time_in(starts, first), g[first : first + STORED_BLOCK_DEVICES])
-        conn.execute(insert(readout_blocks).values(readout_id=readout_id, **_block_values(block)))
+        batch.append({"readout_id": readout_id, "job_id": None, **_block_values(block)})
+        if len(batch) == INSERT_BATCH_BLOCKS or first + STORED_BLOCK_DEVICES >= g.size:
+            conn.execute(_INSERT_BLOCK, batch)  # one executemany per batch
+            batch = []
     return readout_id
+
+
+_INSERT_BLOCK = insert(readout_blocks)
 
 
 def finish_readout(
@@ -291,7 +300,7 @@ def add_readout_block(conn: Connection, job_id: int, block: ReadoutBlock) -> Non
             readout_blocks.c.job_id == job_id, readout_blocks.c.first_device == block.first_device
         )
     )
-    conn.execute(insert(readout_blocks).values(job_id=job_id, **_block_values(block)))
+    conn.execute(_INSERT_BLOCK, {"job_id": job_id, "readout_id": None, **_block_values(block)})
 
 
 def readout_block_extents(conn: Connection, job_id: int) -> list[BlockExtent]:
