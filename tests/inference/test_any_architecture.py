@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from hwctl.experiment_spec import ExperimentRequest
 from hwctl.inference.inputs import Inputs
 from hwctl.inference.run import ChipNetwork, InferenceSettings
 from hwctl.nn.conductance import analog_modules
@@ -169,3 +170,13 @@ def test_a_graph_has_no_data_set_of_its_own_and_the_one_named_must_fit_it(upload
     cifar = live.client.post("/experiments", json=body | {"evaluation": {"dataset": "cifar10"}})
     assert cifar.status_code == 422, cifar.text
     assert "3×32×32" in cifar.json()["detail"] and "takes 1×8×8" in cifar.json()["detail"]
+
+
+def test_the_default_methods_leave_adabs_out_on_a_network_without_batch_norm() -> None:
+    request = ExperimentRequest.model_validate({"network_id": 1, "station": "infer", "evaluation": {}})
+    assert CompensationMethod.ADABS not in request.resolved("digits", batchnorm=False).evaluation.methods
+    assert request.resolved("digits").evaluation.methods == list(CompensationMethod)
+    asked = ExperimentRequest.model_validate(
+        {"network_id": 1, "station": "infer", "evaluation": {"methods": ["adabs"]}}
+    )
+    assert asked.resolved("digits", batchnorm=False).evaluation.methods == [CompensationMethod.ADABS]
