@@ -67,8 +67,10 @@ def graph_input_shape(checkpoint: Checkpoint) -> tuple[int, ...]:
     if len(shapes) != 1:
         raise ValueError(f"the graph takes {len(shapes)} inputs; a network takes one batch of images")
     image = shapes[0][1:]
-    if len(shapes[0]) < 2 or any(n is None for n in image):
-        raise ValueError(f"the graph's input shape {shapes[0]} must be a batch of fixed-size images")
+    if len(image) != 3 or any(n is None for n in image):
+        shown = "×".join("?" if n is None else str(n) for n in shapes[0])
+        raise ValueError(f"the graph takes inputs of shape {shown}; a network takes a batch of images "
+                         "N×C×H×W with C, H, W fixed (flatten inside the model)")  # fmt: skip
     return tuple(int(n) for n in image if n is not None)
 
 

@@ -180,3 +180,13 @@ def test_the_default_methods_leave_adabs_out_on_a_network_without_batch_norm() -
         {"network_id": 1, "station": "infer", "evaluation": {"methods": ["adabs"]}}
     )
     assert asked.resolved("digits", batchnorm=False).evaluation.methods == [CompensationMethod.ADABS]
+
+
+def test_a_graph_that_does_not_take_images_is_refused_at_upload(uploaded: Uploaded) -> None:
+    flat = nn.Sequential(nn.Linear(64, 10)).eval()
+    buffer = io.BytesIO()
+    torch.export.save(torch.export.export(flat, (torch.zeros(2, 64),)), buffer)
+    files = {"file": ("flat.pt2", io.BytesIO(buffer.getvalue()), "application/octet-stream")}
+    refused = uploaded.live.client.post("/networks", files=files)
+    assert refused.status_code == 422 and "2×64" in refused.json()["detail"], refused.text
+    assert "N×C×H×W" in refused.json()["detail"]
