@@ -17,7 +17,7 @@ METRICS: dict[str, tuple[str, ...]] = {
     "store": (
         "ingest_ms_sqlite", "ingest_ms_postgresql", "device_series_ms_sqlite",
         "device_series_ms_postgresql", "load_readout_ms_sqlite", "load_readout_ms_postgresql",
-    ),  # fmt: skip
+    ),
     "camp": ("campaign.wall_s.program_and_readbacks", "campaign.wall_s.total_with_drift_fit"),
 }
 
