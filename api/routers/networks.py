@@ -38,7 +38,8 @@ def _parse_checkpoint(
         raise HTTPException(413, f"{filename!r}: {exc}") from None
     try:
         checkpoint = load_checkpoint(data, architecture)
-        network_spec(checkpoint)  # builds it and runs it once on its input shape
+        checkpoint.build()  # its tensors must fit its architecture (strict state dict)
+        network_spec(checkpoint)  # a graph's spec: built and run once on its input shape
     except Exception as exc:  # untrusted bytes: any failure means "not a usable checkpoint"
         raise HTTPException(
             422, f"{filename!r} is not a usable hwctl/PyTorch checkpoint: {type(exc).__name__}: {exc}"
