@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC
 from functools import partial
-from typing import Any
+from typing import Any, Self
 
 import httpx
 from sqlalchemy import Engine, select
@@ -74,8 +74,28 @@ ISSUE_SCALE = Scale(
 )  # fmt: skip
 
 
+class _Sampler:
+    """Runs `_sample` in a daemon thread from `start` until `stop` (both samplers below)."""
+
+    _stop: threading.Event
+    _thread: threading.Thread
+
+    def start(self) -> Self:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _sample(self) -> None:
+        raise NotImplementedError
+
+
 @dataclass
-class ApiPoller:
+class ApiPoller(_Sampler):
     """Asks the API about the campaign every `period_s` while the run goes on; every answer
     is kept (monotonic time, path, status code or the error's name)."""
 
@@ -83,20 +103,8 @@ class ApiPoller:
     paths: list[str]
     period_s: float = 0.2
     answers: list[tuple[float, str, int | str]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
 
-    def start(self) -> ApiPoller:
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def _poll(self) -> None:
+    def _sample(self) -> None:
         with httpx.Client(base_url=self.lab.api_url, timeout=10.0) as http:
             while not self._stop.wait(self.period_s):
                 for path in self.paths:
@@ -122,7 +130,7 @@ class ApiPoller:
 
 
 @dataclass
-class WorkWatcher:
+class WorkWatcher(_Sampler):
     """Samples the campaign's `work_signature` every `period_s` (None while the database does
     not answer), so recovery is timed from the samples whatever happens meanwhile."""
 
@@ -130,20 +138,8 @@ class WorkWatcher:
     experiment_id: int
     period_s: float = 0.02
     samples: list[tuple[float, tuple[Any, ...] | None]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
 
-    def start(self) -> WorkWatcher:
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def _watch(self) -> None:
+    def _sample(self) -> None:
         while not self._stop.is_set():
             try:
                 signature: tuple[Any, ...] | None = work_signature(self.engine, self.experiment_id)
