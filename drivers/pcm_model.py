@@ -131,9 +131,11 @@ class PCMModel:
         return (np.maximum(t_since_program_s, self.t0_s) / self.t0_s) ** (-nu.astype(np.float64))
 
     # -- §4 read noise ----------------------------------------------------------------
-    # Q_s(G) = min(q / max((|G|/G_max)^e, 1e-3), Q_max)    (§10.6: G is the conductance read)
-    def read_noise_q_s(self, g_us: Array) -> Array:
-        x = (np.abs(g_us) / self.g_max_us) ** self.read_noise_exponent
+    # Q_s(G_p) = min(q / max((|G_p|/G_max)^e, 1e-3), Q_max)
+    # G_p is the device's PROGRAMMED state G(t0) (drawn once per programming event), not
+    # the drifted G(t): evaluated at G(t), Q_s would grow as drift lowers G (§4).
+    def read_noise_q_s(self, g_programmed_us: Array) -> Array:
+        x = (np.abs(g_programmed_us) / self.g_max_us) ** self.read_noise_exponent
         return np.minimum(self.read_noise_q / np.maximum(x, 1e-3), self.read_noise_q_max)
 
     # sqrt(ln((t + t_read) / (2·t_read))),  t ≥ min_read_age (a read right after a pulse)
@@ -141,10 +143,12 @@ class PCMModel:
         t = np.maximum(t_s, self.min_read_age_s)
         return np.sqrt(np.maximum(np.log((t + self.t_read_s) / (2 * self.t_read_s)), 0.0))
 
-    # σ_read(G, t) = |G| · Q_s(G) · sqrt(ln((t + t_read) / (2·t_read)))        [µS]
-    def read_sigma_us(self, g_us: npt.NDArray[np.float32], t_s: Array) -> npt.NDArray[np.float32]:
-        q = self.read_noise_q_s(g_us).astype(np.float32)
-        return g_us * q * self.read_time_factor(t_s).astype(np.float32)
+    # σ_read(t) = |G(t)| · Q_s(G(t0)) · sqrt(ln((t + t_read) / (2·t_read)))       [µS]
+    def read_sigma_us(
+        self, g_us: npt.NDArray[np.float32], g_programmed_us: npt.NDArray[np.float32], t_s: Array
+    ) -> npt.NDArray[np.float32]:
+        q = self.read_noise_q_s(g_programmed_us).astype(np.float32)
+        return np.abs(g_us) * q * self.read_time_factor(t_s).astype(np.float32)
 
     # -- §10.1 RESET (simulator) --------------------------------------------------------
     # G = σ_reset · |ξ|   (half-normal, mean σ_reset·sqrt(2/π))                 [µS]

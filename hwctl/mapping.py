@@ -131,6 +131,15 @@ class DeviceMap:
             out[layer.name] = w.astype(np.float32).reshape(layer.shape)
         return out
 
+    def layer_conductance_sums_us(self, g_us: npt.NDArray[np.floating]) -> dict[str, float]:
+        """Σ(G⁺ + G⁻) per layer: the summed current of both bit lines under an all-ones input."""
+        if g_us.shape != (self.n_devices,):
+            raise MappingError(f"expected {self.n_devices} conductances, got shape {g_us.shape}")
+        return {
+            layer.name: float(g_us[layer.offset : layer.offset + 2 * layer.n_weights].sum(dtype=np.float64))
+            for layer in self.layers
+        }
+
     def device_table(self) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64], npt.NDArray[np.int8]]:
         """Per canonical device: layer index, weight index within the layer, sign (±1).
 
@@ -181,9 +190,12 @@ class DeviceMap:
             stored_addresses = z["addresses"] if "addresses" in z.files else None  # maps stored with them
         layers = tuple(
             LayerPlacement(
-                name=raw["name"], shape=(raw["shape"][0], raw["shape"][1]),
-                scale_us_per_weight=raw["scale_us_per_weight"], offset=raw["offset"],
-                n_weights=raw["n_weights"], blocks=tuple(Block(**b) for b in raw["blocks"]),
+                name=raw["name"],
+                shape=(raw["shape"][0], raw["shape"][1]),
+                scale_us_per_weight=raw["scale_us_per_weight"],
+                offset=raw["offset"],
+                n_weights=raw["n_weights"],
+                blocks=tuple(Block(**b) for b in raw["blocks"]),
             )
             for raw in meta["layers"]
         )
@@ -305,9 +317,7 @@ def map_network(
         peak = float(np.abs(m).max())
         scale = g_max_us / peak if peak > 0 else 1.0
         blocks = tuple(
-            Block(r0, c0, nr, nc, *where[key])
-            for key, (lj, (r0, c0, nr, nc)) in enumerate(cuts)
-            if lj == li
+            Block(r0, c0, nr, nc, *where[key]) for key, (lj, (r0, c0, nr, nc)) in enumerate(cuts) if lj == li
         )
         placement = LayerPlacement(layer.name, (rows, cols), scale, offset, n, blocks)
         _place_addresses(placement, geometry, addresses)

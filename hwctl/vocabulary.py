@@ -25,6 +25,25 @@ METHOD_LABELS: dict[CompensationMethod, str] = {
 }
 
 
+class GdcStatistic(StrEnum):
+    """The per-layer quantity S_l whose ratio S_l(t0)/S_l(t) is GDC's gain α_l (pcm-model.md §6)."""
+
+    COLUMN_SUM = "column-sum"  # Σ_cols |Σ_rows W|: all-ones input, signed; cancels in a differential pair
+    BOTH_BITLINES = "both-bitlines"  # Σ (G⁺ + G⁻) over the layer's devices: both bit-line currents
+    ABS_WEIGHTS = "abs-weights"  # Σ |W|
+    CALIBRATION_BATCH = "calibration-batch"  # Σ |x_l·W| over a fixed batch of the layer's inputs
+
+
+GDC_STATISTIC_LABELS: dict[GdcStatistic, str] = {
+    GdcStatistic.COLUMN_SUM: "column sums under an all-ones input, |Σ W|",
+    GdcStatistic.BOTH_BITLINES: "both bit-line currents, Σ(G⁺ + G⁻)",
+    GdcStatistic.ABS_WEIGHTS: "absolute weights, Σ|W|",
+    GdcStatistic.CALIBRATION_BATCH: "outputs on a calibration batch, Σ|y|",
+}
+# Chosen by measurement: benchmarks/RESULTS.md § accuracy.
+DEFAULT_GDC_STATISTIC = GdcStatistic.BOTH_BITLINES
+
+
 class JobKind(StrEnum):
     """What a queued job does; each has its module under `hwctl.jobs`."""
 

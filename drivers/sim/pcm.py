@@ -162,23 +162,29 @@ class PCMArray:
         out = np.empty(addresses.size, np.float32)
         for start in range(0, addresses.size, CHUNK_DEVICES):
             a = addresses[start : start + CHUNK_DEVICES]
-            out[start : start + a.size] = self._conductance_at_age(a, now - self.t_programmed_s[a])
+            out[start : start + a.size] = self._conductance_at_age(a, now - self.t_programmed_s[a])[0]
         return out
 
-    def _conductance_at_age(self, addresses: Addresses, t_s: npt.NDArray[np.float64]) -> Float32s:
+    def _conductance_at_age(
+        self, addresses: Addresses, t_s: npt.NDArray[np.float64]
+    ) -> tuple[Float32s, Float32s]:
+        """G(t) and the programmed state G(t0) the read noise scales with (§4); a device
+        read right after its pulse has not relaxed yet: its state is both."""
         m = self.model
         g = self.g_state_us[addresses]
         aged = t_s > 0
         if not aged.any():
-            return g  # verify read right after the pulse: the state itself
+            return g, g  # verify read right after the pulse: the state itself
         a, t = addresses[aged], t_s[aged]
         unsettled = (self.flags[a] & UNSETTLED) != 0
         if unsettled.any():
             self._settle(a[unsettled])
         g_state, g_t0 = g[aged], self.g_t0_us[a]
+        g_programmed = g.copy()
+        g_programmed[aged] = g_t0
         relaxed = g_state + (g_t0 - g_state) * m.relaxed_fraction(t)
         g[aged] = relaxed * m.drift_factor(t, self.drift_nu[a])
-        return g
+        return g, g_programmed
 
     def read(self, addresses: Addresses) -> Float32s:
         """One noisy read of each device: the conductance now plus 1/f read noise."""
@@ -187,8 +193,9 @@ class PCMArray:
         for start in range(0, addresses.size, CHUNK_DEVICES):
             a = addresses[start : start + CHUNK_DEVICES]
             t = now - self.t_programmed_s[a]
-            g = self._conductance_at_age(a, t)
-            noisy = g + self.model.read_sigma_us(g, t) * self.rng.standard_normal(g.size, np.float32)
+            g, g_programmed = self._conductance_at_age(a, t)
+            sigma = self.model.read_sigma_us(g, g_programmed, t)
+            noisy = g + sigma * self.rng.standard_normal(g.size, np.float32)
             np.maximum(noisy, 0.0, out=out[start : start + a.size], dtype=np.float32)
         return out
 

@@ -65,8 +65,9 @@ def forecast_conductances_us(
         raise ValueError(f"forecast time must be positive seconds, got {t_s}")
     m = model or PCMModel()
     age = max(t_s, fit.t0_s) / fit.t0_s
-    g = np.nan_to_num(fit.g_t0_us * age ** -np.nan_to_num(fit.nu), nan=0.0)
-    sigma = g * m.read_noise_q_s(g) * m.read_time_factor(np.full(g.shape, t_s))
+    g_t0 = np.nan_to_num(fit.g_t0_us, nan=0.0)
+    g = g_t0 * age ** -np.nan_to_num(fit.nu)
+    sigma = g * m.read_noise_q_s(g_t0) * m.read_time_factor(np.full(g.shape, t_s))  # Q_s at G(t0) (§4)
     g = g + sigma * np.random.default_rng(seed).standard_normal(g.size)
     return np.maximum(g, 0.0).astype(np.float32)
 

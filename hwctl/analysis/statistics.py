@@ -309,9 +309,9 @@ def _unresolved_if_negative(variance: float) -> float:
 
 
 def model_relative_read_noise(fit: FittedLines, t_s: np.ndarray, model: PCMModel) -> npt.NDArray[np.float64]:
-    """RMS over a device's reads of the §4 law σ_read/G = Q_s(G(t))·sqrt(ln((t+t_read)/2t_read)).
+    """RMS over a device's reads of the §4 law σ_read/G = Q_s(G(t0))·sqrt(ln((t+t_read)/2t_read)).
 
-    G(t) is the device's own fitted line, so this isolates the read-noise law from the
+    G(t0) is the device's own fitted intercept, so this isolates the read-noise law from the
     programming and drift statistics.
     """
     n_dev = fit.n_devices
@@ -320,8 +320,7 @@ def model_relative_read_noise(fit: FittedLines, t_s: np.ndarray, model: PCMModel
     for start in range(0, n_dev, _CHUNK_DEVICES):
         cols = slice(start, min(start + _CHUNK_DEVICES, n_dev))
         t_chunk = t if t.shape[1] == 1 else t[:, cols]
-        g_t = fit.g_t0_us[cols] * (np.maximum(t_chunk, model.min_read_age_s) / fit.t0_s) ** -fit.nu[cols]
-        rel = model.read_noise_q_s(g_t) * model.read_time_factor(t_chunk)
+        rel = model.read_noise_q_s(fit.g_t0_us[cols])[None, :] * model.read_time_factor(t_chunk)
         out[cols] = np.sqrt(np.mean(rel * rel, axis=0))
     return out
 

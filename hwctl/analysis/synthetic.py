@@ -47,6 +47,6 @@ def synthetic_readouts(
     t = offsets + rng.uniform(0.0, programming_spread_s, n)[None, :]
     g = g_t0 * (t / m.t0_s) ** -nu
     if read_noise:
-        sigma = g * m.read_noise_q_s(g) * m.read_time_factor(t)
+        sigma = g * m.read_noise_q_s(g_t0) * m.read_time_factor(t)  # Q_s at G(t0) (§4)
         g += sigma * rng.standard_normal(g.shape)
     return SyntheticReadouts(np.maximum(g, 0.0).astype(np.float32), t, g_t0, nu)

@@ -1,7 +1,7 @@
 """Digital compensation of conductance drift (pcm-model.md §6) and optional analog I/O effects.
 
-- GDC: per layer α_l(t) = Σ|y_l(t0)| / Σ|y_l(t)| for a fixed calibration input applied
-  to the layer's crossbar matrix read at t0 and at t; the layer's MVM output is scaled by α_l.
+- GDC: per layer α_l(t) = S_l(t0) / S_l(t) for a statistic S_l of the layer's conductances
+  read at t0 and at t (`GdcStatistic`); the layer's MVM output is scaled by α_l.
 - AdaBS: with the weights read at t, re-estimate every BatchNorm layer's running mean
   and variance from a fixed calibration set (exact population statistics), keeping γ, β.
 - AnalogIO: DAC/ADC quantization and per-MVM output noise as forward hooks (off by default).
@@ -18,8 +18,9 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from hwctl.nn.conductance import analog_modules
-from hwctl.vocabulary import CompensationMethod
+from hwctl.mapping import DeviceMap
+from hwctl.nn.conductance import analog_modules, fold
+from hwctl.vocabulary import CompensationMethod, GdcStatistic
 
 
 def compensation_method(name: str) -> CompensationMethod:
@@ -31,26 +32,90 @@ def compensation_method(name: str) -> CompensationMethod:
         raise ValueError(f"unknown compensation {name!r}; choose from {known}") from None
 
 
-def gdc_gains(
-    matrices_t0: Mapping[str, npt.NDArray[np.floating]],
-    matrices_t: Mapping[str, npt.NDArray[np.floating]],
-    calibration_input: Mapping[str, npt.NDArray[np.floating]] | None = None,
-) -> dict[str, float]:
-    """α_l = Σ|x·W_l(t0)| / Σ|x·W_l(t)| per layer; x defaults to all ones (summed column currents)."""
-    gains = {}
-    for name, w0 in matrices_t0.items():
-        x = (np.ones((1, w0.shape[0])) if calibration_input is None
-             else np.asarray(calibration_input[name], np.float64))  # fmt: skip
-        ref = np.abs(x @ w0.astype(np.float64)).sum()
-        now = np.abs(x @ np.asarray(matrices_t[name], np.float64)).sum()
-        gains[name] = float(ref / now) if now > 0 else 1.0
-    return gains
+# α_l(t) = S_l(t0) / S_l(t), the layer's MVM output multiplied by α_l; S_l by statistic:
+#   column-sum         S_l = Σ_j |Σ_i W_ij|          all-ones input, signed: in a differential
+#                                                     pair a column's sum is a small difference
+#                                                     of large noisy numbers
+#   both-bitlines      S_l = Σ_devices (G⁺ + G⁻)     both bit-line currents, never cancels
+#   abs-weights        S_l = Σ_ij |W_ij|
+#   calibration-batch  S_l = Σ |x_l ∗ W_l|           a fixed batch x_l of the layer's inputs
+class GdcGains:
+    """GDC's per-layer gains for one statistic, from the t0 reference and a readout at t.
+
+    The reference is whatever conductances the caller trusts most at t0 (the mean of
+    several reads there averages read noise out). `calibration-batch` takes its fixed
+    layer inputs from the network's own (checkpoint) weights on `calibration_x`, once.
+    """
+
+    def __init__(
+        self,
+        statistic: GdcStatistic,
+        device_map: DeviceMap,
+        model: nn.Module | None = None,
+        calibration_x: torch.Tensor | None = None,
+    ) -> None:
+        self.statistic = GdcStatistic(statistic)
+        self.device_map = device_map
+        self._layer_inputs: dict[str, tuple[nn.Conv2d | nn.Linear, torch.Tensor]] = {}
+        if self.statistic == GdcStatistic.CALIBRATION_BATCH:
+            if model is None or calibration_x is None:
+                raise ValueError("calibration-batch GDC needs the model and a calibration batch")
+            self._layer_inputs = _layer_inputs(model, calibration_x[:CALIBRATION_BATCH_IMAGES])
+
+    def layer_statistics(
+        self, g_us: npt.NDArray[np.floating], matrices: Mapping[str, npt.NDArray[np.floating]]
+    ) -> dict[str, float]:
+        """S_l of every analog layer for the conductances `g_us` (whose weights are `matrices`)."""
+        if self.statistic == GdcStatistic.BOTH_BITLINES:
+            return self.device_map.layer_conductance_sums_us(np.asarray(g_us))
+        if self.statistic == GdcStatistic.CALIBRATION_BATCH:
+            return {name: _output_sum(*self._layer_inputs[name], matrices[name]) for name in matrices}
+        out = {}
+        for name, w in matrices.items():
+            w64 = np.asarray(w, np.float64)
+            out[name] = float(np.abs(w64.sum(axis=0)).sum() if self.statistic == GdcStatistic.COLUMN_SUM
+                              else np.abs(w64).sum())  # fmt: skip
+        return out
+
+    def gains(self, reference: Mapping[str, float], now: Mapping[str, float]) -> dict[str, float]:
+        """α_l = S_l(t0) / S_l(t); 1 where the layer reads as nothing at t."""
+        return {name: reference[name] / now[name] if now[name] > 0 else 1.0 for name in now}
+
+
+CALIBRATION_BATCH_IMAGES = 32  # enough images for Σ|y_l| to be steady; the layer inputs stay small
 
 
 @torch.no_grad()
-def adapt_batchnorm(
-    model: nn.Module, calibration_x: torch.Tensor, batch_size: int = 500
-) -> None:
+def _layer_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[nn.Conv2d | nn.Linear, torch.Tensor]]:
+    """Each analog layer's input on `x` through the model as it is (eval mode)."""
+    modules = analog_modules(model)
+    captured: dict[str, tuple[nn.Conv2d | nn.Linear, torch.Tensor]] = {}
+    handles = [
+        module.register_forward_pre_hook(
+            lambda m, inp, name=name: captured.__setitem__(name, (m, inp[0].detach().clone())))
+        for name, module in modules.items()
+    ]  # fmt: skip
+    was_training = model.training
+    try:
+        model.eval()
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return captured
+
+
+@torch.no_grad()
+def _output_sum(module: nn.Conv2d | nn.Linear, x: torch.Tensor, matrix: npt.NDArray[np.floating]) -> float:
+    """Σ|x ∗ W| for the layer's weights given as their crossbar matrix (no bias: the MVM only)."""
+    w = fold(matrix, module.weight)
+    y = module._conv_forward(x, w, None) if isinstance(module, nn.Conv2d) else nn.functional.linear(x, w)
+    return float(y.abs().sum(dtype=torch.float64))
+
+
+@torch.no_grad()
+def adapt_batchnorm(model: nn.Module, calibration_x: torch.Tensor, batch_size: int = 500) -> None:
     """AdaBS: replace each BN layer's running mean/var by its input's population statistics.
 
     BN layers run in training mode during the pass (as when the statistics were first
@@ -137,10 +202,12 @@ class AnalogIO:
                 continue
             if self.dac_bits is not None:
                 bits = self.dac_bits
-                handles.append(module.register_forward_pre_hook(
-                    lambda _m, inp, b=bits: (quantize_per_sample(inp[0], b),)))
-            handles.append(module.register_forward_hook(
-                lambda m, _inp, out: self._output(m, out, gen)))
+                handles.append(
+                    module.register_forward_pre_hook(
+                        lambda _m, inp, b=bits: (quantize_per_sample(inp[0], b),)
+                    )
+                )
+            handles.append(module.register_forward_hook(lambda m, _inp, out: self._output(m, out, gen)))
         return handles
 
     def _output(self, module: nn.Module, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -16,19 +16,22 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from hwctl.inference.inputs import Inputs, Normalisation
 from hwctl.mapping import DeviceMap
-from hwctl.nn.compensation import AnalogIO, adapt_batchnorm, compensation_method, gdc_gains
+from hwctl.nn.compensation import AnalogIO, GdcGains, adapt_batchnorm, compensation_method
 from hwctl.nn.conductance import load_matrices
 from hwctl.nn.data import ImageSet, Normalizer, augment_crop_flip, load_dataset
-from hwctl.nn.inference import predict
 from hwctl.nn.models import Checkpoint
 from hwctl.nn.network_spec import network_spec
-from hwctl.vocabulary import CompensationMethod
+from hwctl.vocabulary import DEFAULT_GDC_STATISTIC, CompensationMethod, GdcStatistic
 
 # AdaBS calibration images when the experiment does not choose: the paper's 2,600 for
 # CIFAR-10; 300 for the small digits set.
 CALIBRATION_IMAGES = {"cifar10": 2600}
 CALIBRATION_IMAGES_OTHER = 300
+# What an evaluation runs on: a built-in set (uint8 NHWC, the network's normalisation), or a
+# data set's inputs (uint8 or float32, either layout, normalised as stored with them).
+Images = ImageSet | Inputs
 
 
 @dataclass(frozen=True)
@@ -65,19 +68,31 @@ class ReadoutEvaluator:
     """A checkpoint bound to its device map; evaluates any readout with any compensation."""
 
     def __init__(
-        self, checkpoint: Checkpoint, device_map: DeviceMap, calibration: ImageSet | None = None,
-        analog_io: AnalogIO | None = None, batch_size: int = 500,
+        self,
+        checkpoint: Checkpoint,
+        device_map: DeviceMap,
+        calibration: Images | None = None,
+        analog_io: AnalogIO | None = None,
+        batch_size: int = 500,
+        gdc_statistic: GdcStatistic = DEFAULT_GDC_STATISTIC,
     ) -> None:
         self.checkpoint = checkpoint
         self.device_map = device_map
         self.model = checkpoint.build()
-        self.normalizer = Normalizer(network_spec(checkpoint))
-        self.calibration_x = None if calibration is None else self.normalizer(calibration.x)
+        spec = network_spec(checkpoint)
+        self.normalizer = Normalizer(spec)
+        self.normalisation = Normalisation(spec.mean, spec.std)
+        whole = None if calibration is None else (calibration, 0, len(calibration))
+        self.calibration_x = None if whole is None else self.normalised(*whole)
         self.analog_io = analog_io or AnalogIO()
         self.batch_size = batch_size
+        self.gdc_statistic = GdcStatistic(gdc_statistic)
+        self._gdc: GdcGains | None = None  # built at the first GDC, from the checkpoint's weights
 
     def prepare(
-        self, g_t_us: npt.NDArray[np.floating], method: str = CompensationMethod.NONE,
+        self,
+        g_t_us: npt.NDArray[np.floating],
+        method: str = CompensationMethod.NONE,
         g_t0_us: npt.NDArray[np.floating] | None = None,
     ) -> None:
         """Load the readout's weights into the model and apply the compensation `method`."""
@@ -91,7 +106,9 @@ class ReadoutEvaluator:
             # AdaBS also takes the GDC gains: BN makes them irrelevant for layers it
             # follows, and they are the only correction for the final FC, whose drifted
             # MVM output would otherwise shrink against its digital bias.
-            gains = gdc_gains(self.device_map.weights_from_g(np.asarray(g_t0_us)), matrices)
+            gdc = self._gdc_gains()
+            reference = gdc.layer_statistics(g_t0_us, self.device_map.weights_from_g(np.asarray(g_t0_us)))
+            gains = gdc.gains(reference, gdc.layer_statistics(g_t_us, matrices))
         load_matrices(self.model, matrices, gains, self.device_map.digital_layers)
         if method == CompensationMethod.ADABS:
             if self.calibration_x is None:
@@ -99,25 +116,58 @@ class ReadoutEvaluator:
             adapt_batchnorm(self.model, self.calibration_x)
         self.model.eval()
 
+    def _gdc_gains(self) -> GdcGains:
+        if self._gdc is None:
+            if self.gdc_statistic == GdcStatistic.CALIBRATION_BATCH and self.calibration_x is None:
+                raise ValueError("calibration-batch GDC needs a calibration set")
+            self.model.load_state_dict(self.checkpoint.state_dict, strict=True)
+            self._gdc = GdcGains(self.gdc_statistic, self.device_map, self.model, self.calibration_x)
+        return self._gdc
+
+    def normalised(self, images: Images, start: int, stop: int) -> torch.Tensor:
+        """Images start..stop as the network takes them (float32 NCHW, normalised)."""
+        if isinstance(images, Inputs):
+            return images.batch(start, stop, self.normalisation)
+        return self.normalizer(images.x[start:stop])
+
+    @torch.no_grad()
+    def predict(self, images: Images) -> torch.Tensor:
+        """Predicted class per image, batch by batch (model as prepared, in eval mode)."""
+        self.model.eval()
+        starts = range(0, len(images), self.batch_size)
+        out = [self.model(self.normalised(images, i, i + self.batch_size)).argmax(1) for i in starts]
+        return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
     def evaluate(
-        self, data: ImageSet, g_t_us: npt.NDArray[np.floating], method: str = CompensationMethod.NONE,
-        g_t0_us: npt.NDArray[np.floating] | None = None, seed: int = 0,
+        self,
+        data: Images,
+        g_t_us: npt.NDArray[np.floating],
+        method: str = CompensationMethod.NONE,
+        g_t0_us: npt.NDArray[np.floating] | None = None,
+        seed: int = 0,
     ) -> EvalResult:
         """Accuracy on `data` of the network read back as `g_t_us`, compensated by `method`."""
         self.prepare(g_t_us, method, g_t0_us)
         handles = self.analog_io.attach(self.model, seed=seed, digital_layers=self.device_map.digital_layers)
         try:
-            pred = predict(self.model, data, self.normalizer, self.batch_size)
+            pred = self.predict(data)
         finally:
             for h in handles:
                 h.remove()
+        if data.y is None:
+            raise ValueError("accuracy needs labelled images")
         return result_from_predictions(pred, data.y, method)
 
 
 def evaluate_readout(
-    checkpoint: Checkpoint, device_map: DeviceMap, g_t0_us: npt.NDArray[np.floating] | None,
-    g_t_us: npt.NDArray[np.floating], method: str, data: ImageSet,
-    calibration: ImageSet | None = None, analog_io: AnalogIO | None = None,
+    checkpoint: Checkpoint,
+    device_map: DeviceMap,
+    g_t0_us: npt.NDArray[np.floating] | None,
+    g_t_us: npt.NDArray[np.floating],
+    method: str,
+    data: ImageSet,
+    calibration: ImageSet | None = None,
+    analog_io: AnalogIO | None = None,
 ) -> EvalResult:
     """One-shot: accuracy of `checkpoint` with analog weights from `g_t_us` and compensation `method`."""
     evaluator = ReadoutEvaluator(checkpoint, device_map, calibration, analog_io)

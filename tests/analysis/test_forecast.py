@@ -57,7 +57,7 @@ def test_forecast_reads_follow_the_fitted_line_with_the_models_read_noise() -> N
 
     noise_free = schedule.g_t0_us * (t_s / model.t0_s) ** -schedule.nu
     rel_error = g / noise_free - 1.0
-    expected_rel_sigma = model.read_noise_q_s(noise_free) * model.read_time_factor(np.array(t_s))
+    expected_rel_sigma = model.read_noise_q_s(schedule.g_t0_us) * model.read_time_factor(np.array(t_s))
     assert abs(np.median(rel_error)) < 0.01
     assert np.std(rel_error) == pytest.approx(np.sqrt(np.mean(expected_rel_sigma**2)), rel=0.05)
 

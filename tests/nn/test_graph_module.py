@@ -14,11 +14,12 @@ from torch import nn
 
 from drivers.base import Geometry
 from hwctl.mapping import map_network
-from hwctl.nn.compensation import adapt_batchnorm, gdc_gains
+from hwctl.nn.compensation import GdcGains, adapt_batchnorm
 from hwctl.nn.conductance import analog_modules, export_layers, load_conductances, load_matrices
 from hwctl.nn.exported import ExportedProgramError, read_exported_program
 from hwctl.nn.graph_module import ExportedModule
 from hwctl.nn.models import build_model
+from hwctl.vocabulary import GdcStatistic
 
 CHIP = Geometry(tiles=16, rows=512, cols=512)
 
@@ -66,7 +67,10 @@ def test_rebuild_from_conductances_gdc_and_adabs_work_on_the_uploaded_network_as
     native_map = map_network(export_layers(original), CHIP)
     np.testing.assert_array_equal(device_map.target_g_us, native_map.target_g_us)
     drifted = device_map.target_g_us * np.random.default_rng(0).uniform(0.7, 0.9, device_map.n_devices)
-    gains = gdc_gains(device_map.weights_from_g(device_map.target_g_us), device_map.weights_from_g(drifted))
+    gdc = GdcGains(GdcStatistic.BOTH_BITLINES, device_map)
+    t0, now = device_map.target_g_us, drifted
+    gains = gdc.gains(gdc.layer_statistics(t0, device_map.weights_from_g(t0)),
+                      gdc.layer_statistics(now, device_map.weights_from_g(now)))  # fmt: skip
     calibration, x = torch.randn(64, 3, 32, 32), torch.randn(8, 3, 32, 32)
     outputs = []
     for model in (original, uploaded):
