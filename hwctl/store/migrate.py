@@ -17,7 +17,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 import migrations
-from hwctl.store.engine import connect, create_sqlite_file, describe, sqlite_file
+from hwctl.store.engine import connect, create_sqlite_file, describe, is_sqlite, sqlite_file
 from hwctl.store.errors import NoDatabaseError, NotMigratedError
 from hwctl.store.schema import metadata
 
@@ -61,10 +61,21 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 
 def _run(engine: Engine, direction: str, revision: str) -> None:
+    """On SQLite with foreign keys off (set outside the transaction, where the pragma
+    counts): a batch migration recreates a table by dropping it, and with them on, the
+    drop cascades into every row that references it (0008 lost every evaluation so)."""
     config = alembic_config(engine)
-    with connect(engine, begin=True) as connection:
-        config.attributes["connection"] = connection
-        getattr(command, direction)(config, revision)
+    with connect(engine) as connection:
+        raw = connection.connection.driver_connection if is_sqlite(engine) else None
+        if raw is not None:
+            raw.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with connection.begin():
+                config.attributes["connection"] = connection
+                getattr(command, direction)(config, revision)
+        finally:
+            if raw is not None:
+                raw.execute("PRAGMA foreign_keys=ON")
 
 
 def ensure_migrated(engine: Engine) -> None:

@@ -208,12 +208,12 @@ def get_job(conn: Connection, job_id: int) -> Row[Any]:
 # Readout metadata: never the vector, only its length (`n_devices`).
 _READOUT = (
     readouts.c.id, readouts.c.run_id, readouts.c.offset_s, readouts.c.scheduled_s, readouts.c.board_time_s,
-    readouts.c.read_at, readouts.c.temperature_c, readouts.c.g_len.label("n_devices"),
+    readouts.c.read_at, readouts.c.temperature_c, readouts.c.g_len.label("n_devices"), readouts.c.draw,
 )  # fmt: skip
 
 
 def _readouts(experiment_id: int | None = None, run_id: int | None = None) -> Select[Any]:
-    query = select(*_READOUT).order_by(readouts.c.run_id, readouts.c.offset_s)
+    query = select(*_READOUT).order_by(readouts.c.run_id, readouts.c.offset_s, readouts.c.draw)
     if run_id is not None:
         query = query.where(readouts.c.run_id == run_id)
     if experiment_id is not None:

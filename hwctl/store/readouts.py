@@ -13,6 +13,9 @@ stored whole before revision 0008 (`g_blob` set) are read by the same functions.
 Each device's time since programming is its read time (`device_read_times_s`: its block's
 start, `board_time_s` for rows without blocks) − `programmed_s[device]`, the run's
 per-device programming end time (board seconds, float64).
+
+A campaign may read the chip several times at one scheduled offset (`draw` 0, 1, …: whole
+consecutive reads of the run, draw 0 first); a run's readouts are ordered by offset, then draw.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class Readout:
     read_at: datetime
     temperature_c: float | None
     g_us: npt.NDArray[np.float32]
+    draw: int = 0
 
 
 @dataclass(frozen=True)
@@ -68,12 +72,13 @@ class ReadoutInfo:
     read_at: datetime
     temperature_c: float | None
     n_devices: int
+    draw: int = 0
 
 
 # The columns of `ReadoutInfo`, for queries that list readouts their own way.
 READOUT_INFO_COLUMNS = (
     readouts.c.id, readouts.c.run_id, readouts.c.offset_s, readouts.c.scheduled_s, readouts.c.board_time_s,
-    readouts.c.read_at, readouts.c.temperature_c, readouts.c.g_len.label("n_devices"),
+    readouts.c.read_at, readouts.c.temperature_c, readouts.c.g_len.label("n_devices"), readouts.c.draw,
 )  # fmt: skip
 
 
@@ -184,18 +189,20 @@ def add_readout(
     temperature_c: float | None = None,
     block_starts: list[tuple[int, float]] | None = None,
     suspect: str | None = None,
+    draw: int = 0,
 ) -> int:
     """Store one whole-chip readout handed in as one vector, in blocks of
     `STORED_BLOCK_DEVICES`; returns its id.
 
     `block_starts`: (first device, board s) of each read block; None: one block read at
     `board_time_s`. `suspect`: why the readout must not be trusted (the board lost its state).
+    `draw`: which read of the offset this is (0 first).
     """
     g = np.asarray(g_us, np.float32).ravel()
     starts = [(0, board_time_s)] if block_starts is None else block_starts
     readout_id = _insert_readout_row(
         conn, run_id, g.size, offset_s=offset_s, scheduled_s=scheduled_s, board_time_s=board_time_s,
-        temperature_c=temperature_c, block_starts=block_starts, suspect=suspect,
+        temperature_c=temperature_c, block_starts=block_starts, suspect=suspect, draw=draw,
     )  # fmt: skip
     batch: list[dict[str, Any]] = []  # encoded blocks: at most INSERT_BATCH_BLOCKS at a time
     for first in range(0, g.size, STORED_BLOCK_DEVICES):
@@ -222,15 +229,17 @@ def finish_readout(
     block_starts: list[tuple[int, float]],
     temperature_c: float | None = None,
     suspect: str | None = None,
+    draw: int = 0,
 ) -> int:
-    """The readout of readback `job_id`, whose blocks (`add_readout_block`) cover devices
-    0…`n_devices`: its row is written and the job's blocks become the readout's, in the
-    caller's transaction; nothing is copied. Returns the readout's id."""
+    """The readout (read `draw` of its offset) of readback `job_id`, whose blocks
+    (`add_readout_block`) cover devices 0…`n_devices`: its row is written and the job's
+    blocks become the readout's, in the caller's transaction; nothing is copied. Returns
+    the readout's id."""
     extents = readout_block_extents(conn, job_id)
     _check_cover(extents, n_devices, f"readback job {job_id}")
     readout_id = _insert_readout_row(
         conn, run_id, n_devices, offset_s=offset_s, scheduled_s=scheduled_s, board_time_s=board_time_s,
-        temperature_c=temperature_c, block_starts=block_starts, suspect=suspect,
+        temperature_c=temperature_c, block_starts=block_starts, suspect=suspect, draw=draw,
     )  # fmt: skip
     rekey = update(readout_blocks).where(readout_blocks.c.job_id == job_id)
     conn.execute(rekey.values(readout_id=readout_id, job_id=None))
@@ -240,11 +249,14 @@ def finish_readout(
 def _insert_readout_row(
     conn: Connection, run_id: int, n_devices: int, *, offset_s: float, scheduled_s: float,
     board_time_s: float, temperature_c: float | None, block_starts: list[tuple[int, float]] | None,
-    suspect: str | None,
+    suspect: str | None, draw: int,
 ) -> int:  # fmt: skip
+    if draw < 0:
+        raise StoreError(f"a read draw is 0 or more, got {draw}")
     values = {
         "run_id": run_id,
         "offset_s": offset_s,
+        "draw": int(draw),
         "scheduled_s": scheduled_s,
         "board_time_s": board_time_s,
         "read_at": utc_now(),
@@ -275,10 +287,12 @@ def _check_cover(extents: list[BlockExtent], n_devices: int, what: str) -> None:
         raise StoreError(f"{what}: blocks cover {reached} devices, the readout has {n_devices}")
 
 
-def find_readout(conn: Connection, run_id: int, offset_s: float) -> int | None:
-    """The id of the run's readout at `offset_s`, if it is stored."""
+def find_readout(conn: Connection, run_id: int, offset_s: float, draw: int = 0) -> int | None:
+    """The id of the run's readout `draw` at `offset_s`, if it is stored."""
     found = conn.execute(
-        select(readouts.c.id).where(readouts.c.run_id == run_id, readouts.c.offset_s == offset_s)
+        select(readouts.c.id).where(
+            readouts.c.run_id == run_id, readouts.c.offset_s == offset_s, readouts.c.draw == draw
+        )
     ).scalar()
     return None if found is None else int(found)
 
@@ -448,6 +462,7 @@ def load_readout(conn: Connection, readout_id: int) -> Readout:
         read_at=info.read_at,
         temperature_c=info.temperature_c,
         g_us=_load_g_us(conn, readout_id, index),
+        draw=info.draw,
     )
 
 
@@ -612,11 +627,19 @@ def read_times_in_range(starts: list[tuple[int, float]], start: int, stop: int) 
 
 
 def list_readouts(conn: Connection, run_id: int) -> list[ReadoutInfo]:
-    """A run's readouts in schedule order, without their vectors."""
+    """A run's readouts in schedule order (each offset's draws in turn), without their vectors."""
     query = select(*READOUT_INFO_COLUMNS).where(readouts.c.run_id == run_id)
-    return [ReadoutInfo(**row._asdict()) for row in conn.execute(query.order_by(readouts.c.offset_s))]
+    ordered = query.order_by(readouts.c.offset_s, readouts.c.draw)
+    return [ReadoutInfo(**row._asdict()) for row in conn.execute(ordered)]
 
 
-def run_readouts(conn: Connection, run_id: int) -> list[tuple[int, float]]:
-    """(readout id, offset s) of a run's readouts, in schedule order."""
-    return [(r.id, r.offset_s) for r in list_readouts(conn, run_id)]
+def run_readouts(conn: Connection, run_id: int, draw: int | None = None) -> list[tuple[int, float]]:
+    """(readout id, offset s) of a run's readouts in schedule order: every draw, or one."""
+    return [(r.id, r.offset_s) for r in list_readouts(conn, run_id) if draw is None or r.draw == draw]
+
+
+def first_offset_readouts(conn: Connection, run_id: int) -> list[int]:
+    """The ids of the draws stored so far at the run's first offset (its t0), draw order."""
+    first = select(func.min(readouts.c.offset_s)).where(readouts.c.run_id == run_id).scalar_subquery()
+    query = select(readouts.c.id).where(readouts.c.run_id == run_id, readouts.c.offset_s == first)
+    return [int(i) for i in conn.execute(query.order_by(readouts.c.draw)).scalars()]

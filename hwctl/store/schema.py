@@ -174,7 +174,9 @@ readouts = Table(
         doc="[[first device, board s], …] per read block; NULL before 0003 (board_time_s for all)",
     ),
     Column("suspect", Text, nullable=True, doc="why this readout must not be trusted (board state lost…)"),
-    UniqueConstraint("run_id", "offset_s"),
+    # Reads of the same programmed chip at one scheduled offset, 0 first (0009).
+    Column("draw", Integer, nullable=False, default=0, server_default="0", doc="read draw at this offset"),
+    UniqueConstraint("run_id", "offset_s", "draw"),
 )
 
 evaluations = Table(
