@@ -66,7 +66,7 @@ def readout_out(row: Row[Any]) -> Readout:
 
 
 def evaluation_out(row: Row[Any]) -> Evaluation:
-    return Evaluation.model_validate(row, from_attributes=True)
+    return Evaluation.model_validate({**row._asdict(), "gdc_statistic": row.settings.get("gdc_statistic")})
 
 
 def fit_out(row: Row[Any]) -> DriftFitSummary:

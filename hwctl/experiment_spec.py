@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from hwctl.program_verify import ProgramSettings
 from hwctl.schedule import DAY_S, duration_label, log_spaced_offsets_s, validate_offsets_s
-from hwctl.vocabulary import CompensationMethod
+from hwctl.vocabulary import DEFAULT_GDC_STATISTIC, CompensationMethod, GdcStatistic
 
 YEAR_S = 365.25 * DAY_S
 
@@ -101,7 +101,14 @@ class _EvaluationSettings(_Spec):
 
     methods: list[CompensationMethod] = Field(default_factory=_all_methods)
     n_images: int | None = Field(None, ge=1, description="test images used (None: all)")
-    calibration_images: int | None = Field(None, ge=1, description="AdaBS calibration set size")
+    calibration_images: int | None = Field(
+        None, ge=1, description="calibration set size (AdaBS, and GDC's calibration-batch statistic)"
+    )
+    gdc_statistic: GdcStatistic = Field(
+        DEFAULT_GDC_STATISTIC,
+        description="the per-layer statistic S_l of GDC's gain S_l(t0)/S_l(t) (also taken by AdaBS); "
+        "calibration-batch runs calibration images through each layer",
+    )
     enabled: bool = True
 
 

@@ -41,15 +41,16 @@ from hwctl.analysis.plots import (
 from hwctl.analysis.run_fit import RunFit, fit_run, stored_run_fit
 from hwctl.analysis.statistics import ChipStatistics
 from hwctl.analysis.stored import NotReadyError, StoredExperiment, load_experiment, open_connection
+from hwctl.nn.calibration import evaluation_calibration_set
 from hwctl.nn.data import DatasetMissingError, load_dataset
-from hwctl.nn.evaluation import ReadoutEvaluator, adabs_calibration_set
+from hwctl.nn.evaluation import ReadoutEvaluator
 from hwctl.program_verify import DeviceStatus
 from hwctl.store.errors import NotFoundError
 from hwctl.store.fits import FittedLines
 from hwctl.store.inferences import SeriesPoint, series_points
 from hwctl.store.networks import load_network
 from hwctl.store.readouts import load_readout
-from hwctl.vocabulary import METHOD_LABELS, OUTLIERS_LISTED, CompensationMethod
+from hwctl.vocabulary import GDC_STATISTIC_LABELS, METHOD_LABELS, OUTLIERS_LISTED, CompensationMethod
 
 PLOT_NAMES = ("accuracy", "histograms", "programming_error", "drift", "heatmap")
 HISTOGRAM_READOUTS = 6  # more overlaid histograms are unreadable
@@ -172,11 +173,14 @@ def _add_forecast(analysis: ExperimentAnalysis, conn: Connection, seed: int) -> 
         return
     try:
         test = load_dataset(spec.dataset, "test").subset(spec.n_images)
-        calibration = adabs_calibration_set(spec.dataset, spec.methods, spec.calibration_images)
+        calibration = evaluation_calibration_set(
+            spec.dataset, spec.methods, spec.gdc_statistic, spec.calibration_images
+        )
     except DatasetMissingError as exc:
         analysis.forecast_note = f"no forecast: {exc}"
         return
-    evaluator = ReadoutEvaluator(load_network(conn, stored.spec.network_id), device_map, calibration)
+    evaluator = ReadoutEvaluator(load_network(conn, stored.spec.network_id), device_map, calibration,
+                                 gdc_statistic=spec.gdc_statistic)  # fmt: skip
     model, source = analysis.noise_model
     analysis.forecast = forecast_accuracy(
         evaluator,
@@ -352,6 +356,7 @@ def report_blocks(a: ExperimentAnalysis) -> list[Block]:
     s = a.stored
     n_fitted = int(a.fit.ok.sum())
     methods = list(s.spec.evaluation.methods)
+    statistic = s.spec.evaluation.gdc_statistic
     return [
         doc.Heading(_title(s), 1),
         doc.Paragraph(
@@ -366,8 +371,9 @@ def report_blocks(a: ExperimentAnalysis) -> list[Block]:
         doc.Heading("Accuracy over time"),
         doc.Paragraph(
             "Top-1 test accuracy of the network rebuilt from each readout, with 95 % Wilson intervals, for "
-            "each compensation: none, GDC (global drift compensation: one gain per layer from the summed "
-            "outputs at t0 vs now) and AdaBS (batch-norm statistics re-estimated on calibration images). "
+            "each compensation: none, GDC (global drift compensation: one gain per layer, the ratio "
+            "S_l(t0)/S_l(t) of a per-layer statistic) and AdaBS (batch-norm statistics re-estimated on "
+            f"calibration images, after GDC). GDC statistic: {statistic}, {GDC_STATISTIC_LABELS[statistic]}. "
             "Rows marked 'forecast' are extrapolations, not measurements."
         ),
         accuracy_table(s.measured + a.forecast, methods),

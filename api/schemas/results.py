@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from api.schemas.common import UtcDatetime
-from hwctl.vocabulary import OUTLIERS_LISTED, CompensationMethod
+from hwctl.vocabulary import OUTLIERS_LISTED, CompensationMethod, GdcStatistic
 
 
 class Readout(BaseModel):
@@ -41,6 +41,10 @@ class Evaluation(BaseModel):
     ci_low: float | None
     ci_high: float | None
     n_images: int
+    gdc_statistic: GdcStatistic | None = Field(
+        description="the per-layer GDC statistic it was evaluated with (it shapes gdc and adabs); "
+        "null: stored without one"
+    )
     created_at: UtcDatetime
 
 

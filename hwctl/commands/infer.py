@@ -1,7 +1,7 @@
 """`hwctl infer EXPERIMENT`: run a data set through an experiment's network as its chip holds
 it, at a stored readout or now, through the REST API, with a progress bar.
 
-    hwctl infer 3 --dataset 1 --at now --method gdc
+    hwctl infer 3 --dataset 1 --at now --method gdc --gdc-statistic abs-weights
     hwctl infer 3 --input my_images.npz --at 12 --method none,gdc --adc-bits 8 --dac-bits 8
 
 `--input` uploads the file as a data set first (stored once by content), so running the
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hwctl.commands.errors import CLIError
+from hwctl.commands.evaluate import add_gdc_statistic_argument
 from hwctl.commands.experiment import _api_arguments, _methods
 from hwctl.schedule import duration_label
 from hwctl.vocabulary import TERMINAL_JOB_STATUSES
@@ -39,6 +40,7 @@ def register(subparsers: Any) -> None:
                    help="a stored readout id of the experiment, or now (a fresh read of the chip)")
     p.add_argument("--method", type=_methods, default=None, metavar="M,M",
                    help="compensation methods: none, gdc, adabs (default: none)")
+    add_gdc_statistic_argument(p, None)
     p.add_argument("--dac-bits", type=int, help="input DAC bits of every analog layer (default: ideal)")
     p.add_argument("--adc-bits", type=int, help="output ADC bits of every analog layer (default: ideal)")
     p.add_argument("--noise", type=float, default=0.0, metavar="REL",
@@ -70,6 +72,8 @@ def _spec(args: argparse.Namespace, dataset_id: int) -> dict[str, Any]:
                             "repeats": args.repeats, "top_k": args.top_k}  # fmt: skip
     if args.method:
         spec["methods"] = [str(m) for m in args.method]
+    if args.gdc_statistic is not None:  # else the service's default
+        spec["gdc_statistic"] = args.gdc_statistic
     return spec
 
 
@@ -96,6 +100,8 @@ def result_lines(inference: Json) -> list[str]:
         lines.append(f"readout {read['readout_id']}: {duration_label(read['t_since_program_s'])} "
                      "after programming")  # fmt: skip
     lines.append(f"{summary.get('n_images', 0)} images, {summary.get('n_classes', 0)} classes")
+    if {"gdc", "adabs"} & set(summary.get("methods", [])):
+        lines.append(f"GDC statistic: {inference['spec']['gdc_statistic']}")
     for r in summary.get("results", []):
         head = f"{r['method']:>6} repeat {r['repeat']} (readout {r['readout_id']})"
         if "accuracy_pct" in r:

@@ -23,12 +23,13 @@ from hwctl.inference import periphery
 from hwctl.inference.inputs import ImageShape, InputError, Inputs, Normalisation
 from hwctl.inference.results import Outcome
 from hwctl.mapping import DeviceMap
+from hwctl.nn.calibration import needs_calibration
 from hwctl.nn.compensation import AnalogIO
 from hwctl.nn.data import ImageSet
 from hwctl.nn.evaluation import ReadoutEvaluator
 from hwctl.nn.models import Checkpoint
 from hwctl.nn.network_spec import NetworkSpec, has_batchnorm, network_spec, registered_spec
-from hwctl.vocabulary import CompensationMethod
+from hwctl.vocabulary import DEFAULT_GDC_STATISTIC, CompensationMethod, GdcStatistic
 
 BATCH_IMAGES = 500  # fastest of 250/500/1000 for the CIFAR ResNets on 2 cores; memory ~0.2 GB
 MAX_REPEATS = 100
@@ -65,12 +66,15 @@ class InferenceSettings:
 
 
 class ChipNetwork:
-    """A checkpoint bound to the device map it was programmed with: what an inference runs."""
+    """A checkpoint bound to the device map it was programmed with and to the GDC statistic
+    its gains are taken with: what an inference runs."""
 
     def __init__(
-        self, checkpoint: Checkpoint, device_map: DeviceMap, calibration: ImageSet | None = None
-    ) -> None:
-        self.evaluator = ReadoutEvaluator(checkpoint, device_map, calibration)
+        self, checkpoint: Checkpoint, device_map: DeviceMap, calibration: ImageSet | None = None,
+        gdc_statistic: GdcStatistic = DEFAULT_GDC_STATISTIC,
+    ) -> None:  # fmt: skip
+        self.evaluator = ReadoutEvaluator(checkpoint, device_map, calibration, gdc_statistic=gdc_statistic)
+        self.gdc_statistic = gdc_statistic
         self.spec = network_spec(checkpoint)
         self.normalisation = Normalisation(self.spec.mean, self.spec.std)
 
@@ -86,7 +90,7 @@ class ChipNetwork:
     def check(self, inputs: Inputs, settings: InferenceSettings, has_t0: bool) -> None:
         """Everything that would fail mid-run, refused before any work."""
         check_fits(self.spec, inputs.image_shape)
-        check_methods(settings.methods, batchnorm=has_batchnorm(self.model),
+        check_methods(settings.methods, batchnorm=has_batchnorm(self.model), gdc_statistic=self.gdc_statistic,
                       has_calibration=self.evaluator.calibration_x is not None)  # fmt: skip
         if CompensationMethod.GDC in settings.methods and not has_t0:
             raise InferenceError("GDC needs the run's first readout as its reference (t0)")
@@ -149,17 +153,18 @@ def check_fits(spec: NetworkSpec, shape: Sequence[int]) -> None:
 
 
 def check_methods(
-    methods: Sequence[CompensationMethod], *, batchnorm: bool, has_calibration: bool = True
-) -> None:
-    """AdaBS only where there is batch norm to re-estimate, and images to re-estimate it on."""
-    if CompensationMethod.ADABS in methods:
-        if not batchnorm:
-            raise InferenceError(
-                "AdaBS re-estimates batch-norm statistics, and this network has no batch norm; "
-                "choose none or gdc"
-            )
-        if not has_calibration:
-            raise InferenceError("AdaBS needs a calibration set")
+    methods: Sequence[CompensationMethod], *, batchnorm: bool,
+    gdc_statistic: GdcStatistic = DEFAULT_GDC_STATISTIC, has_calibration: bool = True,
+) -> None:  # fmt: skip
+    """AdaBS only where there is batch norm to re-estimate; calibration images wherever AdaBS
+    or the GDC statistic takes them."""
+    if CompensationMethod.ADABS in methods and not batchnorm:
+        raise InferenceError(
+            "AdaBS re-estimates batch-norm statistics, and this network has no batch norm; choose none or gdc"
+        )
+    if needs_calibration(methods, gdc_statistic) and not has_calibration:
+        needs = "AdaBS" if CompensationMethod.ADABS in methods else f"GDC's {gdc_statistic} statistic"
+        raise InferenceError(f"{needs} needs a calibration set")
 
 
 def architecture_has_batchnorm(arch: str) -> bool:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hwctl.inference.run import MAX_REPEATS, MAX_TOP_K, InferenceSettings
 from hwctl.nn.compensation import AnalogIO
-from hwctl.vocabulary import CompensationMethod
+from hwctl.vocabulary import DEFAULT_GDC_STATISTIC, CompensationMethod, GdcStatistic
 
 MAX_ID = 2**31 - 1
 MAX_SERIES_CHARS = 64
@@ -37,6 +37,10 @@ def _none_only() -> list[CompensationMethod]:
     return [CompensationMethod.NONE]
 
 
+CALIBRATION_IMAGES_DOC = "calibration set size (AdaBS, and GDC's calibration-batch statistic)"
+GDC_STATISTIC_DOC = "the per-layer statistic S_l of GDC's gain S_l(t0)/S_l(t) (also taken by AdaBS)"
+
+
 class InferenceSpec(BaseModel):
     """Run a data set through the network as the chip holds it, at a readout or now."""
 
@@ -53,7 +57,8 @@ class InferenceSpec(BaseModel):
     )  # fmt: skip
     top_k: int = Field(1, ge=1, le=MAX_TOP_K)
     seed: int = Field(0, ge=0, le=MAX_ID, description="of the periphery noise")
-    calibration_images: int | None = Field(None, ge=1, le=50_000, description="AdaBS calibration set size")
+    calibration_images: int | None = Field(None, ge=1, le=50_000, description=CALIBRATION_IMAGES_DOC)
+    gdc_statistic: GdcStatistic = Field(DEFAULT_GDC_STATISTIC, description=GDC_STATISTIC_DOC)
     series: str | None = Field(
         None, min_length=1, max_length=MAX_SERIES_CHARS, pattern=SERIES_PATTERN,
         description="the accuracy-vs-time series this inference belongs to (a re-evaluation)",
@@ -80,7 +85,8 @@ class ReevaluationSpec(BaseModel):
     methods: list[CompensationMethod] = Field(default_factory=_none_only, min_length=1, max_length=3)
     periphery: PeripherySpec = Field(default_factory=PeripherySpec)
     seed: int = Field(0, ge=0, le=MAX_ID, description="of the periphery noise")
-    calibration_images: int | None = Field(None, ge=1, le=50_000, description="AdaBS calibration set size")
+    calibration_images: int | None = Field(None, ge=1, le=50_000, description=CALIBRATION_IMAGES_DOC)
+    gdc_statistic: GdcStatistic = Field(DEFAULT_GDC_STATISTIC, description=GDC_STATISTIC_DOC)
 
     def at(self, readout_id: int) -> InferenceSpec:
         """The inference of one readout of the range."""

@@ -11,8 +11,9 @@ from sqlalchemy import Connection
 
 from hwctl.experiment_spec import ExperimentSpec
 from hwctl.jobs.context import JobContext, JobPayload, JobType
+from hwctl.nn.calibration import evaluation_calibration_set
 from hwctl.nn.data import load_dataset
-from hwctl.nn.evaluation import EvalResult, ReadoutEvaluator, adabs_calibration_set
+from hwctl.nn.evaluation import EvalResult, ReadoutEvaluator
 from hwctl.store import readouts as store_readouts
 from hwctl.store.campaign import evaluated_methods, load_spec
 from hwctl.store.networks import load_network
@@ -26,15 +27,17 @@ class EvaluatePayload(JobPayload):
 
 
 def _evaluator(ctx: JobContext, conn: Connection, spec: ExperimentSpec, run_id: int) -> ReadoutEvaluator:
-    """One evaluator per run and worker: the model, its device map and the AdaBS images."""
+    """One evaluator per run and worker: the model, its device map, its calibration images
+    and its GDC statistic."""
 
     def build() -> ReadoutEvaluator:
         evaluation = spec.evaluation
-        calibration = adabs_calibration_set(
-            evaluation.dataset, evaluation.methods, evaluation.calibration_images
+        calibration = evaluation_calibration_set(
+            evaluation.dataset, evaluation.methods, evaluation.gdc_statistic, evaluation.calibration_images
         )
         device_map = store_readouts.load_run_device_map(conn, run_id)
-        return ReadoutEvaluator(load_network(conn, spec.network_id), device_map, calibration)
+        return ReadoutEvaluator(load_network(conn, spec.network_id), device_map, calibration,
+                                gdc_statistic=evaluation.gdc_statistic)  # fmt: skip
 
     evaluator: ReadoutEvaluator = ctx.cached(("evaluator", run_id), build)
     return evaluator
@@ -75,7 +78,8 @@ def handle(ctx: JobContext, payload: EvaluatePayload) -> None:
             add_evaluation(
                 conn, readout_id, method=method, accuracy=result.accuracy, n_images=result.n_images,
                 ci=(result.ci95_low, result.ci95_high),
-                settings={"dataset": evaluation.dataset, "t0_readout_id": got.t0_readout_id},
+                settings={"dataset": evaluation.dataset, "t0_readout_id": got.t0_readout_id,
+                          "gdc_statistic": evaluation.gdc_statistic},
             )  # fmt: skip
 
         ctx.write("storing the accuracy", store)

@@ -26,7 +26,7 @@ from hwctl.inference.run import ChipNetwork
 from hwctl.inference.spec import InferenceSpec
 from hwctl.jobs.context import JobContext, JobError, JobOvertaken, JobPayload, JobType
 from hwctl.mapping import DeviceMap
-from hwctl.nn.evaluation import adabs_calibration_set
+from hwctl.nn.calibration import evaluation_calibration_set, needs_calibration
 from hwctl.nn.network_spec import network_spec
 from hwctl.settings import get_settings
 from hwctl.store import inferences as store_inferences
@@ -67,17 +67,21 @@ def _load(ctx: JobContext, payload: InferPayload, conn: Connection) -> _Loaded:
         experiment = load_spec(conn, payload.experiment_id)
         checkpoint = load_network(conn, experiment.network_id)
         dataset = network_spec(checkpoint).dataset or experiment.evaluation.dataset  # a graph: the chosen
-        calibration = adabs_calibration_set(dataset, spec.methods, spec.calibration_images)
+        calibration = evaluation_calibration_set(
+            dataset, spec.methods, spec.gdc_statistic, spec.calibration_images
+        )
         device_map = store_readouts.load_run_device_map(conn, payload.run_id)
-        return ChipNetwork(checkpoint, device_map, calibration)
+        return ChipNetwork(checkpoint, device_map, calibration, spec.gdc_statistic)
 
     def run_t0() -> tuple[store_readouts.Readout | None, float]:
         first = store_readouts.run_readouts(conn, payload.run_id)
         t0 = store_readouts.load_readout(conn, first[0][0]) if first else None
         return t0, store_inferences.run_programmed_end_s(conn, payload.run_id)
 
-    calibration_key = spec.calibration_images if "adabs" in spec.methods else None
-    chip_network = ctx.cached(("chip_network", payload.run_id, calibration_key), network)
+    # One network per statistic and calibration set: with and without one are different networks.
+    calibrated = needs_calibration(spec.methods, spec.gdc_statistic)
+    calibration_key = (calibrated, spec.calibration_images if calibrated else None)
+    chip_network = ctx.cached(("chip_network", payload.run_id, spec.gdc_statistic, calibration_key), network)
     max_bytes = get_settings().max_upload_expanded_bytes
     inputs = ctx.cached(
         ("inputs", record.dataset_id), lambda: load_inputs(conn, record.dataset_id, max_bytes)
