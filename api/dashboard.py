@@ -21,9 +21,10 @@ from api.deps import Db, ReadAccess
 from api.params import PathId
 from api.schemas.experiments import Experiment
 from api.schemas.jobs import Job
-from api.schemas.results import Evaluation
 from api.schemas.stations import Station
 from api.views import experiment_detail, experiment_out, job_out, station_out
+from hwctl.analysis.spread import AccuracyRecord, draws_text, programmings_text
+from hwctl.analysis.stored import measured_accuracy
 from hwctl.report import PLOT_NAMES  # what /experiments/{id}/plots/ serves
 from hwctl.store import queries
 from hwctl.vocabulary import METHOD_LABELS, JobStatus
@@ -46,6 +47,8 @@ _templates = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True, undefined=StrictUndefined
 )
 _templates.filters["duration"] = duration
+_templates.filters["draws_spread"] = draws_text
+_templates.filters["programmings_spread"] = programmings_text
 
 
 @dataclass(frozen=True)
@@ -63,20 +66,19 @@ class StationQueue:
 
 @dataclass
 class AccuracyRow:
-    """The evaluations of one readout time, by compensation method."""
+    """The accuracy at one scheduled time by compensation method: the mean over read draws
+    and programmings, with its spreads (`hwctl.analysis.spread`)."""
 
     offset_s: float
-    by_method: dict[str, Evaluation] = field(default_factory=dict)
+    by_method: dict[str, AccuracyRecord] = field(default_factory=dict)
 
 
-def accuracy_rows(evaluations: list[Evaluation]) -> list[AccuracyRow]:
-    """Pivot to one row per readout offset; a re-evaluation replaces the older result."""
+def accuracy_rows(records: list[AccuracyRecord]) -> list[AccuracyRow]:
+    """Pivot to one row per scheduled offset, oldest first."""
     rows: dict[float, AccuracyRow] = {}
-    for evaluation in sorted(evaluations, key=lambda e: (e.offset_s, e.id)):
-        rows.setdefault(evaluation.offset_s, AccuracyRow(evaluation.offset_s)).by_method[
-            evaluation.method
-        ] = evaluation
-    return list(rows.values())
+    for record in records:
+        rows.setdefault(record.point, AccuracyRow(record.point)).by_method[record.method] = record
+    return sorted(rows.values(), key=lambda row: row.offset_s)
 
 
 def _render(request: Request, template: str, **context: Any) -> HTMLResponse:
@@ -137,8 +139,8 @@ def dashboard_experiment(experiment_id: PathId, request: Request, db: Db) -> HTM
     experiment_jobs = [job_out(r) for r in queries.experiment_jobs(db, experiment_id)]
     methods = [m for m in detail.spec.evaluation.methods if m in METHOD_LABELS]
     return _render(
-        request, "experiment.html", experiment=detail, accuracy=accuracy_rows(detail.evaluations),
-        shown_methods=methods,
+        request, "experiment.html", experiment=detail,
+        accuracy=accuracy_rows(measured_accuracy(db, experiment_id)), shown_methods=methods,
         active=[j for j in experiment_jobs if j.status in _ACTIVE],
         troubled=[j for j in experiment_jobs if j.status in _TROUBLED],
         plots=PLOT_NAMES,

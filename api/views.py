@@ -92,7 +92,7 @@ def experiment_detail(db: Connection, experiment_id: int) -> ExperimentDetail:
         jobs_total=sum(statuses.values()),
         jobs_done=sum(n for s, n in statuses.items() if s in TERMINAL_JOB_STATUSES),
         readouts_done=len(readouts),
-        readouts_planned=len(experiment.spec.schedule.offsets_s),
+        readouts_planned=len(experiment.spec.schedule.offsets_s) * experiment.spec.schedule.reads_per_point,
         evaluations_done=len(evaluations),
     )
     return ExperimentDetail(

@@ -28,7 +28,7 @@ YEAR_S = 365.25 * DAY_S
 class SubmissionLimits:
     """What one submission may ask for; each is stated in the 422 that refuses it."""
 
-    max_readbacks: int = 1_000  # each is a job and a readout row of every device
+    max_readbacks: int = 1_000  # each is a job and a readout row of every device (offsets × reads)
     min_spacing_s: float = 1.0  # between two readbacks: a readback takes time on the board
     # Longest schedule per station clock: a real clock must live through it (an accelerated
     # one at 3600× takes 2.4 h per simulated year); a virtual clock jumps, so it may go to
@@ -76,10 +76,19 @@ def _default_offsets() -> list[float]:
     return list(DEFAULT_OFFSETS_S)
 
 
+MAX_READS_PER_POINT = 16
+
+
 class ScheduleSpec(_Spec):
-    """Readback times after programming, in seconds (station clock)."""
+    """Readback times after programming, in seconds (station clock), and how many whole
+    reads of the chip each takes (read draws: their spread is the read noise's share of
+    the accuracy's, apart from programming's)."""
 
     offsets_s: list[float] = Field(default_factory=_default_offsets)
+    reads_per_point: int = Field(
+        1, ge=1, le=MAX_READS_PER_POINT, strict=True,
+        description="consecutive reads of the whole chip at each offset (read draws, 0 first)",
+    )  # fmt: skip
 
     @field_validator("offsets_s")
     @classmethod
@@ -216,10 +225,11 @@ class ExperimentRequest(_ExperimentSettings):
 def submission_problems(spec: ExperimentRequest, limits: SubmissionLimits) -> list[str]:
     """Every limit `spec` exceeds, whatever its station, each saying the limit."""
     problems = []
-    offsets_s = spec.schedule.offsets_s
-    if len(offsets_s) > limits.max_readbacks:
+    offsets_s, reads = spec.schedule.offsets_s, spec.schedule.reads_per_point
+    if len(offsets_s) * reads > limits.max_readbacks:
         problems.append(
-            f"schedule.offsets_s: {len(offsets_s)} readbacks; at most {limits.max_readbacks} are accepted"
+            f"schedule: {len(offsets_s)} offsets × {reads} reads_per_point = {len(offsets_s) * reads} "
+            f"readbacks; at most {limits.max_readbacks} are accepted"
         )
     gaps_s = np.diff(offsets_s)
     if gaps_s.size and gaps_s.min() < limits.min_spacing_s:

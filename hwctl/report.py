@@ -27,7 +27,7 @@ from drivers.pcm_model import PCMModel
 from hwctl.analysis import document as doc
 from hwctl.analysis.document import Block
 from hwctl.analysis.fitted_model import eta_from_fit, fit_model
-from hwctl.analysis.forecast import AccuracyRecord, forecast_accuracy, horizon_label
+from hwctl.analysis.forecast import FORECAST_DRAWS, forecast_accuracy, horizon_label
 from hwctl.analysis.plots import (
     AccuracyCurve,
     ImageFormat,
@@ -39,6 +39,7 @@ from hwctl.analysis.plots import (
     render,
 )
 from hwctl.analysis.run_fit import RunFit, fit_run, stored_run_fit
+from hwctl.analysis.spread import AccuracyRecord, draws_text, programmings_text
 from hwctl.analysis.statistics import ChipStatistics
 from hwctl.analysis.stored import NotReadyError, StoredExperiment, load_experiment, open_connection
 from hwctl.nn.calibration import evaluation_calibration_set
@@ -49,7 +50,7 @@ from hwctl.store.errors import NotFoundError
 from hwctl.store.fits import FittedLines
 from hwctl.store.inferences import SeriesPoint, series_points
 from hwctl.store.networks import load_network
-from hwctl.store.readouts import load_readout
+from hwctl.store.readouts import t0_mean_us
 from hwctl.vocabulary import GDC_STATISTIC_LABELS, METHOD_LABELS, OUTLIERS_LISTED, CompensationMethod
 
 PLOT_NAMES = ("accuracy", "histograms", "programming_error", "drift", "heatmap")
@@ -109,9 +110,15 @@ class ExperimentAnalysis:
 
 
 def analyze_experiment(
-    db: Engine | Connection, experiment_id: int, *, forecast: bool = True, seed: int = 0
+    db: Engine | Connection,
+    experiment_id: int,
+    *,
+    forecast: bool = True,
+    seed: int = 0,
+    forecast_draws: int = FORECAST_DRAWS,
 ) -> ExperimentAnalysis:
-    """Load the experiment and, if asked and possible, forecast its accuracy (`hwctl.analysis.forecast`)."""
+    """Load the experiment and, if asked and possible, forecast its accuracy from
+    `forecast_draws` synthetic reads per horizon (`hwctl.analysis.forecast`)."""
     with open_connection(db) as conn:
         stored = load_experiment(conn, experiment_id)
         run_fit = stored_run_fit(conn, stored)
@@ -119,7 +126,7 @@ def analyze_experiment(
             run_fit = fit_run(conn, stored)
         analysis = ExperimentAnalysis(stored, run_fit, series=series_points(conn, experiment_id))
         if forecast:
-            _add_forecast(analysis, conn, seed)
+            _add_forecast(analysis, conn, seed, forecast_draws)
     return analysis
 
 
@@ -162,7 +169,7 @@ def write_report(analysis: ExperimentAnalysis, out_dir: str | Path) -> Path:
 
 
 # -- forecast -------------------------------------------------------------------------------
-def _add_forecast(analysis: ExperimentAnalysis, conn: Connection, seed: int) -> None:
+def _add_forecast(analysis: ExperimentAnalysis, conn: Connection, seed: int, draws: int) -> None:
     stored, spec = analysis.stored, analysis.stored.spec.evaluation
     if not spec.enabled:
         analysis.forecast_note = "no forecast: evaluation is disabled for this experiment"
@@ -188,14 +195,17 @@ def _add_forecast(analysis: ExperimentAnalysis, conn: Connection, seed: int) -> 
         analysis.fit,
         methods=spec.methods,
         model=model,
-        g_reference_us=load_readout(conn, stored.readouts[0].id).g_us,
+        g_reference_us=t0_mean_us(conn, stored.run_id)[0] if stored.run_id is not None else None,
         seed=seed,
+        draws=draws,
     )
     analysis.forecast_note = (
-        f"Forecast: each device's fitted line G(t0)·(t/t0)^−ν evaluated at the future time, plus one "
-        f"draw of single-read noise from the read-noise law ({source}, q = {model.read_noise_q:.3g}); "
-        f"the network rebuilt from those conductances is evaluated like a measured readout, GDC "
-        f"referenced to the first measured readout. Not a measurement."
+        f"Forecast: each device's fitted line G(t0)·(t/t0)^−ν evaluated at the future time, plus "
+        f"single-read noise from the read-noise law ({source}, q = {model.read_noise_q:.3g}), drawn "
+        f"{draws} times per horizon; the network rebuilt from each is evaluated like a measured readout, "
+        f"GDC referenced to the mean of the measured t0 reads. Mean and spread over those {draws} reads "
+        f"of one programming (the fitted one): the spread over programmings is not forecast. "
+        f"Not a measurement."
     )
 
 
@@ -212,6 +222,8 @@ def _accuracy(a: ExperimentAnalysis) -> Figure:
                 [r.accuracy for r in measured],
                 [r.t_s for r in predicted],
                 [r.accuracy for r in predicted],
+                [r.draw_std or 0.0 for r in measured],
+                [r.draw_std or 0.0 for r in predicted],
             )
         )
     for series, method in dict.fromkeys((p.series, p.method) for p in a.series):
@@ -281,7 +293,8 @@ def programming_summary(stored: StoredExperiment) -> dict[str, Any]:
 
 
 def accuracy_table(records: Sequence[AccuracyRecord], methods: Sequence[str]) -> doc.Table:
-    """One row per (kind, time): accuracy % with its 95 % interval for each method."""
+    """One row per (kind, time): accuracy % (the mean over reads and programmings) with its
+    95 % interval for each method."""
     cells: dict[tuple[str, float], dict[str, str]] = {}
     for r in records:
         ci = f" [{r.ci_low:.1f}–{r.ci_high:.1f}]" if r.ci_low is not None and r.ci_high is not None else ""
@@ -292,6 +305,19 @@ def accuracy_table(records: Sequence[AccuracyRecord], methods: Sequence[str]) ->
         [horizon_label(t_s), kind, *(by_method.get(m, "–") for m in methods)]
         for (kind, t_s), by_method in cells.items()
     ]
+    return doc.Table(header, rows)
+
+
+def spread_table(records: Sequence[AccuracyRecord]) -> doc.Table:
+    """One row per (kind, time, method): the mean, its spread over read draws of one
+    programmed state and over programmings, each with how many there were ('n/a' for one)."""
+    header = ["time since programming", "kind", "method", "mean (%)", "σ over read draws (pt)",
+              "σ over programmings (pt)"]  # fmt: skip
+    rows = [
+        [horizon_label(r.t_s), r.kind, METHOD_LABELS[CompensationMethod(r.method)], f"{r.accuracy:.1f}",
+         draws_text(r), programmings_text(r)]
+        for r in records
+    ]  # fmt: skip
     return doc.Table(header, rows)
 
 
@@ -337,6 +363,8 @@ def programmed_bullets(stored: StoredExperiment) -> doc.Bullets:
     end_s = stored.programmed_end_s
     ages = [r.board_time_s - end_s for r in stored.readouts]
     late = max(r.board_time_s - r.scheduled_s for r in stored.readouts)
+    n_points = len({r.offset_s for r in stored.readouts})
+    draws = "" if n_points == len(stored.readouts) else f" at {n_points} times (several reads each)"
     outcomes = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in p["status_counts"].items())
     return doc.Bullets([
         f"{p['analog_weights']:,} analog weights on {p['devices']:,} devices "
@@ -347,8 +375,9 @@ def programmed_bullets(stored: StoredExperiment) -> doc.Bullets:
         f"non-zero targets in {p['iterations_mean']:.1f} iterations on average "
         f"(at most {p['iterations_max']}); outcomes: {outcomes}.",
         f"Programming spanned {p['programming_span_s']:.3g} s of station time (first to last device).",
-        f"{len(stored.readouts)} readouts from {horizon_label(min(ages))} to {horizon_label(max(ages))} "
-        f"after programming; the latest started {late:.3g} s after its scheduled time.",
+        f"{len(stored.readouts)} readouts{draws} from {horizon_label(min(ages))} to "
+        f"{horizon_label(max(ages))} after programming; the latest started {late:.3g} s after its "
+        "scheduled time.",
     ])  # fmt: skip
 
 
@@ -378,6 +407,15 @@ def report_blocks(a: ExperimentAnalysis) -> list[Block]:
         ),
         accuracy_table(s.measured + a.forecast, methods),
         doc.Paragraph(a.forecast_note, note=True),
+        doc.Paragraph(
+            "Spread: a campaign may read the chip several times at each time (read draws: the same "
+            "programmed state, new read noise) and an experiment may be programmed more than once (each "
+            "programming draws new programming errors and drift exponents). Each accuracy above is the "
+            "mean over both; below, the standard deviation over read draws (pooled within each "
+            "programming) and over programmings (of their means), with how many of each; 'n/a' where "
+            "there is only one."
+        ),
+        spread_table(s.measured + a.forecast),
         doc.Image("accuracy", "Accuracy vs time since programming: measured (solid) and forecast (dashed)."),
         doc.Heading("Conductances"),
         doc.Image(

@@ -30,6 +30,7 @@ from api.pagination import Page, Paging
 from api.params import PathId
 from api.problems import problem_responses
 from api.schemas.inferences import (
+    AccuracyPointOut,
     Inference,
     InferenceAccepted,
     InferenceRequest,
@@ -40,6 +41,7 @@ from api.schemas.inferences import (
 from api.schemas.jobs import Job
 from api.uploads import read_bounded
 from hwctl import queue
+from hwctl.analysis.stored import measured_accuracy
 from hwctl.inference.inputs import InputError
 from hwctl.inference.results import top_k
 from hwctl.inference.run import (
@@ -357,3 +359,23 @@ def accuracy_series(experiment_id: PathId, db: Db) -> list[SeriesPointOut]:
                             method=p.method, accuracy_pct=p.accuracy_pct, inference_id=p.inference_id)
              for p in store.series_points(db, experiment_id)]  # fmt: skip
     return sorted(own + again, key=lambda p: (p.series, p.method, p.t_since_program_s))
+
+
+@router.get(
+    "/experiments/{experiment_id}/accuracy", response_model=list[AccuracyPointOut],
+    dependencies=[ReadAccess], responses=problem_responses(404),
+)  # fmt: skip
+def accuracy(experiment_id: PathId, db: Db) -> list[AccuracyPointOut]:
+    """Accuracy vs time since programming per method: the mean over read draws
+    (`schedule.reads_per_point`) and programmings (re-programmed runs), each spread with
+    how many there were; a spread is null where there is only one."""
+    store.experiment_target(db, experiment_id)  # 404
+    return [
+        AccuracyPointOut(
+            offset_s=r.point, t_since_program_s=r.t_s, method=r.method, accuracy_pct=r.accuracy,
+            ci_low_pct=r.ci_low, ci_high_pct=r.ci_high, n_images=r.n_images, n_draws=r.n_draws,
+            draw_std_pct=r.draw_std,
+            n_programmings=r.n_programmings, programming_std_pct=r.programming_std,
+        )
+        for r in measured_accuracy(db, experiment_id)
+    ]  # fmt: skip

@@ -68,3 +68,24 @@ class SeriesPointOut(BaseModel):
     method: str
     accuracy_pct: float
     inference_id: int | None = Field(None, description="the re-evaluation's inference")
+
+
+class AccuracyPointOut(BaseModel):
+    """The accuracy at one scheduled time for one method, over every read draw of every
+    programming of the experiment (`hwctl.analysis.spread`)."""
+
+    offset_s: float = Field(description="the scheduled time after programming the reads share")
+    t_since_program_s: float = Field(description="mean over the reads of their mean device read time")
+    method: str
+    accuracy_pct: float = Field(description="mean over programmings of each one's mean over its read draws")
+    ci_low_pct: float | None = Field(description="mean of the reads' 95 % Wilson bounds (same test images)")
+    ci_high_pct: float | None
+    n_images: int
+    n_draws: int = Field(description="reads behind the mean, every programming's together")
+    draw_std_pct: float | None = Field(
+        description="standard deviation over read draws, pooled within programmings; null: one read each"
+    )
+    n_programmings: int
+    programming_std_pct: float | None = Field(
+        description="standard deviation over programmings of their means; null: one programming"
+    )

@@ -21,6 +21,7 @@ class Readout(BaseModel):
     read_at: UtcDatetime
     temperature_c: float | None
     n_devices: int
+    draw: int = Field(0, description="read of the chip at this offset, 0 first (schedule.reads_per_point)")
 
 
 class DeviceSeries(BaseModel):

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from drivers.pcm_model import PCMModel
+from hwctl.analysis.spread import AccuracyRead, AccuracyRecord, summarise
 from hwctl.nn.compensation import compensation_method
 from hwctl.nn.data import ImageSet
 from hwctl.nn.evaluation import ReadoutEvaluator
@@ -31,25 +30,8 @@ FORECAST_HORIZONS_S: dict[str, float] = {
     "1 month": 30 * DAY_S,
     "1 year": 365 * DAY_S,
 }
-
-RecordKind = Literal["measured", "forecast"]
-
-
-@dataclass(frozen=True)
-class AccuracyRecord:
-    """One accuracy point: measured from a stored readout, or forecast from the fits."""
-
-    kind: RecordKind
-    t_s: float  # time since programming
-    method: str  # a CompensationMethod
-    accuracy: float  # percent
-    ci_low: float | None
-    ci_high: float | None
-    n_images: int
-    label: str = ""  # e.g. "1 week" for forecasts
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+# Synthetic reads per horizon: their spread is the read noise's share of the accuracy's.
+FORECAST_DRAWS = 3
 
 
 def forecast_conductances_us(
@@ -81,35 +63,40 @@ def forecast_accuracy(
     model: PCMModel | None = None,
     g_reference_us: npt.NDArray[np.floating] | None = None,
     seed: int = 0,
+    draws: int = FORECAST_DRAWS,
 ) -> list[AccuracyRecord]:
-    """Forecast accuracy per (horizon, method) from the per-device fits.
+    """Forecast accuracy per (horizon, method) from the per-device fits: the mean and spread
+    over `draws` synthetic reads of the one programming the fits describe
+    (`n_programmings` 1: a fit says nothing of how another programming would come out).
 
-    `g_reference_us` is GDC's t0 reference; pass the measured first readout so the
-    forecast compensates as the measurements did. Without it, a synthetic read at the
-    fit's t0 stands in. One synthetic readout per horizon is shared by all methods, so
-    methods differ only by their compensation.
+    `g_reference_us` is GDC's t0 reference; pass the measured one so the forecast
+    compensates as the measurements did. Without it, a synthetic read at the fit's t0
+    stands in. Each synthetic readout is shared by all methods, so methods differ only by
+    their compensation.
     """
+    if draws < 1:
+        raise ValueError(f"a forecast needs at least one synthetic read per horizon, got {draws}")
     chosen = [compensation_method(m) for m in methods]
     if fit.n_devices != evaluator.device_map.n_devices:
         raise ValueError(f"{fit.n_devices} fitted devices for a network of {evaluator.device_map.n_devices}")
     reference = g_reference_us
     if reference is None and CompensationMethod.GDC in chosen:
         reference = forecast_conductances_us(fit, fit.t0_s, model, seed=_seed(seed, -1))
-    records = []
+    reads = []
     for k, (label, t_s) in enumerate(horizons_s.items()):
-        g_us = forecast_conductances_us(fit, t_s, model, seed=_seed(seed, k))
-        for method in chosen:
-            result = evaluator.evaluate(data, g_us, method, reference, seed=seed)
-            records.append(
-                AccuracyRecord("forecast", float(t_s), method, result.accuracy, result.ci95_low,
-                               result.ci95_high, result.n_images, label)
-            )  # fmt: skip
-    return records
+        for draw in range(draws):
+            g_us = forecast_conductances_us(fit, t_s, model, seed=_seed(seed, k, draw))
+            for method in chosen:
+                result = evaluator.evaluate(data, g_us, method, reference, seed=seed)
+                record = AccuracyRecord("forecast", float(t_s), method, result.accuracy, result.ci95_low,
+                                        result.ci95_high, result.n_images, label)  # fmt: skip
+                reads.append(AccuracyRead(0, float(t_s), draw, record))
+    return summarise(reads)
 
 
-def _seed(seed: int, horizon: int) -> int:
-    """Independent, reproducible noise per horizon (and for the GDC reference)."""
-    return int(np.random.SeedSequence([seed, horizon + 1]).generate_state(1)[0])
+def _seed(seed: int, horizon: int, draw: int = 0) -> int:
+    """Independent, reproducible noise per horizon and draw (and for the GDC reference)."""
+    return int(np.random.SeedSequence([seed, horizon + 1, draw]).generate_state(1)[0])
 
 
 def horizon_label(t_s: float) -> str:

@@ -33,6 +33,9 @@ class AccuracyCurve:
     accuracy_pct: Sequence[float]
     forecast_t_s: Sequence[float] = field(default_factory=list)
     forecast_accuracy_pct: Sequence[float] = field(default_factory=list)
+    # ± one standard deviation over read draws (0: one read); drawn as error bars.
+    draw_std_pct: Sequence[float] = field(default_factory=list)
+    forecast_draw_std_pct: Sequence[float] = field(default_factory=list)
 
 
 def render(figure: Figure, fmt: ImageFormat = "png") -> bytes:
@@ -45,12 +48,19 @@ def render(figure: Figure, fmt: ImageFormat = "png") -> bytes:
 
 
 def accuracy_vs_time_figure(curves: Sequence[AccuracyCurve]) -> Figure:
-    """Measured accuracy (solid, markers) and forecasts (dashed) per method on log time."""
+    """Measured accuracy (solid, markers) and forecasts (dashed) per method on log time,
+    with error bars of ± one standard deviation over read draws where there are several."""
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
     for i, curve in enumerate(curves):
         color = f"C{i}"
         ax.plot(curve.t_s, curve.accuracy_pct, "o-", color=color, label=f"{curve.method} (measured)")
+        for t_s, accuracy_pct, std_pct in (
+            (curve.t_s, curve.accuracy_pct, curve.draw_std_pct),
+            (curve.forecast_t_s, curve.forecast_accuracy_pct, curve.forecast_draw_std_pct),
+        ):
+            if any(std_pct):
+                ax.errorbar(t_s, accuracy_pct, yerr=std_pct, fmt="none", ecolor=color, capsize=3)
         if len(curve.forecast_t_s):
             ax.plot(
                 curve.forecast_t_s,

@@ -5,11 +5,13 @@ specification, the network, the station's chip geometry, the latest finished
 programming run with its device map, every readout of that run without its vector
 (readers stream those from the store: `hwctl.store.readouts.iter_readout_ranges`), a
 sample of each readout's conductances for histograms (`HISTOGRAM_SAMPLE_DEVICES`), and
-the accuracy evaluations of those readouts. Times are seconds since programming on the station
-clock: each device's own age (its block's read time − `programmed_s[device]`) for drift
-fits, and the readout's mean device read time since the end of programming for accuracy
-points. On an accelerated clock one readout spans hours of board time, so its first
-block's time (`board_time_s`) would age every later block wrongly.
+the accuracy of every programming run of the experiment per time and method, with its
+spread over read draws and programmings (`hwctl.analysis.spread`). Times are seconds
+since programming on the station clock: each device's own age (its block's read time −
+`programmed_s[device]`) for drift fits, and the readout's mean device read time since
+the end of programming for accuracy points. On an accelerated clock one readout spans
+hours of board time, so its first block's time (`board_time_s`) would age every later
+block wrongly.
 """
 
 from __future__ import annotations
@@ -24,29 +26,22 @@ import numpy.typing as npt
 from sqlalchemy import Connection, Engine, select
 
 from drivers.base import Geometry
-from hwctl.analysis.forecast import AccuracyRecord
+from hwctl.analysis.spread import AccuracyRead, AccuracyRecord, summarise
 from hwctl.experiment_spec import ExperimentSpec
 from hwctl.mapping import DeviceMap
 from hwctl.store.errors import NotFoundError
+from hwctl.store.queries import experiment_accuracy_reads
 from hwctl.store.readouts import (
     ProgrammingResult,
     ReadoutInfo,
+    block_starts_of,
     list_readouts,
     load_programming_result,
     read_block_starts,
     read_times_in_range,
     readout_sample_us,
 )
-from hwctl.store.schema import (
-    evaluations,
-    experiments,
-    mappings,
-    networks,
-    programming_runs,
-    readouts,
-    stations,
-)
-from hwctl.vocabulary import CompensationMethod
+from hwctl.store.schema import experiments, mappings, networks, programming_runs, stations
 
 # Up to this many devices of each readout are loaded for histograms: every device of a
 # chip this size or smaller, else whole stored blocks spread evenly over the chip.
@@ -76,7 +71,7 @@ class StoredExperiment:
     readouts: list[ReadoutInfo]  # without their vectors
     g_samples_us: list[npt.NDArray[np.float32]]  # per readout: ≤ HISTOGRAM_SAMPLE_DEVICES conductances
     block_starts: list[list[tuple[int, float]]]  # per readout: (first device, board s) of each read block
-    measured: list[AccuracyRecord]  # kind="measured", ordered by time then method
+    measured: list[AccuracyRecord]  # kind="measured", every run's, per time and method, ordered so
 
     @property
     def programmed_end_s(self) -> float:
@@ -150,14 +145,7 @@ def load_experiment(db: Engine | Connection, experiment_id: int) -> StoredExperi
         stored = [] if run_id is None else list_readouts(conn, run_id)
         block_starts = [read_block_starts(conn, r.id)[0] for r in stored]
         samples = [readout_sample_us(conn, r.id, HISTOGRAM_SAMPLE_DEVICES) for r in stored]
-        mean_read_s = {
-            r.id: _mean_read_s(starts, r.n_devices) for r, starts in zip(stored, block_starts, strict=True)
-        }
-        measured = (
-            []
-            if programming is None
-            else _measured(conn, run_id, mean_read_s, float(programming.programmed_s.max()))
-        )
+        measured = measured_accuracy(conn, experiment_id)
     return StoredExperiment(
         experiment_id=experiment_id,
         name=row.name,
@@ -185,26 +173,20 @@ def _mean_read_s(starts: list[tuple[int, float]], n_devices: int) -> float:
     return float(np.dot(sizes, [t_s for _, t_s in starts]) / max(n_devices, 1))
 
 
-def _measured(
-    conn: Connection, run_id: int | None, mean_read_s: dict[int, float], programmed_end_s: float
-) -> list[AccuracyRecord]:
-    """The run's evaluations by time, methods in `CompensationMethod` order (none, gdc, adabs)."""
-    found = conn.execute(
-        select(evaluations)
-        .join(readouts, readouts.c.id == evaluations.c.readout_id)
-        .where(readouts.c.run_id == run_id)
-    ).all()
-    order = {method: k for k, method in enumerate(CompensationMethod)}
-    rows = sorted(found, key=lambda r: (mean_read_s[r.readout_id], order.get(r.method, len(order))))
-    return [
-        AccuracyRecord(
-            "measured",
-            mean_read_s[r.readout_id] - programmed_end_s,
-            r.method,
-            float(r.accuracy),
-            r.ci_low,
-            r.ci_high,
-            int(r.n_images),
+def measured_accuracy(conn: Connection, experiment_id: int) -> list[AccuracyRecord]:
+    """The accuracy of every finished programming run of the experiment per scheduled offset
+    and method: mean, spread over read draws and over programmings (`spread.summarise`).
+
+    A read's time is its mean device read time since its run's programming ended; that end
+    is the readout's scheduled time − its offset (readbacks are scheduled from it), so no
+    run's per-device vectors are loaded.
+    """
+    reads = []
+    for r in experiment_accuracy_reads(conn, experiment_id):
+        programmed_end_s = r.scheduled_s - r.offset_s
+        t_s = _mean_read_s(block_starts_of(r), r.g_len) - programmed_end_s
+        record = AccuracyRecord(
+            "measured", t_s, r.method, float(r.accuracy), r.ci_low, r.ci_high, int(r.n_images)
         )
-        for r in rows
-    ]
+        reads.append(AccuracyRead(int(r.run_id), float(r.offset_s), int(r.draw), record))
+    return summarise(reads)

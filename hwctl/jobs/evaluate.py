@@ -50,7 +50,7 @@ class _Inputs:
     evaluator: ReadoutEvaluator
     g_t_us: npt.NDArray[np.float32]
     g_t0_us: npt.NDArray[np.float32]
-    t0_readout_id: int
+    t0_readout_ids: list[int]
 
 
 def handle(ctx: JobContext, payload: EvaluatePayload) -> None:
@@ -58,11 +58,12 @@ def handle(ctx: JobContext, payload: EvaluatePayload) -> None:
 
     def inputs(conn: Connection) -> _Inputs:
         spec = load_spec(conn, payload.experiment_id)
-        g_t_us = store_readouts.load_readout(conn, readout_id).g_us
-        first_id = store_readouts.run_readouts(conn, payload.run_id)[0][0]
-        g_t0_us = g_t_us if first_id == readout_id else store_readouts.load_readout(conn, first_id).g_us
+        readout = store_readouts.load_readout(conn, readout_id)
+        g_t_us = readout.g_us
+        # GDC's reference: the mean of the t0 draws stored so far (fewer for an early t0 draw).
+        g_t0_us, t0_ids = store_readouts.t0_mean_us(conn, payload.run_id, readout)
         evaluator = _evaluator(ctx, conn, spec, payload.run_id)
-        return _Inputs(spec, evaluated_methods(conn, readout_id), evaluator, g_t_us, g_t0_us, first_id)
+        return _Inputs(spec, evaluated_methods(conn, readout_id), evaluator, g_t_us, g_t0_us, t0_ids)
 
     got = ctx.read("loading the readout", inputs)
     evaluation = got.spec.evaluation
@@ -78,7 +79,8 @@ def handle(ctx: JobContext, payload: EvaluatePayload) -> None:
             add_evaluation(
                 conn, readout_id, method=method, accuracy=result.accuracy, n_images=result.n_images,
                 ci=(result.ci95_low, result.ci95_high),
-                settings={"dataset": evaluation.dataset, "t0_readout_id": got.t0_readout_id,
+                settings={"dataset": evaluation.dataset, "t0_readout_id": got.t0_readout_ids[0],
+                          "t0_reads": len(got.t0_readout_ids),
                           "gdc_statistic": evaluation.gdc_statistic},
             )  # fmt: skip
 

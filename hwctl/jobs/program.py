@@ -167,19 +167,21 @@ def _finish(
 def schedule_readbacks(
     conn: Connection, ctx: JobContext, spec: ExperimentSpec, experiment_id: int, run_id: int, end_s: float
 ) -> None:
-    """Queue the readbacks at their offsets after `end_s` (in bounded batches), and the
-    drift fit after them."""
+    """Queue the readbacks at their offsets after `end_s` (in bounded batches), each
+    offset's read draws in order, and the drift fit after them."""
     readbacks = []
     for offset_s in spec.schedule.offsets_s:
         scheduled_s = end_s + offset_s
-        point = readback.ReadbackPayload(
-            experiment_id=experiment_id, run_id=run_id, offset_s=offset_s, scheduled_s=scheduled_s
-        )
-        readbacks.append(readback.JOB.new_job(
-            ctx.station_id, point, run_at_s=scheduled_s, window_s=readout_window_s(offset_s),
-            key=f"readback:{run_id}:{offset_s}", priority=PRIORITY_READBACK, run_id=run_id,
-            scheduled_s=scheduled_s,
-        ))  # fmt: skip
+        for draw in range(spec.schedule.reads_per_point):
+            point = readback.ReadbackPayload(
+                experiment_id=experiment_id, run_id=run_id, offset_s=offset_s, scheduled_s=scheduled_s,
+                draw=draw,
+            )  # fmt: skip
+            readbacks.append(readback.JOB.new_job(
+                ctx.station_id, point, run_at_s=scheduled_s, window_s=readout_window_s(offset_s),
+                key=readback.key(run_id, offset_s, draw), priority=PRIORITY_READBACK, run_id=run_id,
+                scheduled_s=scheduled_s,
+            ))  # fmt: skip
     queue.enqueue_many_in(conn, readbacks)
     # The drift fit waits until the last readback is done or past its window; the
     # last readback to finish brings it forward (see readback._store).

@@ -7,6 +7,9 @@ The worker holds one block, never the readout. At the end the last block and the
 row are written in one transaction, the row taking the job's blocks over as its storage
 (no copy); then the readout's evaluation is queued and, after the run's last readback,
 the drift fit brought forward.
+
+A schedule with `reads_per_point` > 1 queues one readback per draw at each offset, with the
+same scheduled time (none overtakes another) in draw order: consecutive whole reads.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import Field
 from sqlalchemy import Connection
 
 from hwctl import queue
@@ -31,6 +35,12 @@ class ReadbackPayload(JobPayload):
     run_id: int
     offset_s: float  # scheduled offset after programming
     scheduled_s: float  # scheduled board time
+    draw: int = Field(0, ge=0)  # which read of the offset (payloads queued before draws: 0)
+
+
+def key(run_id: int, offset_s: float, draw: int) -> str:
+    """The readback's idempotency key: one per run, offset and draw."""
+    return f"readback:{run_id}:{offset_s}:{draw}"
 
 
 @dataclass
@@ -80,7 +90,7 @@ def partial_block_writer(job_id: int, block: ReadoutBlock) -> Callable[[Connecti
 
 def handle(ctx: JobContext, payload: ReadbackPayload) -> None:
     def stored(conn: Connection) -> tuple[int | None, list[BlockExtent], DeviceMap]:
-        readout_id = store_readouts.find_readout(conn, payload.run_id, payload.offset_s)
+        readout_id = store_readouts.find_readout(conn, payload.run_id, payload.offset_s, payload.draw)
         blocks = store_readouts.readout_block_extents(conn, ctx.job_id) if readout_id is None else []
         device_map = ctx.cached(
             ("device_map", payload.run_id), lambda: store_readouts.load_run_device_map(conn, payload.run_id)
@@ -127,7 +137,7 @@ def _store(
     """The readout row (flagged if the board lost its state) taking over the job's blocks
     with the last one, its evaluation queued and, after the run's last readback, the drift
     fit brought forward."""
-    found = store_readouts.find_readout(conn, payload.run_id, payload.offset_s)
+    found = store_readouts.find_readout(conn, payload.run_id, payload.offset_s, payload.draw)
     if found is not None:  # stored by a commit whose answer was lost
         return found
     spec = load_spec(conn, payload.experiment_id)
@@ -138,7 +148,7 @@ def _store(
     readout_id = store_readouts.finish_readout(
         conn, payload.run_id, ctx.job_id, n_devices=partial.n_devices, offset_s=payload.offset_s,
         scheduled_s=payload.scheduled_s, board_time_s=first_s, block_starts=partial.blocks,
-        temperature_c=partial.temperature_c,
+        temperature_c=partial.temperature_c, draw=payload.draw,
         suspect=state.reason if state.status == ExperimentStatus.BOARD_STATE_LOST else None,
     )  # fmt: skip
     if spec.evaluation.enabled:

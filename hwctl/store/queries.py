@@ -282,6 +282,24 @@ def experiment_evaluations(conn: Connection, experiment_id: int) -> list[Row[Any
     return list(conn.execute(_evaluations(experiment_id)))
 
 
+def experiment_accuracy_reads(conn: Connection, experiment_id: int) -> list[Row[Any]]:
+    """Every evaluation of every finished programming run of the experiment with its
+    readout's run, offset, draw and read times (`block_starts`, `board_time_s`,
+    `scheduled_s`, `g_len`), oldest first: what the accuracy's spread is computed from."""
+    read = (
+        readouts.c.run_id, readouts.c.offset_s, readouts.c.draw, readouts.c.scheduled_s,
+        readouts.c.board_time_s, readouts.c.block_starts, readouts.c.g_len,
+    )  # fmt: skip
+    query = (
+        select(evaluations, *read)
+        .join(readouts, readouts.c.id == evaluations.c.readout_id)
+        .join(programming_runs, programming_runs.c.id == readouts.c.run_id)
+        .where(programming_runs.c.experiment_id == experiment_id, programming_runs.c.ended_at.is_not(None))
+        .order_by(evaluations.c.id)
+    )
+    return list(conn.execute(query))
+
+
 def get_evaluation(conn: Connection, evaluation_id: int) -> Row[Any]:
     query = _evaluations().where(evaluations.c.id == evaluation_id)
     return _one(conn, query, "evaluation", evaluation_id)

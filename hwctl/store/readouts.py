@@ -565,7 +565,7 @@ def _check_device(device: int, run_id: int, rows: Sequence[Any], n_programmed: i
             raise CorruptVectorError(f"readout {r.id}: no stored block holds device {device}")
 
 
-def _block_starts(row: Any) -> list[tuple[int, float]]:
+def block_starts_of(row: Any) -> list[tuple[int, float]]:
     """(first device, board s) of each block of a readout row; rows stored before the
     blocks were recorded count as one block read at `board_time_s`."""
     return [(int(first), float(t_s)) for first, t_s in (row.block_starts or [[0, row.board_time_s]])]
@@ -573,7 +573,7 @@ def _block_starts(row: Any) -> list[tuple[int, float]]:
 
 def _read_time_s(row: Any, device: int) -> float:
     """When `device` was read in this readout: the start of the block that holds it."""
-    return _read_time_in(_block_starts(row), device)
+    return _read_time_in(block_starts_of(row), device)
 
 
 def _read_time_in(starts: list[tuple[int, float]], device: int) -> float:
@@ -613,7 +613,7 @@ def read_block_starts(conn: Connection, readout_id: int) -> tuple[list[tuple[int
     ).one_or_none()
     if row is None:
         raise NotFoundError(f"readout {readout_id} does not exist")
-    return _block_starts(row), int(row.g_len)
+    return block_starts_of(row), int(row.g_len)
 
 
 def read_times_in_range(starts: list[tuple[int, float]], start: int, stop: int) -> npt.NDArray[np.float64]:
@@ -643,3 +643,26 @@ def first_offset_readouts(conn: Connection, run_id: int) -> list[int]:
     first = select(func.min(readouts.c.offset_s)).where(readouts.c.run_id == run_id).scalar_subquery()
     query = select(readouts.c.id).where(readouts.c.run_id == run_id, readouts.c.offset_s == first)
     return [int(i) for i in conn.execute(query.order_by(readouts.c.draw)).scalars()]
+
+
+def t0_mean_us(
+    conn: Connection, run_id: int, loaded: Readout | None = None
+) -> tuple[npt.NDArray[np.float32], list[int]]:
+    """The mean conductance over the read draws stored so far at the run's first offset (its
+    t0: n reads of one programmed state divide the read noise's variance by n), and their
+    ids; `loaded`: one of them already in memory, not read again. Memory: two vectors."""
+    ids = first_offset_readouts(conn, run_id)
+    if not ids:
+        raise NotFoundError(f"programming run {run_id} has no readout")
+    if loaded is not None and ids == [loaded.id]:
+        return loaded.g_us, ids
+    total_us: npt.NDArray[np.float32] | None = None
+    for readout_id in ids:
+        g_us = (
+            loaded.g_us
+            if loaded is not None and loaded.id == readout_id
+            else load_readout(conn, readout_id).g_us
+        )
+        total_us = g_us.copy() if total_us is None else np.add(total_us, g_us, out=total_us)
+    assert total_us is not None
+    return total_us / np.float32(len(ids)), ids

@@ -93,6 +93,7 @@ def create_campaign(
     station: str = "bench",
     offsets_s: list[float] | None = None,
     mapping: MappingSpec | None = None,
+    reads_per_point: int = 1,
 ) -> Campaign:
     """Register a station, a digits network and an experiment, and queue its programming.
 
@@ -107,7 +108,8 @@ def create_campaign(
         checkpoint = digits_checkpoint_bytes()
         network_id = add_network(conn, "digits", architecture="digits-resnet", checkpoint=checkpoint)
         spec = ExperimentSpec(
-            network_id=network_id, station=station, schedule=ScheduleSpec(offsets_s=offsets_s),
+            network_id=network_id, station=station,
+            schedule=ScheduleSpec(offsets_s=offsets_s, reads_per_point=reads_per_point),
             evaluation=EvaluationSpec(enabled=evaluate, n_images=100, calibration_images=100),
             mapping=mapping or MappingSpec(),
         )  # fmt: skip
