@@ -2,26 +2,34 @@
 
 For each model (noise-trained and the shared, not noise-trained checkpoint) and each
 programming seed: map + program-and-verify on an in-process `SimBoard`, read every
-device back at 25 s, 1 h, 1 day, 1 month and 1 year of virtual time, and classify the
-test images with no compensation, GDC and AdaBS. Also measures inference from
-read-back conductances (rebuild + torch) against plain torch inference of the same
-model, and the AdaBS calibration time.
+device back `--draws` times (fresh read noise, same drift) at 25 s, 1 h, 1 day, 1 month
+and 1 year of virtual time, and classify the test images from every read with no
+compensation, GDC (the default statistic; at 1 day and 1 year every statistic) and
+AdaBS. GDC's reference is the mean of the t0 reads. Every accuracy is given as the mean
+with its spread over programming seeds and over read draws, and the number of each.
+Also measures inference from read-back conductances (rebuild + torch) against plain
+torch inference of the same model, and the AdaBS calibration time.
 
     python -m benchmarks.accuracy --json benchmarks/results/accuracy.json [--quick]
 
 Models not run this time (``--models``) keep their entry from an existing JSON file,
-so the two models can be measured in separate runs.
+so the two models can be measured in separate runs; the file is rewritten after every
+seed (entries marked `"partial": true` until a model's last seed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import torch
 
 from benchmarks.common import machine_info, write_json
@@ -32,7 +40,7 @@ from hwctl.nn.data import ImageSet, Normalizer, load_cifar10
 from hwctl.nn.evaluation import ReadoutEvaluator, calibration_set
 from hwctl.nn.inference import accuracy_pct, predict
 from hwctl.nn.models import Checkpoint, load_checkpoint
-from hwctl.vocabulary import CompensationMethod
+from hwctl.vocabulary import DEFAULT_GDC_STATISTIC, CompensationMethod, GdcStatistic
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MODELS = REPO.parent / "shared" / "models"
@@ -44,32 +52,70 @@ CHECKPOINTS = {
 QUICK_CHECKPOINTS = {"baseline": (SHARED_MODELS / "resnet20-12fca82f.th", "resnet20")}
 
 
-def mean_std(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+GDC_STATISTICS_COMPARED_AT = ("1d", "1y")  # every GDC statistic there; the default elsewhere
 
 
-def model_accuracy(ckpt: Checkpoint, test: ImageSet, calib: ImageSet, seeds: list[int]) -> dict[str, Any]:
-    """FP accuracy and per time/method mean ± std over programming seeds."""
-    scores: dict[str, dict[str, list[float]]] = {t: {m: [] for m in CompensationMethod} for t in TIMES_S}
+def spread(values: list[list[float]]) -> dict[str, Any]:
+    """Mean, spread over programming seeds (std of the per-seed means) and over read draws
+    (pooled within-seed std), with the number of each; `values[seed][draw]`."""
+    seed_means = [statistics.fmean(v) for v in values]
+    within = [statistics.variance(v) for v in values if len(v) > 1]
+    return {
+        "mean": statistics.fmean(seed_means),
+        "std": statistics.stdev(seed_means) if len(seed_means) > 1 else None,  # over seeds
+        "std_draws": math.sqrt(statistics.fmean(within)) if within else None,
+        "n_seeds": len(values), "n_draws": len(values[0]), "values": values,
+    }  # fmt: skip
+
+
+def evaluations(
+    label: str, compared: list[GdcStatistic]
+) -> list[tuple[str, CompensationMethod, GdcStatistic]]:
+    """(result key, method, GDC statistic) evaluated at time `label`."""
+    keys = [(f"acc_{m}", CompensationMethod(m), DEFAULT_GDC_STATISTIC) for m in CompensationMethod]
+    if label in GDC_STATISTICS_COMPARED_AT:
+        keys += [(f"acc_gdc_{s}", CompensationMethod.GDC, s) for s in compared]
+    return keys
+
+
+def model_accuracy(
+    ckpt: Checkpoint,
+    test: ImageSet,
+    calib: ImageSet,
+    seeds: list[int],
+    draws: int,
+    keep: Callable[[dict[str, Any]], None],
+) -> None:
+    """FP accuracy and, per time and evaluation, mean with its spread over seeds and draws,
+    handed to `keep` after every seed."""
+    scores: dict[str, dict[str, list[list[float]]]] = {t: {} for t in TIMES_S}
     converged = []
-    for seed in seeds:
-        readouts = simulate_readouts(ckpt.build(), list(TIMES_S.values()), seed=seed)
-        converged.append(readouts.program.converged_fraction_nonzero)
-        evaluator = ReadoutEvaluator(ckpt, readouts.device_map, calib)
-        g_t0 = readouts.g_us_by_time_s[TIMES_S["t0"]]
-        for label, t_s in TIMES_S.items():
-            for method in CompensationMethod:
-                res = evaluator.evaluate(test, readouts.g_us_by_time_s[t_s], method, g_t0, seed=seed)
-                scores[label][method].append(res.accuracy)
-                print(f"  seed {seed} {label:>3} {method:<5} {res.accuracy:6.2f} %", flush=True)
     out: dict[str, Any] = {
-        "arch": ckpt.arch,
-        "fp_accuracy": accuracy_pct(ckpt.build(), test, Normalizer(ckpt.arch)),
-        "pv_converged_fraction_nonzero": mean_std(converged),
-    }
-    for label in TIMES_S:
-        out[label] = {f"acc_{m}": mean_std(scores[label][m]) for m in CompensationMethod}
-    return out
+        "arch": ckpt.arch, "fp_accuracy": accuracy_pct(ckpt.build(), test, Normalizer(ckpt.arch)),
+        "gdc_statistic_default": str(DEFAULT_GDC_STATISTIC), "gdc_reference": f"mean of the {draws} t0 reads",
+    }  # fmt: skip
+    for seed in seeds:
+        readouts = simulate_readouts(ckpt.build(), list(TIMES_S.values()), seed=seed, reads_per_time=draws)
+        converged.append(readouts.program.converged_fraction_nonzero)
+        evaluators: dict[GdcStatistic, ReadoutEvaluator] = {}
+        t0_reads = readouts.draws_by_time_s[TIMES_S["t0"]]
+        g_t0: npt.NDArray[np.float32] = np.mean(t0_reads, axis=0).astype(np.float32)
+        for label, t_s in TIMES_S.items():
+            for key, method, statistic in evaluations(label, compared):
+                if statistic not in evaluators:
+                    evaluators[statistic] = ReadoutEvaluator(
+                        ckpt, readouts.device_map, calib, gdc_statistic=statistic
+                    )
+                evaluator = evaluators[statistic]
+                found = []
+                for draw, g in enumerate(readouts.draws_by_time_s[t_s]):
+                    found.append(evaluator.evaluate(test, g, method, g_t0, seed=seed).accuracy)
+                    print(f"  seed {seed} {label:>3} {key:<26} draw {draw} {found[-1]:6.2f} %", flush=True)
+                scores[label].setdefault(key, []).append(found)
+        out["pv_converged_fraction_nonzero"] = spread([[c] for c in converged])
+        for label in TIMES_S:
+            out[label] = {key: spread(values) for key, values in scores[label].items()}
+        keep({**out, "partial": seed != seeds[-1], "seeds": seeds[: len(converged)]})
 
 
 def timing(ckpt: Checkpoint, test: ImageSet, calib: ImageSet, repeats: int = 3) -> dict[str, float]:
@@ -91,9 +137,11 @@ def timing(ckpt: Checkpoint, test: ImageSet, calib: ImageSet, repeats: int = 3) 
         adapt_batchnorm(analog, norm(calib.x))
         adabs_s.append(time.perf_counter() - start)
     return {
-        "plain_inference_s": min(plain_s), "readout_inference_s": min(readout_s),
+        "plain_inference_s": min(plain_s),
+        "readout_inference_s": min(readout_s),
         "inference_ratio_vs_digital": min(readout_s) / min(plain_s),
-        "adabs_calibration_s": min(adabs_s), "timing_images": len(test),
+        "adabs_calibration_s": min(adabs_s),
+        "timing_images": len(test),
     }
 
 
@@ -105,6 +153,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--images", type=int, help="fixed test subset (default: all 10,000; 2,000 quick)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--draws", type=int, default=3, help="reads of the programmed chip at each time")
+    parser.add_argument("--gdc-statistics", default=",".join(GdcStatistic),
+                        help="GDC statistics compared at 1 day and 1 year (default: all)")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -119,13 +170,22 @@ def main() -> None:
         ckpt = load_checkpoint(path, arch)
         print(f"{name}: {path.name} ({ckpt.arch})", flush=True)
         start = time.perf_counter()
-        result["models"][name] = model_accuracy(ckpt, test, calib, seeds)
-        result["models"][name].update(checkpoint=path.name, wall_s=time.perf_counter() - start,
-                                      seeds=seeds)  # fmt: skip
+
+        def keep(entry: dict[str, Any], name: str = name, path: Path = path, start: float = start) -> None:
+            entry.update(checkpoint=path.name, wall_s=time.perf_counter() - start)
+            result["models"][name] = entry
+            write_json(result, args.json)
+
+        compared = [GdcStatistic(s) for s in args.gdc_statistics.split(",")]
+        model_accuracy(ckpt, test, calib, seeds, args.draws, compared, keep)
     ckpt = load_checkpoint(*table[names[0]])
     result.update(timing(ckpt, test, calib))
     result.update(
-        times_s=TIMES_S, n_test_images=len(test), calibration_images=len(calib), quick=args.quick,
+        times_s=TIMES_S,
+        n_test_images=len(test),
+        calibration_images=len(calib),
+        quick=args.quick,
+        read_draws=args.draws,
         data="shared CIFAR-10 npz (JPEG-derived: compare accuracies only with each other)",
         machine=machine_info(torch=torch.__version__, torch_threads=args.threads),
     )
