@@ -84,6 +84,7 @@ def model_accuracy(
     calib: ImageSet,
     seeds: list[int],
     draws: int,
+    compared: list[GdcStatistic],
     keep: Callable[[dict[str, Any]], None],
 ) -> None:
     """FP accuracy and, per time and evaluation, mean with its spread over seeds and draws,
