@@ -110,6 +110,13 @@ class _EvaluationSettings(_Spec):
 
     methods: list[CompensationMethod] = Field(default_factory=_all_methods)
     n_images: int | None = Field(None, ge=1, description="test images used (None: all)")
+    test_dataset_id: int | None = Field(
+        None, ge=1, le=2**31 - 1, description="the test set: a labelled data set's id (GET /datasets)"
+    )
+    calibration_dataset_id: int | None = Field(
+        None, ge=1, le=2**31 - 1, description="AdaBS's calibration images: a data set's id, used as is "
+        "(no augmentation); omitted: the built-in test set's training split"
+    )
     calibration_images: int | None = Field(
         None, ge=1, description="calibration set size (AdaBS, and GDC's calibration-batch statistic)"
     )
@@ -122,17 +129,19 @@ class _EvaluationSettings(_Spec):
 
 
 class EvaluationSpec(_EvaluationSettings):
-    """As stored and run: the data set is concrete (the API fills it in from the network)."""
+    """As stored and run: the test set concrete (the API fills in `test_dataset_id`, and
+    `dataset` when it is a built-in; a spec stored before ids has the name alone)."""
 
-    dataset: DatasetName = "digits"
+    dataset: DatasetName | None = "digits"
 
 
 class EvaluationRequest(_EvaluationSettings):
-    """As submitted: no data set means the network architecture's own."""
+    """As submitted: the test set by id (`test_dataset_id`) or built-in name (`dataset`), at
+    most one; neither means the network architecture's own."""
 
     dataset: DatasetName | None = Field(
-        None, description="test set; omitted: the architecture's (digits-resnet: digits, resnets: cifar10); "
-        "an uploaded graph of its own architecture has none: give it"
+        None, description="test set by built-in name (the same as its id in test_dataset_id); omitted: "
+        "the architecture's (digits-resnet: digits, resnets: cifar10); an uploaded graph has none: give one"
     )
 
 
@@ -211,11 +220,14 @@ class ExperimentRequest(_ExperimentSettings):
         if problems:
             raise ValueError("; ".join(problems))
 
-    def resolved(self, dataset: DatasetName, *, batchnorm: bool = True) -> ExperimentSpec:
-        """The spec as stored: the data set concrete; on a network without batch norm the
-        default methods leave AdaBS out (asked for by name it is refused before this)."""
+    def resolved(
+        self, dataset: DatasetName | None, test_dataset_id: int | None = None, *, batchnorm: bool = True
+    ) -> ExperimentSpec:
+        """The spec as stored: the test set concrete (its id, and its name when a built-in); on
+        a network without batch norm the default methods leave AdaBS out (asked for by name it
+        is refused before this)."""
         fields = self.model_dump()
-        fields["evaluation"]["dataset"] = dataset
+        fields["evaluation"] |= {"dataset": dataset, "test_dataset_id": test_dataset_id}
         if not batchnorm and "methods" not in self.evaluation.model_fields_set:
             methods = self.evaluation.methods
             fields["evaluation"]["methods"] = [m for m in methods if m != CompensationMethod.ADABS]

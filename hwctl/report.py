@@ -42,10 +42,10 @@ from hwctl.analysis.run_fit import RunFit, fit_run, stored_run_fit
 from hwctl.analysis.spread import AccuracyRecord, draws_text, programmings_text
 from hwctl.analysis.statistics import ChipStatistics
 from hwctl.analysis.stored import NotReadyError, StoredExperiment, load_experiment, open_connection
-from hwctl.nn.calibration import evaluation_calibration_set
-from hwctl.nn.data import DatasetMissingError, load_dataset
+from hwctl.nn.data import DatasetMissingError
 from hwctl.nn.evaluation import ReadoutEvaluator
 from hwctl.program_verify import DeviceStatus
+from hwctl.store.datasets import evaluation_calibration_images, evaluation_test_images
 from hwctl.store.errors import NotFoundError
 from hwctl.store.fits import FittedLines
 from hwctl.store.inferences import SeriesPoint, series_points
@@ -179,10 +179,8 @@ def _add_forecast(analysis: ExperimentAnalysis, conn: Connection, seed: int, dra
         analysis.forecast_note = "no forecast: no device has a drift fit (fewer than 3 readouts?)"
         return
     try:
-        test = load_dataset(spec.dataset, "test").subset(spec.n_images)
-        calibration = evaluation_calibration_set(
-            spec.dataset, spec.methods, spec.gdc_statistic, spec.calibration_images
-        )
+        test = evaluation_test_images(conn, spec)
+        calibration = evaluation_calibration_images(conn, spec)
     except DatasetMissingError as exc:
         analysis.forecast_note = f"no forecast: {exc}"
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Response
@@ -19,13 +20,17 @@ from api.views import experiment_detail, experiment_out, job_out, page_of, pagin
 from hwctl.analog_layers import AnalogLayers
 from hwctl.experiment_spec import DATASET_IMAGE_SHAPES, DatasetName, ExperimentRequest, ExperimentSpec
 from hwctl.mapping import MappingError
+from hwctl.nn.calibration import needs_calibration
 from hwctl.nn.models import UnknownModelError
 from hwctl.nn.network_spec import NetworkSpec
 from hwctl.schedule import duration_label
+from hwctl.store import datasets as store_datasets
 from hwctl.store import experiments as store_experiments
 from hwctl.store import queries, records
+from hwctl.store.datasets import DatasetInfo
 from hwctl.store.engine import connect
-from hwctl.store.networks import stored_network_spec
+from hwctl.store.errors import NotFoundError
+from hwctl.store.networks import fit_on_station, stored_network_spec
 from hwctl.vocabulary import CompensationMethod, ExperimentStatus
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
@@ -50,29 +55,84 @@ def _targets(db: Connection, spec: ExperimentRequest) -> tuple[store_experiments
     return found.station, found.network_name, network
 
 
-def _dataset(spec: ExperimentRequest, network: NetworkSpec) -> DatasetName:
-    """The requested test set, or the network's own; 422 if none or it does not fit the network."""
-    requested, own = spec.evaluation.dataset, network.dataset
-    if requested is None and own not in DATASET_IMAGE_SHAPES:
-        if spec.evaluation.enabled:
-            why = (f"whose data set {own!r} is not available here" if own is not None
-                   else "an uploaded graph with no data set of its own")  # fmt: skip
-            raise HTTPException(
-                422, f"network {spec.network_id} is {why}; give evaluation.dataset "
-                f"({', '.join(f'{name}: {_shape(shape)}' for name, shape in DATASET_IMAGE_SHAPES.items())}) "
-                "or set evaluation.enabled false",
-            )
-        return "digits"  # not evaluated: nothing reads it
-    dataset: DatasetName = requested or own  # type: ignore[assignment]
-    if DATASET_IMAGE_SHAPES[dataset] != tuple(network.input_shape):
-        what = (f"a {network.architecture} that takes {_shape(network.input_shape)} {own} images; "
-                f"omit evaluation.dataset to use {own!r}" if own is not None
-                else f"an uploaded graph that takes {_shape(network.input_shape)} images")  # fmt: skip
+@dataclass(frozen=True)
+class _EvaluationSets:
+    """The test set as stored (its built-in name if it is one, its id) and the calibration
+    set's id (None: the built-in's training split, or no calibration)."""
+
+    dataset: DatasetName | None
+    test_id: int | None
+    calibration_id: int | None
+
+
+def _evaluation_sets(db: Connection, spec: ExperimentRequest, network: NetworkSpec) -> _EvaluationSets:
+    """The test set named by id or built-in name, else the network's own, and the calibration
+    set; 422 naming what is unknown, unlabelled or does not fit the network (nothing queued)."""
+    evaluation = spec.evaluation
+    if evaluation.dataset is not None and evaluation.test_dataset_id is not None:
+        raise HTTPException(422, "give the test set once: evaluation.dataset (a built-in's name) or "
+                                 "evaluation.test_dataset_id")  # fmt: skip
+    if evaluation.test_dataset_id is not None:
+        test = _stored_set(db, evaluation.test_dataset_id, "evaluation.test_dataset_id")
+    else:
+        name = evaluation.dataset or network.dataset
+        if name not in DATASET_IMAGE_SHAPES:
+            if evaluation.enabled:
+                builtins = ", ".join(f"{n}: {_shape(s)}" for n, s in DATASET_IMAGE_SHAPES.items())
+                why = (f"whose data set {name!r} is not available here" if name is not None
+                       else "an uploaded graph with no data set of its own")  # fmt: skip
+                raise HTTPException(
+                    422, f"network {spec.network_id} is {why}; give evaluation.dataset ({builtins}) or "
+                    "evaluation.test_dataset_id (GET /datasets), or set evaluation.enabled false",
+                )  # fmt: skip
+            return _EvaluationSets("digits", None, None)  # not evaluated: nothing reads it
+        test = store_datasets.get_dataset(db, store_datasets.builtin_dataset_id(db, name))
+    field = "evaluation.test_dataset_id" if evaluation.test_dataset_id is not None else "evaluation.dataset"
+    _check_fits(spec, network, test, field)
+    if test.n_classes is None:
+        raise HTTPException(422, f"{field}: data set {test.id} has no labels (y), so it cannot be a "
+                                 "test set; upload it with y")  # fmt: skip
+    if test.n_classes > network.n_classes:
         raise HTTPException(
-            422, f"evaluation.dataset {dataset!r} ({_shape(DATASET_IMAGE_SHAPES[dataset])} images) "
-            f"does not fit network {spec.network_id}, {what}",
+            422, f"{field}: data set {test.id} has labels up to {test.n_classes - 1}, and network "
+            f"{spec.network_id} gives {network.n_classes} outputs (classes 0–{network.n_classes - 1})",
         )
-    return dataset
+    builtin = test.builtin if test.builtin in DATASET_IMAGE_SHAPES and test.split == "test" else None
+    calibration_id = evaluation.calibration_dataset_id
+    if calibration_id is not None:
+        calibration = _stored_set(db, calibration_id, "evaluation.calibration_dataset_id")
+        _check_fits(spec, network, calibration, "evaluation.calibration_dataset_id")
+    methods = [m for m in evaluation.methods if network.has_batchnorm or m != CompensationMethod.ADABS]
+    calibrated = evaluation.enabled and needs_calibration(methods, evaluation.gdc_statistic)
+    if calibrated and calibration_id is None and builtin is None:
+        raise HTTPException(
+            422, f"evaluation: AdaBS (and GDC's calibration-batch statistic) take calibration images, and "
+            f"test set {test.id} is not a built-in with a training split; give "
+            "evaluation.calibration_dataset_id or leave adabs out of evaluation.methods",
+        )
+    return _EvaluationSets(builtin, test.id, calibration_id)  # type: ignore[arg-type]
+
+
+def _stored_set(db: Connection, dataset_id: int, field: str) -> DatasetInfo:
+    try:
+        return store_datasets.get_dataset(db, dataset_id)
+    except NotFoundError as exc:
+        raise HTTPException(422, f"{field}: {exc}") from None
+
+
+def _check_fits(spec: ExperimentRequest, network: NetworkSpec, dataset: DatasetInfo, field: str) -> None:
+    """422 with both shapes when the data set's images are not what the network takes."""
+    if tuple(dataset.image_shape) == tuple(network.input_shape):
+        return
+    own = network.dataset
+    what = (f"a {network.architecture} that takes {_shape(network.input_shape)} {own} images; "
+            f"omit {field} to use {own!r}" if own is not None
+            else f"an uploaded graph that takes {_shape(network.input_shape)} images")  # fmt: skip
+    label = repr(dataset.builtin) if dataset.builtin is not None else f"data set {dataset.id}"
+    raise HTTPException(
+        422, f"{field} {label} ({_shape(dataset.image_shape)} images) does not fit network "
+        f"{spec.network_id}, {what}",
+    )
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -90,13 +150,27 @@ def _check_methods(spec: ExperimentRequest, network: NetworkSpec) -> None:
         )
 
 
-def _check_digital_layers(spec: ExperimentSpec, network: NetworkSpec) -> None:
-    """422 if `mapping.digital_layers` names a layer the network does not have (the valid
-    ones listed), or keeps every layer digital."""
+def _check_digital_layers(spec: ExperimentSpec, network: NetworkSpec) -> tuple[str, ...]:
+    """The layers kept digital; 422 if `mapping.digital_layers` names a layer the network
+    does not have (the valid ones listed), or keeps every layer digital."""
     try:
-        AnalogLayers.of(network).kept_digital(spec.mapping)
+        return AnalogLayers.of(network).kept_digital(spec.mapping)
     except MappingError as exc:
         raise HTTPException(422, f"mapping.digital_layers of network {spec.network_id}: {exc}") from None
+
+
+def _check_fit(db: Connection, spec: ExperimentSpec, digital_layers: tuple[str, ...]) -> None:
+    """422 with devices needed vs available when the network's analog layers (less those kept
+    digital) do not fit the station's chip: the program job could not place them."""
+    fit = fit_on_station(db, spec.network_id, spec.station, digital_layers)
+    if fit.fits:
+        return
+    kept = (f"with {', '.join(digital_layers)} kept digital" if digital_layers
+            else "with every layer analog")  # fmt: skip
+    raise HTTPException(
+        422, f"network {spec.network_id} does not fit station {spec.station!r} ({kept}): {fit.reason}; "
+        "keep layers digital (mapping.digital_layers, e.g. \"first_and_last\") or choose a larger station",
+    )
 
 
 def _refuse_if_busy(db: Connection, station_id: int) -> None:
@@ -126,8 +200,9 @@ def _store_submission(db: Connection, request: ExperimentRequest, idempotency_ke
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
     _check_methods(request, network)
-    spec = request.resolved(_dataset(request, network), batchnorm=network.has_batchnorm)
-    _check_digital_layers(spec, network)
+    sets = _evaluation_sets(db, request, network)
+    spec = request.resolved(sets.dataset, sets.test_id, batchnorm=network.has_batchnorm)
+    _check_fit(db, spec, _check_digital_layers(spec, network))
     _refuse_if_busy(db, station.id)
     return store_experiments.add_with_program_job(
         db, spec.name or f"{network_name} on {spec.station}", network_id=spec.network_id,
@@ -153,7 +228,8 @@ async def submit_experiment(
 
     A station runs one experiment at a time: 409 while another on it is not finished or
     cancelled (checked in the same transaction, so two racing submissions cannot both pass).
-    A missing `evaluation.dataset` is the network architecture's own, stored resolved.
+    The test set is named by id (`evaluation.test_dataset_id`) or built-in name
+    (`evaluation.dataset`); neither is the network architecture's own, stored resolved.
 
     A resubmitted `Idempotency-Key` finds its job. Two racing from two API processes collide
     on a unique index (the key's, or one active experiment per station); the loser's savepoint

@@ -19,8 +19,7 @@ import numpy.typing as npt
 from drivers.pcm_model import PCMModel
 from hwctl.analysis.spread import AccuracyRead, AccuracyRecord, summarise
 from hwctl.nn.compensation import compensation_method
-from hwctl.nn.data import ImageSet
-from hwctl.nn.evaluation import ReadoutEvaluator
+from hwctl.nn.evaluation import Images, ReadoutEvaluator
 from hwctl.schedule import DAY_S, duration_label
 from hwctl.store.fits import FittedLines
 from hwctl.vocabulary import CompensationMethod
@@ -56,7 +55,7 @@ def forecast_conductances_us(
 
 def forecast_accuracy(
     evaluator: ReadoutEvaluator,
-    data: ImageSet,
+    data: Images,
     fit: FittedLines,
     horizons_s: Mapping[str, float] = FORECAST_HORIZONS_S,
     methods: Sequence[str] = tuple(CompensationMethod),

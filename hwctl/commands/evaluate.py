@@ -1,4 +1,5 @@
-"""`hwctl evaluate`: accuracy of a checkpoint from PCM conductances (simulated chip or a readout file).
+"""`hwctl evaluate`: accuracy of a checkpoint from PCM conductances (simulated chip or a readout file),
+on a built-in test set or a stored data set (`--test-dataset ID`, loaded as the evaluate job loads it).
 
 Torch loads only when the command runs, so `hwctl --help` stays fast; the model name
 (--arch) and compensation methods are therefore checked then, with the known ones listed.
@@ -16,7 +17,11 @@ from hwctl.commands.errors import CLIError
 from hwctl.vocabulary import DEFAULT_GDC_STATISTIC, GDC_STATISTIC_LABELS, CompensationMethod, GdcStatistic
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from hwctl.experiment_spec import EvaluationSpec
     from hwctl.mapping import DeviceMap, LayerWeights
+    from hwctl.nn.evaluation import Images
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,6 +37,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", action="append", help="none, gdc or adabs; repeatable; default: all")
     add_gdc_statistic_argument(p, DEFAULT_GDC_STATISTIC)
     p.add_argument("--images", type=int, help="evaluate on a fixed subset of the test set")
+    p.add_argument("--test-dataset", metavar="ID|NAME", help="the test set: a data set's id (GET "
+                   "/datasets; from the database) or digits/cifar10; default: the network's")  # fmt: skip
+    p.add_argument("--calibration-dataset", type=int, metavar="ID", help="AdaBS's calibration images: a data "
+                   "set's id, used as is; default: the built-in test set's training split")  # fmt: skip
+    p.add_argument("--database-url", help="SQLAlchemy URL for data set ids (default: HWCTL_DATABASE_URL)")
     p.add_argument("--adc-bits", type=int, help="quantize DAC/ADC to this many bits (default ideal)")
     p.set_defaults(func=run)
 
@@ -53,23 +63,59 @@ def _device_map(args: argparse.Namespace, model_layers: list[LayerWeights]) -> D
     return map_network(model_layers, DEFAULT_GEOMETRY)
 
 
+def _evaluation_images(args: argparse.Namespace, evaluation: EvaluationSpec) -> tuple[Images, Images | None]:
+    """The test and calibration images, as the evaluate job loads them; the database is
+    opened only for a data set named by id."""
+    from hwctl.settings import get_settings
+    from hwctl.store.datasets import evaluation_calibration_images, evaluation_test_images
+    from hwctl.store.engine import connect, make_engine
+    from hwctl.store.errors import StoreError
+    from hwctl.store.migrate import ensure_migrated
+
+    def load(conn: Connection | None) -> tuple[Images, Images | None]:
+        return evaluation_test_images(conn, evaluation), evaluation_calibration_images(conn, evaluation)
+
+    try:
+        if evaluation.test_dataset_id is None and evaluation.calibration_dataset_id is None:
+            return load(None)
+        engine = make_engine(args.database_url or get_settings().database_url)
+        try:
+            ensure_migrated(engine)
+            with connect(engine) as conn:
+                return load(conn)
+        finally:
+            engine.dispose()
+    except (StoreError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from hwctl.nn.calibration import evaluation_calibration_set
+    from hwctl.experiment_spec import DATASET_IMAGE_SHAPES, EvaluationSpec
     from hwctl.nn.chip_readout import simulate_readouts
     from hwctl.nn.compensation import AnalogIO, compensation_method
     from hwctl.nn.conductance import export_layers
-    from hwctl.nn.data import load_dataset
     from hwctl.nn.evaluation import ReadoutEvaluator
-    from hwctl.nn.models import load_checkpoint, model_spec
+    from hwctl.nn.models import load_checkpoint
+    from hwctl.nn.network_spec import network_spec
 
     methods = [compensation_method(m) for m in args.method] if args.method else list(CompensationMethod)
     ckpt = load_checkpoint(args.checkpoint, args.arch)  # an unknown --arch lists the known ones
-    dataset = model_spec(ckpt.arch).dataset
-    test = load_dataset(dataset, "test").subset(args.images)
     statistic = GdcStatistic(args.gdc_statistic)
-    calib = evaluation_calibration_set(dataset, methods, statistic)
+    ref = args.test_dataset or network_spec(ckpt).dataset
+    if ref is None:
+        raise CLIError("the network has no data set of its own: give --test-dataset")
+    by_id = ref.isdigit()
+    if not by_id and ref not in DATASET_IMAGE_SHAPES:
+        names = ", ".join(DATASET_IMAGE_SHAPES)
+        raise CLIError(f"--test-dataset {ref!r}: give a data set id or a built-in's name ({names})")
+    evaluation = EvaluationSpec.model_validate({
+        "methods": methods, "n_images": args.images, "gdc_statistic": statistic,
+        "dataset": None if by_id else ref, "test_dataset_id": int(ref) if by_id else None,
+        "calibration_dataset_id": args.calibration_dataset,
+    })  # fmt: skip
+    test, calib = _evaluation_images(args, evaluation)
     io = AnalogIO.quantized(args.adc_bits) if args.adc_bits else None
     if args.readout is not None:
         device_map = _device_map(args, export_layers(ckpt.build()))

@@ -25,8 +25,7 @@ from hwctl.inference.results import Outcome
 from hwctl.mapping import DeviceMap
 from hwctl.nn.calibration import needs_calibration
 from hwctl.nn.compensation import AnalogIO
-from hwctl.nn.data import ImageSet
-from hwctl.nn.evaluation import ReadoutEvaluator
+from hwctl.nn.evaluation import Images, ReadoutEvaluator
 from hwctl.nn.models import Checkpoint
 from hwctl.nn.network_spec import NetworkSpec, has_batchnorm, network_spec, registered_spec
 from hwctl.vocabulary import DEFAULT_GDC_STATISTIC, CompensationMethod, GdcStatistic
@@ -70,7 +69,7 @@ class ChipNetwork:
     its gains are taken with: what an inference runs."""
 
     def __init__(
-        self, checkpoint: Checkpoint, device_map: DeviceMap, calibration: ImageSet | None = None,
+        self, checkpoint: Checkpoint, device_map: DeviceMap, calibration: Images | None = None,
         gdc_statistic: GdcStatistic = DEFAULT_GDC_STATISTIC,
     ) -> None:  # fmt: skip
         self.evaluator = ReadoutEvaluator(checkpoint, device_map, calibration, gdc_statistic=gdc_statistic)

@@ -11,11 +11,10 @@ from sqlalchemy import Connection
 
 from hwctl.experiment_spec import ExperimentSpec
 from hwctl.jobs.context import JobContext, JobPayload, JobType
-from hwctl.nn.calibration import evaluation_calibration_set
-from hwctl.nn.data import load_dataset
-from hwctl.nn.evaluation import EvalResult, ReadoutEvaluator
+from hwctl.nn.evaluation import EvalResult, Images, ReadoutEvaluator
 from hwctl.store import readouts as store_readouts
 from hwctl.store.campaign import evaluated_methods, load_spec
+from hwctl.store.datasets import evaluation_calibration_images, evaluation_test_images
 from hwctl.store.networks import load_network
 from hwctl.store.records import add_evaluation
 from hwctl.vocabulary import CompensationMethod, JobKind, JobLane
@@ -32,9 +31,7 @@ def _evaluator(ctx: JobContext, conn: Connection, spec: ExperimentSpec, run_id: 
 
     def build() -> ReadoutEvaluator:
         evaluation = spec.evaluation
-        calibration = evaluation_calibration_set(
-            evaluation.dataset, evaluation.methods, evaluation.gdc_statistic, evaluation.calibration_images
-        )
+        calibration = evaluation_calibration_images(conn, evaluation)
         device_map = store_readouts.load_run_device_map(conn, run_id)
         return ReadoutEvaluator(load_network(conn, spec.network_id), device_map, calibration,
                                 gdc_statistic=evaluation.gdc_statistic)  # fmt: skip
@@ -51,6 +48,7 @@ class _Inputs:
     g_t_us: npt.NDArray[np.float32]
     g_t0_us: npt.NDArray[np.float32]
     t0_readout_ids: list[int]
+    data: Images  # the test images, loaded once per run and worker
 
 
 def handle(ctx: JobContext, payload: EvaluatePayload) -> None:
@@ -63,11 +61,14 @@ def handle(ctx: JobContext, payload: EvaluatePayload) -> None:
         # GDC's reference: the mean of the t0 draws stored so far (fewer for an early t0 draw).
         g_t0_us, t0_ids = store_readouts.t0_mean_us(conn, payload.run_id, readout)
         evaluator = _evaluator(ctx, conn, spec, payload.run_id)
-        return _Inputs(spec, evaluated_methods(conn, readout_id), evaluator, g_t_us, g_t0_us, t0_ids)
+        data: Images = ctx.cached(
+            ("test_images", payload.run_id), lambda: evaluation_test_images(conn, spec.evaluation)
+        )
+        return _Inputs(spec, evaluated_methods(conn, readout_id), evaluator, g_t_us, g_t0_us, t0_ids, data)
 
     got = ctx.read("loading the readout", inputs)
     evaluation = got.spec.evaluation
-    data = load_dataset(evaluation.dataset, "test").subset(evaluation.n_images)
+    data = got.data
     accuracy: dict[str, float] = {}
     for index, method in enumerate(m for m in evaluation.methods if m not in got.done):
         ctx.safe_point(index / len(evaluation.methods), f"evaluating with {method}")
@@ -79,7 +80,8 @@ def handle(ctx: JobContext, payload: EvaluatePayload) -> None:
             add_evaluation(
                 conn, readout_id, method=method, accuracy=result.accuracy, n_images=result.n_images,
                 ci=(result.ci95_low, result.ci95_high),
-                settings={"dataset": evaluation.dataset, "t0_readout_id": got.t0_readout_ids[0],
+                settings={"dataset": evaluation.dataset, "test_dataset_id": evaluation.test_dataset_id,
+                          "t0_readout_id": got.t0_readout_ids[0],
                           "t0_reads": len(got.t0_readout_ids),
                           "gdc_statistic": evaluation.gdc_statistic},
             )  # fmt: skip

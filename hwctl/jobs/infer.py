@@ -26,13 +26,13 @@ from hwctl.inference.run import ChipNetwork
 from hwctl.inference.spec import InferenceSpec
 from hwctl.jobs.context import JobContext, JobError, JobOvertaken, JobPayload, JobType
 from hwctl.mapping import DeviceMap
-from hwctl.nn.calibration import evaluation_calibration_set, needs_calibration
+from hwctl.nn.calibration import needs_calibration
 from hwctl.nn.network_spec import network_spec
 from hwctl.settings import get_settings
 from hwctl.store import inferences as store_inferences
 from hwctl.store import readouts as store_readouts
 from hwctl.store.campaign import load_spec
-from hwctl.store.datasets import load_inputs
+from hwctl.store.datasets import evaluation_refs, load_evaluation_images, load_inputs
 from hwctl.store.networks import load_network
 from hwctl.vocabulary import JobKind, JobLane
 
@@ -66,10 +66,12 @@ def _load(ctx: JobContext, payload: InferPayload, conn: Connection) -> _Loaded:
     def network() -> ChipNetwork:
         experiment = load_spec(conn, payload.experiment_id)
         checkpoint = load_network(conn, experiment.network_id)
-        dataset = network_spec(checkpoint).dataset or experiment.evaluation.dataset  # a graph: the chosen
-        calibration = evaluation_calibration_set(
-            dataset, spec.methods, spec.gdc_statistic, spec.calibration_images
-        )
+        # The experiment's calibration set, else the network's own training split.
+        calibration_ref = evaluation_refs(experiment.evaluation)[1] or network_spec(checkpoint).dataset
+        calibration = None
+        if calibrated and calibration_ref is not None:  # None: ChipNetwork.check refuses AdaBS
+            n_images = spec.calibration_images
+            calibration = load_evaluation_images(conn, calibration_ref, "calibration", n_images)
         device_map = store_readouts.load_run_device_map(conn, payload.run_id)
         return ChipNetwork(checkpoint, device_map, calibration, spec.gdc_statistic)
 

@@ -82,8 +82,9 @@ class ReadoutEvaluator:
         spec = network_spec(checkpoint)
         self.normalizer = Normalizer(spec)
         self.normalisation = Normalisation(spec.mean, spec.std)
-        whole = None if calibration is None else (calibration, 0, len(calibration))
-        self.calibration_x = None if whole is None else self.normalised(*whole)
+        self.calibration_x: torch.Tensor | None = None
+        if calibration is not None:
+            self.calibration_x = self.normalised(calibration, 0, len(calibration))
         self.analog_io = analog_io or AnalogIO()
         self.batch_size = batch_size
         self.gdc_statistic = GdcStatistic(gdc_statistic)

@@ -1,5 +1,6 @@
 """Data sets as resources: uploaded image arrays stored once by content hash, and the
-built-in sets (digits, CIFAR-10) resolved by name.
+built-in sets (digits, CIFAR-10) resolved by name; and the images an evaluation takes
+(`load_evaluation_images`: its test set and calibration set, by id or built-in name).
 
 An upload is a `.npz` (members `x`, optional `y`, optional per-channel `mean` and `std`)
 or a bare `.npy` of images. It is sized before it is opened: the bytes against the upload
@@ -16,11 +17,12 @@ import hashlib
 import io
 import zipfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from sqlalchemy import Connection, Row, func, insert, select
 
+from hwctl.experiment_spec import EvaluationSpec
 from hwctl.inference.inputs import (
     InputError,
     Inputs,
@@ -30,7 +32,10 @@ from hwctl.inference.inputs import (
     check_labels,
     infer_layout,
 )
-from hwctl.nn.data import load_dataset
+from hwctl.nn.calibration import needs_calibration
+from hwctl.nn.data import ImageSet, load_dataset
+from hwctl.nn.evaluation import Images, calibration_set
+from hwctl.settings import get_settings
 from hwctl.store.errors import NotFoundError
 from hwctl.store.schema import datasets
 from hwctl.uploads import ArchiveTooLargeError, check_archive
@@ -241,3 +246,87 @@ def load_inputs(conn: Connection, dataset_id: int, max_expanded_bytes: int) -> I
     content = conn.execute(select(datasets.c.content).where(datasets.c.id == dataset_id)).scalar_one()
     layout: Layout = info.layout
     return parse_upload(bytes(content), max_expanded_bytes, layout).inputs
+
+
+def builtin_dataset_id(conn: Connection, name: str, split: str = "test") -> int:
+    """The id under which a built-in set is registered (migration 0007 registers the test splits)."""
+    found = dataset_id_for_hash(conn, f"builtin:{name}:{split}")
+    if found is None:
+        raise NotFoundError(f"the built-in {name} {split} set is not registered; GET /datasets lists them")
+    return found
+
+
+# -- what an evaluation takes --------------------------------------------------------------
+DatasetRef = int | str  # a stored data set's id, or a built-in's name (specs stored before ids)
+Role = Literal["test", "calibration"]
+# Calibration images taken from an uploaded (or built-in test) set when the experiment does
+# not say: the paper's AdaBS set size; a smaller set is used whole.
+CALIBRATION_IMAGES_DEFAULT = 2_600
+
+
+def evaluation_refs(evaluation: EvaluationSpec) -> tuple[DatasetRef, DatasetRef | None]:
+    """The test set and calibration set of a stored evaluation. A spec stored before data set
+    ids names a built-in, whose training split calibrates; None: no calibration set."""
+    test = evaluation.test_dataset_id or evaluation.dataset
+    if test is None:
+        raise ValueError("the evaluation names no test set")
+    return test, evaluation.calibration_dataset_id or evaluation.dataset
+
+
+def evaluation_test_images(conn: Connection | None, evaluation: EvaluationSpec) -> Images:
+    """The evaluation's `n_images` test images (`load_evaluation_images`)."""
+    return load_evaluation_images(conn, evaluation_refs(evaluation)[0], "test", evaluation.n_images)
+
+
+def evaluation_calibration_images(conn: Connection | None, evaluation: EvaluationSpec) -> Images | None:
+    """The evaluation's `calibration_images` calibration images, or None when neither AdaBS
+    nor its GDC statistic takes any (`needs_calibration`)."""
+    if not needs_calibration(evaluation.methods, evaluation.gdc_statistic):
+        return None
+    ref = evaluation_refs(evaluation)[1]
+    if ref is None:
+        raise ValueError("the evaluation needs calibration images and names no calibration set")
+    return load_evaluation_images(conn, ref, "calibration", evaluation.calibration_images)
+
+
+def load_evaluation_images(
+    conn: Connection | None, ref: DatasetRef, role: Role, n_images: int | None = None, seed: int = 0
+) -> Images:
+    """The images an evaluation takes as its test or calibration set: the one way the evaluate
+    job, the report's forecast and `hwctl evaluate` load them (`conn` None: built-ins only).
+
+    A built-in by name: its test split, or to calibrate its training split as
+    `calibration_set` prepares it (CIFAR-10 augmented: our networks' batch-norm statistics
+    were learned on augmented images). A stored built-in: the same, for its registered split.
+    An uploaded set: as stored, normalised by its own mean/std (the network's if it has none)
+    and never augmented: its images are what the lab chose, and augmentation belongs to a
+    training recipe we do not know. `n_images` picks a fixed subset (seed 0); a calibration
+    set without it takes up to CALIBRATION_IMAGES_DEFAULT. A test set must be labelled.
+    """
+    if isinstance(ref, str):
+        return _builtin_images(ref, "train" if role == "calibration" else "test", role, n_images, seed)
+    if conn is None:
+        raise ValueError(f"data set {ref} is stored in the database: give its URL")
+    info = get_dataset(conn, ref)
+    if info.builtin is not None:
+        return _builtin_images(info.builtin, info.split or "test", role, n_images, seed)
+    if role == "test" and info.n_classes is None:
+        raise DatasetError(f"data set {ref} has no labels (y): a test set needs them")
+    inputs = load_inputs(conn, ref, get_settings().max_upload_expanded_bytes)
+    return _subset(inputs, n_images if role == "test" else n_images or CALIBRATION_IMAGES_DEFAULT, seed)
+
+
+def _builtin_images(name: str, split: str, role: Role, n_images: int | None, seed: int) -> ImageSet:
+    images = load_dataset(name, split)
+    if role == "calibration" and split == "train":
+        return calibration_set(images, name, n_images, seed)
+    return images.subset(n_images if role == "test" else n_images or CALIBRATION_IMAGES_DEFAULT, seed)
+
+
+def _subset(inputs: Inputs, n_images: int | None, seed: int) -> Inputs:
+    """A fixed random subset of `n_images`, picked as `ImageSet.subset` picks (all if None)."""
+    if n_images is None or n_images >= len(inputs):
+        return inputs
+    idx = np.sort(np.random.default_rng(seed).choice(len(inputs), n_images, replace=False))
+    y = None if inputs.y is None else inputs.y[idx]
+    return Inputs(inputs.x[idx], inputs.layout, y, inputs.normalisation)

@@ -3,8 +3,9 @@ does it; and what a network needs of a station (its analog layers against each s
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy import Connection, select
 
@@ -78,12 +79,14 @@ def fit_on_station(
     conn: Connection, network_id: int, station_name: str, digital_layers: Collection[str] = ()
 ) -> StationFit:
     """Whether the network, less the layers kept digital, fits the station's chip: the check
-    an experiment's submission makes (its `reason` is the 422's detail when it does not)."""
+    an experiment's submission makes (its `reason` is the 422's detail when it does not).
+    The layer shapes are read once per network content (a submission must stay cheap)."""
     row = conn.execute(select(stations.c.tiles, stations.c.rows, stations.c.cols)
                        .where(stations.c.name == station_name)).one_or_none()  # fmt: skip
     if row is None:
         raise NotFoundError(f"station {station_name!r} does not exist")
-    every = analog_layers_of(load_network(conn, network_id))
+    sha256 = _network_sha256(conn, network_id)
+    every = _per_content(_ANALOG_LAYERS, sha256, lambda: analog_layers_of(load_network(conn, network_id)))
     layers = [layer for layer in every if layer.name not in digital_layers]
     return station_fit(station_name, Geometry(row.tiles, row.rows, row.cols), layers)
 
@@ -97,8 +100,26 @@ def network_needs(conn: Connection, checkpoint: Checkpoint) -> NetworkNeeds:
     return NetworkNeeds(network_spec(checkpoint).input_shape, layers, fits)
 
 
-_GRAPH_SPECS: dict[str, NetworkSpec] = {}  # by the upload's sha256: a graph's spec is one forward pass
-GRAPH_SPECS_KEPT = 64
+T = TypeVar("T")
+KEPT_PER_CACHE = 64  # networks whose derived facts are kept; then the cache starts over
+# By the network's sha256: a graph's spec is one forward pass, the analog layers one build.
+_GRAPH_SPECS: dict[str, NetworkSpec] = {}
+_ANALOG_LAYERS: dict[str, list[AnalogLayer]] = {}
+
+
+def _per_content(cache: dict[str, T], sha256: str, build: Callable[[], T]) -> T:
+    if sha256 not in cache:
+        if len(cache) >= KEPT_PER_CACHE:
+            cache.clear()
+        cache[sha256] = build()
+    return cache[sha256]
+
+
+def _network_sha256(conn: Connection, network_id: int) -> str:
+    sha256 = conn.execute(select(networks.c.sha256).where(networks.c.id == network_id)).scalar()
+    if sha256 is None:
+        raise NotFoundError(f"network {network_id} does not exist")
+    return str(sha256)
 
 
 def stored_network_spec(conn: Connection, network_id: int) -> NetworkSpec:
@@ -110,8 +131,4 @@ def stored_network_spec(conn: Connection, network_id: int) -> NetworkSpec:
         raise NotFoundError(f"network {network_id} does not exist")
     if row.architecture != EXPORTED:
         return registered_spec(row.architecture)
-    if row.sha256 not in _GRAPH_SPECS:
-        if len(_GRAPH_SPECS) >= GRAPH_SPECS_KEPT:
-            _GRAPH_SPECS.clear()
-        _GRAPH_SPECS[row.sha256] = network_spec(load_network(conn, network_id))
-    return _GRAPH_SPECS[row.sha256]
+    return _per_content(_GRAPH_SPECS, row.sha256, lambda: network_spec(load_network(conn, network_id)))

@@ -18,7 +18,7 @@ from hwctl.nn.models import build_model, save_checkpoint
 from hwctl.store import records
 from hwctl.store.engine import make_engine
 from hwctl.store.schema import experiments, jobs
-from tests.api.conftest import AUTH, assert_problem, station_body, upload
+from tests.api.conftest import AUTH, CIFAR_STATION_GEOMETRY, assert_problem, station_body, upload
 
 
 @pytest.fixture
@@ -156,7 +156,8 @@ def test_a_missing_dataset_is_the_architectures_own_and_stored_resolved(
 ) -> None:
     checkpoint = {"digits-resnet": digits_checkpoint, "resnet20": resnet20_checkpoint}[architecture]
     network_id = upload(client, checkpoint, f"{architecture}.pt").json()["id"]
-    accepted = submit(client, ready | {"network_id": network_id}).json()
+    client.post("/stations", json=station_body("cifar-sized", geometry=CIFAR_STATION_GEOMETRY), headers=AUTH)
+    accepted = submit(client, ready | {"network_id": network_id, "station": "cifar-sized"}).json()
     assert accepted["experiment"]["spec"]["evaluation"]["dataset"] == expected
     stored = client.get(f"/experiments/{accepted['experiment']['id']}").json()
     assert stored["spec"]["evaluation"]["dataset"] == expected

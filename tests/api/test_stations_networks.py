@@ -6,14 +6,14 @@ import hashlib
 
 from fastapi.testclient import TestClient
 
-from tests.api.conftest import AUTH, assert_problem, station_body, upload
+from tests.api.conftest import AUTH, STATION_GEOMETRY, assert_problem, station_body, upload
 
 
 def test_created_station_is_listed_and_fetched_by_name(client: TestClient) -> None:
     created = client.post("/stations", json=station_body("bench-1"), headers=AUTH)
     assert created.status_code == 201, created.text
     assert created.headers["location"] == "/stations/bench-1"
-    assert created.json()["geometry"] == {"tiles": 2, "rows": 64, "cols": 64}
+    assert created.json()["geometry"] == STATION_GEOMETRY
 
     fetched = client.get("/stations/bench-1").json()
     assert fetched == created.json()
