@@ -9,7 +9,6 @@ the CLI both call this.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +19,7 @@ from hwctl.inference.inputs import Inputs, Normalisation
 from hwctl.mapping import DeviceMap
 from hwctl.nn.compensation import AnalogIO, GdcGains, adapt_batchnorm, compensation_method
 from hwctl.nn.conductance import load_matrices
-from hwctl.nn.data import ImageSet, Normalizer, augment_crop_flip, load_dataset
+from hwctl.nn.data import ImageSet, Normalizer, augment_crop_flip
 from hwctl.nn.models import Checkpoint
 from hwctl.nn.network_spec import network_spec
 from hwctl.vocabulary import DEFAULT_GDC_STATISTIC, CompensationMethod, GdcStatistic
@@ -173,20 +172,6 @@ def evaluate_readout(
     """One-shot: accuracy of `checkpoint` with analog weights from `g_t_us` and compensation `method`."""
     evaluator = ReadoutEvaluator(checkpoint, device_map, calibration, analog_io)
     return evaluator.evaluate(data, g_t_us, method, g_t0_us)
-
-
-def adabs_calibration_set(
-    dataset: str, methods: Collection[str], n_images: int | None = None, seed: int = 0
-) -> ImageSet | None:
-    """The AdaBS calibration images of an evaluation, or None when AdaBS is not among `methods`.
-
-    The one place that decides them, for the evaluate job, the report's forecast and
-    `hwctl evaluate`: `n_images` training images (default `CALIBRATION_IMAGES`) picked
-    by `seed` from `dataset`'s training split, as `calibration_set` prepares them.
-    """
-    if CompensationMethod.ADABS not in methods:
-        return None
-    return calibration_set(load_dataset(dataset, "train"), dataset, n_images, seed)
 
 
 def calibration_set(train: ImageSet, dataset: str, n_images: int | None = None, seed: int = 0) -> ImageSet:

@@ -9,7 +9,7 @@ import pytest
 from hwctl.cli import main
 from hwctl.nn.chip_readout import simulate_readouts
 from hwctl.nn.data import ImageSet, Normalizer
-from hwctl.nn.evaluation import ReadoutEvaluator, adabs_calibration_set, calibration_set, wilson_interval_pct
+from hwctl.nn.evaluation import ReadoutEvaluator, calibration_set, wilson_interval_pct
 from hwctl.nn.inference import accuracy_pct
 from hwctl.nn.models import Checkpoint, save_checkpoint
 from hwctl.vocabulary import CompensationMethod
@@ -64,14 +64,3 @@ def test_cli_refuses_gdc_without_a_reference_readout(
     np.save(tmp_path / "g.npy", np.zeros(10, np.float32))
     assert main(["evaluate", str(ckpt_path), "--readout", str(tmp_path / "g.npy"), "--method", "gdc"]) == 2
     assert "readout-t0" in capsys.readouterr().err
-
-
-def test_the_adabs_calibration_set_is_chosen_in_one_place(digits_train: ImageSet) -> None:
-    """None without AdaBS; else the experiment's count (default 300 for digits) of training images."""
-    assert adabs_calibration_set("digits", ["none", "gdc"]) is None
-    chosen = adabs_calibration_set("digits", ["none", "adabs"])
-    assert chosen is not None and len(chosen) == 300
-    np.testing.assert_array_equal(chosen.x, calibration_set(digits_train, "digits").x)
-    sized = adabs_calibration_set("digits", [CompensationMethod.ADABS], n_images=120, seed=4)
-    assert sized is not None and len(sized) == 120
-    np.testing.assert_array_equal(sized.x, digits_train.subset(120, seed=4).x)
