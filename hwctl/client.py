@@ -137,6 +137,11 @@ class HwctlClient:
         """Program again after the board lost its state: the experiment and its new program job."""
         return self._json("POST", f"/experiments/{experiment_id}/reprogram")
 
+    def accuracy(self, experiment_id: int) -> list[Json]:
+        """Accuracy per scheduled time and method: mean over read draws and programmings, spreads."""
+        points: list[Json] = self._request("GET", f"/experiments/{experiment_id}/accuracy").json()
+        return points
+
     def jobs(self, experiment_id: int, status: str | None = None) -> list[Json]:
         params: Json = {"experiment_id": experiment_id}
         if status is not None:

@@ -43,6 +43,9 @@ def register(subparsers: Any) -> None:
                       help="N readbacks log-spaced from 25 s to 24 h (default %(default)s)")
     when.add_argument("--offsets", type=_offsets, metavar="S,S,...",
                       help="readback times in seconds after programming, e.g. 25,60,3600")
+    run_p.add_argument("--reads-per-point", type=int, default=1, metavar="N",
+                       help="whole reads of the chip at each time, 1-16 (default %(default)s): the spread "
+                       "over them is the read noise's share")
     run_p.add_argument("--methods", type=_methods, default=list(CompensationMethod), metavar="M,M",
                        help=f"compensation methods: {','.join(CompensationMethod)} (default: all)")
     run_p.add_argument("--dataset", choices=("digits", "cifar10"),
@@ -133,16 +136,23 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[s
     return [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
 
 
-def accuracy_rows(detail: Json, readback_jobs: Sequence[Json]) -> tuple[list[str], list[list[str]]]:
+def accuracy_rows(
+    detail: Json, readback_jobs: Sequence[Json], points: Sequence[Json] = ()
+) -> tuple[list[str], list[list[str]]]:
     """Accuracy % per planned readout and method; a readout that did not happen says why.
 
     Beside the scheduled time since programming stands the readout's actual one (its
     start minus the end of programming), which differs when the readback ran late.
+    `points` (GET /experiments/{id}/accuracy): where given, a cell is the mean over the
+    reads at that time ± their standard deviation when there were several.
     """
     methods = list(detail["spec"]["evaluation"]["methods"])
     header = ["scheduled", "read at", *(f"{METHOD_LABELS[CompensationMethod(m)]} (%)" for m in methods)]
-    readouts = {r["offset_s"]: r for r in detail["readouts"]}
-    accuracy = {(e["offset_s"], e["method"]): e["accuracy"] for e in detail["evaluations"]}
+    readouts = {r["offset_s"]: r for r in detail["readouts"] if r.get("draw", 0) == 0}  # the first read
+    accuracy = {(e["offset_s"], e["method"]): f"{e['accuracy']:.1f}" for e in detail["evaluations"]}
+    for p in points:
+        spread = "" if p["draw_std_pct"] is None else f" ± {p['draw_std_pct']:.1f}"
+        accuracy[(p["offset_s"], p["method"])] = f"{p['accuracy_pct']:.1f}{spread}"
     job_status = {float(j["payload"]["offset_s"]): j["status"] for j in readback_jobs}
     rows = []
     for offset_s in detail["spec"]["schedule"]["offsets_s"]:
@@ -152,7 +162,7 @@ def accuracy_rows(detail: Json, readback_jobs: Sequence[Json]) -> tuple[list[str
             rows.append([duration_label(offset_s), why, *(["–"] * len(methods))])
             continue
         age_s = readout["board_time_s"] - readout["scheduled_s"] + offset_s
-        cells = [f"{accuracy[(offset_s, m)]:.1f}" if (offset_s, m) in accuracy else "–" for m in methods]
+        cells = [accuracy.get((offset_s, m), "–") for m in methods]
         rows.append([duration_label(offset_s), duration_label(age_s), *cells])
     return header, rows
 
@@ -193,7 +203,7 @@ def result_lines(client: HwctlClient, detail: Json) -> list[str]:
         f"experiment {experiment_id} '{detail['name']}' on {detail['station']}: {detail['status']}",
         "",
         "Accuracy (%) vs time since programming, per drift compensation:",
-        *format_table(*accuracy_rows(detail, readbacks)),
+        *format_table(*accuracy_rows(detail, readbacks, client.accuracy(experiment_id))),
     ]
     fits = client.drift_fits(experiment_id)
     if fits:
@@ -234,7 +244,7 @@ def _experiment_spec(args: argparse.Namespace, network: Json) -> ExperimentSpec:
     offsets_s = args.offsets or log_spaced_offsets_s(FIRST_OFFSET_S, DAY_S, args.schedule_points)
     fields = {
         "network_id": network["id"], "station": args.station, "name": args.name,
-        "schedule": {"offsets_s": offsets_s},
+        "schedule": {"offsets_s": offsets_s, "reads_per_point": args.reads_per_point},
         "evaluation": {"dataset": args.dataset or _dataset_of(network["architecture"]),
                        "methods": args.methods, "n_images": args.n_images},
     }  # fmt: skip
