@@ -107,6 +107,19 @@ def test_report_json_holds_the_stored_evaluations_and_labels_forecasts(reported:
     assert data["statistics"]["n_devices"] == programming["devices"]
 
 
+def test_one_read_per_point_is_a_spread_said_n_a_not_zero(reported: Reported) -> None:
+    data = json.loads((reported.index.parent / "report.json").read_text())
+    measured = [r for r in data["accuracy"] if r["kind"] == "measured"]
+    assert {(r["n_draws"], r["draw_std"], r["n_programmings"], r["programming_std"]) for r in measured} == {
+        (1, None, 1, None)
+    }
+    forecast = [r for r in data["accuracy"] if r["kind"] == "forecast"]
+    assert {(r["n_draws"], r["n_programmings"]) for r in forecast} == {(3, 1)}  # 3 synthetic reads each
+    markdown = (reported.index.parent / "report.md").read_text()
+    assert "n/a (1 read)" in markdown and "n/a (1 programming)" in markdown and "(3 reads)" in markdown
+    assert "± 0.00 (1 read" not in markdown
+
+
 def test_each_named_plot_is_served_as_png_or_svg(reported: Reported) -> None:
     for name in PLOT_NAMES:
         assert plot_bytes(reported.engine, reported.experiment_id, name).startswith(PNG_MAGIC)
