@@ -66,7 +66,8 @@ def readout_out(row: Row[Any]) -> Readout:
 
 
 def evaluation_out(row: Row[Any]) -> Evaluation:
-    return Evaluation.model_validate({**row._asdict(), "gdc_statistic": row.settings.get("gdc_statistic")})
+    from_settings = {key: row.settings.get(key) for key in ("gdc_statistic", "t0_reads")}
+    return Evaluation.model_validate({**row._asdict(), **from_settings})
 
 
 def fit_out(row: Row[Any]) -> DriftFitSummary:

@@ -46,6 +46,10 @@ class Evaluation(BaseModel):
         description="the per-layer GDC statistic it was evaluated with (it shapes gdc and adabs); "
         "null: stored without one"
     )
+    t0_reads: int | None = Field(
+        None, description="how many reads at t0 GDC's reference averaged (the read draws stored by then); "
+        "null: stored before they were counted (one)"
+    )
     created_at: UtcDatetime
 
 

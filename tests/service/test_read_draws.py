@@ -132,6 +132,7 @@ def test_report_api_and_dashboard_give_the_mean_with_its_spread_over_three_reads
     assert [p["draw_std_pct"] for p in points] == pytest.approx([r.draw_std for r in measured])
     assert detail["progress"]["readouts_planned"] == detail["progress"]["readouts_done"] == POINTS * READS
     assert {r["draw"] for r in detail["readouts"]} == set(range(READS))
+    assert {e["t0_reads"] for e in detail["evaluations"] if e["offset_s"] != drawn.offsets_s[0]} == {READS}
     assert f"({READS} reads)" in page and "n/a (1 programming)" in page
 
     index = build_report(drawn.engine, drawn.experiment_id, tmp_path / "report")
