@@ -414,7 +414,11 @@ def report_blocks(a: ExperimentAnalysis) -> list[Block]:
             "there is only one."
         ),
         spread_table(s.measured + a.forecast),
-        doc.Image("accuracy", "Accuracy vs time since programming: measured (solid) and forecast (dashed)."),
+        doc.Image(
+            "accuracy",
+            "Accuracy vs time since programming: measured (solid) and forecast (dashed); error bars "
+            "± one standard deviation over read draws where there are several.",
+        ),
         doc.Heading("Conductances"),
         doc.Image(
             "histograms",
