@@ -57,10 +57,12 @@ from hwctl.inference.spec import (
     ReevaluationSpec,
 )
 from hwctl.jobs.infer import FRESH_READ_SCHEDULED_S, InferPayload
+from hwctl.nn.calibration import needs_calibration
 from hwctl.settings import Settings
 from hwctl.store import datasets as store_datasets
 from hwctl.store import inferences as store
 from hwctl.store import queries
+from hwctl.store.campaign import load_spec
 from hwctl.store.errors import NotFoundError
 from hwctl.store.networks import stored_network_spec
 from hwctl.vocabulary import JobKind, JobLane
@@ -105,6 +107,14 @@ def _checked(
         network = stored_network_spec(db, target.network_id)
         check_fits(network, dataset.image_shape)
         check_methods(request.methods, batchnorm=network.has_batchnorm)
+        if needs_calibration(request.methods, request.gdc_statistic):
+            evaluation = load_spec(db, experiment_id).evaluation
+            if store_datasets.inference_calibration_ref(evaluation, network.dataset) is None:
+                raise InferenceError(
+                    f"AdaBS (and calibration-batch GDC) need calibration images, and experiment "
+                    f"{experiment_id} names no calibration set (evaluation.calibration_dataset_id) and its "
+                    "network has no built-in data set"
+                )
         settings = request.settings()  # the compute core's own checks (a method given twice…)
         check_size(dataset.n_images, network.n_classes, settings)
     except (InputError, InferenceError) as exc:

@@ -32,7 +32,7 @@ from hwctl.settings import get_settings
 from hwctl.store import inferences as store_inferences
 from hwctl.store import readouts as store_readouts
 from hwctl.store.campaign import load_spec
-from hwctl.store.datasets import evaluation_refs, load_evaluation_images, load_inputs
+from hwctl.store.datasets import inference_calibration_ref, load_evaluation_images, load_inputs
 from hwctl.store.networks import load_network
 from hwctl.vocabulary import JobKind, JobLane
 
@@ -66,8 +66,7 @@ def _load(ctx: JobContext, payload: InferPayload, conn: Connection) -> _Loaded:
     def network() -> ChipNetwork:
         experiment = load_spec(conn, payload.experiment_id)
         checkpoint = load_network(conn, experiment.network_id)
-        # The experiment's calibration set, else the network's own training split.
-        calibration_ref = evaluation_refs(experiment.evaluation)[1] or network_spec(checkpoint).dataset
+        calibration_ref = inference_calibration_ref(experiment.evaluation, network_spec(checkpoint).dataset)
         calibration = None
         if calibrated and calibration_ref is not None:  # None: ChipNetwork.check refuses AdaBS
             n_images = spec.calibration_images

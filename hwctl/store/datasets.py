@@ -273,6 +273,12 @@ def evaluation_refs(evaluation: EvaluationSpec) -> tuple[DatasetRef, DatasetRef 
     return test, evaluation.calibration_dataset_id or evaluation.dataset
 
 
+def inference_calibration_ref(evaluation: EvaluationSpec, network_dataset: str | None) -> DatasetRef | None:
+    """Where an inference's calibration images come from: its experiment's calibration set,
+    else the network's own built-in (its training split); None: nowhere."""
+    return evaluation_refs(evaluation)[1] or network_dataset
+
+
 def evaluation_test_images(conn: Connection | None, evaluation: EvaluationSpec) -> Images:
     """The evaluation's `n_images` test images (`load_evaluation_images`)."""
     return load_evaluation_images(conn, evaluation_refs(evaluation)[0], "test", evaluation.n_images)

@@ -5,12 +5,14 @@ chip is refused at submission. Every refusal is a 422 with nothing queued."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from hwctl.cli import main
 from hwctl.experiment_spec import EvaluationSpec
 from hwctl.inference.inputs import Inputs
 from hwctl.nn.data import load_dataset
@@ -140,6 +142,24 @@ def test_adabs_on_an_uploaded_test_set_needs_a_calibration_set(
     nothing_queued(client)
     without = submit(client, ready, test_dataset_id=test_id, methods=["none", "gdc"])
     assert without.status_code == 202, without.text
+
+
+def test_an_inference_asking_for_calibration_images_the_experiment_lacks_is_422(
+    client: TestClient, digits_checkpoint: bytes, tmp_path: Path
+) -> None:
+    source, archive = tmp_path / "digits.pt", tmp_path / "digits.pt2"  # a graph: no data set of its own
+    source.write_bytes(digits_checkpoint)
+    assert main(["export", "digits-resnet", "--checkpoint", str(source), "--out", str(archive)]) == 0
+    client.post("/stations", json=station_body("sim"), headers=AUTH)
+    body = {"network_id": upload(client, archive.read_bytes(), "digits.pt2").json()["id"], "station": "sim",
+            "schedule": {"offsets_s": [10.0]}}  # fmt: skip
+    test_id = add_dataset(client, npz(x=images(20), y=np.arange(20) % 10))
+    accepted = submit(client, body, test_dataset_id=test_id, methods=["none", "gdc"])
+    assert accepted.status_code == 202, accepted.text
+    experiment_id = accepted.json()["experiment"]["id"]
+    adabs = {"dataset_id": test_id, "at": 1, "methods": ["adabs"]}
+    inference = client.post(f"/experiments/{experiment_id}/inferences", json=adabs, headers=AUTH)
+    assert_problem(inference, 422, "calibration images", "evaluation.calibration_dataset_id")
 
 
 # -- the network must fit the station ------------------------------------------------------
