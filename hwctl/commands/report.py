@@ -7,6 +7,8 @@ from pathlib import Path
 
 from hwctl.commands.errors import CLIError
 
+MAX_FORECAST_DRAWS = 16  # each draw evaluates the network once per horizon and method
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("report", help="plots, tables and accuracy forecast of an experiment")
@@ -16,13 +18,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-forecast",
         action="store_true",
-        help="skip the 1 week/1 month/1 year forecast (it evaluates the network 9 times)",
+        help="skip the 1 week/1 month/1 year forecast (it evaluates the network 9 times per draw)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the forecast's read-noise draws")
+    p.add_argument(
+        "--forecast-draws", type=_draws, metavar="N",
+        help="synthetic reads per forecast horizon, their mean and spread reported (default: 3)",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
+def _draws(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_FORECAST_DRAWS:
+        raise argparse.ArgumentTypeError(f"forecast draws are 1 to {MAX_FORECAST_DRAWS}, not {text!r}")
+    return int(text)
+
+
 def run(args: argparse.Namespace) -> int:
+    from hwctl.analysis.forecast import FORECAST_DRAWS
     from hwctl.report import analyze_experiment, summary_lines, write_report
     from hwctl.settings import get_settings
     from hwctl.store.engine import make_engine
@@ -34,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         ensure_migrated(engine)
         analysis = analyze_experiment(
-            engine, args.experiment_id, forecast=not args.no_forecast, seed=args.seed
-        )
+            engine, args.experiment_id, forecast=not args.no_forecast, seed=args.seed,
+            forecast_draws=args.forecast_draws or FORECAST_DRAWS,
+        )  # fmt: skip
         index = write_report(analysis, out)
     except StoreError as exc:
         raise CLIError(str(exc)) from None

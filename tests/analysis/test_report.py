@@ -150,6 +150,21 @@ def test_cli_prints_the_report_path_and_a_summary(
         assert conn.execute(select(func.count()).select_from(evaluations)).scalar_one() == 3 * READOUTS
 
 
+def test_cli_forecasts_from_as_many_synthetic_reads_as_asked(
+    reported: Reported, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "r"
+    code = main(["report", str(reported.experiment_id), "--out", str(out), "--database-url", reported.url,
+                 "--forecast-draws", "2"])  # fmt: skip
+    assert code == 0
+    accuracy = json.loads((out / "report.json").read_text())["accuracy"]
+    assert {(r["n_draws"], r["n_programmings"]) for r in accuracy if r["kind"] == "forecast"} == {(2, 1)}
+    for bad in ("0", "17", "two"):
+        with pytest.raises(SystemExit):
+            main(["report", str(reported.experiment_id), "--forecast-draws", bad])
+    assert "forecast draws are 1 to 16" in capsys.readouterr().err
+
+
 def test_cli_names_an_unknown_experiment(
     reported: Reported, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
