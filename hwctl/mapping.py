@@ -24,6 +24,7 @@ import io
 import json
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -188,18 +189,7 @@ class DeviceMap:
             meta = json.loads(z["meta"].tobytes().decode())
             targets = z["target_g_us"]
             stored_addresses = z["addresses"] if "addresses" in z.files else None  # maps stored with them
-        layers = tuple(
-            LayerPlacement(
-                name=raw["name"],
-                shape=(raw["shape"][0], raw["shape"][1]),
-                scale_us_per_weight=raw["scale_us_per_weight"],
-                offset=raw["offset"],
-                n_weights=raw["n_weights"],
-                blocks=tuple(Block(**b) for b in raw["blocks"]),
-            )
-            for raw in meta["layers"]
-        )
-        geometry = Geometry(**meta["geometry"])
+        geometry, layers = placement_from_meta(meta)
         if stored_addresses is None:
             addresses = np.empty(targets.size, np.uint32)
             for layer in layers:
@@ -208,6 +198,23 @@ class DeviceMap:
             addresses = stored_addresses
         digital = tuple(meta.get("digital_layers", ()))  # maps stored before digital layers existed
         return cls(geometry, meta["g_max_us"], layers, addresses, targets, digital)
+
+
+def placement_from_meta(meta: dict[str, Any]) -> tuple[Geometry, tuple[LayerPlacement, ...]]:
+    """The chip and every layer's placement from a stored map's JSON part (`DeviceMap.to_bytes`):
+    where each device sits, without its targets."""
+    layers = tuple(
+        LayerPlacement(
+            name=raw["name"],
+            shape=(raw["shape"][0], raw["shape"][1]),
+            scale_us_per_weight=raw["scale_us_per_weight"],
+            offset=raw["offset"],
+            n_weights=raw["n_weights"],
+            blocks=tuple(Block(**b) for b in raw["blocks"]),
+        )
+        for raw in meta["layers"]
+    )
+    return Geometry(**meta["geometry"]), layers
 
 
 def _cut(rows: int, cols: int, geometry: Geometry) -> list[tuple[int, int, int, int]]:

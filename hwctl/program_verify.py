@@ -2,7 +2,9 @@
 
 Each iteration sends at most one RESET command (devices that overshot), one SET
 command (every still-converging device with its own amplitude) and one read command,
-so the loop costs the same number of round trips over the wire as in process.
+so the loop costs the same number of round trips over the wire as in process. A large
+device set is programmed in blocks of `PROGRAM_BLOCK_DEVICES`, one loop per block, so
+memory is bounded by a block.
 
 The host's picture of a device is deliberately coarse (a lab calibration, not the
 simulator's internals): a SET pulse of amplitude I moves G a fraction
@@ -27,6 +29,10 @@ from drivers.base import Chip
 from drivers.errors import LimitError
 
 Progress = Callable[[int, int, int], None]
+# Devices programmed together (one SET/verify loop): the loop's state (~70 bytes a device)
+# and each iteration's temporaries are bounded by this, not by the chip (150 MB and ~8 MB
+# arrays at 2 Mi devices; a 43.6 M-device network is 21 blocks).
+PROGRAM_BLOCK_DEVICES = 1 << 21
 MIN_LEARNING_LEVEL_US = 0.3  # below this the SET onset dominates: no gain learned
 
 
@@ -129,9 +135,14 @@ def program_and_verify(
     settings: ProgramSettings = ProgramSettings(),
     progress: Progress | None = None,
     resume: ResumePoint | None = None,
+    block_devices: int = PROGRAM_BLOCK_DEVICES,
 ) -> ProgrammingResult:
     """Program every device to its target: RESET, then SET/verify until within tolerance.
 
+    The devices are programmed `block_devices` at a time (each block to the end before the
+    next), so the loop's state and temporaries are bounded by a block, not the chip: what
+    stays per device is the result (17 bytes). `progress(iteration, remaining, converged)`
+    counts over every device (the blocks not started yet are remaining).
     With `resume`, devices already within tolerance are left alone; the others go on
     from where they read (SET from there, or RESET first if above their band).
     """
@@ -142,22 +153,43 @@ def program_and_verify(
         raise ValueError("addresses and target_g_us must be 1-D arrays of the same length")
     if targets.size and (not np.isfinite(targets).all() or targets.min() < 0):
         raise ValueError("targets must be finite conductances >= 0 uS")
+    if block_devices < 1:
+        raise ValueError(f"a programming block holds at least one device, got {block_devices}")
     check_amplitudes(chip, s)
     n = addresses.size
-    final = np.zeros(n, np.float32)
-    iterations = np.zeros(n, np.int32)
-    status = np.full(n, DeviceStatus.NOT_CONVERGED, np.uint8)
-    t_programmed = np.zeros(n, np.float64)
-    result = ProgrammingResult(addresses, targets, final, iterations, status, t_programmed)
-    if n == 0:
-        return result
+    result = ProgrammingResult(
+        addresses, targets, np.zeros(n, np.float32), np.zeros(n, np.int32),
+        np.full(n, DeviceStatus.NOT_CONVERGED, np.uint8), np.zeros(n, np.float64),
+    )  # fmt: skip
+    if resume is not None and resume.g_us.shape != targets.shape:
+        raise ValueError(f"resume reads {resume.g_us.size} devices, programming {n}")
+    for start in range(0, n, block_devices):
+        block = slice(start, min(start + block_devices, n))
 
+        def block_progress(iteration: int, remaining: int, converged: int, first: int = start) -> None:
+            if progress is not None:
+                progress(iteration, n - first - converged, first + converged)
+
+        start_g = None if resume is None else np.ascontiguousarray(resume.g_us[block], np.float32)
+        _program_block(chip, s, result, block, block_progress, start_g, resume)
+    return result
+
+
+def _program_block(
+    chip: Chip, s: ProgramSettings, result: ProgrammingResult, block: slice, progress: Progress,
+    start_g_us: npt.NDArray[np.float32] | None, resume: ResumePoint | None,
+) -> None:  # fmt: skip
+    """The SET/verify loop over the devices of `block`, writing their outcome into `result`."""
+    final, iterations, status = result.g_final_us[block], result.iterations[block], result.status[block]
+    t_programmed = result.programmed_s[block]
+    targets = result.target_g_us[block]
+    n = targets.size
     slope_ua_per_us = np.float32((s.amplitude_max_ua - s.amplitude_onset_ua) / s.g_at_amplitude_max_us)
     rate = np.float32(s.nominal_set_rate)
     reach = np.float32(s.aim_fraction / s.nominal_set_rate)
-    # The converging set, compacted each iteration: index into the result arrays.
+    # The converging set, compacted each iteration: index into the block's result views.
     idx = np.arange(n)
-    addr, tgt = addresses, targets
+    addr, tgt = result.addresses[block], targets
     tol = np.float32(s.tolerance_us) + np.float32(s.tolerance_rel) * targets
     gain = np.ones(n, np.float32)
     gain_var = np.full(n, np.float32(s.gain_prior_sigma**2))
@@ -166,21 +198,18 @@ def program_and_verify(
     g_min = np.full(n, np.inf, np.float32)
     g_max = np.full(n, -np.inf, np.float32)
     clipped = np.zeros(n, bool)
-    if resume is not None:
-        start = np.ascontiguousarray(resume.g_us, np.float32)
-        if start.shape != targets.shape:
-            raise ValueError(f"resume reads {start.size} devices, programming {n}")
-        settled = np.abs(targets - start) <= tol
-        final[:] = start
+    if start_g_us is not None and resume is not None:
+        settled = np.abs(targets - start_g_us) <= tol
+        final[:] = start_g_us
         status[settled] = DeviceStatus.CONVERGED
         t_programmed[settled] = resume.programmed_s
         keep = ~settled
-        idx, addr, tgt, tol, g = idx[keep], addr[keep], tgt[keep], tol[keep], start[keep]
+        idx, addr, tgt, tol, g = idx[keep], addr[keep], tgt[keep], tol[keep], start_g_us[keep]
         gain, gain_var, clipped = gain[keep], gain_var[keep], clipped[keep]
         over = g - tgt > tol
         g_min, g_max = g.copy(), g.copy()
         if idx.size == 0:
-            return result
+            return
 
     for iteration in range(1, s.max_iterations + 1):
         if over.any():
@@ -223,12 +252,10 @@ def program_and_verify(
         idx, addr, tgt, tol, g, over = idx[keep], addr[keep], tgt[keep], tol[keep], read[keep], over[keep]
         gain, gain_var = gain[keep], gain_var[keep]
         g_min, g_max, clipped = g_min[keep], g_max[keep], clipped[keep]
-        if progress is not None:
-            progress(iteration, int(idx.size), n - int(idx.size))
+        progress(iteration, int(idx.size), n - int(idx.size))
         if idx.size == 0:
             break
 
     still = (g_max - g_min) < s.stuck_band_us + s.stuck_band_rel * g_max
     status[idx[still]] = DeviceStatus.STUCK
     status[idx[~still & clipped]] = DeviceStatus.LIMIT
-    return result

@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Engine
 
 from drivers.pcm_model import PCMModel
 from hwctl.analysis import document as doc
+from hwctl.analysis.bounded_plots import bounded_figure
 from hwctl.analysis.document import Block
 from hwctl.analysis.fitted_model import eta_from_fit, fit_model
 from hwctl.analysis.forecast import FORECAST_DRAWS, forecast_accuracy, horizon_label
@@ -35,6 +36,7 @@ from hwctl.analysis.plots import (
     chip_heatmap_figure,
     conductance_histograms_figure,
     drift_vs_target_figure,
+    histogram_picks,
     programming_error_figure,
     render,
 )
@@ -54,7 +56,6 @@ from hwctl.store.readouts import t0_mean_us
 from hwctl.vocabulary import GDC_STATISTIC_LABELS, METHOD_LABELS, OUTLIERS_LISTED, CompensationMethod
 
 PLOT_NAMES = ("accuracy", "histograms", "programming_error", "drift", "heatmap")
-HISTOGRAM_READOUTS = 6  # more overlaid histograms are unreadable
 
 
 class UnknownPlotError(NotFoundError):
@@ -141,7 +142,11 @@ def plot_bytes(db: Engine | Connection, experiment_id: int, name: str, fmt: Imag
     """One plot as PNG/SVG bytes, measured data only (forecasts need a network evaluation)."""
     if name not in PLOT_NAMES:
         raise UnknownPlotError(f"unknown plot {name!r}; available: {', '.join(PLOT_NAMES)}")
-    return render(analyze_experiment(db, experiment_id, forecast=False).figure(name), fmt)
+    with open_connection(db) as conn:  # each plot reads only what it draws where it can
+        figure = bounded_figure(conn, experiment_id, name)
+        if figure is None:
+            figure = analyze_experiment(conn, experiment_id, forecast=False).figure(name)
+    return render(figure, fmt)
 
 
 def training_noise_eta(db: Engine | Connection, experiment_id: int) -> float:
@@ -235,10 +240,12 @@ def _accuracy(a: ExperimentAnalysis) -> Figure:
 def _histograms(a: ExperimentAnalysis) -> Figure:
     a.stored.require_readouts()
     readouts, samples = a.stored.readouts, a.stored.g_samples_us  # whole, or blocks spread over the chip
-    picks = np.unique(np.round(np.linspace(0, len(readouts) - 1, min(len(readouts), HISTOGRAM_READOUTS))))
     end_s = a.stored.programmed_end_s
     return conductance_histograms_figure(
-        [(horizon_label(readouts[i].board_time_s - end_s), samples[i]) for i in picks.astype(int)]
+        [
+            (horizon_label(readouts[i].board_time_s - end_s), samples[i])
+            for i in histogram_picks(len(readouts))
+        ]
     )
 
 

@@ -122,3 +122,23 @@ def test_an_interrupted_programming_resumes_leaving_devices_within_tolerance_alo
     assert np.all(result.iterations[within] == 0) and np.all(result.programmed_s[within] == resumed_at_s)
     np.testing.assert_array_equal(result.g_final_us[within], g_now_us[within])
     assert result.converged_fraction_nonzero >= 0.99
+
+
+def test_a_large_set_is_programmed_block_by_block_each_with_its_own_loop() -> None:
+    board = CountingBoard()
+    addresses, targets = np.arange(5_000, dtype=np.uint32), _targets(5_000, seed=3)
+    sent: list[np.ndarray] = []
+    read_block = board.read_block
+    board.read_block = lambda a: (sent.append(a.copy()), read_block(a))[1]  # type: ignore[method-assign]
+    calls: list[tuple[int, int, int]] = []
+    result = program_and_verify(
+        board, addresses, targets, progress=lambda *a: calls.append(a), block_devices=2_000
+    )
+    blocks = [(0, 2_000), (2_000, 4_000), (4_000, 5_000)]
+    first_reads = [a for a in sent if a.size in (2_000, 1_000)][:3]
+    assert [(int(a.min()), int(a.max()) + 1) for a in first_reads] == blocks  # each block's loop stays in it
+    assert all(np.isin(a, addresses[lo:hi]).all() for a in sent for lo, hi in blocks if lo <= a.min() < hi)
+    assert all(active + done == 5_000 for _, active, done in calls)
+    assert calls[-1][2] >= 4_900  # converged counts over every block
+    assert result.converged_fraction_nonzero >= 0.99
+    assert np.all(result.iterations >= 1)

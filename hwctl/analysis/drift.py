@@ -59,13 +59,23 @@ def fit_drift(
     if min_points < 2:
         raise ValueError("a line needs at least 2 points")
     n_dev = g.shape[1]
-    sums = np.empty((8, n_dev), np.float64)
+    fit = _empty_fit(n_dev, t0_s)
+    sums = np.empty((8, min(n_dev, _CHUNK_DEVICES)), np.float64)  # reused chunk by chunk
     t_col = t[:, None] if t.ndim == 1 else None
     for start in range(0, n_dev, _CHUNK_DEVICES):
         stop = min(start + _CHUNK_DEVICES, n_dev)
         t_chunk = t_col if t_col is not None else t[:, start:stop]
-        _accumulate(g[:, start:stop], t_chunk, np.log(t0_s), sums[:, start:stop])
-    return _solve(sums, t0_s, min_points)
+        chunk_sums = sums[:, : stop - start]
+        _accumulate(g[:, start:stop], t_chunk, np.log(t0_s), chunk_sums)
+        _solve(chunk_sums, min_points, fit, slice(start, stop))
+    return fit
+
+
+def _empty_fit(n_devices: int, t0_s: float) -> DriftFit:
+    floats = (np.empty(n_devices, np.float64) for _ in range(6))
+    nu, g_t0, r_squared, residual_std, nu_stderr, g_t0_stderr = floats
+    return DriftFit(t0_s, nu, g_t0, r_squared, np.empty(n_devices, np.int8), residual_std, nu_stderr,
+                    g_t0_stderr, np.empty(n_devices, np.int32))  # fmt: skip
 
 
 def _accumulate(g: np.ndarray, t: np.ndarray, ln_t0: float, out: FloatArray) -> None:
@@ -74,17 +84,21 @@ def _accumulate(g: np.ndarray, t: np.ndarray, ln_t0: float, out: FloatArray) -> 
     Rows: n, Σx, Σy, Σxx, Σxy, Σyy, then Σ c_k²e_k² and Σ w_k²e_k², the residual-weighted
     (sandwich) variances of intercept and slope. Read noise grows with t, so the pooled
     residual variance misjudges the intercept's error by tens of %; the sandwich form
-    does not assume equal noise on every read.
+    does not assume equal noise on every read. With u = x − x̄ and e the residual,
+    w = u/Sxx_c and c = 1/n − x̄·w, so both are sums of e², u·e² and u²·e²:
+    Σw²e² = Σu²e²/Sxx_c², Σc²e² = Σe²/n² − 2x̄·Σue²/(n·Sxx_c) + x̄²·Σu²e²/Sxx_c².
+    ln G is taken in the readings' own precision (float32 readouts: float32 logs, as
+    exact as the readings), sums in float64.
     """
-    valid = (g > 0) & (t > 0)
-    shape = valid.shape
-    y = np.zeros(shape, np.float64)
-    np.log(g, out=y, where=valid, dtype=np.float64)
-    x = np.zeros(shape, np.float64)
-    np.log(np.broadcast_to(t, shape), out=x, where=valid, dtype=np.float64)
-    np.subtract(x, ln_t0, out=x, where=valid)
+    valid = g > 0
+    valid &= t > 0
+    weight = valid.astype(np.float64)
+    y = np.log(np.where(valid, g, g.dtype.type(1))).astype(np.float64, copy=False)
+    x = np.log(np.where(valid, t, 1.0), dtype=np.float64)
+    x -= ln_t0
+    x *= weight
     n = out[0]
-    n[:] = np.count_nonzero(valid, axis=0)
+    n[:] = weight.sum(axis=0)
     out[1] = x.sum(axis=0)
     out[2] = y.sum(axis=0)
     out[3] = np.einsum("ij,ij->j", x, x)
@@ -95,22 +109,22 @@ def _accumulate(g: np.ndarray, t: np.ndarray, ln_t0: float, out: FloatArray) -> 
         sxx_c = out[3] - out[1] * x_mean
         slope = (out[4] - x_mean * out[2]) / sxx_c
         intercept = out[2] / n - slope * x_mean
-        # y becomes the residual, x the slope weight w_k = (x_k − x̄)/Sxx_c.
+        # y becomes the squared residual e², x the centred u = x − x̄ (e² = 0 where masked).
         y -= intercept
         y -= slope * x
-        y *= valid
-        x -= x_mean
-        x *= valid
-        x /= sxx_c
         y *= y
-        out[7] = np.einsum("ij,ij,ij->j", x, x, y)
-        x *= -x_mean
-        x += 1.0 / n
-        x *= valid
-        out[6] = np.einsum("ij,ij,ij->j", x, x, y)
+        y *= weight
+        x -= x_mean
+        sum_e2 = y.sum(axis=0)
+        y *= x
+        sum_u_e2 = y.sum(axis=0)
+        sum_u2_e2 = np.einsum("ij,ij->j", x, y)
+        out[7] = sum_u2_e2 / (sxx_c * sxx_c)
+        out[6] = sum_e2 / (n * n) - 2 * x_mean * sum_u_e2 / (n * sxx_c) + x_mean * x_mean * out[7]
 
 
-def _solve(sums: FloatArray, t0_s: float, min_points: int) -> DriftFit:
+def _solve(sums: FloatArray, min_points: int, fit: DriftFit, devices: slice) -> None:
+    """The lines of `devices` from their sums, written into `fit`."""
     n, sx, sy, sxx, sxy, syy, intercept_hc, slope_hc = sums
     with np.errstate(divide="ignore", invalid="ignore"):
         sxx_c = sxx - sx * sx / n
@@ -124,27 +138,18 @@ def _solve(sums: FloatArray, t0_s: float, min_points: int) -> DriftFit:
         nu_var = slope_hc * dof_scale
         intercept_var = intercept_hc * dof_scale
         r_squared = np.where(syy_c > 0, 1.0 - ss_res / syy_c, np.nan)
-    status = np.full(n.shape, FitStatus.OK, np.int8)
+    status = fit.status[devices]
+    status[:] = FitStatus.OK
     status[n < min_points] = FitStatus.TOO_FEW_POINTS
     status[n == 0] = FitStatus.NO_SIGNAL
     spread_free = (n >= min_points) & ~(sxx_c > 1e-12 * np.maximum(sxx, 1.0))
     status[spread_free] = FitStatus.NO_TIME_SPREAD
     bad = status != FitStatus.OK
     g_t0 = np.exp(intercept)
-
-    def masked(values: FloatArray) -> FloatArray:
-        values = np.asarray(values, np.float64)
-        values[bad] = np.nan
-        return values
-
-    return DriftFit(
-        t0_s=t0_s,
-        nu=masked(-slope),
-        g_t0_us=masked(g_t0),
-        r_squared=masked(r_squared),
-        residual_std=masked(np.sqrt(resid_var)),
-        nu_stderr=masked(np.sqrt(nu_var)),
-        g_t0_stderr_us=masked(g_t0 * np.sqrt(intercept_var)),
-        n_points=n.astype(np.int32),
-        status=status,
-    )
+    for name, values in (("nu", -slope), ("g_t0_us", g_t0), ("r_squared", r_squared),
+                         ("residual_std", np.sqrt(resid_var)), ("nu_stderr", np.sqrt(nu_var)),
+                         ("g_t0_stderr_us", g_t0 * np.sqrt(intercept_var))):  # fmt: skip
+        column = getattr(fit, name)[devices]
+        column[:] = values
+        column[bad] = np.nan
+    fit.n_points[devices] = n

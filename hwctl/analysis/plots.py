@@ -22,6 +22,7 @@ from drivers.pcm_model import PCMModel
 from hwctl.analysis.statistics import ChipStatistics
 
 ImageFormat = Literal["png", "svg"]
+HISTOGRAM_READOUTS = 6  # more overlaid histograms are unreadable
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,12 @@ def accuracy_vs_time_figure(curves: Sequence[AccuracyCurve]) -> Figure:
     if curves:
         ax.legend()
     return fig
+
+
+def histogram_picks(n_readouts: int) -> list[int]:
+    """Which readouts the histograms overlay: up to `HISTOGRAM_READOUTS`, evenly spread, first and last."""
+    spread = np.linspace(0, n_readouts - 1, min(n_readouts, HISTOGRAM_READOUTS))
+    return [int(i) for i in np.unique(np.round(spread))]
 
 
 def conductance_histograms_figure(readouts: Sequence[tuple[str, npt.ArrayLike]], bins: int = 100) -> Figure:
@@ -150,16 +157,31 @@ def chip_heatmap_figure(
     tiles = image.reshape(geometry.tiles, geometry.rows, geometry.cols)
     finite = tiles[np.isfinite(tiles)]
     vmin, vmax = np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0)
+    return tile_heatmap_figure(tiles, geometry, (float(vmin), float(vmax)), quantity)
+
+
+def tile_heatmap_figure(
+    tiles: npt.NDArray[np.floating],
+    geometry: Geometry,
+    limits: tuple[float, float],
+    quantity: str = "drift exponent ν",
+) -> Figure:
+    """One image per tile, `tiles` (n_tiles, h, w), each stretched over its tile's word and bit
+    lines (h × w may be coarser than rows × cols: a pixel is then the mean of a square of
+    devices); NaN blank; colours from `limits` (vmin, vmax)."""
     n_cols = math.ceil(math.sqrt(geometry.tiles))
     n_rows = math.ceil(geometry.tiles / n_cols)
     fig = Figure(figsize=(3.2 * n_cols + 1, 3.2 * n_rows * geometry.rows / geometry.cols + 0.8))
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    extent = (-0.5, geometry.cols - 0.5, geometry.rows - 0.5, -0.5)
     mappable = None
     for k, ax in enumerate(axes.ravel()):
         if k >= geometry.tiles:
             ax.set_visible(False)
             continue
-        mappable = ax.imshow(tiles[k], vmin=vmin, vmax=vmax, cmap="viridis", interpolation="nearest")
+        mappable = ax.imshow(
+            tiles[k], vmin=limits[0], vmax=limits[1], cmap="viridis", interpolation="nearest", extent=extent
+        )
         ax.set_title(f"tile {k}", fontsize=9)
         ax.set_xlabel("column (bit line)", fontsize=8)
         ax.set_ylabel("row (word line)", fontsize=8)

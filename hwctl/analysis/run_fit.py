@@ -8,9 +8,11 @@ the readouts so far, and callers label it provisional: it is the fit the job wou
 from those readouts, never a differently computed one.
 
 The fit walks the devices in ranges (`fit_ranges`): each range brings its conductances
-and ages from every readout, is fitted, and leaves only its per-device results (float32).
-Memory is one range of every readout plus ~40 bytes a device, not the readouts: a
-43.6 M-device chip read 20 times never holds its 3.5 GB of readouts or 7 GB of ages.
+and ages from every readout, is fitted, is added to the chip statistics
+(`StatisticsAccumulator`) and leaves only the stored lines and ν's standard error
+(float32). Memory is one range of every readout plus 17 bytes a device, not the
+readouts: a 43.6 M-device chip read 20 times never holds its 3.5 GB of readouts or
+7 GB of ages.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import numpy.typing as npt
 from sqlalchemy import Connection
 
 from drivers.pcm_model import PCMModel
-from hwctl.analysis.drift import DEFAULT_T0_S, DriftFit, fit_drift
-from hwctl.analysis.statistics import ChipStatistics, chip_statistics, model_relative_read_noise
+from hwctl.analysis.drift import DEFAULT_T0_S, fit_drift
+from hwctl.analysis.statistics import ChipStatistics, StatisticsAccumulator, model_relative_read_noise
 from hwctl.analysis.stored import StoredExperiment
 from hwctl.program_verify import DeviceStatus
 from hwctl.store.errors import NotFoundError
@@ -35,8 +37,10 @@ from hwctl.store.readouts import iter_readout_ranges
 MIN_READOUTS_TO_FIT = 3
 # Devices per range: 20 readouts × 1 Mi devices × (4 B of G + 8 B of age) ≈ 250 MB in flight.
 RANGE_DEVICES = 1 << 20
-# The per-device results a range leaves behind, kept as float32 (the stored fit is float32).
-_FLOAT_FIELDS = ("nu", "g_t0_us", "r_squared", "residual_std", "nu_stderr", "g_t0_stderr_us")
+# The per-device results a range leaves behind, kept as float32 (the stored fit is float32):
+# the stored lines and ν's standard error, which flagging fast drifters needs after every
+# range is in (17 bytes a device with the status).
+_FLOAT_FIELDS = ("nu", "g_t0_us", "r_squared", "nu_stderr")
 
 
 @dataclass(frozen=True)
@@ -88,13 +92,14 @@ def fit_ranges(
     model: PCMModel | None = None,
 ) -> RunFit:
     """The run's fit from its readouts given range by range, in device order, covering
-    every device of `target_g_us` once; each range is fitted (`fit_drift`) and predicted
-    (`model_relative_read_noise`) as the whole chip would be, then dropped."""
+    every device of `target_g_us` once; each range is fitted (`fit_drift`), predicted
+    (`model_relative_read_noise`) and added to the chip statistics as the whole chip
+    would be, then dropped."""
     model = model or PCMModel()
     n_devices = target_g_us.size
-    kept = {name: np.empty(n_devices, np.float32) for name in (*_FLOAT_FIELDS, "model_read_noise_rel")}
-    n_points = np.empty(n_devices, np.int32)
+    kept = {name: np.empty(n_devices, np.float32) for name in _FLOAT_FIELDS}
     status = np.empty(n_devices, np.int8)
+    statistics = StatisticsAccumulator(model)
     reached = 0
     for part in ranges:
         if part.first_device != reached or part.g_us.shape[0] != n_readouts:
@@ -104,17 +109,19 @@ def fit_ranges(
             )
         fitted = fit_drift(part.g_us, part.ages_s, min_points=MIN_READOUTS_TO_FIT)
         devices = slice(reached, reached + fitted.n_devices)
+        if devices.stop > n_devices:
+            raise ValueError(f"the ranges run past the {n_devices} devices")
         for name in _FLOAT_FIELDS:
             kept[name][devices] = getattr(fitted, name)
-        kept["model_read_noise_rel"][devices] = model_relative_read_noise(fitted, part.ages_s, model)
-        n_points[devices], status[devices] = fitted.n_points, fitted.status
+        status[devices] = fitted.status
+        predicted = model_relative_read_noise(fitted, part.ages_s, model)
+        statistics.add(fitted, target_g_us[devices], predicted, converged[devices])
         reached = devices.stop
     if reached != n_devices:
         raise ValueError(f"the ranges cover {reached} devices of {n_devices}")
-    predicted = kept.pop("model_read_noise_rel")
-    fit = DriftFit(t0_s=DEFAULT_T0_S, status=status, n_points=n_points, **kept)
-    statistics = chip_statistics(fit, target_g_us, None, model, converged, model_read_noise_rel=predicted)
-    return RunFit(fit, statistics, n_readouts)
+    nu_stderr = kept.pop("nu_stderr")
+    lines = FittedLines(t0_s=DEFAULT_T0_S, status=status, **kept)
+    return RunFit(lines, statistics.finish(lines.nu, nu_stderr, status, target_g_us), n_readouts)
 
 
 def _stored_ranges(conn: Connection, stored: StoredExperiment, range_devices: int) -> Iterator[ReadoutRange]:

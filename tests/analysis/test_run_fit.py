@@ -55,7 +55,8 @@ def test_ranges_must_follow_each_other_and_cover_every_device(default_chip: Fitt
 
 def test_memory_is_one_range_of_the_readouts_plus_a_few_dozen_bytes_a_device() -> None:
     """1 M devices read 20 times: 240 MB of readouts and ages, never held at once; what stays
-    is the per-device results (33 B) and one chunk of the statistics' temporaries."""
+    is the per-device results (17 B: the stored lines and ν's standard error) and one chunk of
+    the statistics' temporaries."""
     n_devices, range_devices = 1_000_000, 20_000
     offsets_s = log_spaced_offsets_s(points=20)
     target = np.random.default_rng(0).uniform(0.0, PCMModel().g_max_us, n_devices)

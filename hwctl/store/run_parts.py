@@ -1,0 +1,88 @@
+"""A programming run's stored results read in parts, for readers with bounded memory.
+
+`hwctl.analysis.stored.load_experiment` loads a run whole (device map, programming result,
+a sample of every readout): 2–3 GB at 43.6 M devices. A reader that draws one plot needs
+a part: the run's ids, the stored fit's statistics (JSON, no vectors), the map's placement
+(its JSON part, not the targets) and one fit vector range by range (`open_blob`).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, select
+
+from drivers.base import Geometry
+from hwctl.mapping import LayerPlacement, placement_from_meta
+from hwctl.store.blob_ranges import open_blob
+from hwctl.store.schema import device_fits, mappings, programming_runs, readouts
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """An experiment's latest finished programming run and its mapping."""
+
+    run_id: int
+    mapping_id: int
+
+
+@dataclass(frozen=True)
+class FitHeader:
+    """A stored drift fit without its vectors."""
+
+    fit_id: int
+    t0_s: float | None
+    has_status: bool  # fits stored before revision 0002 have none
+    summary: dict[str, Any]
+    statistics: dict[str, Any] | None
+
+
+def latest_run(conn: Connection, experiment_id: int) -> RunRef | None:
+    """The run `load_experiment` would show (the experiment's latest finished one), or None."""
+    row = conn.execute(
+        select(programming_runs.c.id, programming_runs.c.mapping_id)
+        .where(programming_runs.c.experiment_id == experiment_id, programming_runs.c.ended_at.is_not(None))
+        .order_by(programming_runs.c.id.desc())
+        .limit(1)
+    ).one_or_none()
+    return None if row is None else RunRef(int(row.id), int(row.mapping_id))
+
+
+def n_readouts(conn: Connection, run_id: int) -> int:
+    query = select(readouts.c.id).where(readouts.c.run_id == run_id)
+    return len(conn.execute(query).all())
+
+
+def latest_fit_header(conn: Connection, run_id: int) -> FitHeader | None:
+    """The run's latest fit (as `hwctl.store.fits.latest_device_fit` finds it), vectors left out."""
+    row = conn.execute(
+        select(
+            device_fits.c.id,
+            device_fits.c.t0_s,
+            device_fits.c.status_len.is_not(None).label("has_status"),
+            device_fits.c.summary,
+            device_fits.c.statistics,
+        )
+        .where(device_fits.c.run_id == run_id)
+        .order_by(device_fits.c.id.desc())
+        .limit(1)
+    ).one_or_none()
+    if row is None:
+        return None
+    return FitHeader(int(row.id), row.t0_s, bool(row.has_status), dict(row.summary), row.statistics)
+
+
+def map_placement(conn: Connection, mapping_id: int) -> tuple[Geometry, tuple[LayerPlacement, ...]]:
+    """The chip and each layer's placement of a stored device map, read from the map's JSON
+    member alone (the .npz's directory and that member: kilobytes of a 174 MB map)."""
+    with (
+        open_blob(conn, mappings, "device_map", mapping_id) as blob,
+        zipfile.ZipFile(blob) as archive,
+        archive.open("meta.npy") as member,
+    ):
+        meta = json.loads(np.lib.format.read_array(member, allow_pickle=False).tobytes().decode())
+    return placement_from_meta(meta)
