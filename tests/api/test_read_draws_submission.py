@@ -35,6 +35,8 @@ def test_three_reads_per_point_are_accepted_and_stored_with_the_spec(
     experiment = client.get(f"/experiments/{response.json()['experiment']['id']}").json()
     assert experiment["spec"]["schedule"] == {"offsets_s": OFFSETS_S, "reads_per_point": 3}
     assert experiment["progress"]["readouts_planned"] == 9
+    assert client.get(f"/experiments/{experiment['id']}/accuracy").json() == []  # nothing read yet
+    assert_problem(client.get("/experiments/999/accuracy"), 404, "experiment 999")
 
 
 @pytest.mark.parametrize(
