@@ -46,11 +46,19 @@ class InferPayload(JobPayload):
 
 
 @dataclass(frozen=True)
+class _Reference:
+    """The mean of the read draws stored at the run's first offset, and which they are."""
+
+    g_us: npt.NDArray[np.float32]
+    readout_ids: list[int]
+
+
+@dataclass(frozen=True)
 class _Loaded:
     spec: InferenceSpec
     network: ChipNetwork
     inputs: Inputs
-    t0: store_readouts.Readout | None  # the run's first readout: GDC's reference
+    t0: _Reference | None  # GDC's reference: the mean of the run's t0 reads
     stored_readout: store_readouts.Readout | None
     programmed_end_s: float
     done: bool
@@ -74,9 +82,8 @@ def _load(ctx: JobContext, payload: InferPayload, conn: Connection) -> _Loaded:
         device_map = store_readouts.load_run_device_map(conn, payload.run_id)
         return ChipNetwork(checkpoint, device_map, calibration, spec.gdc_statistic)
 
-    def run_t0() -> tuple[store_readouts.Readout | None, float]:
-        first = store_readouts.run_readouts(conn, payload.run_id)
-        t0 = store_readouts.load_readout(conn, first[0][0]) if first else None
+    def run_t0() -> tuple[_Reference | None, float]:
+        t0 = _Reference(*store_readouts.t0_mean_us(conn, payload.run_id)) if t0_ids else None
         return t0, store_inferences.run_programmed_end_s(conn, payload.run_id)
 
     # One network per statistic and calibration set: with and without one are different networks.
@@ -87,14 +94,9 @@ def _load(ctx: JobContext, payload: InferPayload, conn: Connection) -> _Loaded:
     inputs = ctx.cached(
         ("inputs", record.dataset_id), lambda: load_inputs(conn, record.dataset_id, max_bytes)
     )
-    key = ("run_t0", payload.run_id)
-    t0, programmed_end_s = ctx.cached(key, run_t0)
-    if t0 is None:  # the run had no readout when this was cached: look again
-        t0, programmed_end_s = ctx.cache[key] = run_t0()
-    stored = None
-    if record.readout_id is not None:
-        same = t0 is not None and t0.id == record.readout_id
-        stored = t0 if same else store_readouts.load_readout(conn, record.readout_id)
+    t0_ids = store_readouts.first_offset_readouts(conn, payload.run_id)  # a later t0 draw: a new mean
+    t0, programmed_end_s = ctx.cached(("run_t0", payload.run_id, tuple(t0_ids)), run_t0)
+    stored = None if record.readout_id is None else store_readouts.load_readout(conn, record.readout_id)
     return _Loaded(
         spec=spec, network=chip_network, inputs=inputs, t0=t0, stored_readout=stored,
         programmed_end_s=programmed_end_s, done=record.summary is not None,
@@ -245,7 +247,7 @@ def _readout_loader(readout_id: int) -> Callable[[Connection], store_readouts.Re
 
 
 def _t0(got: _Loaded, g_t_us: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """The GDC reference: the run's first stored readout, else (no readout yet) this one."""
+    """The GDC reference: the mean of the run's t0 reads, else (no readout yet) this one."""
     return g_t_us if got.t0 is None else got.t0.g_us
 
 
@@ -269,7 +271,8 @@ def _summarise(
     summary = {
         "n_images": len(got.inputs), "n_classes": int(logits.shape[-1]), "labelled": labels is not None,
         "methods": [str(m) for m in methods], "repeats": repeats,
-        "t0_readout_id": None if got.t0 is None else got.t0.id,
+        "t0_readout_id": None if got.t0 is None else got.t0.readout_ids[0],
+        "t0_readout_ids": [] if got.t0 is None else got.t0.readout_ids,
         "readouts": [{"readout_id": r.readout_id, "board_time_s": r.board_time_s,
                       "t_since_program_s": r.board_time_s - got.programmed_end_s} for r in reads],
         "results": results,

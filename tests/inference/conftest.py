@@ -112,10 +112,10 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 @contextmanager
 def live_service(
     kind: str, tmp_path: Path, network: tuple[str, bytes], evaluation: dict[str, Any] | None = None,
-    **form: str,
+    reads_per_point: int = 1, **form: str,
 ) -> Iterator[Live]:
     """The service with `network` (file name, bytes; `form` fields beside it) uploaded,
-    programmed and read back at OFFSETS_S."""
+    programmed and read back `reads_per_point` times at each of OFFSETS_S."""
     databases = _database(kind, tmp_path)
     url = next(databases)
     chip = start_embedded_chip(SimChipOptions(virtual=True, geometry=CHIP, seed=5))
@@ -133,7 +133,8 @@ def live_service(
             files = {"file": (network[0], io.BytesIO(network[1]), "application/octet-stream")}
             uploaded = client.post("/networks", files=files, data=form).raise_for_status().json()
             accepted = client.post("/experiments", json={
-                "network_id": uploaded["id"], "station": "infer", "schedule": {"offsets_s": OFFSETS_S},
+                "network_id": uploaded["id"], "station": "infer",
+                "schedule": {"offsets_s": OFFSETS_S, "reads_per_point": reads_per_point},
                 "evaluation": evaluation or {"enabled": False},
             }).raise_for_status().json()  # fmt: skip
             worker.start()
@@ -142,11 +143,11 @@ def live_service(
             while time.monotonic() < deadline:
                 assert worker.error is None, worker.error
                 detail = client.get(f"/experiments/{live.experiment_id}").json()
-                if len(detail["readouts"]) == len(OFFSETS_S):
+                if len(detail["readouts"]) == len(OFFSETS_S) * reads_per_point:
                     break
                 time.sleep(0.1)
             live.readout_ids = [r["id"] for r in detail["readouts"]]
-            assert len(live.readout_ids) == len(OFFSETS_S), detail
+            assert len(live.readout_ids) == len(OFFSETS_S) * reads_per_point, detail
             yield live
     finally:
         worker.stop()
