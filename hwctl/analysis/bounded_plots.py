@@ -44,6 +44,7 @@ from hwctl.mapping import LayerPlacement
 from hwctl.store.blob_ranges import open_blob
 from hwctl.store.readouts import list_readouts, readout_sample_us
 from hwctl.store.run_parts import FitHeader, RunRef, latest_fit_header, latest_run, map_placement, n_readouts
+from hwctl.store.scans import scanning
 from hwctl.store.schema import device_fits
 
 # A tile image has at most this many pixels; larger tiles are averaged over squares of devices.
@@ -133,7 +134,7 @@ def _heatmap(conn: Connection, run: RunRef, header: FitHeader) -> Figure:
     n_devices = sum(2 * layer.n_weights for layer in layers)
     stride = max(1, math.ceil(n_devices / PERCENTILE_SAMPLE_DEVICES))
     sample: list[npt.NDArray[np.float32]] = []
-    with open_blob(conn, device_fits, "nu_blob", header.fit_id) as nu_blob:
+    with scanning(conn), open_blob(conn, device_fits, "nu_blob", header.fit_id) as nu_blob:
         for layer, first_row, values_plus, values_minus in _layer_rows(nu_blob, layers):
             for values, bit_offset in ((values_plus, 0), (values_minus, 1)):
                 _place(images, geometry, layer, first_row, values, bit_offset)

@@ -31,12 +31,14 @@ from hwctl.analysis.stored import StoredExperiment
 from hwctl.program_verify import DeviceStatus
 from hwctl.store.errors import NotFoundError
 from hwctl.store.fits import FittedLines, latest_device_fit, save_device_fit
-from hwctl.store.readouts import iter_readout_ranges
+from hwctl.store.readouts import iter_readout_ranges, list_readouts, read_block_starts, read_times_in_range
+from hwctl.store.run_parts import RunRef, map_targets, programming_vectors
+from hwctl.store.scans import scanning
 
 # A drift line per device needs three points to have a residual.
 MIN_READOUTS_TO_FIT = 3
-# Devices per range: 20 readouts × 1 Mi devices × (4 B of G + 8 B of age) ≈ 250 MB in flight.
-RANGE_DEVICES = 1 << 20
+# Devices per range: 20 readouts × 512 Ki devices × (4 B of G + 8 B of age) ≈ 125 MB in flight.
+RANGE_DEVICES = 1 << 19
 # The per-device results a range leaves behind, kept as float32 (the stored fit is float32):
 # the stored lines and ν's standard error, which flagging fast drifters needs after every
 # range is in (17 bytes a device with the status).
@@ -80,8 +82,24 @@ def fit_run(conn: Connection, stored: StoredExperiment, range_devices: int = RAN
     """
     device_map, programming = stored.require_readouts()
     converged = programming.status == DeviceStatus.CONVERGED
-    ranges = _stored_ranges(conn, stored, range_devices)
-    return fit_ranges(ranges, device_map.target_g_us, len(stored.readouts), converged)
+    ids = [r.id for r in stored.readouts]
+    ranges = _stored_ranges(conn, ids, stored.block_starts, programming.programmed_s, range_devices)
+    return fit_ranges(ranges, device_map.target_g_us, len(ids), converged)
+
+
+def fit_stored_run(conn: Connection, run: RunRef, range_devices: int = RANGE_DEVICES) -> RunFit:
+    """`fit_run` of a stored run without loading it whole (the analyze job): only the targets,
+    each device's outcome and programming time (13 bytes a device) and the readouts' rows
+    are read besides the readouts' ranges, not the device map's addresses or the rest of
+    the programming result."""
+    with scanning(conn):  # on SQLite, the pages read are not left resident
+        stored = list_readouts(conn, run.run_id)
+        block_starts = [read_block_starts(conn, r.id)[0] for r in stored]
+        vectors = programming_vectors(conn, run.run_id, ("status", "programmed_s"))
+        converged = vectors.pop("status") == DeviceStatus.CONVERGED
+        ids = [r.id for r in stored]
+        ranges = _stored_ranges(conn, ids, block_starts, vectors["programmed_s"], range_devices)
+        return fit_ranges(ranges, map_targets(conn, run.mapping_id), len(ids), converged)
 
 
 def fit_ranges(
@@ -124,14 +142,24 @@ def fit_ranges(
     return RunFit(lines, statistics.finish(lines.nu, nu_stderr, status, target_g_us), n_readouts)
 
 
-def _stored_ranges(conn: Connection, stored: StoredExperiment, range_devices: int) -> Iterator[ReadoutRange]:
-    """Every readout walked in step, `range_devices` at a time (one range of each in memory)."""
-    _, programming = stored.require_readouts()
-    n_devices = programming.programmed_s.size
-    walks = [iter_readout_ranges(conn, r.id, range_devices) for r in stored.readouts]
+def _stored_ranges(
+    conn: Connection,
+    readout_ids: list[int],
+    block_starts: list[list[tuple[int, float]]],
+    programmed_s: npt.NDArray[np.float64],
+    range_devices: int,
+) -> Iterator[ReadoutRange]:
+    """Every readout walked in step, `range_devices` at a time (one range of each in memory),
+    each device aged by its block's read time − its own programming time."""
+    n_devices = programmed_s.size
+    walks = [iter_readout_ranges(conn, readout_id, range_devices) for readout_id in readout_ids]
     for start in range(0, n_devices, range_devices):
         stop = min(start + range_devices, n_devices)
-        yield ReadoutRange(start, np.stack([next(walk) for walk in walks]), stored.device_ages_s(start, stop))
+        ages_s = np.empty((len(readout_ids), stop - start), np.float64)
+        for row, starts in zip(ages_s, block_starts, strict=True):
+            row[:] = read_times_in_range(starts, start, stop)
+            row -= programmed_s[start:stop]
+        yield ReadoutRange(start, np.stack([next(walk) for walk in walks]), ages_s)
 
 
 def save_run_fit(conn: Connection, run_id: int, run_fit: RunFit) -> int:

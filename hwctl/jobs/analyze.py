@@ -1,18 +1,20 @@
 """The analyze job: the run's drift fit and chip statistics, computed once after its last
 readback (`hwctl.analysis.run_fit`, the fit the report and the API read back); it moves
-the experiment to `done`."""
+the experiment to `done`.
+
+It reads only what the fit needs (`fit_stored_run`), and hands the heap back to the OS
+before and after (`hwctl.heap`): the worker's peak is one job's, not the sum of the chip
+lane's leftovers and the fit."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-
 from sqlalchemy import Connection
 
-from hwctl.analysis.run_fit import MIN_READOUTS_TO_FIT, fit_run, save_run_fit
-from hwctl.analysis.stored import load_experiment
+from hwctl.analysis.run_fit import MIN_READOUTS_TO_FIT, fit_stored_run, save_run_fit
+from hwctl.heap import release_freed_heap
 from hwctl.jobs.context import JobContext, JobError, JobPayload, JobType
 from hwctl.store.campaign import move_experiment
+from hwctl.store.run_parts import RunRef, latest_run, n_readouts
 from hwctl.vocabulary import ExperimentStatus, JobKind, JobLane
 
 
@@ -25,34 +27,27 @@ def key(run_id: int) -> str:
     return f"analyze:{run_id}"
 
 
-def _release_freed_heap() -> None:
-    """Hand the heap other jobs freed back to the OS before the fit's large arrays.
-
-    glibc keeps memory freed by a thread in that thread's arena: the chip lane's
-    program-and-verify leaves gigabytes there at 43.6 M devices, which this (compute-lane)
-    thread cannot reuse, so without a trim the worker's peak is the sum of both jobs'.
-    """
-    libc = ctypes.util.find_library("c")
-    if libc is not None:
-        trim = getattr(ctypes.CDLL(libc), "malloc_trim", None)  # glibc only
-        if trim is not None:
-            trim(0)
-
-
 def handle(ctx: JobContext, payload: AnalyzePayload) -> None:
-    _release_freed_heap()
-    stored = ctx.read("loading the run", lambda conn: load_experiment(conn, payload.experiment_id))
-    if stored.run_id != payload.run_id:
-        raise JobError(f"experiment {payload.experiment_id}'s run is {stored.run_id}, not {payload.run_id}")
-    n_readouts = len(stored.readouts)
-    if n_readouts < MIN_READOUTS_TO_FIT:
+    release_freed_heap()
+    run = ctx.read("loading the run", lambda conn: latest_run(conn, payload.experiment_id))
+    if run is None or run.run_id != payload.run_id:
+        found = None if run is None else run.run_id
+        raise JobError(f"experiment {payload.experiment_id}'s run is {found}, not {payload.run_id}")
+    count = ctx.read("counting the readouts", lambda conn: n_readouts(conn, run.run_id))
+    if count < MIN_READOUTS_TO_FIT:
         ctx.write(
             "ending the experiment",
             lambda conn: move_experiment(conn, payload.experiment_id, ExperimentStatus.DONE),
         )
-        ctx.complete({"n_readouts": n_readouts, "skipped": f"fewer than {MIN_READOUTS_TO_FIT} readouts"})
+        ctx.complete({"n_readouts": count, "skipped": f"fewer than {MIN_READOUTS_TO_FIT} readouts"})
         return
-    run_fit = ctx.read("fitting the drift", lambda conn: fit_run(conn, stored))
+    outcome = _fit_and_store(ctx, payload, run)
+    release_freed_heap()  # the fit's arrays are gone: hand them back before the next job
+    ctx.complete(outcome)
+
+
+def _fit_and_store(ctx: JobContext, payload: AnalyzePayload, run: RunRef) -> dict[str, int]:
+    run_fit = ctx.read("fitting the drift", lambda conn: fit_stored_run(conn, run))
 
     def store(conn: Connection) -> int:
         fit_id = save_run_fit(conn, payload.run_id, run_fit)
@@ -60,7 +55,11 @@ def handle(ctx: JobContext, payload: AnalyzePayload) -> None:
         return fit_id
 
     fit_id = ctx.write("storing the drift fit", store)
-    ctx.complete({"device_fit_id": fit_id, "n_readouts": n_readouts, "n_fitted": int(run_fit.lines.ok.sum())})
+    return {
+        "device_fit_id": fit_id,
+        "n_readouts": run_fit.n_readouts,
+        "n_fitted": int(run_fit.lines.ok.sum()),
+    }
 
 
 JOB = JobType(JobKind.ANALYZE, JobLane.COMPUTE, AnalyzePayload, handle)

@@ -19,6 +19,7 @@ from drivers.base import Geometry
 from hwctl import queue
 from hwctl.analog_layers import AnalogLayers
 from hwctl.experiment_spec import ExperimentSpec
+from hwctl.heap import release_freed_heap
 from hwctl.jobs import analyze, readback
 from hwctl.jobs.context import (
     LINK_FAILURES,
@@ -72,6 +73,7 @@ def handle(ctx: JobContext, payload: ProgramPayload) -> None:
     stopped by the worker or the link is not failed: it resumes."""
     try:
         _program(ctx, payload.experiment_id)
+        release_freed_heap()  # the run's arrays are gone: the next job starts from a trimmed heap
     except _RESUMES:
         raise
     except JobCancelled:

@@ -3,7 +3,8 @@
 `hwctl.analysis.stored.load_experiment` loads a run whole (device map, programming result,
 a sample of every readout): 2–3 GB at 43.6 M devices. A reader that draws one plot needs
 a part: the run's ids, the stored fit's statistics (JSON, no vectors), the map's placement
-(its JSON part, not the targets) and one fit vector range by range (`open_blob`).
+(its JSON part) or targets alone (not the addresses a `DeviceMap` rebuilds), some of the
+programming result's vectors, and one fit vector range by range (`open_blob`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from sqlalchemy import Connection, select
 
 from drivers.base import Geometry
 from hwctl.mapping import LayerPlacement, placement_from_meta
 from hwctl.store.blob_ranges import open_blob
+from hwctl.store.engine import BINARY_RESULTS
+from hwctl.store.errors import NotFoundError, StoreError
 from hwctl.store.schema import device_fits, mappings, programming_runs, readouts
+from hwctl.store.vectors import decode_row, vector_columns
 
 
 @dataclass(frozen=True)
@@ -86,3 +91,33 @@ def map_placement(conn: Connection, mapping_id: int) -> tuple[Geometry, tuple[La
     ):
         meta = json.loads(np.lib.format.read_array(member, allow_pickle=False).tobytes().decode())
     return placement_from_meta(meta)
+
+
+def map_targets(conn: Connection, mapping_id: int) -> npt.NDArray[np.float32]:
+    """The stored map's target conductances (µS), read from their .npz member into one array
+    (no copy of the map's bytes, no addresses rebuilt)."""
+    with (
+        open_blob(conn, mappings, "device_map", mapping_id) as blob,
+        zipfile.ZipFile(blob) as archive,
+        archive.open("target_g_us.npy") as member,
+    ):
+        return np.asarray(np.lib.format.read_array(member, allow_pickle=False), np.float32)
+
+
+def programming_vectors(conn: Connection, run_id: int, names: tuple[str, ...]) -> dict[str, npt.NDArray[Any]]:
+    """Some of a finished run's per-device vectors (`g_final`, `iterations`, `status`,
+    `programmed_s`), checksums verified; the others are not read."""
+    columns = [c for name in names for c in programming_runs.c if c.name in _group(name)]
+    row = conn.execute(
+        select(programming_runs.c.ended_at, *columns).where(programming_runs.c.id == run_id),
+        execution_options=BINARY_RESULTS,
+    ).one_or_none()
+    if row is None:
+        raise NotFoundError(f"programming run {run_id} does not exist")
+    if row.ended_at is None:
+        raise StoreError(f"programming run {run_id} has not finished: no per-device results yet")
+    return {name: decode_row(row, name, what=f"programming run {run_id} {name}") for name in names}
+
+
+def _group(name: str) -> set[str]:
+    return {c.name for c in vector_columns(name)}

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import tracemalloc
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from drivers.pcm_model import PCMModel
 from hwctl.analysis.drift import fit_drift
-from hwctl.analysis.run_fit import MIN_READOUTS_TO_FIT, ReadoutRange, fit_ranges
+from hwctl.analysis.run_fit import MIN_READOUTS_TO_FIT, ReadoutRange, fit_ranges, fit_run, fit_stored_run
 from hwctl.analysis.statistics import chip_statistics
+from hwctl.analysis.stored import load_experiment
 from hwctl.analysis.synthetic import synthetic_readouts
 from hwctl.schedule import log_spaced_offsets_s
+from hwctl.store.engine import make_engine
+from hwctl.store.migrate import upgrade
+from hwctl.store.run_parts import latest_run
 from tests.analysis.conftest import FittedChip
+from tests.api.results_data import write_campaign
 
 
 def _ranges(chip: FittedChip, range_devices: int) -> Iterator[ReadoutRange]:
@@ -75,3 +81,20 @@ def test_memory_is_one_range_of_the_readouts_plus_a_few_dozen_bytes_a_device() -
         tracemalloc.stop()
     assert fitted.lines.ok.mean() > 0.99
     assert peak_bytes < 0.3 * held_readouts_bytes
+
+
+def test_the_analyze_jobs_lean_read_of_a_stored_run_fits_as_the_whole_experiment(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'run.sqlite'}")
+    upgrade(engine)
+    try:
+        campaign = write_campaign(engine)
+        with engine.connect() as conn:
+            whole = fit_run(conn, load_experiment(conn, campaign.experiment_id), range_devices=17)
+            run = latest_run(conn, campaign.experiment_id)
+            assert run is not None
+            lean = fit_stored_run(conn, run, range_devices=17)
+    finally:
+        engine.dispose()
+    np.testing.assert_array_equal(lean.lines.nu, whole.lines.nu)
+    np.testing.assert_array_equal(lean.lines.status, whole.lines.status)
+    assert lean.statistics == whole.statistics and lean.n_readouts == whole.n_readouts == 3

@@ -12,7 +12,8 @@ from hwctl.store.blob_ranges import open_blob
 from hwctl.store.errors import NotFoundError
 from hwctl.store.fits import load_device_fit, save_device_fit
 from hwctl.store.readouts import ProgrammingResult
-from hwctl.store.run_parts import latest_fit_header, map_placement
+from hwctl.store.run_parts import latest_fit_header, map_placement, map_targets, programming_vectors
+from hwctl.store.scans import scanning
 from hwctl.store.schema import device_fits, programming_runs
 
 OFFSETS_S = np.array([25.0, 250.0, 2_500.0])
@@ -61,3 +62,31 @@ def test_a_run_without_a_fit_has_no_header(
 ) -> None:
     with engine.connect() as conn:
         assert latest_fit_header(conn, programmed_run[0]) is None
+
+
+def test_the_targets_and_chosen_programming_vectors_are_read_alone(
+    engine: Engine, programmed_run: tuple[int, ProgrammingResult], device_map: DeviceMap
+) -> None:
+    run, result = programmed_run
+    with engine.connect() as conn:
+        mapping_id = conn.execute(programming_runs.select()).one().mapping_id
+        targets = map_targets(conn, mapping_id)
+        vectors = programming_vectors(conn, run, ("status", "programmed_s"))
+    np.testing.assert_array_equal(targets, device_map.target_g_us)
+    assert set(vectors) == {"status", "programmed_s"}
+    np.testing.assert_array_equal(vectors["status"], result.status)
+    np.testing.assert_array_equal(vectors["programmed_s"], result.programmed_s)
+
+
+def test_a_scan_reads_what_the_mapped_connection_reads(
+    engine: Engine, programmed_run: tuple[int, ProgrammingResult]
+) -> None:
+    run, result = programmed_run
+    with engine.connect() as conn:
+        with scanning(conn) as scan:
+            vectors = programming_vectors(scan, run, ("programmed_s",))
+        again = programming_vectors(conn, run, ("programmed_s",))
+        if conn.dialect.name == "sqlite":
+            assert conn.exec_driver_sql("PRAGMA mmap_size").scalar() > 0  # the map is back
+    np.testing.assert_array_equal(vectors["programmed_s"], result.programmed_s)
+    np.testing.assert_array_equal(again["programmed_s"], result.programmed_s)
