@@ -149,17 +149,23 @@ def _stored_ranges(
     programmed_s: npt.NDArray[np.float64],
     range_devices: int,
 ) -> Iterator[ReadoutRange]:
-    """Every readout walked in step, `range_devices` at a time (one range of each in memory),
-    each device aged by its block's read time − its own programming time."""
+    """Every readout walked in step, `range_devices` at a time, each device aged by its
+    block's read time − its own programming time. One range of each readout is in memory,
+    in two buffers filled again for every range (a range is valid until the next one)."""
     n_devices = programmed_s.size
+    width = min(range_devices, n_devices)
+    g_us = np.empty((len(readout_ids), width), np.float32)
+    ages_s = np.empty((len(readout_ids), width), np.float64)
     walks = [iter_readout_ranges(conn, readout_id, range_devices) for readout_id in readout_ids]
     for start in range(0, n_devices, range_devices):
         stop = min(start + range_devices, n_devices)
-        ages_s = np.empty((len(readout_ids), stop - start), np.float64)
-        for row, starts in zip(ages_s, block_starts, strict=True):
-            row[:] = read_times_in_range(starts, start, stop)
-            row -= programmed_s[start:stop]
-        yield ReadoutRange(start, np.stack([next(walk) for walk in walks]), ages_s)
+        g, ages = g_us[:, : stop - start], ages_s[:, : stop - start]
+        for g_row, walk in zip(g, walks, strict=True):
+            g_row[:] = next(walk)
+        for age_row, starts in zip(ages, block_starts, strict=True):
+            age_row[:] = read_times_in_range(starts, start, stop)
+            age_row -= programmed_s[start:stop]
+        yield ReadoutRange(start, g, ages)
 
 
 def save_run_fit(conn: Connection, run_id: int, run_fit: RunFit) -> int:

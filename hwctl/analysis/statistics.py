@@ -27,9 +27,9 @@ from drivers.pcm_model import PCMModel
 from hwctl.analysis.drift import DriftFit
 from hwctl.store.fits import FitStatus, FittedLines
 
-_CHUNK_DEVICES = 16_384
+_CHUNK_DEVICES = 4_096  # devices per chunk of the read-noise prediction (kept in cache)
 # Devices per chunk of the statistics passes: their temporaries stay a few MB, not per chip.
-_STATISTICS_CHUNK_DEVICES = 1 << 18
+_STATISTICS_CHUNK_DEVICES = 1 << 15
 _BIN_IDENTITY = {"target_lo_us", "target_hi_us", "n_devices", "n_used"}
 
 
