@@ -47,7 +47,7 @@ from sqlalchemy.engine import make_url
 
 from benchmarks.common import emit, machine_info
 from drivers.base import Geometry
-from hwctl.analysis.run_fit import ReadoutRange, fit_ranges
+from hwctl.analysis.run_fit import RANGE_DEVICES, fit_ranges, stored_ranges
 from hwctl.schedule import log_spaced_offsets_s
 from hwctl.store import records
 from hwctl.store.engine import is_sqlite, make_engine
@@ -58,8 +58,8 @@ from hwctl.store.readouts import (
     device_series,
     finish_programming_run,
     iter_readout_blocks,
-    iter_readout_ranges,
     list_readouts,
+    read_block_starts,
     start_programming_run,
 )
 from hwctl.store.schema import programming_runs, readouts
@@ -71,6 +71,10 @@ GEOMETRY_50M = Geometry(48, 512, 2048)
 READOUTS = 20
 SERIES_QUERIES = 20
 SCALING_N = (1_000_000, 5_000_000, 20_000_000)
+PLOTS = ("histograms", "programming_error", "drift", "heatmap", "accuracy")
+# The worker's read (and stored) block: 4 MiB of float32, 42 blocks and heartbeat commits
+# for a 43.6 M-device readback (1 MiB blocks: 167 commits of ~16 ms each on SQLite).
+BLOCK_DEVICES = 1 << 20
 TARGETS = {
     "pv_s_inprocess": 40.0,
     "pv_s_visa": 80.0,
@@ -187,7 +191,7 @@ def run_campaign(
     *,
     arch: str = "resnet34",
     geometry: str = "50m",
-    block_devices: int = 1 << 18,
+    block_devices: int = BLOCK_DEVICES,
     offsets_s: list[float] | None = None,
     timeout_s: float = 3600.0,
     log: Callable[[str], None] = print,
@@ -247,9 +251,13 @@ def run_campaign(
         experiment_id = int(submitted.json()["experiment"]["id"])
         jobs = _follow(client, experiment_id, start, timeout_s, log, processes)
         stages["campaign_s"] = time.perf_counter() - start
+        rss_before_report = processes.peak_rss_gb()
         report_start = time.perf_counter()
-        for name in ("histograms", "programming_error", "drift", "heatmap"):
+        plot_s = {}
+        for name in PLOTS:
+            plot_start = time.perf_counter()
             client.get(f"/experiments/{experiment_id}/plots/{name}").raise_for_status()
+            plot_s[name] = round(time.perf_counter() - plot_start, 2)
         stages["report_s"] = time.perf_counter() - report_start
         readout_ids = [
             r["id"]
@@ -274,6 +282,9 @@ def run_campaign(
         "range_status": ranged.status_code,
         "jobs": jobs,
         **{k: round(v, 2) for k, v in stages.items()},
+        "plot_s": plot_s,
+        "block_devices": block_devices,
+        "rss_gb_before_report": rss_before_report,
         "rss_gb": rss,
         "restarted": processes.restarts,
     }
@@ -587,8 +598,9 @@ def scaling_point(n_devices: int, engine: Engine, rng: np.random.Generator) -> d
         stored = list_readouts(conn, run_id)
         read_s = _ms(lambda: sum(g.size for _, g in iter_readout_blocks(conn, stored[-1].id))) / 1e3
         fit_start = time.perf_counter()
+        starts = [read_block_starts(conn, r.id)[0] for r in stored]
         fit_ranges(
-            _ranges(conn, [r.id for r in stored], [r.board_time_s for r in stored], result.programmed_s),
+            stored_ranges(conn, [r.id for r in stored], starts, result.programmed_s, RANGE_DEVICES),
             result.target_g_us,
             len(stored),
             result.status == 0,
@@ -600,17 +612,6 @@ def scaling_point(n_devices: int, engine: Engine, rng: np.random.Generator) -> d
         "read_one_readout_s": read_s,
         "fit_s": fit_s,
     }
-
-
-def _ranges(
-    conn: Any, ids: list[int], read_s: list[float], programmed_s: np.ndarray
-) -> Iterator[ReadoutRange]:
-    range_devices = 1 << 20
-    walks = [iter_readout_ranges(conn, rid, range_devices) for rid in ids]
-    for start in range(0, programmed_s.size, range_devices):
-        stop = min(start + range_devices, programmed_s.size)
-        ages = np.asarray(read_s)[:, None] - programmed_s[None, start:stop]
-        yield ReadoutRange(start, np.stack([next(w) for w in walks]), ages)
 
 
 def per_million(stages: dict[str, float], n_devices: int) -> dict[str, float]:
@@ -628,7 +629,7 @@ def main() -> None:
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--arch", default="resnet34")
     parser.add_argument("--geometry", default="50m")
-    parser.add_argument("--block-devices", type=int, default=1 << 18)
+    parser.add_argument("--block-devices", type=int, default=BLOCK_DEVICES)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument(
         "--reuse",

@@ -144,6 +144,9 @@ def plot_bytes(db: Engine | Connection, experiment_id: int, name: str, fmt: Imag
         raise UnknownPlotError(f"unknown plot {name!r}; available: {', '.join(PLOT_NAMES)}")
     with open_connection(db) as conn:  # each plot reads only what it draws where it can
         figure = bounded_figure(conn, experiment_id, name)
+        if figure is None and name == "accuracy":  # measured points and re-evaluations: no vectors
+            light = load_experiment(conn, experiment_id, vectors=False)
+            figure = ExperimentAnalysis(light, series=series_points(conn, experiment_id)).figure(name)
         if figure is None:
             figure = analyze_experiment(conn, experiment_id, forecast=False).figure(name)
     return render(figure, fmt)

@@ -83,7 +83,7 @@ def fit_run(conn: Connection, stored: StoredExperiment, range_devices: int = RAN
     device_map, programming = stored.require_readouts()
     converged = programming.status == DeviceStatus.CONVERGED
     ids = [r.id for r in stored.readouts]
-    ranges = _stored_ranges(conn, ids, stored.block_starts, programming.programmed_s, range_devices)
+    ranges = stored_ranges(conn, ids, stored.block_starts, programming.programmed_s, range_devices)
     return fit_ranges(ranges, device_map.target_g_us, len(ids), converged)
 
 
@@ -98,7 +98,7 @@ def fit_stored_run(conn: Connection, run: RunRef, range_devices: int = RANGE_DEV
         vectors = programming_vectors(conn, run.run_id, ("status", "programmed_s"))
         converged = vectors.pop("status") == DeviceStatus.CONVERGED
         ids = [r.id for r in stored]
-        ranges = _stored_ranges(conn, ids, block_starts, vectors["programmed_s"], range_devices)
+        ranges = stored_ranges(conn, ids, block_starts, vectors["programmed_s"], range_devices)
         return fit_ranges(ranges, map_targets(conn, run.mapping_id), len(ids), converged)
 
 
@@ -142,7 +142,7 @@ def fit_ranges(
     return RunFit(lines, statistics.finish(lines.nu, nu_stderr, status, target_g_us), n_readouts)
 
 
-def _stored_ranges(
+def stored_ranges(
     conn: Connection,
     readout_ids: list[int],
     block_starts: list[list[tuple[int, float]]],

@@ -111,8 +111,12 @@ def open_connection(db: Engine | Connection) -> Iterator[Connection]:
             yield conn
 
 
-def load_experiment(db: Engine | Connection, experiment_id: int) -> StoredExperiment:
-    """Everything stored about `experiment_id`; `NotFoundError` if there is no such experiment."""
+def load_experiment(db: Engine | Connection, experiment_id: int, *, vectors: bool = True) -> StoredExperiment:
+    """Everything stored about `experiment_id`; `NotFoundError` if there is no such experiment.
+
+    `vectors=False` leaves out the run's device map, programming result, readout samples
+    and block starts (None and empty: GB at 43.6 M devices), for readers of the rest.
+    """
     with open_connection(db) as conn:
         row = conn.execute(
             select(
@@ -131,7 +135,7 @@ def load_experiment(db: Engine | Connection, experiment_id: int) -> StoredExperi
         if row is None:
             raise NotFoundError(f"experiment {experiment_id} does not exist")
         run = conn.execute(
-            select(programming_runs.c.id, mappings.c.device_map)
+            select(programming_runs.c.id, *([mappings.c.device_map] if vectors else []))
             .join(mappings, mappings.c.id == programming_runs.c.mapping_id)
             .where(
                 programming_runs.c.experiment_id == experiment_id, programming_runs.c.ended_at.is_not(None)
@@ -140,11 +144,13 @@ def load_experiment(db: Engine | Connection, experiment_id: int) -> StoredExperi
             .limit(1)
         ).one_or_none()
         run_id = None if run is None else int(run.id)
-        device_map = None if run is None else DeviceMap.from_bytes(run.device_map)
-        programming = None if run_id is None else load_programming_result(conn, run_id, device_map)
+        device_map = None if run is None or not vectors else DeviceMap.from_bytes(run.device_map)
+        programming = (
+            None if run_id is None or not vectors else load_programming_result(conn, run_id, device_map)
+        )
         stored = [] if run_id is None else list_readouts(conn, run_id)
-        block_starts = [read_block_starts(conn, r.id)[0] for r in stored]
-        samples = [readout_sample_us(conn, r.id, HISTOGRAM_SAMPLE_DEVICES) for r in stored]
+        block_starts = [read_block_starts(conn, r.id)[0] for r in stored] if vectors else []
+        samples = [readout_sample_us(conn, r.id, HISTOGRAM_SAMPLE_DEVICES) for r in stored] if vectors else []
         measured = measured_accuracy(conn, experiment_id)
     return StoredExperiment(
         experiment_id=experiment_id,

@@ -13,7 +13,9 @@ from sqlalchemy import Engine, delete
 from drivers.base import Geometry
 from hwctl.analysis import bounded_plots
 from hwctl.analysis.bounded_plots import bounded_figure, heatmap_factor
-from hwctl.report import analyze_experiment
+from hwctl.analysis.plots import render
+from hwctl.analysis.stored import load_experiment
+from hwctl.report import analyze_experiment, plot_bytes
 from hwctl.store.engine import make_engine
 from hwctl.store.migrate import upgrade
 from hwctl.store.schema import device_fits
@@ -100,3 +102,13 @@ def test_without_a_stored_fit_of_every_readout_the_whole_analysis_draws(
         assert bounded_figure(conn, campaign.experiment_id, "drift") is None
         assert bounded_figure(conn, campaign.experiment_id, "accuracy") is None
         assert bounded_figure(conn, campaign.experiment_id + 1, "histograms") is None
+
+
+def test_the_accuracy_plot_is_drawn_without_the_runs_vectors(engine: Engine, campaign: Campaign) -> None:
+    with engine.connect() as conn:
+        light = load_experiment(conn, campaign.experiment_id, vectors=False)
+        whole = analyze_experiment(conn, campaign.experiment_id, forecast=False)
+        served = plot_bytes(conn, campaign.experiment_id, "accuracy")
+    assert light.device_map is None and light.programming is None and light.g_samples_us == []
+    assert light.measured == whole.stored.measured and len(light.readouts) == 3
+    assert served == render(whole.figure("accuracy"))
