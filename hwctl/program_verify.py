@@ -187,10 +187,12 @@ def _program_block(
     slope_ua_per_us = np.float32((s.amplitude_max_ua - s.amplitude_onset_ua) / s.g_at_amplitude_max_us)
     rate = np.float32(s.nominal_set_rate)
     reach = np.float32(s.aim_fraction / s.nominal_set_rate)
-    # The converging set, compacted each iteration: index into the block's result views.
-    idx = np.arange(n)
+    # The converging set, compacted each iteration: index into the block's result views
+    # (None while it is the whole block, in order: plain slices, no gathers or scatters).
+    idx: npt.NDArray[np.intp] | None = None
     addr, tgt = result.addresses[block], targets
     tol = np.float32(s.tolerance_us) + np.float32(s.tolerance_rel) * targets
+    aim_us = tgt + np.float32(s.aim_above_band) * tol
     gain = np.ones(n, np.float32)
     gain_var = np.full(n, np.float32(s.gain_prior_sigma**2))
     g = np.full(n, np.float32(s.reset_level_us))  # where each device is believed to be
@@ -204,39 +206,49 @@ def _program_block(
         status[settled] = DeviceStatus.CONVERGED
         t_programmed[settled] = resume.programmed_s
         keep = ~settled
-        idx, addr, tgt, tol, g = idx[keep], addr[keep], tgt[keep], tol[keep], start_g_us[keep]
-        gain, gain_var, clipped = gain[keep], gain_var[keep], clipped[keep]
+        idx, addr, tgt, tol, g = np.flatnonzero(keep), addr[keep], tgt[keep], tol[keep], start_g_us[keep]
+        aim_us, gain, gain_var, clipped = aim_us[keep], gain[keep], gain_var[keep], clipped[keep]
         over = g - tgt > tol
         g_min, g_max = g.copy(), g.copy()
         if idx.size == 0:
             return
 
     for iteration in range(1, s.max_iterations + 1):
-        if over.any():
+        active = slice(None) if idx is None else idx
+        if over.all():
+            chip.reset(addr)
+            t_programmed[active] = chip.board_time_s()
+        elif over.any():
             chip.reset(addr[over])
-            t_programmed[idx[over]] = chip.board_time_s()
+            t_programmed[np.flatnonzero(over) if idx is None else idx[over]] = chip.board_time_s()
         base = np.where(over, np.float32(s.reset_level_us), g)
-        aim_us = tgt + np.float32(s.aim_above_band) * tol
-        level_us = np.maximum(base + reach * (aim_us - base), 0.0) / gain
-        wanted_ua = np.float32(s.amplitude_onset_ua) + slope_ua_per_us * level_us
-        clipped = wanted_ua > s.amplitude_max_ua
-        amplitude_ua = np.clip(wanted_ua, s.amplitude_min_ua, s.amplitude_max_ua).astype(np.float32)
+        level_us = aim_us - base
+        level_us *= reach
+        level_us += base
+        np.maximum(level_us, np.float32(0.0), out=level_us)
+        level_us /= gain
+        amplitude_ua = slope_ua_per_us * level_us
+        amplitude_ua += np.float32(s.amplitude_onset_ua)
+        clipped = amplitude_ua > s.amplitude_max_ua
+        np.clip(
+            amplitude_ua, np.float32(s.amplitude_min_ua), np.float32(s.amplitude_max_ua), out=amplitude_ua
+        )
         pulse = tgt > 0
         if pulse.all():
             chip.set_pulse(addr, amplitude_ua)
+            t_programmed[active] = chip.board_time_s()
         elif pulse.any():
             chip.set_pulse(addr[pulse], amplitude_ua[pulse])
-        if pulse.any():
-            t_programmed[idx[pulse]] = chip.board_time_s()
+            t_programmed[np.flatnonzero(pulse) if idx is None else idx[pulse]] = chip.board_time_s()
         read = chip.read_block(addr)
-        iterations[idx] = iteration
-        final[idx] = read
+        iterations[active] = iteration
+        final[active] = read
         np.minimum(g_min, read, out=g_min)
         np.maximum(g_max, read, out=g_max)
 
         err = tgt - read
         done = np.abs(err) <= tol
-        status[idx[done]] = DeviceStatus.CONVERGED
+        status[np.flatnonzero(done) if idx is None else idx[done]] = DeviceStatus.CONVERGED
         # Learn the level gain from the step, where the level was above 0 and not clipped.
         step = read - base
         level_floor_us = np.maximum(level_us, np.float32(MIN_LEARNING_LEVEL_US))
@@ -245,17 +257,26 @@ def _program_block(
         obs_var = obs_var / (rate * level_floor_us) ** 2
         learn = (level_us > MIN_LEARNING_LEVEL_US) & ~clipped
         k = np.where(learn, gain_var / (gain_var + obs_var), np.float32(0.0))
-        gain = np.clip(gain + k * (observed - gain), 0.3, 3.0).astype(np.float32)
-        gain_var = ((1.0 - k) * gain_var + s.gain_drift_sigma**2).astype(np.float32)
+        gain = np.clip(gain + k * (observed - gain), np.float32(0.3), np.float32(3.0))
+        gain_var = (1 - k) * gain_var + np.float32(s.gain_drift_sigma**2)
         over = err < -tol
         keep = ~done
-        idx, addr, tgt, tol, g, over = idx[keep], addr[keep], tgt[keep], tol[keep], read[keep], over[keep]
+        idx = np.flatnonzero(keep) if idx is None else idx[keep]
+        addr, tgt, tol, aim_us, g, over = (
+            addr[keep],
+            tgt[keep],
+            tol[keep],
+            aim_us[keep],
+            read[keep],
+            over[keep],
+        )
         gain, gain_var = gain[keep], gain_var[keep]
         g_min, g_max, clipped = g_min[keep], g_max[keep], clipped[keep]
         progress(iteration, int(idx.size), n - int(idx.size))
         if idx.size == 0:
             break
 
+    left = np.arange(n) if idx is None else idx  # max_iterations passed with none converged
     still = (g_max - g_min) < s.stuck_band_us + s.stuck_band_rel * g_max
-    status[idx[still]] = DeviceStatus.STUCK
-    status[idx[~still & clipped]] = DeviceStatus.LIMIT
+    status[left[still]] = DeviceStatus.STUCK
+    status[left[~still & clipped]] = DeviceStatus.LIMIT
