@@ -27,6 +27,7 @@ from api.views import page_of, paging, readout_out
 from hwctl.store import queries
 from hwctl.store import readouts as store_readouts
 from hwctl.store.readouts import G_BYTES, ReadoutInfo
+from hwctl.store.scans import scanning
 
 router = APIRouter(tags=["readouts"])
 
@@ -71,7 +72,7 @@ def _npy_chunks(engine: Engine, readout_id: int, header: bytes, wanted: ByteRang
     if data_stop <= data_start:
         return
     first_device, stop_device = data_start // G_BYTES, -(-data_stop // G_BYTES)
-    with engine.connect() as conn:
+    with engine.connect() as conn, scanning(conn):  # on SQLite, the pages read are not kept resident
         for first, g_us in store_readouts.iter_readout_blocks(conn, readout_id, first_device, stop_device):
             block_bytes = np.ascontiguousarray(g_us, "<f4").view(np.uint8)
             offset = first * G_BYTES
@@ -86,7 +87,11 @@ def _parquet_chunks(engine: Engine, readout: ReadoutInfo, addresses: np.ndarray)
     sink = _Drain()
     schema = pa.schema([("readout_id", pa.int64()), ("offset_s", pa.float64()), ("device", pa.int64()),
                         ("address", pa.uint32()), ("g_us", pa.float32())])  # fmt: skip
-    with engine.connect() as conn, pq.ParquetWriter(sink, schema, compression="zstd") as writer:
+    with (
+        engine.connect() as conn,
+        scanning(conn),
+        pq.ParquetWriter(sink, schema, compression="zstd") as writer,
+    ):
         for first, g_us in store_readouts.iter_readout_blocks(conn, readout.id):
             n = g_us.size
             writer.write_table(pa.table({
