@@ -627,6 +627,11 @@ def main() -> None:
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--skip-campaign", action="store_true")
     parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument(
+        "--scaling-sizes",
+        default=",".join(str(n) for n in SCALING_N),
+        help="device counts of the scaling run besides the campaign's ('' for the campaign's only)",
+    )
     parser.add_argument("--arch", default="resnet34")
     parser.add_argument("--geometry", default="50m")
     parser.add_argument("--block-devices", type=int, default=BLOCK_DEVICES)
@@ -681,7 +686,8 @@ def main() -> None:
         with database("sqlite", workdir, args.postgres_url) as url:
             engine = make_engine(url)
             upgrade(engine)
-            for n in (*SCALING_N, result.get("devices")):
+            sizes = [int(float(n)) for n in args.scaling_sizes.split(",") if n]
+            for n in (*sizes, result.get("devices")):
                 if n is None:
                     continue
                 print(f"scaling at {n} devices", flush=True)
