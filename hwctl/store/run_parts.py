@@ -9,10 +9,11 @@ programming result's vectors, and one fit vector range by range (`open_blob`).
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -21,7 +22,7 @@ from sqlalchemy import Connection, select
 from drivers.base import Geometry
 from hwctl.mapping import LayerPlacement, placement_from_meta
 from hwctl.store.blob_ranges import open_blob
-from hwctl.store.engine import BINARY_RESULTS
+from hwctl.store.engine import BINARY_RESULTS, is_sqlite
 from hwctl.store.errors import NotFoundError, StoreError
 from hwctl.store.schema import device_fits, mappings, programming_runs, readouts
 from hwctl.store.vectors import decode_row, vector_columns
@@ -94,13 +95,24 @@ def map_placement(conn: Connection, mapping_id: int) -> tuple[Geometry, tuple[La
 
 
 def map_targets(conn: Connection, mapping_id: int) -> npt.NDArray[np.float32]:
-    """The stored map's target conductances (µS), read from their .npz member into one array
-    (no copy of the map's bytes, no addresses rebuilt)."""
-    with (
-        open_blob(conn, mappings, "device_map", mapping_id) as blob,
-        zipfile.ZipFile(blob) as archive,
-        archive.open("target_g_us.npy") as member,
-    ):
+    """The stored map's target conductances (µS) alone, not the addresses a `DeviceMap`
+    rebuilds. SQLite: read from the .npz member into one array through blob I/O (no copy
+    of the map's bytes). PostgreSQL: the map is fetched whole (a compressed TOAST value is
+    decompressed from its start for every `substring`, so reading most of it in ranges
+    would cost quadratic time)."""
+    if is_sqlite(conn):
+        with open_blob(conn, mappings, "device_map", mapping_id) as blob:
+            return _npz_member(blob, "target_g_us.npy")
+    data = conn.execute(
+        select(mappings.c.device_map).where(mappings.c.id == mapping_id), execution_options=BINARY_RESULTS
+    ).scalar()
+    if data is None:
+        raise NotFoundError(f"mapping {mapping_id} does not exist")
+    return _npz_member(io.BytesIO(data), "target_g_us.npy")
+
+
+def _npz_member(file: BinaryIO, name: str) -> npt.NDArray[np.float32]:
+    with zipfile.ZipFile(file) as archive, archive.open(name) as member:
         return np.asarray(np.lib.format.read_array(member, allow_pickle=False), np.float32)
 
 
