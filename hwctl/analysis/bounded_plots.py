@@ -134,12 +134,16 @@ def _heatmap(conn: Connection, run: RunRef, header: FitHeader) -> Figure:
     n_devices = sum(2 * layer.n_weights for layer in layers)
     stride = max(1, math.ceil(n_devices / PERCENTILE_SAMPLE_DEVICES))
     sample: list[npt.NDArray[np.float32]] = []
-    with scanning(conn), open_blob(conn, device_fits, "nu_blob", header.fit_id) as nu_blob:
-        for layer, first_row, values_plus, values_minus in _layer_rows(nu_blob, layers):
-            for values, bit_offset in ((values_plus, 0), (values_minus, 1)):
-                _place(images, geometry, layer, first_row, values, bit_offset)
-                kept = values.ravel()[::stride]
-                sample.append(kept[np.isfinite(kept)])
+    with (
+        scanning(conn),
+        open_blob(
+            conn, device_fits, "nu_blob", header.fit_id, buffer_bytes=4 * LAYER_RANGE_DEVICES
+        ) as nu_blob,
+    ):
+        for layer, first_row, values, bit_offset in _layer_rows(nu_blob, layers):
+            _place(images, geometry, layer, first_row, values, bit_offset)
+            kept = values.ravel()[::stride]
+            sample.append(kept[np.isfinite(kept)])
     finite = np.concatenate(sample) if sample else np.empty(0, np.float32)
     vmin, vmax = np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0)
     return tile_heatmap_figure(images.image(), geometry, (float(vmin), float(vmax)))
@@ -147,19 +151,18 @@ def _heatmap(conn: Connection, run: RunRef, header: FitHeader) -> Figure:
 
 def _layer_rows(
     blob: BinaryIO, layers: tuple[LayerPlacement, ...]
-) -> Iterator[tuple[LayerPlacement, int, npt.NDArray[np.float32], npt.NDArray[np.float32]]]:
-    """(layer, first matrix row, ν of its G+ devices, ν of its G− devices) for consecutive rows
-    of each layer's matrix, ≤ `LAYER_RANGE_DEVICES` devices at a time."""
+) -> Iterator[tuple[LayerPlacement, int, npt.NDArray[np.float32], int]]:
+    """(layer, first matrix row, ν of those rows' devices of one sign, bit line offset: 0 for
+    G+, 1 for G−), ≤ `LAYER_RANGE_DEVICES` devices at a time, in stored order: the blob is
+    read front to back (on PostgreSQL every read decompresses the value up to its end)."""
     for layer in layers:
         rows, cols = layer.shape
-        step = max(1, LAYER_RANGE_DEVICES // (2 * cols))
-        for first in range(0, rows, step):
-            count = min(step, rows - first) * cols
-            halves = [
-                _read_f32(blob, layer.offset + sign * layer.n_weights + first * cols, count).reshape(-1, cols)
-                for sign in (0, 1)
-            ]
-            yield layer, first, halves[0], halves[1]
+        step = max(1, LAYER_RANGE_DEVICES // cols)
+        for sign in (0, 1):
+            for first in range(0, rows, step):
+                count = min(step, rows - first) * cols
+                first_device = layer.offset + sign * layer.n_weights + first * cols
+                yield layer, first, _read_f32(blob, first_device, count).reshape(-1, cols), sign
 
 
 def _read_f32(blob: BinaryIO, first_device: int, count: int) -> npt.NDArray[np.float32]:

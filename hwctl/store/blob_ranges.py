@@ -89,9 +89,13 @@ class _SqliteBlob(io.RawIOBase):
 
 
 @contextmanager
-def open_blob(conn: Connection, table: Table, column: str, row_id: int) -> Iterator[BinaryIO]:
-    """Row `row_id`'s blob in `column` as a seekable binary file (`NotFoundError`: no such row
-    or a NULL value). Inside the caller's transaction; closed on exit."""
+def open_blob(
+    conn: Connection, table: Table, column: str, row_id: int, buffer_bytes: int = READ_AHEAD_BYTES
+) -> Iterator[BinaryIO]:
+    """Row `row_id`'s blob in `column` as a seekable binary file, read `buffer_bytes` at a time
+    at least (`NotFoundError`: no such row or a NULL value). Inside the caller's
+    transaction; closed on exit. On PostgreSQL every read decompresses a compressed value
+    from its start: read front to back, in large buffers."""
     if is_sqlite(conn):
         raw_conn = conn.connection.driver_connection
         assert isinstance(raw_conn, sqlite3.Connection)
@@ -103,7 +107,7 @@ def open_blob(conn: Connection, table: Table, column: str, row_id: int) -> Itera
         raw: io.RawIOBase = _SqliteBlob(handle)
     else:
         raw = _PostgresBlob(conn, table, column, row_id)
-    reader = io.BufferedReader(raw, READ_AHEAD_BYTES)
+    reader = io.BufferedReader(raw, buffer_bytes)
     try:
         yield reader
     finally:

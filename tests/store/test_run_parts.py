@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine
 
+from hwctl.analysis.bounded_plots import bounded_figure
 from hwctl.analysis.drift import fit_drift
 from hwctl.mapping import DeviceMap
+from hwctl.report import analyze_experiment
 from hwctl.store.blob_ranges import open_blob
 from hwctl.store.errors import NotFoundError
 from hwctl.store.fits import load_device_fit, save_device_fit
@@ -15,6 +17,7 @@ from hwctl.store.readouts import ProgrammingResult
 from hwctl.store.run_parts import latest_fit_header, map_placement, map_targets, programming_vectors
 from hwctl.store.scans import scanning
 from hwctl.store.schema import device_fits, programming_runs
+from tests.api.results_data import write_campaign
 
 OFFSETS_S = np.array([25.0, 250.0, 2_500.0])
 
@@ -90,3 +93,14 @@ def test_a_scan_reads_what_the_mapped_connection_reads(
             assert conn.exec_driver_sql("PRAGMA mmap_size").scalar() > 0  # the map is back
     np.testing.assert_array_equal(vectors["programmed_s"], result.programmed_s)
     np.testing.assert_array_equal(again["programmed_s"], result.programmed_s)
+
+
+def test_the_heatmap_read_in_ranges_is_the_whole_analysis_heatmap_on_either_database(engine: Engine) -> None:
+    campaign = write_campaign(engine)
+    with engine.connect() as conn:
+        bounded = bounded_figure(conn, campaign.experiment_id, "heatmap")
+        whole = analyze_experiment(conn, campaign.experiment_id, forecast=False).figure("heatmap")
+    assert bounded is not None
+    (got,), (want,) = bounded.axes[0].get_images(), whole.axes[0].get_images()
+    np.testing.assert_allclose(got.get_array().filled(0), want.get_array().filled(0), rtol=1e-6)
+    np.testing.assert_allclose(got.get_clim(), want.get_clim(), rtol=1e-6)
