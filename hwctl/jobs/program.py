@@ -142,13 +142,15 @@ def _program(ctx: JobContext, experiment_id: int) -> None:
         station.chip, run.device_map.addresses, run.device_map.target_g_us, program_settings(run.spec),
         progress, resume,
     )  # fmt: skip
+    resumed, resume = resume is not None, None  # the re-read conductances, if any, let go
+    release_freed_heap()  # the loop's freed blocks, before storing the run copies its vectors
     end_s = float(result.programmed_s.max()) if n else station.clock_now_s()
     reading = ctx.write("storing the run", lambda conn: _finish(conn, ctx, experiment_id, run, result, end_s))
     # Completed after the commit: `complete` is a write of its own, and SQLite has one writer.
     ctx.complete({
         "run_id": run.run_id, "mapping_id": run.mapping_id, "n_devices": n, "programmed_end_s": end_s,
         "converged_fraction": result.converged_fraction_nonzero, "iterations_mean": result.iterations_mean,
-        "cancelled": not reading, "resumed": resume is not None,
+        "cancelled": not reading, "resumed": resumed,
     })  # fmt: skip
 
 
