@@ -173,17 +173,21 @@ class PCMArray:
         m = self.model
         g = self.g_state_us[addresses]
         aged = t_s > 0
-        if not aged.any():
+        every = aged.all()  # a readback: no masks, no copies
+        if not every and not aged.any():
             return g, g  # verify read right after the pulse: the state itself
-        a, t = addresses[aged], t_s[aged]
+        a, t = (addresses, t_s) if every else (addresses[aged], t_s[aged])
         unsettled = (self.flags[a] & UNSETTLED) != 0
         if unsettled.any():
             self._settle(a[unsettled])
-        g_state, g_t0 = g[aged], self.g_t0_us[a]
+        g_state, g_t0 = (g if every else g[aged]), self.g_t0_us[a]
+        relaxed = g_state + (g_t0 - g_state) * m.relaxed_fraction(t)
+        drifted = relaxed * m.drift_factor(t, self.drift_nu[a])
+        if every:
+            return drifted.astype(np.float32, copy=False), g_t0
         g_programmed = g.copy()
         g_programmed[aged] = g_t0
-        relaxed = g_state + (g_t0 - g_state) * m.relaxed_fraction(t)
-        g[aged] = relaxed * m.drift_factor(t, self.drift_nu[a])
+        g[aged] = drifted
         return g, g_programmed
 
     def read(self, addresses: Addresses) -> Float32s:
