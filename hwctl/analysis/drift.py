@@ -88,14 +88,14 @@ def _accumulate(g: np.ndarray, t: np.ndarray, ln_t0: float, out: FloatArray) -> 
     does not assume equal noise on every read. With u = x − x̄ and e the residual,
     w = u/Sxx_c and c = 1/n − x̄·w, so both are sums of e², u·e² and u²·e²:
     Σw²e² = Σu²e²/Sxx_c², Σc²e² = Σe²/n² − 2x̄·Σue²/(n·Sxx_c) + x̄²·Σu²e²/Sxx_c².
-    ln G is taken in the readings' own precision (float32 readouts: float32 logs, as
-    exact as the readings), sums in float64.
+    ln G and ln t are taken in the inputs' own precision (float32 readouts and ages:
+    float32 logs, as exact as the inputs), sums in float64.
     """
     valid = g > 0
     valid &= t > 0
     weight = valid.astype(np.float64)
     y = np.log(np.where(valid, g, g.dtype.type(1))).astype(np.float64, copy=False)
-    x = np.log(np.where(valid, t, 1.0), dtype=np.float64)
+    x = np.log(np.where(valid, t, t.dtype.type(1))).astype(np.float64, copy=False)
     x -= ln_t0
     x *= weight
     n = out[0]
