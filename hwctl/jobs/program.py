@@ -10,9 +10,10 @@ within tolerance (`program_verify.ResumePoint`) instead of starting again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Connection
 
 from drivers.base import Geometry
@@ -51,10 +52,10 @@ class ProgramPayload(JobPayload):
 
 @dataclass(frozen=True)
 class _Run:
-    """The stored programming run this job writes: its spec, device map and rows."""
+    """The stored programming run this job writes: its spec and rows (its device map is held
+    apart, and let go once programmed)."""
 
     spec: ExperimentSpec
-    device_map: DeviceMap
     mapping_id: int
     run_id: int
 
@@ -90,7 +91,7 @@ def handle(ctx: JobContext, payload: ProgramPayload) -> None:
 
 def _start_run(
     conn: Connection, ctx: JobContext, experiment_id: int, geometry: Geometry, now_s: float
-) -> _Run:
+) -> tuple[_Run, DeviceMap]:
     """Map the network and store the run, with the job's checkpoint naming it in the same
     transaction: a crash before the first pulse never leaves a run the job would not resume."""
     spec = load_spec(conn, experiment_id)
@@ -107,15 +108,15 @@ def _start_run(
         conn, mapping_id, spec.program.model_dump(), experiment_id=experiment_id
     )
     move_experiment(conn, experiment_id, ExperimentStatus.PROGRAMMING)
-    run = _Run(spec, device_map, mapping_id, run_id)
+    run = _Run(spec, mapping_id, run_id)
     queue.heartbeat_in(conn, ctx.job_id, now_s, checkpoint=run.checkpoint())
-    return run
+    return run, device_map
 
 
-def _stored_run(conn: Connection, experiment_id: int, checkpoint: dict[str, Any]) -> _Run:
+def _stored_run(conn: Connection, experiment_id: int, checkpoint: dict[str, Any]) -> tuple[_Run, DeviceMap]:
     run_id = int(checkpoint["run_id"])
     device_map = store_readouts.load_run_device_map(conn, run_id)
-    return _Run(load_spec(conn, experiment_id), device_map, int(checkpoint["mapping_id"]), run_id)
+    return _Run(load_spec(conn, experiment_id), int(checkpoint["mapping_id"]), run_id), device_map
 
 
 def _program(ctx: JobContext, experiment_id: int) -> None:
@@ -123,35 +124,54 @@ def _program(ctx: JobContext, experiment_id: int) -> None:
     checkpoint = ctx.checkpoint or {}
     resume = None
     if "run_id" in checkpoint:
-        run = ctx.read("loading the run", lambda conn: _stored_run(conn, experiment_id, checkpoint))
+        run, device_map = ctx.read(
+            "loading the run", lambda conn: _stored_run(conn, experiment_id, checkpoint)
+        )
         # Every device read now; those within tolerance were last pulsed before this read.
-        read_s, g_now_us = station.read_block(run.device_map.addresses)
+        read_s, g_now_us = station.read_block(device_map.addresses)
         resume = ResumePoint(g_now_us, read_s)
+        del g_now_us  # held by `resume` alone, let go after programming
     else:
         geometry, now_s = station.chip.geometry(), station.clock_now_s()
-        run = ctx.write(
+        run, device_map = ctx.write(
             "starting the run", lambda conn: _start_run(conn, ctx, experiment_id, geometry, now_s)
         )
-    n = run.device_map.n_devices
+    n = device_map.n_devices
     ctx.safe_point(0.0, "resuming programming" if resume else "programming", run.checkpoint())
 
     def progress(iteration: int, remaining: int, converged: int) -> None:
         ctx.safe_point(converged / n, f"iteration {iteration}: {converged}/{n} devices converged")
 
-    result = program_and_verify(
-        station.chip, run.device_map.addresses, run.device_map.target_g_us, program_settings(run.spec),
-        progress, resume,
+    programmed = program_and_verify(
+        station.chip, device_map.addresses, device_map.target_g_us, program_settings(run.spec), progress,
+        resume,
     )  # fmt: skip
-    resumed, resume = resume is not None, None  # the re-read conductances, if any, let go
-    release_freed_heap()  # the loop's freed blocks, before storing the run copies its vectors
+    outcome = {"converged_fraction": programmed.converged_fraction_nonzero,
+               "iterations_mean": programmed.iterations_mean, "resumed": resume is not None}  # fmt: skip
+    # Storing the run copies its four outcome vectors (three times over, in the driver): let
+    # go of the map and the re-read conductances first, and of the loop's freed blocks.
+    result = _outcome_vectors(programmed)
+    del programmed, device_map, resume
+    release_freed_heap()
     end_s = float(result.programmed_s.max()) if n else station.clock_now_s()
     reading = ctx.write("storing the run", lambda conn: _finish(conn, ctx, experiment_id, run, result, end_s))
     # Completed after the commit: `complete` is a write of its own, and SQLite has one writer.
     ctx.complete({
         "run_id": run.run_id, "mapping_id": run.mapping_id, "n_devices": n, "programmed_end_s": end_s,
-        "converged_fraction": result.converged_fraction_nonzero, "iterations_mean": result.iterations_mean,
-        "cancelled": not reading, "resumed": resumed,
+        **outcome, "cancelled": not reading,
     })  # fmt: skip
+
+
+def _outcome_vectors(result: ProgrammingResult) -> ProgrammingResult:
+    """`result` as the store keeps it: the four outcome vectors, the addresses and targets
+    (the mapping's, stored with it) as zero-stride stand-ins of the same length, so the map
+    (8 bytes a device) need not be held while the run is stored."""
+    n = result.n_devices
+    return replace(
+        result,
+        addresses=np.broadcast_to(np.uint32(0), (n,)),
+        target_g_us=np.broadcast_to(np.float32(0.0), (n,)),
+    )
 
 
 def _finish(
