@@ -122,10 +122,11 @@ def test_job_events_stream_progress_until_the_job_ends(
     claimed = queue.claim(engine, job["station_id"], now_s=10.0)
     assert claimed is not None and claimed.id == job["id"]
 
-    # What a worker does on its own thread while the client listens: half-way, then done.
+    # What a worker does on its own thread while the client listens: half-way, then done
+    # (1.5 s apart: the stream polls far more often, even on a loaded machine).
     timers = [
         threading.Timer(0.2, lambda: queue.heartbeat(engine, job["id"], 11, progress=0.5, message="1 of 2")),
-        threading.Timer(0.6, lambda: queue.complete(engine, job["id"], 12.0, {"devices": 10})),
+        threading.Timer(1.7, lambda: queue.complete(engine, job["id"], 12.0, {"devices": 10})),
     ]
     for timer in timers:
         timer.start()
