@@ -250,7 +250,8 @@ def worker_child(directory: Path, database_url: str, station: str, scale: Worker
 class WorkerScale:
     """The worker's patience: `settings` are HWCTL_* values (none: the deployment defaults)."""
 
-    block_devices: int = 2_000  # ~19 blocks a readout: a fault lands mid-readout, not between two
+    block_devices: int = 1_000  # ~38 blocks a readout: a fault lands mid-readout, and six link
+    # resets each after a block still find the readback running on a fast, idle machine
     poll_s: float = 0.1
     settings: tuple[tuple[str, float], ...] = ()
 
