@@ -176,13 +176,48 @@ def database(kind: str, workdir: Path, postgres_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def _checkpoint(arch: str, path: Path) -> None:
+# Networks of this benchmark's own, uploaded as `.pt2` graphs (`hwctl export`, the
+# bring-your-own path): name -> (ImageNet ResNet blocks per stage, widths). "resnet34-w13" is
+# ResNet-34's ImageNet layout (37 analog layers, 1000 classes) at 13/64 of its width:
+# 983,021 weights = 1,966,042 devices, the ~2 M-device campaign CI runs.
+SCALED_ARCHS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "resnet34-w13": ((3, 4, 6, 3), (13, 26, 52, 104)),
+}
+SCALED_INPUT_SHAPE = "3,64,64"  # fully convolutional: a small input keeps the export's check quick
+
+
+def resnet34_w13() -> Any:
+    """`SCALED_ARCHS["resnet34-w13"]` with seeded He-initialised weights (for `hwctl export`)."""
+    return _scaled_model("resnet34-w13")
+
+
+def _scaled_model(arch: str) -> Any:
+    import torch
+
+    from hwctl.nn.models import ImageNetResNet
+
+    blocks, widths = SCALED_ARCHS[arch]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return ImageNetResNet(blocks, widths)
+
+
+def _checkpoint(arch: str, workdir: Path, run: Callable[..., None]) -> Path:
+    """The network to upload: a registered architecture's seeded checkpoint, or one of
+    `SCALED_ARCHS` exported as a `.pt2` by `hwctl export` (through `run`)."""
+    if arch in SCALED_ARCHS:
+        path = workdir / f"{arch}.pt2"
+        factory = arch.replace("-", "_")  # this module's function building it
+        run("export", f"benchmarks.scale:{factory}", "--input-shape", SCALED_INPUT_SHAPE, "--out", str(path))
+        return path
     import torch
 
     from hwctl.nn.models import seeded_checkpoint
 
+    path = workdir / f"{arch}.pt"
     checkpoint = seeded_checkpoint(arch, seed=0)
     torch.save({"arch": checkpoint.arch, "state_dict": checkpoint.state_dict, "meta": checkpoint.meta}, path)
+    return path
 
 
 def run_campaign(
@@ -207,8 +242,7 @@ def run_campaign(
         "PYTHONUNBUFFERED": "1",
     }
     processes = Processes(workdir, env)
-    checkpoint = workdir / f"{arch}.pt"
-    _checkpoint(arch, checkpoint)
+    checkpoint = _checkpoint(arch, workdir, processes.run)
     processes.run("db", "upgrade")
     chip_port, api_port = _free_port(), _free_port()
     stages: dict[str, float] = {}
