@@ -62,6 +62,7 @@ def test_experiment_run_uploads_submits_follows_and_prints_the_accuracy_table(
     out = capsys.readouterr().out
     assert code == 0, out
     assert re.search(r"experiment 1 submitted", out)
+    assert "GDC's statistic: both-bitlines" in out  # the default
     assert re.search(r"^scheduled\s+read at\s+none \(%\)\s+GDC \(%\)$", out, re.M), out
     assert re.search(r"^25 s\s+25 s\s+[\d.]+\s+[\d.]+$", out, re.M), out
     assert re.search(r"^10 min\s+10 min\s+[\d.]+\s+[\d.]+$", out, re.M), out
@@ -79,7 +80,9 @@ def test_experiment_run_submits_an_uploaded_network_by_id_without_following(
 ) -> None:
     api = ["--api", api_url, "--api-key", API_KEY]
     assert main(["experiment", "run", "--network", str(checkpoint), "--station", STATION, "--no-follow",
-                 "--schedule-points", "3", *api]) == 0  # fmt: skip
+                 "--schedule-points", "3", "--gdc-statistic", "abs-weights", *api]) == 0  # fmt: skip
+    detail = httpx.get(f"{api_url}/experiments/1", headers={"X-API-Key": API_KEY}).json()
+    assert detail["spec"]["evaluation"]["gdc_statistic"] == "abs-weights"
     # One experiment at a time per station: the second waits for the first, or its cancel.
     assert main(["experiment", "run", "--network", "1", "--station", STATION, "--no-follow", *api]) == 2
     assert "busy with experiment 1" in capsys.readouterr().err

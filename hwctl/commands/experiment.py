@@ -17,8 +17,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hwctl.commands.errors import CLIError
+from hwctl.commands.evaluate import add_gdc_statistic_argument
 from hwctl.schedule import duration_label
-from hwctl.vocabulary import METHOD_LABELS, CompensationMethod, JobStatus
+from hwctl.vocabulary import (
+    DEFAULT_GDC_STATISTIC,
+    GDC_STATISTIC_LABELS,
+    METHOD_LABELS,
+    CompensationMethod,
+    GdcStatistic,
+    JobStatus,
+)
 
 if TYPE_CHECKING:  # httpx, pydantic and numpy load when a command runs, not for `hwctl --help`
     from hwctl.client import HwctlClient, Json
@@ -35,22 +43,49 @@ def register(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
 
     run_p = sub.add_parser("run", help="program a network on a station, read it back, print accuracy")
-    run_p.add_argument("--network", required=True, metavar="CKPT_OR_ID",
-                       help="a checkpoint file to upload, or the id of an uploaded network")
+    run_p.add_argument(
+        "--network",
+        required=True,
+        metavar="CKPT_OR_ID",
+        help="a checkpoint file to upload, or the id of an uploaded network",
+    )
     run_p.add_argument("--station", required=True, help="name of a registered station")
     when = run_p.add_mutually_exclusive_group()
-    when.add_argument("--schedule-points", type=int, default=20, metavar="N",
-                      help="N readbacks log-spaced from 25 s to 24 h (default %(default)s)")
-    when.add_argument("--offsets", type=_offsets, metavar="S,S,...",
-                      help="readback times in seconds after programming, e.g. 25,60,3600")
-    run_p.add_argument("--reads-per-point", type=int, default=1, metavar="N",
-                       help="whole reads of the chip at each time, 1-16 (default %(default)s): the spread "
-                       "over them is the read noise's share")
-    run_p.add_argument("--methods", type=_methods, default=list(CompensationMethod), metavar="M,M",
-                       help=f"compensation methods: {','.join(CompensationMethod)} (default: all)")
-    run_p.add_argument("--dataset", choices=("digits", "cifar10"),
-                       help="test set (default: the network architecture's dataset)")
+    when.add_argument(
+        "--schedule-points",
+        type=int,
+        default=20,
+        metavar="N",
+        help="N readbacks log-spaced from 25 s to 24 h (default %(default)s)",
+    )
+    when.add_argument(
+        "--offsets",
+        type=_offsets,
+        metavar="S,S,...",
+        help="readback times in seconds after programming, e.g. 25,60,3600",
+    )
+    run_p.add_argument(
+        "--reads-per-point",
+        type=int,
+        default=1,
+        metavar="N",
+        help="whole reads of the chip at each time, 1-16 (default %(default)s): the spread "
+        "over them is the read noise's share",
+    )
+    run_p.add_argument(
+        "--methods",
+        type=_methods,
+        default=list(CompensationMethod),
+        metavar="M,M",
+        help=f"compensation methods: {','.join(CompensationMethod)} (default: all)",
+    )
+    run_p.add_argument(
+        "--dataset",
+        choices=("digits", "cifar10"),
+        help="test set (default: the network architecture's dataset)",
+    )
     run_p.add_argument("--n-images", type=int, help="test images per evaluation (default: all)")
+    add_gdc_statistic_argument(run_p, DEFAULT_GDC_STATISTIC)
     run_p.add_argument("--name", help="experiment name (default: NETWORK on STATION)")
     run_p.add_argument("--no-follow", action="store_true", help="submit and return at once")
     _api_arguments(run_p)
@@ -63,10 +98,16 @@ def register(subparsers: Any) -> None:
 
 
 def _api_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--api", default=os.environ.get("HWCTL_API_URL", DEFAULT_API_URL),
-                        help="base URL of the hwctl API (default: $HWCTL_API_URL or %(default)s)")
-    parser.add_argument("--api-key", default=os.environ.get("HWCTL_API_KEY"),
-                        help="X-API-Key for a server with keys (default: $HWCTL_API_KEY)")
+    parser.add_argument(
+        "--api",
+        default=os.environ.get("HWCTL_API_URL", DEFAULT_API_URL),
+        help="base URL of the hwctl API (default: $HWCTL_API_URL or %(default)s)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("HWCTL_API_KEY"),
+        help="X-API-Key for a server with keys (default: $HWCTL_API_KEY)",
+    )
 
 
 def _offsets(text: str) -> list[float]:
@@ -202,7 +243,8 @@ def result_lines(client: HwctlClient, detail: Json) -> list[str]:
     lines = [
         f"experiment {experiment_id} '{detail['name']}' on {detail['station']}: {detail['status']}",
         "",
-        "Accuracy (%) vs time since programming, per drift compensation:",
+        "Accuracy (%) vs time since programming, per drift compensation "
+        f"(GDC's statistic: {_gdc_statistic_label(detail)}):",
         *format_table(*accuracy_rows(detail, readbacks, client.accuracy(experiment_id))),
     ]
     fits = client.drift_fits(experiment_id)
@@ -212,6 +254,12 @@ def result_lines(client: HwctlClient, detail: Json) -> list[str]:
                   *drift_lines(fit, client.drift_fit_bins(fit["id"]))]  # fmt: skip
     lines += [f"{j['kind']} job {j['id']} failed: {j['error']}" for j in failed]
     return lines
+
+
+def _gdc_statistic_label(detail: Json) -> str:
+    """The statistic GDC (and AdaBS's gains) used, as the report names it."""
+    statistic = detail["spec"]["evaluation"].get("gdc_statistic") or DEFAULT_GDC_STATISTIC
+    return f"{statistic}, {GDC_STATISTIC_LABELS[GdcStatistic(statistic)]}"
 
 
 # -- the commands ---------------------------------------------------------------------------------
@@ -246,7 +294,8 @@ def _experiment_spec(args: argparse.Namespace, network: Json) -> ExperimentSpec:
         "network_id": network["id"], "station": args.station, "name": args.name,
         "schedule": {"offsets_s": offsets_s, "reads_per_point": args.reads_per_point},
         "evaluation": {"dataset": args.dataset or _dataset_of(network["architecture"]),
-                       "methods": args.methods, "n_images": args.n_images},
+                       "methods": args.methods, "n_images": args.n_images,
+                       "gdc_statistic": args.gdc_statistic},
     }  # fmt: skip
     try:
         return ExperimentSpec.model_validate(fields)
