@@ -27,7 +27,7 @@ from hwctl.analysis.spread import AccuracyRecord, draws_text, programmings_text
 from hwctl.analysis.stored import measured_accuracy
 from hwctl.report import PLOT_NAMES  # what /experiments/{id}/plots/ serves
 from hwctl.store import queries
-from hwctl.vocabulary import METHOD_LABELS, JobStatus
+from hwctl.vocabulary import GDC_STATISTIC_LABELS, METHOD_LABELS, JobStatus
 
 router = APIRouter(include_in_schema=False, dependencies=[ReadAccess])
 
@@ -83,7 +83,9 @@ def accuracy_rows(records: list[AccuracyRecord]) -> list[AccuracyRow]:
 
 def _render(request: Request, template: str, **context: Any) -> HTMLResponse:
     root = request.scope.get("root_path", "")
-    html = _templates.get_template(template).render(root=root, methods=METHOD_LABELS, **context)
+    html = _templates.get_template(template).render(
+        root=root, methods=METHOD_LABELS, gdc_statistics=GDC_STATISTIC_LABELS, **context
+    )
     return HTMLResponse(html)
 
 

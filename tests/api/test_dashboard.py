@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -119,6 +120,7 @@ def test_experiment_page_shows_every_stored_accuracy_by_time_and_method(finished
     rows = table_rows(page.text, "accuracy")
     assert len(rows) == 1 + finished.n_readouts
     assert rows == expected_accuracy_rows(finished.url)
+    assert re.search(r'<span id="gdc-statistic">both-bitlines</span>,\s+both bit-line currents', page.text)
     for name in PLOT_NAMES:
         assert f'src="/experiments/{finished.experiment_id}/plots/{name}"' in page.text
 
