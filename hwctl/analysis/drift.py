@@ -136,8 +136,9 @@ def _solve(sums: FloatArray, min_points: int, fit: DriftFit, devices: slice) -> 
         ss_res = np.maximum(syy_c - slope * sxy_c, 0.0)
         dof_scale = np.where(n > 2, n / (n - 2), np.nan)  # HC1: residuals lost 2 dof to the fit
         resid_var = ss_res / n * dof_scale
-        nu_var = slope_hc * dof_scale
-        intercept_var = intercept_hc * dof_scale
+        # Sums of squares can cancel to a tiny negative number in rounding; a variance is ≥ 0.
+        nu_var = np.maximum(slope_hc * dof_scale, 0.0)
+        intercept_var = np.maximum(intercept_hc * dof_scale, 0.0)
         r_squared = np.where(syy_c > 0, 1.0 - ss_res / syy_c, np.nan)
     status = fit.status[devices]
     status[:] = FitStatus.OK
