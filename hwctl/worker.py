@@ -48,6 +48,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, PendingRollbackErro
 
 from drivers.errors import DriverError
 from hwctl import queue
+from hwctl.heap import summary_text
 from hwctl.jobs import JOBS
 from hwctl.jobs.context import (
     LINK_FAILURES,
@@ -465,6 +466,9 @@ class Worker:
                 "station %s: %s job %d changed state under the worker, outcome not recorded: %s",
                 self.station_name, job.kind, job.id, exc,
             )  # fmt: skip
+        finally:
+            name, kind = self.station_name, job.kind
+            log.info("station %s: %s job %d over, memory %s", name, kind, job.id, summary_text())
 
     def _run_job(self, lane: _Lane, station_id: int, job: queue.Job) -> None:
         progressed = False  # a checkpoint other than the one the job started from was committed
@@ -504,8 +508,8 @@ class Worker:
             retrying=self._retrying, cache=lane.cache, read_block_devices=self.options.read_block_devices,
         )  # fmt: skip
         log.info(
-            "station %s: %s job %d starts in the %s lane (attempt %d)",
-            self.station_name, job.kind, job.id, lane.name, job.attempts,
+            "station %s: %s job %d starts in the %s lane (attempt %d), memory %s",
+            self.station_name, job.kind, job.id, lane.name, job.attempts, summary_text(),
         )  # fmt: skip
         job_type = JOBS[JobKind(job.kind)]
         try:

@@ -3,10 +3,11 @@
 Each block is kept in the store (`readout_blocks`) with the job's heartbeat, in one
 transaction, so a restart resumes from the last committed block and a cancel or
 shutdown waits for at most one block; the JSON checkpoint holds only where to go on.
-The worker holds one block, never the readout. At the end the last block and the readout
-row are written in one transaction, the row taking the job's blocks over as its storage
-(no copy); then the readout's evaluation is queued and, after the run's last readback,
-the drift fit brought forward.
+The worker holds one block, never the readout, and computes each block's addresses from
+the map's placement (never holding the map's 8 bytes a device). At the end the last block
+and the readout row are written in one transaction, the row taking the job's blocks over
+as its storage (no copy); then the readout's evaluation is queued and, after the run's
+last readback, the drift fit brought forward.
 
 A schedule with `reads_per_point` > 1 queues one readback per draw at each offset, with the
 same scheduled time (none overtakes another) in draw order: consecutive whole reads.
@@ -21,13 +22,15 @@ from typing import Any
 from pydantic import Field
 from sqlalchemy import Connection
 
+from drivers.base import Geometry
 from hwctl import queue
 from hwctl.jobs import analyze, evaluate
 from hwctl.jobs.context import JobContext, JobError, JobOvertaken, JobPayload, JobType
-from hwctl.mapping import DeviceMap
+from hwctl.mapping import LayerPlacement
 from hwctl.store import readouts as store_readouts
 from hwctl.store.campaign import experiment_state, load_spec
 from hwctl.store.readouts import BlockExtent, ReadoutBlock
+from hwctl.store.run_parts import addresses_in_range, run_placement
 from hwctl.vocabulary import ExperimentStatus, JobKind, JobLane
 
 
@@ -88,21 +91,23 @@ def partial_block_writer(job_id: int, block: ReadoutBlock) -> Callable[[Connecti
     return lambda conn: store_readouts.add_readout_block(conn, job_id, block)
 
 
+Placement = tuple[Geometry, tuple[LayerPlacement, ...]]
+
+
 def handle(ctx: JobContext, payload: ReadbackPayload) -> None:
-    def stored(conn: Connection) -> tuple[int | None, list[BlockExtent], DeviceMap]:
+    def stored(conn: Connection) -> tuple[int | None, list[BlockExtent], Placement]:
         readout_id = store_readouts.find_readout(conn, payload.run_id, payload.offset_s, payload.draw)
         blocks = store_readouts.readout_block_extents(conn, ctx.job_id) if readout_id is None else []
-        device_map = ctx.cached(
-            ("device_map", payload.run_id), lambda: store_readouts.load_run_device_map(conn, payload.run_id)
-        )
-        return readout_id, blocks, device_map
+        # The map's placement (kilobytes), not its addresses and targets (8 bytes a device):
+        # each block's addresses are computed from it.
+        placement = ctx.cached(("placement", payload.run_id), lambda: run_placement(conn, payload.run_id))
+        return readout_id, blocks, placement
 
-    readout_id, blocks, device_map = ctx.read("loading the readback", stored)
+    readout_id, blocks, (geometry, layers) = ctx.read("loading the readback", stored)
     if readout_id is not None:  # stored before a crash, job not yet marked done
         ctx.complete({"readout_id": readout_id})
         return
-    addresses = device_map.addresses
-    n = addresses.size
+    n = sum(2 * layer.n_weights for layer in layers)
     partial = PartialReadout.resume(n, ctx.checkpoint, blocks)
     station = ctx.chip_station
     if partial.temperature_c is None:
@@ -110,7 +115,7 @@ def handle(ctx: JobContext, payload: ReadbackPayload) -> None:
     last: ReadoutBlock | None = None  # read, stored with the readout row
     while partial.next_device < n:
         start, stop = partial.next_device, min(partial.next_device + ctx.read_block_devices, n)
-        block = ReadoutBlock(start, *station.read_block(addresses[start:stop]))
+        block = ReadoutBlock(start, *station.read_block(addresses_in_range(geometry, layers, start, stop)))
         partial.add(block.first_device, block.g_us.size, block.read_s)
         if stop < n:
             keep = partial_block_writer(ctx.job_id, block)

@@ -209,12 +209,13 @@ def add_dataset(conn: Connection, name: str, content: bytes, parsed: ParsedDatas
     channels, height, width = inputs.image_shape
     norm = inputs.normalisation
     new_id = conn.execute(
-        insert(datasets).values(
+        insert(datasets).returning(datasets.c.id),
+        dict(
             name=name, sha256=parsed.sha256, content=content, size_bytes=parsed.size_bytes,
             n_images=len(inputs), channels=channels, height=height, width=width, dtype=str(inputs.x.dtype),
             layout=inputs.layout, n_classes=parsed.n_classes,
             normalisation=None if norm is None else {"mean": list(norm.mean), "std": list(norm.std)},
-        ).returning(datasets.c.id)
+        ),
     ).scalar_one()  # fmt: skip
     return int(new_id), True
 

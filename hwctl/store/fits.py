@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Row, insert, select
 from hwctl.store.engine import BINARY_RESULTS
 from hwctl.store.errors import NotFoundError, StoreError
 from hwctl.store.schema import device_fits
-from hwctl.store.vectors import decode_row, encode
+from hwctl.store.vectors import StreamedVector, decode_row, store_row
 
 Floats32 = npt.NDArray[np.float32]
 Floats = npt.NDArray[np.floating[Any]]
@@ -136,12 +136,16 @@ def save_device_fit(
         "t0_s": fit.t0_s,
         "summary": {**summary, **(extra_summary or {})},
         "statistics": dict(statistics) if statistics is not None else None,
-        **encode(fit.nu, "float32").columns("nu"),
-        **encode(fit.g_t0_us, "float32").columns("g_t0"),
-        **encode(fit.r_squared, "float32").columns("r2"),
-        **encode(fit.status, "int8").columns("status"),
     }
-    return int(conn.execute(insert(device_fits).values(**values).returning(device_fits.c.id)).scalar_one())
+    vectors = {
+        "nu": StreamedVector(fit.nu, "float32"),
+        "g_t0": StreamedVector(fit.g_t0_us, "float32"),
+        "r2": StreamedVector(fit.r_squared, "float32"),
+        "status": StreamedVector(fit.status, "int8"),
+    }
+    fit_id = store_row(conn, insert(device_fits).returning(device_fits.c.id), device_fits, values, vectors)
+    assert fit_id is not None  # an INSERT returns its row
+    return fit_id
 
 
 def load_device_fit(conn: Connection, fit_id: int) -> StoredDeviceFit:

@@ -56,7 +56,7 @@ def add_inference(
     """A queued inference (`readout_id` None: a fresh read of the chip)."""
     values = {"experiment_id": experiment_id, "dataset_id": dataset_id, "readout_id": readout_id,
               "settings": settings}  # fmt: skip
-    return int(conn.execute(insert(inferences).values(**values).returning(inferences.c.id)).scalar_one())
+    return int(conn.execute(insert(inferences).returning(inferences.c.id), values).scalar_one())
 
 
 def set_job(conn: Connection, inference_id: int, job_id: int) -> None:
@@ -91,7 +91,7 @@ def store_results(
                               **encode(logits, "float32").columns("logits")}  # fmt: skip
     if readout_id is not None:
         values["readout_id"] = readout_id
-    conn.execute(update(inferences).where(inferences.c.id == inference_id).values(**values))
+    conn.execute(update(inferences).where(inferences.c.id == inference_id), values)
 
 
 def load_logits(conn: Connection, inference_id: int) -> npt.NDArray[np.float32] | None:

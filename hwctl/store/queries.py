@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Row, Select, func, select
 
 from hwctl.mapping import DeviceMap
 from hwctl.store.errors import NotFoundError
+from hwctl.store.scans import scanning
 from hwctl.store.schema import (
     device_fits,
     evaluations,
@@ -324,12 +325,14 @@ def list_fits(
         query = query.join(programming_runs, programming_runs.c.id == device_fits.c.run_id).where(
             programming_runs.c.experiment_id == experiment_id
         )
-    return _listing(conn, query, page)
+    with scanning(conn):  # the columns sit behind the vectors' pages (`run_parts.latest_fit_header`)
+        return _listing(conn, query, page)
 
 
 def get_fit(conn: Connection, fit_id: int) -> Row[Any]:
     """A fit's summary and statistics (`statistics` is NULL for fits stored before that column)."""
-    return _one(conn, select(*_FIT).where(device_fits.c.id == fit_id), "drift fit", fit_id)
+    with scanning(conn):
+        return _one(conn, select(*_FIT).where(device_fits.c.id == fit_id), "drift fit", fit_id)
 
 
 def fit_bins(conn: Connection, fit_id: int) -> Sequence[dict[str, Any]]:

@@ -34,7 +34,7 @@ from hwctl.program_verify import ProgrammingResult
 from hwctl.store.engine import BINARY_RESULTS, is_sqlite
 from hwctl.store.errors import CorruptVectorError, NotFoundError, StoreError
 from hwctl.store.schema import mappings, programming_runs, readout_blocks, readouts, utc_now
-from hwctl.store.vectors import decode_row, encode
+from hwctl.store.vectors import StreamedVector, decode_row, encode, store_row
 
 Floats = npt.NDArray[np.float64]
 G_BYTES = 4  # readout conductances are float32
@@ -120,15 +120,16 @@ def finish_programming_run(conn: Connection, run_id: int, result: ProgrammingRes
     sizes = {v.size for v in vectors}
     if len(sizes) != 1:
         raise StoreError(f"programming result vectors differ in length: {sorted(sizes)}")
-    values = {
-        **encode(result.g_final_us, "float32").columns("g_final"),
-        **encode(result.iterations, "int32").columns("iterations"),
-        **encode(result.status, "uint8").columns("status"),
-        **encode(result.programmed_s, "float64").columns("programmed_s"),
-        "ended_at": utc_now(),
+    streamed = {
+        "g_final": StreamedVector(result.g_final_us, "float32"),
+        "iterations": StreamedVector(result.iterations, "int32"),
+        "status": StreamedVector(result.status, "uint8"),
+        "programmed_s": StreamedVector(result.programmed_s, "float64"),
     }
-    done = conn.execute(update(programming_runs).where(programming_runs.c.id == run_id).values(**values))
-    if done.rowcount != 1:
+    statement = (
+        update(programming_runs).where(programming_runs.c.id == run_id).returning(programming_runs.c.id)
+    )
+    if store_row(conn, statement, programming_runs, {"ended_at": utc_now()}, streamed) is None:
         raise NotFoundError(f"programming run {run_id} does not exist")
 
 
@@ -268,7 +269,7 @@ def _insert_readout_row(
         "g_dtype": "float32",
         "g_crc32": None,
     }
-    return int(conn.execute(insert(readouts).values(**values).returning(readouts.c.id)).scalar_one())
+    return int(conn.execute(insert(readouts).returning(readouts.c.id), values).scalar_one())
 
 
 def _block_values(block: ReadoutBlock) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from hwctl.store.schema import (
     readouts,
     stations,
 )
+from hwctl.store.vectors import StreamedBlob, store_row
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,17 @@ class EvaluationRecord:
 
 
 def _insert(conn: Connection, table: Table, **values: Any) -> int:
-    return int(conn.execute(insert(table).values(**values).returning(table.c.id)).scalar_one())
+    # Values bound at execution, not built into the statement (see `hwctl.store.vectors.store_row`).
+    return int(conn.execute(insert(table).returning(table.c.id), values).scalar_one())
+
+
+def _insert_with_blob(
+    conn: Connection, table: Table, values: dict[str, Any], column: str, blob: bytes
+) -> int:
+    """A row with one large blob (a checkpoint, a device map), written without copies of it."""
+    row_id = store_row(conn, insert(table).returning(table.c.id), table, values, {column: StreamedBlob(blob)})
+    assert row_id is not None  # an INSERT returns its row
+    return row_id
 
 
 def add_station(
@@ -84,10 +95,11 @@ def add_network(
         sha256 = hashlib.sha256(checkpoint).hexdigest()
     if sha256 is None or (checkpoint is None and checkpoint_path is None):
         raise StoreError("a network needs checkpoint bytes, or a checkpoint path with its sha256")
-    return _insert(
-        conn, networks, name=name, architecture=architecture, checkpoint=checkpoint,
-        checkpoint_path=checkpoint_path, sha256=sha256, meta=meta or {},
-    )  # fmt: skip
+    values = {"name": name, "architecture": architecture, "checkpoint_path": checkpoint_path,
+              "sha256": sha256, "meta": meta or {}}  # fmt: skip
+    if checkpoint is None:
+        return _insert(conn, networks, **values, checkpoint=None)
+    return _insert_with_blob(conn, networks, values, "checkpoint", checkpoint)
 
 
 def add_experiment(
@@ -109,10 +121,9 @@ def add_mapping(
     experiment_id: int | None = None,
 ) -> int:
     """Store a serialized `hwctl.mapping.DeviceMap` (its `to_bytes()`)."""
-    return _insert(
-        conn, mappings, network_id=network_id, station_id=station_id, experiment_id=experiment_id,
-        device_map=device_map, n_devices=n_devices, utilisation=utilisation,
-    )  # fmt: skip
+    values = {"network_id": network_id, "station_id": station_id, "experiment_id": experiment_id,
+              "n_devices": n_devices, "utilisation": utilisation}  # fmt: skip
+    return _insert_with_blob(conn, mappings, values, "device_map", device_map)
 
 
 def add_evaluation(
