@@ -10,6 +10,7 @@ from api.deps import Db, ReadAccess
 from api.params import PathId
 from api.problems import problem_responses
 from hwctl.analysis.plots import ImageFormat
+from hwctl.heap import release_freed_heap
 from hwctl.report import PLOT_NAMES, plot_bytes
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
@@ -36,4 +37,8 @@ def get_plot(
     A plain `def`: drawing takes up to seconds, so it runs in the threadpool, never on
     the event loop.
     """
-    return Response(plot_bytes(db, experiment_id, name, format), media_type=MEDIA_TYPES[format])
+    try:
+        image = plot_bytes(db, experiment_id, name, format)
+    finally:
+        release_freed_heap()  # what the plot read (up to a vector range, a figure) is freed
+    return Response(image, media_type=MEDIA_TYPES[format])

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import Connection, select
 
 from drivers.base import Geometry
 from hwctl.mapping import MappingError, check_placement
-from hwctl.nn.conductance import export_layers
+from hwctl.nn.conductance import analog_modules, unroll
 from hwctl.nn.models import EXPORTED, Checkpoint, load_checkpoint
 from hwctl.nn.network_spec import NetworkSpec, network_spec, registered_spec
 from hwctl.store.errors import NotFoundError
 from hwctl.store.schema import networks, stations
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def load_network(conn: Connection, network_id: int) -> Checkpoint:
@@ -70,9 +73,16 @@ def station_fit(name: str, geometry: Geometry, layers: list[AnalogLayer]) -> Sta
     return StationFit(name, devices, True, None)
 
 
-def analog_layers_of(checkpoint: Checkpoint) -> list[AnalogLayer]:
-    return [AnalogLayer(w.name, (int(w.matrix.shape[0]), int(w.matrix.shape[1])))
-            for w in export_layers(checkpoint.build())]  # fmt: skip
+def analog_layers_of(checkpoint: Checkpoint, model: nn.Module | None = None) -> list[AnalogLayer]:
+    """The checkpoint's analog layers, from `model` if it is the checkpoint already built: each
+    layer's crossbar matrix (`export_layers`) unrolled and let go in turn, so no more than one
+    layer's copy is held (all of them are the checkpoint's size again: 87 MB for ResNet-34)."""
+    modules = analog_modules(checkpoint.build() if model is None else model)
+    return [AnalogLayer(name, _shape(unroll(module.weight).shape)) for name, module in modules.items()]
+
+
+def _shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    return int(shape[0]), int(shape[1])
 
 
 def fit_on_station(
@@ -91,9 +101,12 @@ def fit_on_station(
     return station_fit(station_name, Geometry(row.tiles, row.rows, row.cols), layers)
 
 
-def network_needs(conn: Connection, checkpoint: Checkpoint) -> NetworkNeeds:
-    """The network's input shape and analog layers, and whether it fits each registered station."""
-    layers = analog_layers_of(checkpoint)
+def network_needs(
+    conn: Connection, checkpoint: Checkpoint, layers: list[AnalogLayer] | None = None
+) -> NetworkNeeds:
+    """The network's input shape and analog layers (`analog_layers_of`, unless given), and
+    whether it fits each registered station."""
+    layers = analog_layers_of(checkpoint) if layers is None else layers
     rows = conn.execute(select(stations.c.name, stations.c.tiles, stations.c.rows, stations.c.cols)
                         .order_by(stations.c.name)).all()  # fmt: skip
     fits = [station_fit(r.name, Geometry(r.tiles, r.rows, r.cols), layers) for r in rows]
