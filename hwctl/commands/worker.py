@@ -30,7 +30,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--block-devices",
         type=int,
-        help="devices per readback block, the unit of checkpoints and stops (default 262,144)",
+        help="devices per readback block, the unit of checkpoints and stops (default 1,048,576)",
     )
     parser.set_defaults(func=run)
 

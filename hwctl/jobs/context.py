@@ -21,8 +21,12 @@ from hwctl.queue import NewJob
 from hwctl.station import Station
 from hwctl.vocabulary import JobKind, JobLane
 
-# Devices per readback block: ~1 MB of float32 per round trip and per checkpoint.
-READ_BLOCK_DEVICES = 262_144
+# Devices per readback block: 4 MiB of float32 per round trip and per checkpoint (and per
+# stored block). A 43.6 M-device readout is 42 heartbeat commits of ~27 ms on SQLite
+# instead of 167 of ~16 ms with 1 MiB blocks: over TCP 4.1 s instead of 6.3–8 s
+# (benchmarks/RESULTS.md, scale). The worker holds a block and its addresses (8 MiB); a
+# restarted readback redoes at most one block.
+READ_BLOCK_DEVICES = 1_048_576
 # Readbacks outrank evaluation and analysis: a due read must never wait behind them.
 PRIORITY_READBACK = 10
 PRIORITY_FOLLOW_UP = 0
