@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import re
 import socket
 import sqlite3
 import statistics
@@ -98,6 +99,12 @@ def _peak_rss_gb(pid: int) -> float:
     return _status_gb(pid, "VmHWM")
 
 
+def _reset_peak(pid: int) -> None:
+    """Set the process's VmHWM back to its VmRSS (Linux `clear_refs`), so the next reading is
+    the peak of what follows; the peak so far is lost, so read it first."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
 def _status_gb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(f"{field}:"):
@@ -139,9 +146,9 @@ class Processes:
     def peak_rss_gb(self) -> dict[str, float]:
         return {name: round(_peak_rss_gb(p.pid), 3) for name, p in self.running.items() if p.poll() is None}
 
-    def rss_gb(self) -> dict[str, float]:
-        """Each running process's resident set now (VmRSS), GB."""
-        return {name: _status_gb(p.pid, "VmRSS") for name, p in self.running.items() if p.poll() is None}
+    def rss_gb(self, field: str = "VmRSS") -> dict[str, float]:
+        """Each running process's resident set now (VmRSS, or its RssAnon / RssFile part), GB."""
+        return {name: _status_gb(p.pid, field) for name, p in self.running.items() if p.poll() is None}
 
     def stop(self) -> None:
         for process in self.running.values():
@@ -182,6 +189,7 @@ def database(kind: str, workdir: Path, postgres_url: str) -> Iterator[str]:
 # 983,021 weights = 1,966,042 devices, the ~2 M-device campaign CI runs.
 SCALED_ARCHS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "resnet34-w13": ((3, 4, 6, 3), (13, 26, 52, 104)),
+    "resnet34-w32": ((3, 4, 6, 3), (32, 64, 128, 256)),  # half width: 11,150,528 devices
 }
 SCALED_INPUT_SHAPE = "3,64,64"  # fully convolutional: a small input keeps the export's check quick
 
@@ -189,6 +197,11 @@ SCALED_INPUT_SHAPE = "3,64,64"  # fully convolutional: a small input keeps the e
 def resnet34_w13() -> Any:
     """`SCALED_ARCHS["resnet34-w13"]` with seeded He-initialised weights (for `hwctl export`)."""
     return _scaled_model("resnet34-w13")
+
+
+def resnet34_w32() -> Any:
+    """`SCALED_ARCHS["resnet34-w32"]` with seeded He-initialised weights (for `hwctl export`)."""
+    return _scaled_model("resnet34-w32")
 
 
 def _scaled_model(arch: str) -> Any:
@@ -242,6 +255,8 @@ def run_campaign(
         "PYTHONUNBUFFERED": "1",
     }
     processes = Processes(workdir, env)
+    worker_log = workdir / "worker.log"
+    log_offset = worker_log.stat().st_size if worker_log.exists() else 0
     checkpoint = _checkpoint(arch, workdir, processes.run)
     processes.run("db", "upgrade")
     chip_port, api_port = _free_port(), _free_port()
@@ -286,12 +301,16 @@ def run_campaign(
         jobs = _follow(client, experiment_id, start, timeout_s, log, processes)
         stages["campaign_s"] = time.perf_counter() - start
         rss_before_report = processes.peak_rss_gb()
+        rss_now_before_report = {k: round(v, 3) for k, v in processes.rss_gb().items()}
         report_start = time.perf_counter()
-        plot_s = {}
+        plot_s, plot_peak_gb = {}, {}
+        api_pid = processes.running["api"].pid
         for name in PLOTS:
+            _reset_peak(api_pid)
             plot_start = time.perf_counter()
             client.get(f"/experiments/{experiment_id}/plots/{name}").raise_for_status()
             plot_s[name] = round(time.perf_counter() - plot_start, 2)
+            plot_peak_gb[name] = round(_peak_rss_gb(api_pid), 3)
         stages["report_s"] = time.perf_counter() - report_start
         readout_ids = [
             r["id"]
@@ -307,9 +326,12 @@ def run_campaign(
         stages["download_s"] = time.perf_counter() - download_start
         ranged = client.get(f"/readouts/{readout_ids[-1]}/vector", headers={"Range": f"bytes={size - 4096}-"})
         rss = processes.peak_rss_gb()
+        # The API's peak was reset before each plot: its whole peak is the largest of the parts.
+        rss["api"] = max(rss["api"], rss_before_report["api"], *plot_peak_gb.values())
     finally:
         processes.stop()
     return {
+        "worker_memory_mb_by_job": _worker_memory(worker_log, log_offset),
         "experiment_id": experiment_id,
         "readouts_stored": len(readout_ids),
         "download_bytes": size,
@@ -317,11 +339,37 @@ def run_campaign(
         "jobs": jobs,
         **{k: round(v, 2) for k, v in stages.items()},
         "plot_s": plot_s,
+        "api_peak_gb_by_plot": plot_peak_gb,
         "block_devices": block_devices,
         "rss_gb_before_report": rss_before_report,
+        "rss_gb_now_before_report": rss_now_before_report,
         "rss_gb": rss,
         "restarted": processes.restarts,
     }
+
+
+_MEMORY_LINE = re.compile(r": (\w+) job \d+ (starts|over).*memory (.*)$")
+
+
+def _worker_memory(log: Path, offset: int) -> dict[str, dict[str, float]]:
+    """From the worker's log (each job's memory as it starts and ends, `hwctl.heap`): per job
+    kind, the largest VmRSS when one starts and ends (what the worker holds between jobs),
+    and VmHWM when one ends (its peak so far)."""
+    out: dict[str, dict[str, float]] = {}
+    with log.open("rb") as f:
+        f.seek(offset)
+        for line in f.read().decode(errors="replace").splitlines():
+            found = _MEMORY_LINE.search(line)
+            if not found:
+                continue
+            kind, when, fields = found.groups()
+            values = dict(part.split("=") for part in fields.split() if "=" in part)
+            entry = out.setdefault(kind, {})
+            for field in ("VmRSS", "VmHWM") if when == "over" else ("VmRSS",):
+                if field in values:
+                    key = f"{field}_{'at_start' if when == 'starts' else 'at_end'}"
+                    entry[key] = max(entry.get(key, 0.0), float(values[field].removesuffix("MB")))
+    return out
 
 
 def _get(client: httpx.Client, path: str, **params: Any) -> Any:
@@ -389,10 +437,11 @@ def _follow(
         for name in processes.revive():
             log(f"{now:8.1f} s  {name} had exited: started again")
         running = {j["kind"] for j in page if j["status"] == "running"} or {"idle"}
-        for name, gb in processes.rss_gb().items():
-            for kind in running:
-                key = f"{name}_during_{kind}"
-                rss_by_phase[key] = round(max(rss_by_phase.get(key, 0.0), gb), 3)
+        for field, suffix in (("VmRSS", ""), ("RssAnon", "_anon")):
+            for name, gb in processes.rss_gb(field).items():
+                for kind in running:
+                    key = f"{name}{suffix}_during_{kind}"
+                    rss_by_phase[key] = round(max(rss_by_phase.get(key, 0.0), gb), 3)
         if now > timeout_s:
             raise TimeoutError(f"experiment {experiment_id} still {status} after {timeout_s} s")
         time.sleep(0.5)

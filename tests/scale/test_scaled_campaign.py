@@ -67,6 +67,10 @@ def test_a_2m_device_campaign_over_tcp_stores_streams_and_fits_every_readout(tmp
     # The download is the whole .npy, a Range of it a 206.
     assert result["download_bytes"] == 128 + 4 * N_DEVICES
     assert result["range_status"] == 206
-    # Memory: the chip's device store, the API and the worker stay far from the readouts' size.
-    assert result["rss_gb"]["worker"] < 1.5
-    assert result["rss_gb"]["api"] < 1.5
+    # Memory: the worker and the API hold their imports (~0.35 / ~0.42 GB) and bounded work
+    # (0.57 / 0.55 GB measured: the fit's ranges, the upload's validation); between jobs the
+    # worker holds no copy of what it stored (tests/scale/test_bounded_memory.py at 4 M).
+    assert result["rss_gb"]["worker"] < 1.0
+    assert result["rss_gb"]["api"] < 0.8
+    between = result["worker_memory_mb_by_job"]
+    assert between["readback"]["VmRSS_at_start"] - between["program"]["VmRSS_at_start"] < 150
