@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from hwctl.commands.errors import CLIError
 from hwctl.nn.recipe import TrainRecipe
@@ -23,6 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help=f"noise std as a fraction of max|W_l| (default {TrainRecipe.eta})")  # fmt: skip
     noise.add_argument("--noise-from", type=int, metavar="EXPERIMENT_ID",
                        help="η from the programming error measured in this stored experiment")  # fmt: skip
+    noise.add_argument("--pcm-noise", type=float, metavar="K",
+                       help="instead of η: K times the device model's error of each weight at the "
+                       "first read, sqrt(σ_prog(G)² + σ_read(G, t0)²) at its conductance G "
+                       "(K = 1: the chip)")  # fmt: skip
     p.add_argument("--database-url", help="for --noise-from (default: HWCTL_DATABASE_URL or the settings)")
     p.add_argument("--alpha", type=float, default=TrainRecipe.alpha, help="clip to ±α·std(W_l); 0 disables")
     p.add_argument("--epochs", type=float, default=TrainRecipe.epochs)
@@ -71,7 +76,11 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"model {args.model} is for {dataset}, not {data}")
     if args.database_url and args.noise_from is None:
         raise CLIError("--database-url is only read with --noise-from")
+    if args.pcm_noise is not None and not (math.isfinite(args.pcm_noise) and 0 < args.pcm_noise <= 10):
+        raise CLIError(f"--pcm-noise is a factor in (0, 10], got {args.pcm_noise}")
     eta = args.eta if args.noise_from is None else measured_eta(args.noise_from, args.database_url)
+    if args.pcm_noise is not None:
+        eta = None
     model = build_model(args.model)
     init_meta = None
     if args.init:
@@ -84,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         arch=args.model, data=data, eta=eta, alpha=args.alpha or None, epochs=args.epochs,
         lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size, seed=args.seed,
         init=args.init, max_train_images=args.max_train_images, augment=data == "cifar10",
-        eta_from_experiment=args.noise_from,
+        eta_from_experiment=args.noise_from, pcm_noise=args.pcm_noise,
     )  # fmt: skip
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
                  checkpoint_path=args.out, progress=not args.no_progress, init_meta=init_meta)  # fmt: skip
     save_checkpoint(args.out, args.model, model, meta)
     summary = {
-        "out": args.out, "eta": eta, "eta_from_experiment": args.noise_from,
+        "out": args.out, "eta": eta, "eta_from_experiment": args.noise_from, "pcm_noise": args.pcm_noise,
         "fp_test_accuracy": meta.get("fp_test_accuracy"), "epochs": meta.get("epochs_done"),
     }  # fmt: skip
     print(json.dumps(summary))

@@ -10,12 +10,14 @@ class TrainRecipe:
     """Everything that determines a training run; stored in the checkpoint's metadata.
 
     `eta_from_experiment` names the experiment whose measured programming error set
-    `eta` (pcm-model.md §7), or is None when η was chosen by hand.
+    `eta` (pcm-model.md §7), or is None when η was chosen by hand. `pcm_noise` = k, when
+    set, replaces the uniform η·max|W_l| by k times the device model's error of each
+    weight at the first read (σ_prog ⊕ σ_read at t0, `training.noise_sigma`).
     """
 
     arch: str
     data: str = "cifar10"
-    eta: float = 0.038
+    eta: float | None = 0.038
     alpha: float | None = 2.5
     epochs: float = 1.0
     lr: float = 0.01
@@ -27,3 +29,8 @@ class TrainRecipe:
     init: str | None = None
     max_train_images: int | None = None
     eta_from_experiment: int | None = None
+    pcm_noise: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.eta is None) == (self.pcm_noise is None):
+            raise ValueError("a recipe has either uniform noise (eta) or chip-shaped (pcm_noise), not both")

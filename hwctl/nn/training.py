@@ -1,10 +1,11 @@
 """Noise-aware training (Joshi et al. 2020, pcm-model.md §7).
 
-Every mini-batch sees fresh additive Gaussian weight noise of std η·max|W_l| on each
-conv/linear layer in the forward pass; the gradient is applied to the clean weights
-(straight-through), and each layer is clipped to ±α·std(W_l) after every step, so the
-network learns to tolerate PCM programming error and keeps no outlier weights that
-would squeeze the conductance range of the others.
+Every mini-batch sees fresh additive Gaussian weight noise on each conv/linear layer in
+the forward pass — std η·max|W_l| for every weight (the paper's), or shaped like the
+chip's own error at the first read (`--pcm-noise`) — the gradient is applied to the
+clean weights (straight-through), and each layer is clipped to ±α·std(W_l) after every
+step, so the network learns to tolerate PCM programming and read error and keeps no
+outlier weights that would squeeze the conductance range of the others.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from drivers.pcm_model import PCMModel
 from hwctl.nn.data import ImageSet, Normalizer, augment_crop_flip, batches
 from hwctl.nn.inference import accuracy_pct
 from hwctl.nn.models import save_checkpoint
@@ -34,21 +36,41 @@ def analog_layers(model: nn.Module) -> list[nn.Conv2d | nn.Linear]:
     return [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
 
 
+def noise_sigma(weight: torch.Tensor, recipe: TrainRecipe, device_model: PCMModel) -> torch.Tensor | float:
+    """The std of the noise added to each weight of one layer (pcm-model.md §7).
+
+    The paper's uniform noise:   σ = η·max|W_l|
+    The chip's error at t0, with G = G_max·|W|/max|W_l| the weight's target conductance:
+        σ(W) = k · (max|W_l| / G_max) · sqrt(σ_prog(G)² + σ_read(G, t0)²)
+    (§2 programming error, §4 read noise of one read at t0 with Q_s at G; k = `pcm_noise`).
+    """
+    peak = float(weight.abs().max())
+    if recipe.eta is not None:
+        return recipe.eta * peak
+    assert recipe.pcm_noise is not None  # a recipe has one or the other
+    if peak == 0.0:
+        return 0.0
+    g_us = (weight.detach().abs() * (device_model.g_max_us / peak)).numpy().astype(np.float32)
+    sigma_us = np.hypot(device_model.sigma_prog_us(g_us),
+                        device_model.read_sigma_us(g_us, g_us, np.asarray(device_model.t0_s)))  # fmt: skip
+    return torch.as_tensor(sigma_us * (recipe.pcm_noise * peak / device_model.g_max_us), dtype=weight.dtype)
+
+
 @contextmanager
-def weight_noise(model: nn.Module, eta: float, generator: torch.Generator) -> Iterator[None]:
-    """Add N(0, (η·max|W_l|)²) to each analog layer's weights; restore the clean ones on exit.
+def weight_noise(model: nn.Module, recipe: TrainRecipe, generator: torch.Generator,
+                 device_model: PCMModel | None = None) -> Iterator[None]:  # fmt: skip
+    """Add N(0, σ²) (`noise_sigma`) to each analog layer's weights; restore the clean ones on exit.
 
     Gradients computed inside are w.r.t. the noisy weights and land in `.grad` of the
     clean parameters once restored (straight-through estimator).
     """
+    device_model = device_model or PCMModel()
     clean: list[torch.Tensor] = []
     with torch.no_grad():
         for layer in analog_layers(model):
             w = layer.weight
             clean.append(w.detach().clone())
-            if eta > 0:
-                sigma = eta * float(w.abs().max())
-                w.add_(torch.randn(w.shape, generator=generator) * sigma)
+            w.add_(torch.randn(w.shape, generator=generator) * noise_sigma(w, recipe, device_model))
     try:
         yield
     finally:
@@ -107,7 +129,7 @@ def train(
                 break
             x_u8 = augment_crop_flip(data.x[idx], rng) if recipe.augment else data.x[idx]
             x, y = norm(x_u8), torch.as_tensor(data.y[idx])
-            with weight_noise(model, recipe.eta, noise_gen):
+            with weight_noise(model, recipe, noise_gen):
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
                 opt.zero_grad(set_to_none=True)
@@ -122,7 +144,9 @@ def train(
             loss_sum += loss.item() * len(idx)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}%")
         entry: dict[str, Any] = {
-            "epoch": epoch, "steps": step, "train_loss": loss_sum / max(seen, 1),
+            "epoch": epoch,
+            "steps": step,
+            "train_loss": loss_sum / max(seen, 1),
             "train_acc_noisy": 100.0 * correct / max(seen, 1),
             "wall_s": time.perf_counter() - t_start,
         }

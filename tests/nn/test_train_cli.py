@@ -93,6 +93,23 @@ def test_a_hand_chosen_eta_is_recorded_as_not_measured(tmp_path: Path) -> None:
     assert (recipe["eta"], recipe["eta_from_experiment"]) == (0.02, None)
 
 
+def test_chip_shaped_noise_is_recorded_in_place_of_eta(tmp_path: Path) -> None:
+    out = tmp_path / "pcm.pt"
+    assert main(["train", *TINY_TRAINING, "--out", str(out), "--pcm-noise", "1.25"]) == 0
+    recipe = load_checkpoint(out).meta["recipe"]
+    assert (recipe["eta"], recipe["pcm_noise"]) == (None, 1.25)
+
+
+@pytest.mark.parametrize("factor", ["0", "-1", "nan", "inf", "11"])
+def test_a_chip_noise_factor_out_of_range_is_a_message(
+    factor: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "never.pt"
+    assert main(["train", *TINY_TRAINING, "--out", str(out), "--pcm-noise", factor]) == 2
+    assert "--pcm-noise is a factor in (0, 10]" in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("module", ["hwctl.commands.train", "hwctl.commands.evaluate"])
 def test_registering_the_network_commands_does_not_import_torch(module: str) -> None:
     """`hwctl --help` and every other sub-command must not pay for loading torch."""
