@@ -130,16 +130,19 @@ def addresses_in_range(
                 continue
             k0, k1 = lo - first, hi - first  # weights of the layer's matrix, row-major
             r0, r1 = k0 // cols, (k1 - 1) // cols + 1
-            plus = np.empty((r1 - r0, cols), np.int64)
+            plus = np.empty((r1 - r0, cols), np.uint32)  # addresses are < 2³² (the protocol's)
             for b in layer.blocks:
                 a, z = max(b.row0, r0), min(b.row0 + b.n_rows, r1)
                 if a < z:
-                    base = geometry.address(b.tile, b.row, b.col)
-                    word_lines = (np.arange(a, z) - b.row0)[:, None] * geometry.cols
-                    plus[a - r0 : z - r0, b.col0 : b.col0 + b.n_cols] = (
-                        base + word_lines + 2 * np.arange(b.n_cols)
-                    )
-            out[lo - start : hi - start] = plus.ravel()[k0 - r0 * cols : k1 - r0 * cols] + minus
+                    first_word_line = geometry.address(b.tile, b.row + a - b.row0, b.col)
+                    word_lines = np.arange(z - a, dtype=np.uint32)[:, None] * np.uint32(geometry.cols)
+                    bit_lines = np.arange(0, 2 * b.n_cols, 2, dtype=np.uint32) + np.uint32(first_word_line)
+                    np.add(word_lines, bit_lines, out=plus[a - r0 : z - r0, b.col0 : b.col0 + b.n_cols])
+            np.add(
+                plus.ravel()[k0 - r0 * cols : k1 - r0 * cols],
+                np.uint32(minus),
+                out=out[lo - start : hi - start],
+            )
     return out
 
 
