@@ -36,6 +36,7 @@ from hwctl.nn.calibration import needs_calibration
 from hwctl.nn.data import ImageSet, load_dataset
 from hwctl.nn.evaluation import Images, calibration_set
 from hwctl.settings import get_settings
+from hwctl.store.engine import let_go_after
 from hwctl.store.errors import NotFoundError
 from hwctl.store.schema import datasets
 from hwctl.uploads import ArchiveTooLargeError, check_archive
@@ -217,6 +218,7 @@ def add_dataset(conn: Connection, name: str, content: bytes, parsed: ParsedDatas
             normalisation=None if norm is None else {"mean": list(norm.mean), "std": list(norm.std)},
         ),
     ).scalar_one()  # fmt: skip
+    let_go_after(conn, len(content))
     return int(new_id), True
 
 
@@ -245,6 +247,7 @@ def load_inputs(conn: Connection, dataset_id: int, max_expanded_bytes: int) -> I
     if info.builtin is not None:
         return Inputs.from_image_set(load_dataset(info.builtin, info.split or "test"), info.normalisation)
     content = conn.execute(select(datasets.c.content).where(datasets.c.id == dataset_id)).scalar_one()
+    let_go_after(conn, len(content))
     layout: Layout = info.layout
     return parse_upload(bytes(content), max_expanded_bytes, layout).inputs
 

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Connection, Row, insert, select
 
-from hwctl.store.engine import BINARY_RESULTS
+from hwctl.store.engine import BINARY_RESULTS, let_go_after
 from hwctl.store.errors import NotFoundError, StoreError
 from hwctl.store.schema import device_fits
 from hwctl.store.vectors import StreamedVector, decode_row, store_row
@@ -154,7 +154,7 @@ def load_device_fit(conn: Connection, fit_id: int) -> StoredDeviceFit:
     row = conn.execute(query, execution_options=BINARY_RESULTS).one_or_none()
     if row is None:
         raise NotFoundError(f"drift fit {fit_id} does not exist")
-    return _stored(row)
+    return _stored(row, conn)
 
 
 def latest_device_fit(conn: Connection, run_id: int) -> StoredDeviceFit:
@@ -163,10 +163,13 @@ def latest_device_fit(conn: Connection, run_id: int) -> StoredDeviceFit:
     row = conn.execute(query.limit(1), execution_options=BINARY_RESULTS).one_or_none()
     if row is None:
         raise NotFoundError(f"programming run {run_id} has no drift fit")
-    return _stored(row)
+    return _stored(row, conn)
 
 
-def _stored(row: Row[Any]) -> StoredDeviceFit:
+def _stored(row: Row[Any], conn: Connection) -> StoredDeviceFit:
+    let_go_after(
+        conn, sum(len(getattr(row, f"{name}_blob") or b"") for name in ("nu", "g_t0", "r2", "status"))
+    )
     what = f"drift fit {row.id}"
     return StoredDeviceFit(
         id=row.id, run_id=row.run_id, created_at=row.created_at, t0_s=row.t0_s,

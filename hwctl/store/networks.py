@@ -14,6 +14,7 @@ from hwctl.mapping import MappingError, check_placement
 from hwctl.nn.conductance import analog_modules, unroll
 from hwctl.nn.models import EXPORTED, Checkpoint, load_checkpoint
 from hwctl.nn.network_spec import NetworkSpec, network_spec, registered_spec
+from hwctl.store.engine import let_go_after
 from hwctl.store.errors import NotFoundError
 from hwctl.store.schema import networks, stations
 
@@ -27,6 +28,8 @@ def load_network(conn: Connection, network_id: int) -> Checkpoint:
     if row is None:
         raise NotFoundError(f"network {network_id} does not exist")
     source = row.checkpoint if row.checkpoint is not None else row.checkpoint_path
+    if row.checkpoint is not None:
+        let_go_after(conn, len(row.checkpoint))
     return load_checkpoint(source, row.architecture)
 
 

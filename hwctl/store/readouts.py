@@ -31,7 +31,7 @@ from sqlalchemy import Connection, Integer, and_, bindparam, delete, func, inser
 
 from hwctl.mapping import DeviceMap
 from hwctl.program_verify import ProgrammingResult
-from hwctl.store.engine import BINARY_RESULTS, is_sqlite
+from hwctl.store.engine import BINARY_RESULTS, is_sqlite, let_go_after
 from hwctl.store.errors import CorruptVectorError, NotFoundError, StoreError
 from hwctl.store.schema import mappings, programming_runs, readout_blocks, readouts, utc_now
 from hwctl.store.vectors import StreamedVector, decode_row, encode, store_row
@@ -176,6 +176,7 @@ def load_run_device_map(conn: Connection, run_id: int) -> DeviceMap:
     ).scalar()
     if stored is None:
         raise NotFoundError(f"programming run {run_id} does not exist or has no mapping")
+    let_go_after(conn, len(stored))
     return DeviceMap.from_bytes(stored)
 
 

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, select
 from drivers.base import Geometry
 from hwctl.mapping import LayerPlacement, placement_from_meta
 from hwctl.store.blob_ranges import open_blob
-from hwctl.store.engine import BINARY_RESULTS, is_sqlite
+from hwctl.store.engine import BINARY_RESULTS, is_sqlite, let_go_after
 from hwctl.store.errors import NotFoundError, StoreError
 from hwctl.store.scans import scanning
 from hwctl.store.schema import device_fits, mappings, programming_runs, readouts
@@ -160,6 +160,7 @@ def map_targets(conn: Connection, mapping_id: int) -> npt.NDArray[np.float32]:
     ).scalar()
     if data is None:
         raise NotFoundError(f"mapping {mapping_id} does not exist")
+    let_go_after(conn, len(data))
     return _npz_member(io.BytesIO(data), "target_g_us.npy")
 
 
@@ -180,7 +181,9 @@ def programming_vectors(conn: Connection, run_id: int, names: tuple[str, ...]) -
         raise NotFoundError(f"programming run {run_id} does not exist")
     if row.ended_at is None:
         raise StoreError(f"programming run {run_id} has not finished: no per-device results yet")
-    return {name: decode_row(row, name, what=f"programming run {run_id} {name}") for name in names}
+    vectors = {name: decode_row(row, name, what=f"programming run {run_id} {name}") for name in names}
+    let_go_after(conn, sum(v.nbytes for v in vectors.values()))
+    return vectors
 
 
 def _group(name: str) -> set[str]:

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from sqlalchemy import BigInteger, Column, Connection, Integer, LargeBinary, String, Table, func
 from sqlalchemy.sql.dml import ReturningInsert, ReturningUpdate
 
-from hwctl.store.engine import is_sqlite
+from hwctl.store.engine import is_sqlite, let_go_after
 from hwctl.store.errors import CorruptVectorError
 
 # The dtypes a stored vector may have, by their stored name (always little-endian).
@@ -105,8 +105,9 @@ class StreamedBlob:
         for start in range(0, self.nbytes, WRITE_CHUNK_BYTES):
             yield self.view[start : start + WRITE_CHUNK_BYTES]
 
-    def tobytes(self) -> bytes:
-        return self.view.tobytes()
+    def bindable(self) -> Any:
+        """The value to bind as a parameter: the caller's buffer itself, not a copy."""
+        return self.view
 
 
 class StreamedVector(StreamedBlob):
@@ -132,8 +133,11 @@ class StreamedVector(StreamedBlob):
             chunk: Any = np.ascontiguousarray(self.values[start : start + step], dtype=self.kind)
             yield memoryview(chunk).cast("B")
 
-    def tobytes(self) -> bytes:
-        return np.ascontiguousarray(self.values, dtype=self.kind).tobytes()
+    def bindable(self) -> Any:
+        """The little-endian values to bind: a view of the array where it has that dtype
+        already, else a converted copy."""
+        array: Any = np.ascontiguousarray(self.values, dtype=self.kind)
+        return memoryview(array).cast("B")
 
     def columns(self, name: str) -> dict[str, object]:
         """The column group's values but the blob (`store_row` writes it)."""
@@ -173,8 +177,9 @@ def store_row(
         if sqlite:
             sizes[column] = func.zeroblob(blob.nbytes)
         else:
-            params[column] = blob.tobytes()
+            params[column] = blob.bindable()
     row_id = conn.execute(statement.values(**sizes) if sizes else statement, params).scalar_one_or_none()
+    let_go_after(conn, sum(blob.nbytes for blob in blobs.values()))
     if row_id is None:
         return None
     if sqlite:

@@ -6,10 +6,14 @@ addresses come from the map's placement, equal to the whole map's."""
 from __future__ import annotations
 
 import gc
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 
 from drivers.base import Geometry
 from hwctl.heap import memory_summary, release_freed_heap
@@ -21,6 +25,7 @@ from hwctl.store.fits import FitStatus, FittedLines, latest_device_fit, save_dev
 from hwctl.store.migrate import upgrade
 from hwctl.store.readouts import finish_programming_run, start_programming_run
 from hwctl.store.run_parts import addresses_in_range, programming_vectors, run_placement
+from tests.store.conftest import POSTGRES_URL, _postgres_admin
 
 N_DEVICES = 4_000_000  # 68 MB of programming outcome, 52 MB of fit
 
@@ -35,9 +40,33 @@ def _held_mb() -> float:
     return summary["heap_used"] + summary["heap_mmapped"]
 
 
-def test_storing_a_programming_run_and_its_fit_leaves_no_copy_of_them_behind(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'bounded.sqlite'}")
-    upgrade(engine)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A migrated database: a SQLite file, or a database of its own on the test server."""
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'bounded.sqlite'}")
+        upgrade(engine)
+        yield engine
+        engine.dispose()
+        return
+    admin = _postgres_admin()
+    name = f"hwctl_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        engine = make_engine(make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False))
+        upgrade(engine)
+        yield engine
+        engine.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def test_storing_a_programming_run_and_its_fit_leaves_no_copy_of_them_behind(engine: Engine) -> None:
+    """SQLite: neither cache keeps the values; PostgreSQL: no pooled connection keeps libpq's
+    buffers at their size (112 MB held after the run's 68 MB were stored, before)."""
     geometry = Geometry(4, 512, 2048)
     with engine.begin() as conn:
         station = records.add_station(
@@ -78,8 +107,7 @@ def test_storing_a_programming_run_and_its_fit_leaves_no_copy_of_them_behind(tmp
     assert np.array_equal(stored["programmed_s"], result.programmed_s)
     assert stored_fit.lines is not None and np.array_equal(stored_fit.lines.nu, fit.nu)
     del result, fit, stored, stored_fit
-    assert _held_mb() - before < 8.0  # 230 MB before: each statement's values kept, twice
-    engine.dispose()
+    assert _held_mb() - before < 8.0  # SQLite: 230 MB before, each statement's values kept twice
 
 
 def test_a_blocks_addresses_from_the_placement_are_the_maps(tmp_path: Path) -> None:
