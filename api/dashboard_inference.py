@@ -17,11 +17,12 @@ from matplotlib import image as mpimg
 from api.dashboard import _render
 from api.deps import Db, ReadAccess, SettingsDep
 from api.params import PathId
+from hwctl.heap import release_freed_heap
 from hwctl.inference.inputs import Inputs
 from hwctl.store import datasets as store_datasets
 from hwctl.store import inferences as store_inferences
 from hwctl.store import queries
-from hwctl.store.networks import load_network, network_needs
+from hwctl.store.networks import stored_network_needs
 
 router = APIRouter(include_in_schema=False, dependencies=[ReadAccess])
 
@@ -66,7 +67,10 @@ def dashboard_networks(request: Request, db: Db) -> HTMLResponse:
 @router.get("/dashboard/networks/{network_id}", response_class=HTMLResponse)
 def dashboard_network(network_id: PathId, request: Request, db: Db) -> HTMLResponse:
     row = queries.get_network(db, network_id)
-    needs = network_needs(db, load_network(db, network_id))
+    try:
+        needs = stored_network_needs(db, network_id)
+    finally:
+        release_freed_heap()  # a first view loads and builds the checkpoint once
     return _render(request, "network.html", network=row, needs=needs, refresh_s=None)
 
 

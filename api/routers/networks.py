@@ -21,7 +21,7 @@ from hwctl.nn.models import Checkpoint, load_checkpoint
 from hwctl.nn.network_spec import network_spec
 from hwctl.store import queries, records
 from hwctl.store.networks import AnalogLayer as AnalogLayerShape
-from hwctl.store.networks import NetworkNeeds, analog_layers_of, load_network, network_needs
+from hwctl.store.networks import NetworkNeeds, analog_layers_of, network_needs, stored_network_needs
 from hwctl.uploads import ArchiveTooLargeError, check_archive
 
 router = APIRouter(prefix="/networks", tags=["networks"])
@@ -133,4 +133,8 @@ def list_networks(db: Db, page: Paging) -> Page[Network]:
 def get_network(network_id: PathId, db: Db) -> NetworkDetail:
     """The network with its analog layers and which registered stations it fits."""
     row = queries.get_network(db, network_id)
-    return _detail(row, network_needs(db, load_network(db, network_id)))
+    try:
+        needs = stored_network_needs(db, network_id)
+    finally:
+        release_freed_heap()  # a first view loads and builds the checkpoint once
+    return _detail(row, needs)

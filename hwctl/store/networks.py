@@ -116,6 +116,19 @@ def network_needs(
     return NetworkNeeds(network_spec(checkpoint).input_shape, layers, fits)
 
 
+def stored_network_needs(conn: Connection, network_id: int) -> NetworkNeeds:
+    """`network_needs` of a stored network, its analog layers read once per network content
+    (as a submission's check reads them) and a registered architecture's input shape from
+    the registry: a page showing a network loads and builds its checkpoint (ResNet-34:
+    87 MB of bytes, tensors and model each) once, not on every view."""
+    sha256 = _network_sha256(conn, network_id)
+    layers = _per_content(_ANALOG_LAYERS, sha256, lambda: analog_layers_of(load_network(conn, network_id)))
+    rows = conn.execute(select(stations.c.name, stations.c.tiles, stations.c.rows, stations.c.cols)
+                        .order_by(stations.c.name)).all()  # fmt: skip
+    fits = [station_fit(r.name, Geometry(r.tiles, r.rows, r.cols), layers) for r in rows]
+    return NetworkNeeds(stored_network_spec(conn, network_id).input_shape, list(layers), fits)
+
+
 T = TypeVar("T")
 KEPT_PER_CACHE = 64  # networks whose derived facts are kept; then the cache starts over
 # By the network's sha256: a graph's spec is one forward pass, the analog layers one build.
