@@ -115,7 +115,8 @@ class _EvaluationSettings(_Spec):
     )
     calibration_dataset_id: int | None = Field(
         None, ge=1, le=2**31 - 1, description="AdaBS's calibration images: a data set's id, used as is "
-        "(no augmentation); omitted: the built-in test set's training split"
+        "(no augmentation; a built-in training split is augmented); omitted: the built-in test set's "
+        "training split"
     )
     calibration_images: int | None = Field(
         None, ge=1, description="calibration set size (AdaBS, and GDC's calibration-batch statistic)"

@@ -253,7 +253,7 @@ def load_inputs(conn: Connection, dataset_id: int, max_expanded_bytes: int) -> I
 
 
 def builtin_dataset_id(conn: Connection, name: str, split: str = "test") -> int:
-    """The id under which a built-in set is registered (migration 0007 registers the test splits)."""
+    """The id under which a built-in set is registered (migrations 0007: test splits, 0011: training)."""
     found = dataset_id_for_hash(conn, f"builtin:{name}:{split}")
     if found is None:
         raise NotFoundError(f"the built-in {name} {split} set is not registered; GET /datasets lists them")

@@ -58,9 +58,9 @@ def nothing_queued(client: TestClient) -> None:
     assert client.get("/jobs").json()["total"] == 0
 
 
-def builtin_id(client: TestClient, builtin: str) -> int:
+def builtin_id(client: TestClient, builtin: str, split: str = "test") -> int:
     listed = client.get("/datasets", params={"limit": 100}).json()["items"]
-    return next(d["id"] for d in listed if d["builtin"] == builtin and d["split"] == "test")
+    return next(d["id"] for d in listed if d["builtin"] == builtin and d["split"] == split)
 
 
 # -- the test set --------------------------------------------------------------------------
@@ -225,6 +225,13 @@ def test_the_resolver_loads_an_upload_as_stored_and_a_built_in_as_before(
                 assert np.array_equal(
                     calibrated.x, calibration_set(load_dataset("digits", "train"), "digits").x
                 )
+            # The built-in training split by id calibrates as the name form does (augmented).
+            own_calibration = by_id.model_copy(
+                update={"calibration_dataset_id": builtin_id(client, "digits", "train")}
+            )
+            calibrated = evaluation_calibration_images(conn, own_calibration)
+            assert calibrated is not None
+            assert np.array_equal(calibrated.x, calibration_set(load_dataset("digits", "train"), "digits").x)
             with pytest.raises(DatasetError, match="no labels"):
                 evaluation_test_images(conn, EvaluationSpec(test_dataset_id=unlabelled_id, dataset=None))
     finally:

@@ -58,9 +58,18 @@ def events(live: Live, job_id: int) -> list[tuple[str, dict[str, Any]]]:
 
 def test_built_in_data_sets_are_listed(live: Live) -> None:
     listed = live.client.get("/datasets").json()["items"]
-    builtins = {d["builtin"]: d for d in listed if d["builtin"]}
-    assert builtins["digits"]["image_shape"] == [1, 8, 8] and builtins["digits"]["n_images"] == 449
-    assert builtins["cifar10"]["image_shape"] == [3, 32, 32] and builtins["cifar10"]["labelled"]
+    builtins = {(d["builtin"], d["split"]): d for d in listed if d["builtin"]}
+    assert set(builtins) == {(name, split) for name in ("digits", "cifar10") for split in ("test", "train")}
+    assert (
+        builtins["digits", "test"]["image_shape"] == [1, 8, 8]
+        and builtins["digits", "test"]["n_images"] == 449
+    )
+    assert builtins["digits", "train"]["n_images"] == 1_348  # the rest of scikit-learn's 1,797
+    for split, n_images in (("test", 10_000), ("train", 50_000)):
+        cifar10 = builtins["cifar10", split]
+        assert (
+            cifar10["image_shape"] == [3, 32, 32] and cifar10["labelled"] and cifar10["n_images"] == n_images
+        )
 
 
 def test_inference_at_a_stored_readout_gives_accuracy_confusion_logits_and_predictions(live: Live) -> None:
