@@ -57,6 +57,7 @@ from hwctl.jobs.context import (
     JobContext,
     JobOvertaken,
     JobPaused,
+    LaneCache,
 )
 from hwctl.settings import Settings
 from hwctl.station import DEFAULT_TIMEOUT_S, Station, StationIdentityError, open_station
@@ -116,7 +117,7 @@ class _Lane:
     name: str
     now_s: Callable[[], float]
     station: Station | None
-    cache: dict[Any, Any] = field(default_factory=dict)
+    cache: LaneCache = field(default_factory=LaneCache)
 
 
 @dataclass

@@ -27,6 +27,9 @@ from hwctl.vocabulary import JobKind, JobLane
 # (benchmarks/RESULTS.md, scale). The worker holds a block and its addresses (8 MiB); a
 # restarted readback redoes at most one block.
 READ_BLOCK_DEVICES = 1_048_576
+# Values a worker lane keeps between jobs (`JobContext.cached`): an evaluation takes 2–3 (its
+# run's evaluator, test and calibration images), an inference 3, so two runs' worth fit.
+LANE_CACHE_ENTRIES = 8
 # Readbacks outrank evaluation and analysis: a due read must never wait behind them.
 PRIORITY_READBACK = 10
 PRIORITY_FOLLOW_UP = 0
@@ -96,6 +99,30 @@ class JobType(Generic[Payload]):
         )  # fmt: skip
 
 
+class LaneCache:
+    """Values a worker lane builds once and reuses across jobs, kept while they are among the
+    `entries` used last: a worker serving experiment after experiment for months holds the
+    few it is working on, not every run and data set it has seen."""
+
+    def __init__(self, entries: int = LANE_CACHE_ENTRIES) -> None:
+        self.entries = entries
+        self._values: dict[tuple[Any, ...], Any] = {}  # in order of use, the last used at the end
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __contains__(self, key: tuple[Any, ...]) -> bool:
+        return key in self._values
+
+    def get(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+        """The value under `key`, built by `build` when absent; the least recently used go."""
+        value = self._values.pop(key) if key in self._values else build()
+        self._values[key] = value
+        while len(self._values) > self.entries:
+            del self._values[next(iter(self._values))]
+        return value
+
+
 @dataclass
 class JobContext:
     """What a handler may use: the database, the station and its own job's bookkeeping.
@@ -119,7 +146,7 @@ class JobContext:
     stopping: Callable[[], bool]
     overtaken: Callable[[], bool]
     retrying: Retrying
-    cache: dict[Any, Any] = field(default_factory=dict)
+    cache: LaneCache = field(default_factory=LaneCache)
     read_block_devices: int = READ_BLOCK_DEVICES
 
     @property
@@ -164,7 +191,5 @@ class JobContext:
             raise JobPaused(f"job {self.job_id} paused at {message}")
 
     def cached(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
-        """A value built once per worker lane (a run's device map, an evaluator)."""
-        if key not in self.cache:
-            self.cache[key] = build()
-        return self.cache[key]
+        """A value built once per worker lane (a run's evaluator, a data set): `LaneCache`."""
+        return self.cache.get(key, build)
