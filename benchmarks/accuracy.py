@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_MODELS = REPO.parent / "shared" / "models"
 TIMES_S = {"t0": 25.0, "1h": 3600.0, "1d": 86400.0, "1mo": 30 * 86400.0, "1y": 365 * 86400.0}
 CHECKPOINTS = {
-    "noise_trained": (REPO / "checkpoints" / "resnet32-pcm-eta038.pt", None),
+    "noise_trained": (REPO / "checkpoints" / "resnet32-pcm-k125.pt", None),
     "baseline": (SHARED_MODELS / "resnet32-d509ac18.th", "resnet32"),
 }
 QUICK_CHECKPOINTS = {"baseline": (SHARED_MODELS / "resnet20-12fca82f.th", "resnet20")}
