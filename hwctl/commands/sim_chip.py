@@ -121,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
     watchdog_s = args.watchdog_s if args.watchdog_s > 0 else None
     server = SimChipServer(board, host=args.host, port=args.port, watchdog_s=watchdog_s)
     signal.signal(signal.SIGTERM, _stop)
+    # A server started in the background of a script inherits SIGINT ignored (the shell's rule
+    # for asynchronous commands); `kill -INT` must still stop it cleanly, so take SIGINT back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         asyncio.run(_serve(server))
     except KeyboardInterrupt:
