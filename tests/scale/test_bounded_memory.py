@@ -6,14 +6,11 @@ addresses come from the map's placement, equal to the whole map's."""
 from __future__ import annotations
 
 import gc
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine
 
 from drivers.base import Geometry
 from hwctl.heap import memory_summary, release_freed_heap
@@ -25,7 +22,7 @@ from hwctl.store.fits import FitStatus, FittedLines, latest_device_fit, save_dev
 from hwctl.store.migrate import upgrade
 from hwctl.store.readouts import finish_programming_run, start_programming_run
 from hwctl.store.run_parts import addresses_in_range, programming_vectors, run_placement
-from tests.store.conftest import POSTGRES_URL, _postgres_admin
+from tests.store.conftest import database_url, engine  # noqa: F401  (fixtures)
 
 N_DEVICES = 4_000_000  # 68 MB of programming outcome, 52 MB of fit
 
@@ -40,45 +37,27 @@ def _held_mb() -> float:
     return summary["heap_used"] + summary["heap_mmapped"]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    """A migrated database: a SQLite file, or a database of its own on the test server."""
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path / 'bounded.sqlite'}")
-        upgrade(engine)
-        yield engine
-        engine.dispose()
-        return
-    admin = _postgres_admin()
-    name = f"hwctl_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        engine = make_engine(make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False))
-        upgrade(engine)
-        yield engine
-        engine.dispose()
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+def _programming_run(conn: Connection, geometry: Geometry, device_map: bytes, n_devices: int) -> int:
+    """A station, network and mapping with a programming run started on them: the run's id."""
+    station = records.add_station(
+        conn, "s", resource="sim", chip_serial="S", geometry=geometry, amplitude_limit_ua=500.0,
+        clock_kind="virtual",
+    )  # fmt: skip
+    network = records.add_network(conn, "n", architecture="synthetic", checkpoint=b"-")
+    mapping = records.add_mapping(
+        conn, network_id=network, station_id=station, device_map=device_map, n_devices=n_devices,
+        utilisation=1.0,
+    )  # fmt: skip
+    return start_programming_run(conn, mapping, {})
 
 
-def test_storing_a_programming_run_and_its_fit_leaves_no_copy_of_them_behind(engine: Engine) -> None:
+def test_storing_a_programming_run_and_its_fit_leaves_no_copy_of_them_behind(
+    engine: Engine,  # noqa: F811  (the store tests' fixture: SQLite and PostgreSQL)
+) -> None:
     """SQLite: neither cache keeps the values; PostgreSQL: no pooled connection keeps libpq's
     buffers at their size (112 MB held after the run's 68 MB were stored, before)."""
-    geometry = Geometry(4, 512, 2048)
     with engine.begin() as conn:
-        station = records.add_station(
-            conn, "s", resource="sim", chip_serial="S", geometry=geometry, amplitude_limit_ua=500.0,
-            clock_kind="virtual",
-        )  # fmt: skip
-        network = records.add_network(conn, "n", architecture="synthetic", checkpoint=b"-")
-        mapping = records.add_mapping(
-            conn, network_id=network, station_id=station, device_map=bytes(8 << 20), n_devices=N_DEVICES,
-            utilisation=1.0,
-        )  # fmt: skip
-        run_id = start_programming_run(conn, mapping, {})
+        run_id = _programming_run(conn, Geometry(4, 512, 2048), bytes(8 << 20), N_DEVICES)
     before = _held_mb()
     rng = np.random.default_rng(1)
     result = ProgrammingResult(
@@ -119,21 +98,12 @@ def test_a_blocks_addresses_from_the_placement_are_the_maps(tmp_path: Path) -> N
     ]
     geometry = Geometry(6, 256, 512)
     device_map = map_network(layers, geometry)
-    engine = make_engine(f"sqlite:///{tmp_path / 'placement.sqlite'}")
-    upgrade(engine)
-    with engine.begin() as conn:
-        station = records.add_station(
-            conn, "s", resource="sim", chip_serial="S", geometry=geometry, amplitude_limit_ua=500.0,
-            clock_kind="virtual",
-        )  # fmt: skip
-        network = records.add_network(conn, "n", architecture="synthetic", checkpoint=b"-")
-        mapping = records.add_mapping(
-            conn, network_id=network, station_id=station, device_map=device_map.to_bytes(),
-            n_devices=device_map.n_devices, utilisation=1.0,
-        )  # fmt: skip
-        run_id = start_programming_run(conn, mapping, {})
+    sqlite = make_engine(f"sqlite:///{tmp_path / 'placement.sqlite'}")
+    upgrade(sqlite)
+    with sqlite.begin() as conn:
+        run_id = _programming_run(conn, geometry, device_map.to_bytes(), device_map.n_devices)
         stored_geometry, placed = run_placement(conn, run_id)
-    engine.dispose()
+    sqlite.dispose()
     n = device_map.n_devices
     assert np.array_equal(addresses_in_range(stored_geometry, placed, 0, n), device_map.addresses)
     for start, stop in [(0, 1), (n - 1, n), *(sorted(rng.integers(0, n + 1, 2)) for _ in range(100))]:
