@@ -53,7 +53,7 @@ from hwctl.store.fits import FittedLines
 from hwctl.store.inferences import SeriesPoint, series_points
 from hwctl.store.networks import load_network
 from hwctl.store.readouts import t0_mean_us
-from hwctl.vocabulary import GDC_STATISTIC_LABELS, METHOD_LABELS, OUTLIERS_LISTED, CompensationMethod
+from hwctl.vocabulary import METHOD_LABELS, OUTLIERS_LISTED, CompensationMethod, gdc_statistic_text
 
 PLOT_NAMES = ("accuracy", "histograms", "programming_error", "drift", "heatmap")
 
@@ -410,7 +410,7 @@ def report_blocks(a: ExperimentAnalysis) -> list[Block]:
             "Top-1 test accuracy of the network rebuilt from each readout, with 95 % Wilson intervals, for "
             "each compensation: none, GDC (global drift compensation: one gain per layer, the ratio "
             "S_l(t0)/S_l(t) of a per-layer statistic) and AdaBS (batch-norm statistics re-estimated on "
-            f"calibration images, after GDC). GDC statistic: {statistic}, {GDC_STATISTIC_LABELS[statistic]}. "
+            f"calibration images, after GDC). GDC statistic: {gdc_statistic_text(statistic)}. "
             "Rows marked 'forecast' are extrapolations, not measurements."
         ),
         accuracy_table(s.measured + a.forecast, methods),

@@ -44,6 +44,11 @@ GDC_STATISTIC_LABELS: dict[GdcStatistic, str] = {
 DEFAULT_GDC_STATISTIC = GdcStatistic.BOTH_BITLINES
 
 
+def gdc_statistic_text(statistic: str) -> str:
+    """A GDC statistic as the report and the CLI name it: `both-bitlines, both bit-line currents, …`."""
+    return f"{statistic}, {GDC_STATISTIC_LABELS[GdcStatistic(statistic)]}"
+
+
 class JobKind(StrEnum):
     """What a queued job does; each has its module under `hwctl.jobs`."""
 

@@ -21,11 +21,10 @@ from hwctl.commands.evaluate import add_gdc_statistic_argument
 from hwctl.schedule import duration_label
 from hwctl.vocabulary import (
     DEFAULT_GDC_STATISTIC,
-    GDC_STATISTIC_LABELS,
     METHOD_LABELS,
     CompensationMethod,
-    GdcStatistic,
     JobStatus,
+    gdc_statistic_text,
 )
 
 if TYPE_CHECKING:  # httpx, pydantic and numpy load when a command runs, not for `hwctl --help`
@@ -259,7 +258,7 @@ def result_lines(client: HwctlClient, detail: Json) -> list[str]:
 def _gdc_statistic_label(detail: Json) -> str:
     """The statistic GDC (and AdaBS's gains) used, as the report names it."""
     statistic = detail["spec"]["evaluation"].get("gdc_statistic") or DEFAULT_GDC_STATISTIC
-    return f"{statistic}, {GDC_STATISTIC_LABELS[GdcStatistic(statistic)]}"
+    return gdc_statistic_text(statistic)
 
 
 # -- the commands ---------------------------------------------------------------------------------
