@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import zipfile
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 from sqlalchemy import Connection, Row, func, insert, select
@@ -101,23 +102,29 @@ def parse_upload(data: bytes, max_expanded_bytes: int, layout: Layout | None = N
 
 
 def _npy(data: bytes, max_expanded_bytes: int) -> np.ndarray:
-    stream = io.BytesIO(data)
+    _declared_bytes(io.BytesIO(data), max_expanded_bytes)
+    return _load(data)
+
+
+def _declared_bytes(stream: IO[bytes], max_expanded_bytes: int) -> int:
+    """The bytes an .npy header declares, refused past the bound: numpy allocates the
+    declared shape before reading, whatever few bytes actually follow."""
     headers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
     try:
         version = np.lib.format.read_magic(stream)
         if version not in headers:
             raise ValueError(f"version {version} is not supported (1.0 and 2.0 are)")
         shape, _, dtype = headers[version](stream)
-    except ValueError as exc:
+    except (ValueError, EOFError) as exc:
         raise DatasetError(f"unreadable .npy header: {exc}") from None
     if dtype.hasobject:
         raise DatasetError("object arrays are refused (loading them would unpickle)")
-    expanded = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expanded = math.prod(shape) * dtype.itemsize  # Python ints: no int64 wrap-around
     if expanded > max_expanded_bytes:
         raise DatasetTooLargeError(
             f"the array holds {expanded} bytes; at most {max_expanded_bytes} are accepted"
         )
-    return _load(data)
+    return expanded
 
 
 def _npz(data: bytes, max_expanded_bytes: int) -> tuple[np.ndarray, np.ndarray | None, Normalisation | None]:
@@ -135,6 +142,14 @@ def _npz(data: bytes, max_expanded_bytes: int) -> tuple[np.ndarray, np.ndarray |
     if unknown or "x" not in members:
         raise DatasetError(f"a data set .npz holds x (images) and optionally y, mean, std; "
                            f"this one holds {', '.join(members) or 'nothing'}")  # fmt: skip
+    declared = 0
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for name in names:
+                with archive.open(name) as member:
+                    declared += _declared_bytes(member, max_expanded_bytes - declared)
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DatasetError(f"unreadable .npz member: {exc}") from None
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in members}

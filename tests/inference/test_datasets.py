@@ -34,6 +34,19 @@ def test_an_npy_header_declaring_more_than_the_bound_is_refused() -> None:
         parse_upload(buffer.getvalue() + b"\0" * 16, BOUND)
 
 
+def test_an_npz_member_whose_header_declares_more_than_the_bound_is_refused_before_loading() -> None:
+    """A few stored bytes whose .npy header declares 300 GB: numpy would allocate the
+    declared size on load (a MemoryError, a 500), so the member headers are sized first."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (10**8, 3, 32, 32)})  # fmt: skip
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("x.npy", header.getvalue() + b"\0" * 100)
+    with pytest.raises(DatasetTooLargeError, match="at most"):
+        parse_upload(buffer.getvalue(), BOUND)
+
+
 def test_layout_labels_and_normalisation_are_read_from_the_archive() -> None:
     x = np.random.default_rng(0).integers(0, 255, (5, 8, 8, 3), dtype=np.uint8)
     parsed = parse_upload(npz_bytes(x=x, y=np.arange(5), mean=np.full(3, 0.5), std=np.full(3, 0.25)), BOUND)
