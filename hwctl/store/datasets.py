@@ -148,7 +148,9 @@ def _npz(data: bytes, max_expanded_bytes: int) -> tuple[np.ndarray, np.ndarray |
             for name in names:
                 with archive.open(name) as member:
                     declared += _declared_bytes(member, max_expanded_bytes - declared)
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError) as exc:
+        # zipfile: NotImplementedError for an unknown compression method, RuntimeError for
+        # an encrypted member; both are the upload's fault, not the server's.
         raise DatasetError(f"unreadable .npz member: {exc}") from None
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:

@@ -47,6 +47,20 @@ def test_an_npz_member_whose_header_declares_more_than_the_bound_is_refused_befo
         parse_upload(buffer.getvalue(), BOUND)
 
 
+@pytest.mark.parametrize(
+    ("local", "central", "value"), [(8, 10, 99), (6, 8, 1)], ids=["method-99", "encrypted"]
+)
+def test_an_npz_member_zipfile_cannot_open_is_an_input_error(local: int, central: int, value: int) -> None:
+    """An unknown compression method or the encryption flag: zipfile raises
+    NotImplementedError or RuntimeError, neither of them a ValueError."""
+    data = bytearray(npz_bytes(x=np.zeros((2, 1, 8, 8), np.uint8)))
+    for signature, at in ((b"PK\x03\x04", local), (b"PK\x01\x02", central)):
+        start = data.find(signature) + at
+        data[start : start + 2] = value.to_bytes(2, "little")
+    with pytest.raises(DatasetError, match=r"unreadable \.npz member"):
+        parse_upload(bytes(data), BOUND)
+
+
 def test_layout_labels_and_normalisation_are_read_from_the_archive() -> None:
     x = np.random.default_rng(0).integers(0, 255, (5, 8, 8, 3), dtype=np.uint8)
     parsed = parse_upload(npz_bytes(x=x, y=np.arange(5), mean=np.full(3, 0.5), std=np.full(3, 0.25)), BOUND)
