@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -342,6 +343,15 @@ class _Archive:
         last = offset + sum((n - 1) * s for n, s in zip(sizes, strides, strict=True))
         if 0 not in sizes and last >= flat.size:
             raise ExportedProgramError(f"tensor {name} reaches beyond its {flat.size} stored values")
+        # Zero strides view few stored bytes as many: what the float32 copy takes beyond the
+        # stored bytes counts against the budget too.
+        extra = math.prod(sizes) * 4 - flat.nbytes
+        if extra > self.budget:
+            raise ExportedProgramError(
+                f"tensor {name} copies to {extra + flat.nbytes:,} bytes from {flat.nbytes:,} stored, "
+                f"over the {self.budget:,} bytes left of the limit"
+            )
+        self.budget -= max(extra, 0)
         view = np.lib.stride_tricks.as_strided(
             flat[offset:], shape=sizes, strides=[s * dtype.itemsize for s in strides], writeable=False
         )

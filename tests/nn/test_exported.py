@@ -125,6 +125,23 @@ def test_a_weight_whose_strides_reach_outside_its_bytes_is_refused(
         read_exported_program(_edit_weights_config(digits_archive[1], stretch))
 
 
+def test_a_weight_whose_zero_strides_repeat_it_past_the_limit_is_refused_before_copying(
+    digits_archive: tuple[nn.Module, bytes],
+) -> None:
+    """72 stored values viewed with stride 0 as 10^12: within the stored bytes, yet copying
+    the view would allocate 4 TB (a MemoryError; a few GB would just be taken)."""
+
+    def repeat(config: dict[str, Any]) -> None:
+        meta = config["conv1.weight"]["tensor_meta"]
+        meta["sizes"] = [{"as_int": 10**6}, {"as_int": 10**6}]
+        meta["strides"] = [{"as_int": 0}, {"as_int": 0}]
+
+    with pytest.raises(
+        ExportedProgramError, match=r"conv1\.weight copies to .* over the .* bytes left of the limit"
+    ):
+        read_exported_program(_edit_weights_config(digits_archive[1], repeat))
+
+
 def test_entries_expanding_beyond_the_limit_are_refused_before_decompression(
     digits_archive: tuple[nn.Module, bytes],
 ) -> None:
