@@ -16,7 +16,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,38 +171,44 @@ class BoardSession:
 
     # -- framing -------------------------------------------------------------------
     def feed(self, data: p.Buffer) -> list[Outgoing]:
-        """Replies to every command completed by `data`, in order.
+        """Replies to every command completed by `data`, in order."""
+        return list(self.replies(data))
+
+    def replies(self, data: p.Buffer) -> Iterator[Outgoing]:
+        """Replies to every command completed by `data`, in order, each command run only
+        when its reply is asked for: the server sends one before running the next, so a
+        host that pipelines many commands and reads nothing stalls on its own socket
+        instead of holding up every other host while all of them run.
 
         A bug in framing costs this connection (+199, then closed: the parser's state can
         no longer be trusted), never the server; a bug in a command costs one +199 reply.
         """
         if self.closed:
-            return []
+            return
         if self._disconnect_armed:
             self.closed = True
             log.info("fault injection: dropping the connection mid-command")
-            return [Outgoing([], close=True)]
+            yield Outgoing([], close=True)
+            return
         try:
-            return self._feed(data)
+            events = self.parser.feed(data)  # framing only: cheap, nothing run yet
+            for event in events:
+                yield self._reply(event)
         except Exception as exc:
             log.exception("internal error framing host input")
             self.closed = True
             reply = self.error_reply(p.ERR_INTERNAL, f"internal framing error: {exc}")
-            return [Outgoing([reply], close=True)]
+            yield Outgoing([reply], close=True)
 
-    def _feed(self, data: p.Buffer) -> list[Outgoing]:
-        replies: list[Outgoing] = []
-        for event in self.parser.feed(data):
-            if isinstance(event, p.FramingError):
-                reply = self.error_reply(event.code, event.message)
-                replies.append(Outgoing([reply], self._delay_s, event.fatal))
-                self.closed = event.fatal
-                continue
-            # Faults armed by this command act from the next reply on.
-            garble, self._garble_next, delay_s = self._garble_next, False, self._delay_s
-            parts = self._dispatch(event)
-            replies.append(Outgoing([GARBLED_REPLY] if garble else parts, delay_s))
-        return replies
+    def _reply(self, event: p.ParsedCommand | p.FramingError) -> Outgoing:
+        if isinstance(event, p.FramingError):
+            reply = self.error_reply(event.code, event.message)
+            self.closed = event.fatal
+            return Outgoing([reply], self._delay_s, event.fatal)
+        # Faults armed by this command act from the next reply on.
+        garble, self._garble_next, delay_s = self._garble_next, False, self._delay_s
+        parts = self._dispatch(event)
+        return Outgoing([GARBLED_REPLY] if garble else parts, delay_s)
 
     def stalled(self, idle_s: float) -> Outgoing:
         """The reply to a command that stopped arriving: -365, then the link closes
@@ -381,6 +387,7 @@ class SimChipServer:
         try:
             while True:
                 idle_s = self.stall_timeout_s if session.parser.mid_command else None
+                replies: Iterable[Outgoing]
                 try:
                     data = await asyncio.wait_for(reader.read(1 << 20), idle_s)
                 except TimeoutError:
@@ -391,14 +398,15 @@ class SimChipServer:
                     if not data:
                         return
                     self.core.touch()
-                    replies = session.feed(data)
+                    replies = session.replies(data)
                 for out in replies:
                     if out.delay_s:
                         await asyncio.sleep(out.delay_s)
                     writer.writelines(out.parts)
                     await writer.drain()
-                    if out.close:
+                    if out.close or writer.is_closing():
                         return
+                    await asyncio.sleep(0)  # other hosts' commands between this host's
         except ConnectionError as exc:
             log.info("host %s dropped the link: %s", peer, exc)
         except asyncio.CancelledError:

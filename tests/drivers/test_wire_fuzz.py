@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers import protocol as p
+from drivers.base import Geometry
 from drivers.sim.board import SimBoard
 from drivers.sim.server import GARBLED_REPLY, BoardCore, BoardSession, Outgoing, ServerThread, serve_in_thread
 from tests.drivers.fuzzing import (
@@ -319,3 +320,24 @@ def test_a_header_declaring_a_gigabyte_reserves_nothing() -> None:
     (out,) = session.feed(b"\0" * (left % len(megabyte)) + b"\n")
     assert reply_bytes([out])[0].startswith(f"ERR,{p.ERR_TOO_MUCH_DATA:+d},".encode())
     assert_usable(session)
+
+
+def test_a_host_that_pipelines_commands_and_reads_nothing_holds_up_no_other_host() -> None:
+    """100 whole-array reads (2 MiB replies), each followed by a clock step, sent at once by
+    a host that never reads: the board runs them one reply at a time as the host takes
+    them, so this host stalls on its own full socket while another is answered at once
+    (run all in one go, they held every other host for seconds and queued 200 MiB)."""
+    board = SimBoard(Geometry(tiles=1, rows=512, cols=1024), seed=5)  # a virtual clock
+    handle = serve_in_thread(board)
+    try:
+        greedy = socket.create_connection(("127.0.0.1", handle.port), timeout=5.0)
+        greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        greedy.sendall(b"MEAS:COND:REG? 0,0,0,512,1024\nSIM:TIME:ADV 1\n" * 100)
+        time.sleep(0.5)  # not a bound: time for the board to fill the greedy host's socket
+        with socket.create_connection(("127.0.0.1", handle.port), timeout=30.0) as other:
+            other.sendall(b"SYST:TIME?\n")
+            (reply,), _ = _read_replies(other, 1)
+        greedy.close()
+    finally:
+        handle.stop()
+    assert float(reply) < 50, f"the other host was answered only after {float(reply):g} of 100 steps"
