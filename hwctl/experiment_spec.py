@@ -45,6 +45,9 @@ class SubmissionLimits:
 SUBMISSION_LIMITS = SubmissionLimits()
 MAX_NAME_CHARS = 128  # experiments.name
 MAX_STATION_NAME_CHARS = 64  # stations.name
+STATION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# (least, most) tiles, rows and cols a station may register (a column pair per weight: ≥ 2 cols)
+STATION_GEOMETRY_BOUNDS = {"tiles": (1, 4096), "rows": (1, 65536), "cols": (2, 65536)}
 MAX_AMPLITUDE_UA = 1000.0  # the largest station pulse limit a station may register
 
 

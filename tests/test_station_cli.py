@@ -100,3 +100,29 @@ def test_the_clock_kind_defaults_to_what_the_resource_says(
     assert main(argv) == 0
     assert main(["station", "list", "--url", database_url]) == 0
     assert capsys.readouterr().out.splitlines()[-1].endswith(f"\t{clock}")
+
+
+@pytest.mark.parametrize(
+    ("name", "flags", "refusal"),
+    [
+        ("bench-1", ["--geometry", "1,2,-3"], "--geometry"),
+        ("bench-1", ["--geometry", "0,512,256"], "--geometry"),
+        ("bench-1", ["--geometry", "1,512,1"], "--geometry"),
+        ("bench-1", ["--geometry", "5000,512,256"], "--geometry"),
+        ("bad name!", ["--geometry", "1,2,2"], "name"),
+        ("bench-1", ["--geometry", "1,2,2", "--limit-ua", "nan"], "--limit-ua"),
+        ("bench-1", ["--geometry", "1,2,2", "--limit-ua", "-1"], "--limit-ua"),
+        ("bench-1", ["--geometry", "1,2,2", "--limit-ua", "2000"], "--limit-ua"),
+    ],
+)
+def test_a_station_the_api_would_refuse_is_refused_here_too(
+    database_url: str, capsys: Output, name: str, flags: list[str], refusal: str
+) -> None:
+    """Registered anyway, it broke GET /stations and the dashboard (its geometry no longer
+    validates as a response: 500 on every listing)."""
+    argv = ["station", "add", name, "--resource", "TCPIP::10.0.0.5::5025::SOCKET", "--serial", "PCM-1"]
+    assert main([*argv, *flags, "--url", database_url]) == 2
+    (message,) = capsys.readouterr().err.strip().splitlines()
+    assert refusal in message
+    assert main(["station", "list", "--url", database_url]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[1:] == []

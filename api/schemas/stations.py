@@ -7,14 +7,16 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.schemas.common import UtcDatetime
+from hwctl.experiment_spec import MAX_AMPLITUDE_UA, STATION_GEOMETRY_BOUNDS, STATION_NAME_PATTERN
 
-STATION_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+STATION_NAME = STATION_NAME_PATTERN
+_TILES, _ROWS, _COLS = (STATION_GEOMETRY_BOUNDS[k] for k in ("tiles", "rows", "cols"))
 
 
 class GeometryModel(BaseModel):
-    tiles: int = Field(ge=1, le=4096)
-    rows: int = Field(ge=1, le=65536)
-    cols: int = Field(ge=2, le=65536)
+    tiles: int = Field(ge=_TILES[0], le=_TILES[1])
+    rows: int = Field(ge=_ROWS[0], le=_ROWS[1])
+    cols: int = Field(ge=_COLS[0], le=_COLS[1])
 
 
 class StationCreate(BaseModel):
@@ -29,7 +31,7 @@ class StationCreate(BaseModel):
     )
     chip_serial: str = Field(min_length=1, max_length=64)
     geometry: GeometryModel
-    amplitude_limit_ua: float = Field(500.0, gt=0, le=1000, description="session pulse limit, µA")
+    amplitude_limit_ua: float = Field(500.0, gt=0, le=MAX_AMPLITUDE_UA, description="session pulse limit, µA")
     clock_kind: Literal["real", "accelerated", "virtual"] = "real"
 
 

@@ -8,6 +8,7 @@ station's worker starts (the worker is the board's only owner afterwards).
 from __future__ import annotations
 
 import argparse
+import re
 
 from hwctl.commands.errors import CLIError
 
@@ -48,6 +49,22 @@ def _describe_chip(args: argparse.Namespace) -> tuple[str, tuple[int, int, int],
     except ValueError:
         raise CLIError(f"--geometry must be TILES,ROWS,COLS, got {args.geometry!r}") from None
     return args.serial, (tiles, rows, cols), args.limit_ua
+
+
+def _check(name: str, geometry: tuple[int, int, int], limit_ua: float) -> None:
+    """What the API's POST /stations refuses, refused here too: a station stored outside
+    those bounds fails every listing of stations (its record no longer validates)."""
+    from hwctl.experiment_spec import MAX_AMPLITUDE_UA, STATION_GEOMETRY_BOUNDS, STATION_NAME_PATTERN
+
+    if not re.fullmatch(STATION_NAME_PATTERN, name):
+        raise CLIError(
+            f"station name {name!r}: letters, digits, '_', '.', '-', at most 64, a letter or digit first"
+        )
+    for (axis, (least, most)), value in zip(STATION_GEOMETRY_BOUNDS.items(), geometry, strict=True):
+        if not least <= value <= most:
+            raise CLIError(f"--geometry: {axis} must be in [{least}, {most}], got {value}")
+    if not 0 < limit_ua <= MAX_AMPLITUDE_UA:  # NaN fails this too
+        raise CLIError(f"--limit-ua must be in (0, {MAX_AMPLITUDE_UA:g}] uA, got {limit_ua}")
 
 
 def _probe(resource: str, limit_ua: float) -> tuple[str, tuple[int, int, int], float]:
@@ -121,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
                     return 0
                 raise CLIError(f"a station named {args.name!r} already exists")
             serial, (tiles, rows, cols), limit_ua = _describe_chip(args)
+            _check(args.name, (tiles, rows, cols), limit_ua)
             add_station(conn, args.name, resource=args.resource, chip_serial=serial,
                         geometry=Geometry(tiles, rows, cols), amplitude_limit_ua=limit_ua,
                         clock_kind=args.clock or _default_clock(args.resource))  # fmt: skip
