@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -30,7 +31,7 @@ from hwctl.store import queries, records
 from hwctl.store.datasets import DatasetInfo
 from hwctl.store.engine import connect
 from hwctl.store.errors import NotFoundError
-from hwctl.store.networks import fit_on_station, stored_network_spec
+from hwctl.store.networks import derive_network_facts, fit_on_station, stored_network_spec
 from hwctl.vocabulary import CompensationMethod, ExperimentStatus
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
@@ -242,6 +243,7 @@ async def submit_experiment(
             job = _store_submission(db, spec, idempotency_key)
         return _with_experiment(db, job)
 
+    await run_in_threadpool(_derive_network_facts, engine, spec.network_id)
     try:
         experiment, job = await asyncio.wrap_future(writes.group.submit(store))
     except IntegrityError as exc:
@@ -250,6 +252,13 @@ async def submit_experiment(
         )
     response.headers["Location"] = f"/experiments/{experiment.id}"
     return ExperimentAccepted(experiment=experiment_out(experiment), program_job=job_out(job))
+
+
+def _derive_network_facts(engine: Engine, network_id: int) -> None:
+    """The network's checks derived outside the group's write transaction (`derive_network_facts`)."""
+    # An unknown network is left to the submission's own checks, in the transaction.
+    with connect(engine) as db, contextlib.suppress(NotFoundError):
+        derive_network_facts(db, network_id)
 
 
 def _after_collision(

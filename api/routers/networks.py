@@ -29,12 +29,12 @@ router = APIRouter(prefix="/networks", tags=["networks"])
 
 def _parse_checkpoint(
     data: bytes, filename: str, max_expanded_bytes: int, architecture: str | None
-) -> tuple[Checkpoint, list[AnalogLayerShape]]:
+) -> tuple[Checkpoint, list[AnalogLayerShape], tuple[int, ...]]:
     """Sized before it is opened (a checkpoint or a `.pt2` is a ZIP archive whose members may
     be deflated), then tensors and plain data only (`weights_only=True`) or, for a `.pt2`,
     the graph read as data (`hwctl.nn.exported`: nothing in it runs); it must build its
     architecture (a `.pt2` without one is its own: input shape and classes from the graph).
-    With its analog layers, read from that build (the model is built once)."""
+    With its analog layers, read from that build (the model is built once), and its input shape."""
     try:
         check_archive(data, max_expanded_bytes)
     except ArchiveTooLargeError as exc:
@@ -44,12 +44,12 @@ def _parse_checkpoint(
         model = checkpoint.build()  # its tensors must fit its architecture (strict state dict)
         layers = analog_layers_of(checkpoint, model)
         del model
-        network_spec(checkpoint)  # a graph's spec: built and run once on its input shape
+        input_shape = network_spec(checkpoint).input_shape  # a graph's: built and run once on it
     except Exception as exc:  # untrusted bytes: any failure means "not a usable checkpoint"
         raise HTTPException(
             422, f"{filename!r} is not a usable hwctl/PyTorch checkpoint: {type(exc).__name__}: {exc}"
         ) from None
-    return checkpoint, layers
+    return checkpoint, layers, input_shape
 
 
 @router.post(
@@ -97,11 +97,13 @@ def _store_upload(
     bytes are written (one of them in memory with the write's own copy, not both)."""
     data = read_bounded(file, settings.max_upload_bytes, "checkpoint")
     filename = file.filename or "upload"
-    checkpoint, layers = _parse_checkpoint(data, filename, settings.max_upload_expanded_bytes, architecture)
+    checkpoint, layers, input_shape = _parse_checkpoint(
+        data, filename, settings.max_upload_expanded_bytes, architecture
+    )
     meta = json.loads(json.dumps(checkpoint.meta, default=str))  # JSON-safe whatever was recorded
     stored_name, arch = name or PurePath(filename).stem or checkpoint.arch, checkpoint.arch
     with writes.transaction() as conn:
-        needs = network_needs(conn, checkpoint, layers)
+        needs = network_needs(conn, input_shape, layers)
         del checkpoint
         new_id = records.add_network(conn, stored_name, architecture=arch, checkpoint=data, meta=meta)
         created = queries.get_network(conn, new_id)

@@ -98,22 +98,17 @@ def fit_on_station(
                        .where(stations.c.name == station_name)).one_or_none()  # fmt: skip
     if row is None:
         raise NotFoundError(f"station {station_name!r} does not exist")
-    sha256 = _network_sha256(conn, network_id)
-    every = _per_content(_ANALOG_LAYERS, sha256, lambda: analog_layers_of(load_network(conn, network_id)))
-    layers = [layer for layer in every if layer.name not in digital_layers]
+    layers = [layer for layer in _stored_analog_layers(conn, network_id) if layer.name not in digital_layers]
     return station_fit(station_name, Geometry(row.tiles, row.rows, row.cols), layers)
 
 
-def network_needs(
-    conn: Connection, checkpoint: Checkpoint, layers: list[AnalogLayer] | None = None
-) -> NetworkNeeds:
-    """The network's input shape and analog layers (`analog_layers_of`, unless given), and
-    whether it fits each registered station."""
-    layers = analog_layers_of(checkpoint) if layers is None else layers
+def network_needs(conn: Connection, input_shape: tuple[int, ...], layers: list[AnalogLayer]) -> NetworkNeeds:
+    """The network's input shape and analog layers (derived by the caller: an upload's before
+    its write transaction), and whether it fits each registered station."""
     rows = conn.execute(select(stations.c.name, stations.c.tiles, stations.c.rows, stations.c.cols)
                         .order_by(stations.c.name)).all()  # fmt: skip
     fits = [station_fit(r.name, Geometry(r.tiles, r.rows, r.cols), layers) for r in rows]
-    return NetworkNeeds(network_spec(checkpoint).input_shape, layers, fits)
+    return NetworkNeeds(input_shape, layers, fits)
 
 
 def stored_network_needs(conn: Connection, network_id: int) -> NetworkNeeds:
@@ -121,12 +116,8 @@ def stored_network_needs(conn: Connection, network_id: int) -> NetworkNeeds:
     (as a submission's check reads them) and a registered architecture's input shape from
     the registry: a page showing a network loads and builds its checkpoint (ResNet-34:
     87 MB of bytes, tensors and model each) once, not on every view."""
-    sha256 = _network_sha256(conn, network_id)
-    layers = _per_content(_ANALOG_LAYERS, sha256, lambda: analog_layers_of(load_network(conn, network_id)))
-    rows = conn.execute(select(stations.c.name, stations.c.tiles, stations.c.rows, stations.c.cols)
-                        .order_by(stations.c.name)).all()  # fmt: skip
-    fits = [station_fit(r.name, Geometry(r.tiles, r.rows, r.cols), layers) for r in rows]
-    return NetworkNeeds(stored_network_spec(conn, network_id).input_shape, list(layers), fits)
+    input_shape = stored_network_spec(conn, network_id).input_shape
+    return network_needs(conn, input_shape, list(_stored_analog_layers(conn, network_id)))
 
 
 T = TypeVar("T")
@@ -142,6 +133,21 @@ def _per_content(cache: dict[str, T], sha256: str, build: Callable[[], T]) -> T:
             cache.clear()
         cache[sha256] = build()
     return cache[sha256]
+
+
+def _stored_analog_layers(conn: Connection, network_id: int) -> list[AnalogLayer]:
+    sha256 = _network_sha256(conn, network_id)
+    return _per_content(_ANALOG_LAYERS, sha256, lambda: analog_layers_of(load_network(conn, network_id)))
+
+
+def derive_network_facts(conn: Connection, network_id: int) -> None:
+    """Derive (once per content) what a submission checks of a network: its spec and its
+    analog layers. Called on a read connection before the submission's write transaction,
+    so the first submission of a network does not load and build its checkpoint (ResNet-34:
+    about a second) while it holds the database's one writer and the submissions grouped
+    with it."""
+    stored_network_spec(conn, network_id)
+    _stored_analog_layers(conn, network_id)
 
 
 def _network_sha256(conn: Connection, network_id: int) -> str:

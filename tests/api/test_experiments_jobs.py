@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from hwctl import queue
+from hwctl.store import networks
 from hwctl.store.engine import make_engine
 from tests.api.conftest import AUTH, api_settings, assert_problem, station_body, upload
 
@@ -42,6 +43,25 @@ def test_submission_is_accepted_with_its_program_job(client: TestClient, ready: 
         "jobs_total": 1, "jobs_done": 0, "readouts_done": 0, "readouts_planned": 3, "evaluations_done": 0,
     }
     assert client.get("/experiments", params={"station": "bench-1"}).json()["total"] == 1
+
+
+def test_a_first_submission_builds_its_network_before_the_shared_write_transaction(
+    client: TestClient, ready: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading and building a checkpoint (ResNet-34: about a second) must not hold the one
+    writer that grouped submissions share: it happens on a read connection first."""
+    monkeypatch.setattr(networks, "_ANALOG_LAYERS", {})  # as if this API process had never seen it
+    loaded_in: list[str] = []
+    load_network = networks.load_network
+
+    def spy(conn: Any, network_id: int) -> Any:
+        loaded_in.append(threading.current_thread().name)
+        return load_network(conn, network_id)
+
+    monkeypatch.setattr(networks, "load_network", spy)
+    assert submit(client, ready).status_code == 202
+    assert loaded_in, "the submission never checked the network's layers"
+    assert "hwctl-group-commit" not in loaded_in
 
 
 def test_resubmission_with_the_same_idempotency_key_returns_the_same_experiment(
