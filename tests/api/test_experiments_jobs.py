@@ -48,7 +48,7 @@ def test_submission_is_accepted_with_its_program_job(client: TestClient, ready: 
 def test_a_first_submission_builds_its_network_before_the_shared_write_transaction(
     client: TestClient, ready: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Loading and building a checkpoint (ResNet-34: about a second) must not hold the one
+    """Loading and building a checkpoint (ResNet-34: 87 MB, 0.2–0.6 s) must not hold the one
     writer that grouped submissions share: it happens on a read connection first."""
     monkeypatch.setattr(networks, "_ANALOG_LAYERS", {})  # as if this API process had never seen it
     loaded_in: list[str] = []
