@@ -8,6 +8,7 @@ saved before it is acknowledged, and powers a clock up at the saved time after a
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -77,13 +78,19 @@ class VirtualClock(_Listened):
         self._jumped()
 
 
+def _check_rate(rate: float) -> None:
+    """A rate that is not a positive finite number (NaN compares false with everything)
+    would make every board time NaN or infinite."""
+    if not 0 < rate < math.inf:
+        raise ValueError(f"rate must be positive and finite, got {rate}")
+
+
 class AcceleratedClock(_Listened):
     """Real time multiplied by `rate`, plus any explicit advances."""
 
     def __init__(self, rate: float = 1.0) -> None:
         super().__init__()
-        if rate <= 0:
-            raise ValueError("rate must be positive")
+        _check_rate(rate)
         self._rate = rate
         self._origin = time.monotonic()
         self._base_s = 0.0
@@ -96,8 +103,7 @@ class AcceleratedClock(_Listened):
         return self._rate
 
     def set_rate(self, rate: float) -> None:
-        if rate <= 0:
-            raise ValueError("rate must be positive")
+        _check_rate(rate)
         with self._lock:
             self._base_s = self.now_s()
             self._origin = time.monotonic()

@@ -47,3 +47,27 @@ def test_help_shows_every_default_as_it_is_typed(capsys: pytest.CaptureFixture[s
     for default in ("(default 5025)", "(default 16,512,256)", "(default virtual)", "(default 60)"):
         assert default in shown
     assert "Geometry(" not in shown
+
+
+@pytest.mark.parametrize(
+    ("argv", "refusal"),
+    [
+        (["--port", "-1"], "--port"),
+        (["--port", "99999"], "--port"),
+        (["--clock", "accelerated", "--rate", "nan"], "rate"),
+        (["--clock", "accelerated", "--rate", "inf"], "rate"),
+    ],
+)
+def test_a_bad_port_or_rate_is_one_line_and_a_nonzero_exit(
+    capsys: pytest.CaptureFixture[str], argv: list[str], refusal: str
+) -> None:
+    """--port -1 was an OverflowError traceback from bind(); --rate nan served a board
+    whose clock read NaN."""
+    try:
+        code = main(["sim-chip", *argv])
+    except SystemExit as stopped:  # a usage error
+        code = int(str(stopped.code))
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    assert refusal in error.strip().splitlines()[-1]
