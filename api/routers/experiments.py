@@ -193,6 +193,22 @@ def _with_experiment(db: Connection, job: Row[Any]) -> tuple[Row[Any], Row[Any]]
     return store_experiments.experiment(db, job.experiment_id), job
 
 
+def _resolved(db: Connection, request: ExperimentRequest, network: NetworkSpec) -> ExperimentSpec:
+    sets = _evaluation_sets(db, request, network)
+    return request.resolved(sets.dataset, sets.test_id, batchnorm=network.has_batchnorm)
+
+
+def _check_same_submission(db: Connection, request: ExperimentRequest, job: Row[Any], key: str) -> None:
+    """A key names one submission: reused with another body, answering with the first
+    experiment would drop the new body's settings without a word (422 instead)."""
+    stored = store_experiments.experiment(db, job.experiment_id).settings
+    if _resolved(db, request, _targets(db, request)[2]).model_dump(mode="json") != stored:
+        raise HTTPException(
+            422, f"Idempotency-Key {key!r} was used for experiment {job.experiment_id} with another body; "
+            "use a new key for a new submission"
+        )  # fmt: skip
+
+
 def _store_submission(db: Connection, request: ExperimentRequest, idempotency_key: str | None) -> Row[Any]:
     """The experiment row (its spec resolved) and its program job; returns the job as stored."""
     station, network_name, network = _targets(db, request)  # checked even when a name is given
@@ -201,8 +217,7 @@ def _store_submission(db: Connection, request: ExperimentRequest, idempotency_ke
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
     _check_methods(request, network)
-    sets = _evaluation_sets(db, request, network)
-    spec = request.resolved(sets.dataset, sets.test_id, batchnorm=network.has_batchnorm)
+    spec = _resolved(db, request, network)
     _check_fit(db, spec, _check_digital_layers(spec, network))
     _refuse_if_busy(db, station.id)
     return store_experiments.add_with_program_job(
@@ -241,6 +256,8 @@ async def submit_experiment(
         job = None if idempotency_key is None else store_experiments.job_by_key(db, idempotency_key)
         if job is None:
             job = _store_submission(db, spec, idempotency_key)
+        else:
+            _check_same_submission(db, spec, job, str(idempotency_key))
         return _with_experiment(db, job)
 
     await run_in_threadpool(_derive_network_facts, engine, spec.network_id)

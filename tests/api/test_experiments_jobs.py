@@ -73,6 +73,18 @@ def test_resubmission_with_the_same_idempotency_key_returns_the_same_experiment(
     assert client.get("/experiments").json()["total"] == 1
 
 
+def test_an_idempotency_key_reused_with_another_body_is_422_and_changes_nothing(
+    client: TestClient, ready: dict[str, Any]
+) -> None:
+    """Answered with the first experiment, the second body's settings were silently dropped."""
+    first = submit(client, ready, **{"Idempotency-Key": "run-43"}).json()
+    other = ready | {"schedule": {"offsets_s": [25, 250]}}
+    assert_problem(submit(client, other, **{"Idempotency-Key": "run-43"}), 422, "Idempotency-Key", "another")
+    stored = client.get(f"/experiments/{first['experiment']['id']}").json()
+    assert stored["spec"] == first["experiment"]["spec"]
+    assert client.get("/experiments").json()["total"] == 1
+
+
 def test_unknown_station_is_422_and_lists_the_known_ones(client: TestClient, ready: dict[str, Any]) -> None:
     assert_problem(submit(client, ready | {"station": "nowhere"}), 422, "'nowhere'", "bench-1")
     assert client.get("/jobs").json()["total"] == 0
