@@ -161,6 +161,18 @@ def test_an_idempotency_key_returns_the_same_inference(live: Live) -> None:
     live.wait(first.json()["job"]["id"])
 
 
+def test_an_idempotency_key_reused_with_another_body_is_422(live: Live) -> None:
+    """Answered with the first inference, the second body's settings were silently dropped."""
+    key = {"Idempotency-Key": "same-inference-2"}
+    url = f"/experiments/{live.experiment_id}/inferences"
+    body = {"dataset_id": DIGITS, "at": live.readout_ids[0]}
+    first = live.client.post(url, json=body, headers=key)
+    other = live.client.post(url, json=body | {"top_k": 3}, headers=key)
+    assert first.status_code == 202
+    assert other.status_code == 422 and "another body" in other.json()["detail"]
+    live.wait(first.json()["job"]["id"])
+
+
 @pytest.mark.parametrize(
     ("body", "status", "phrases"),
     [
