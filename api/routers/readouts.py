@@ -21,7 +21,7 @@ from api.byte_ranges import ByteRange, UnsatisfiableRange, requested_range
 from api.deps import Db, ReadAccess, get_engine
 from api.pagination import Page, Paging
 from api.params import MAX_ROW_ID, PathId, QueryId
-from api.problems import problem_responses
+from api.problems import problem_response, problem_responses
 from api.schemas.results import DeviceSeries, Readout
 from api.views import page_of, paging, readout_out
 from hwctl.store import queries
@@ -131,8 +131,8 @@ class _Drain(io.RawIOBase):
         200: {"description": "the conductances, µS, in canonical device order",
               "content": {NPY: {}, PARQUET: {}}},
         206: {"description": "the bytes a `Range` header asked for (npy only)", "content": {NPY: {}}},
-        416: {"description": "the range starts past the end of the .npy file"},
         **problem_responses(404),
+        416: problem_responses(416)[416] | {"description": "the range starts past the end of the .npy file"},
     },
 )  # fmt: skip
 def download_readout(
@@ -160,7 +160,10 @@ def download_readout(
     try:
         wanted = requested_range(range_header, size)
     except UnsatisfiableRange:
-        return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+        return problem_response(
+            416, f"the range {range_header!r} starts past the end of the {size}-byte .npy file",
+            headers={**headers, "Content-Range": f"bytes */{size}"},
+        )
     status = 200 if wanted is None else 206
     wanted = wanted or ByteRange(0, size, size)
     if status == 206:

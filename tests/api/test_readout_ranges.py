@@ -106,6 +106,9 @@ def test_a_range_starting_past_the_end_is_416_with_the_size(
         response = _vector(client, campaign, unsatisfiable)
         assert response.status_code == 416, unsatisfiable
         assert response.headers["content-range"] == f"bytes */{len(expected)}"
+        # a problem like every other error (it was an empty body)
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert str(len(expected)) in response.json()["detail"]
 
 
 def test_ranges_it_does_not_serve_get_the_whole_file(live: tuple[httpx.Client, Campaign, bytes]) -> None:
