@@ -88,3 +88,12 @@ def test_any_archive_member_gives_a_data_set_or_an_input_error(member: bytes, na
         archive.writestr(name, np.lib.format.MAGIC_PREFIX + member)
     with contextlib.suppress(InputError):
         parse_upload(buffer.getvalue(), BOUND)
+
+
+@pytest.mark.parametrize(("mean", "std"), [(0.0, 1e-320), (0.0, 1e-40), (0.0, 1e300), (1e300, 1.0)])
+def test_a_normalisation_float32_cannot_hold_is_refused(mean: float, std: float) -> None:
+    """Images are normalised in float32: a std of 1e-320 is 0 there (every value NaN), 1e300
+    is infinite (every value 0); the upload was stored and every evaluation on it was NaN."""
+    x = np.zeros((2, 1, 8, 8), np.uint8)
+    with pytest.raises(InputError, match="float32"):
+        parse_upload(npz_bytes(x=x, mean=np.array([mean]), std=np.array([std])), BOUND)
