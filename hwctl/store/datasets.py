@@ -176,11 +176,19 @@ def _load(data: bytes) -> np.ndarray:
 def normalisation_from(mean: Any, std: Any) -> Normalisation:
     """Per-channel mean and std from lists of numbers; a DatasetError if they are not."""
     try:
-        return Normalisation(
+        norm = Normalisation(
             tuple(float(v) for v in np.atleast_1d(mean)), tuple(float(v) for v in np.atleast_1d(std))
         )
     except (TypeError, ValueError) as exc:
         raise DatasetError(f"bad normalisation: {exc}") from None
+    # Applied in float32 (`Inputs.batch`): a std below its smallest normal number divides to
+    # inf (NaN images), one above its largest is inf (zero images). Checked on upload only,
+    # so a data set stored before this check still loads.
+    tiny, largest = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+    if min(norm.std) < tiny or max(norm.std) > largest or max(map(abs, norm.mean)) > largest:
+        raise DatasetError(f"bad normalisation: mean and std must be float32 numbers, std ≥ {tiny:.3g}; "
+                           f"got mean {list(norm.mean)}, std {list(norm.std)}")  # fmt: skip
+    return norm
 
 
 # -- the store -----------------------------------------------------------------------------
