@@ -9,6 +9,7 @@ checkpoint limit plus the multipart framing around the file.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
@@ -17,6 +18,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.problems import problem_response
 
 MAX_JSON_BODY_BYTES = 1 << 20
+# Longest silence tolerated in the middle of a request body: a client that declares 1,000
+# bytes and sends 2 would otherwise hold its connection and route open for as long as it likes.
+BODY_IDLE_S = 30.0
 MULTIPART_FRAMING_BYTES = 64 * 1024  # boundaries and part headers around an uploaded file
 
 
@@ -25,12 +29,19 @@ class BodyTooLargeError(HTTPException):
         super().__init__(413, f"the request body is larger than this endpoint accepts: at most {limit} bytes")
 
 
-class BodyLimit:
-    """ASGI middleware: `limit_for(scope)` is the most bytes a request's body may have."""
+class BodyStalledError(HTTPException):
+    def __init__(self, idle_s: float) -> None:
+        super().__init__(408, f"the request body stopped arriving: no byte for {idle_s:g} s")
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[Scope], int]) -> None:
+
+class BodyLimit:
+    """ASGI middleware: `limit_for(scope)` is the most bytes a request's body may have, and
+    `idle_s` the longest wait for its next part."""
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[Scope], int], idle_s: float = BODY_IDLE_S) -> None:
         self.app = app
         self.limit_for = limit_for
+        self.idle_s = idle_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -41,15 +52,21 @@ class BodyLimit:
             too_large = BodyTooLargeError(limit)
             await problem_response(too_large.status_code, too_large.detail)(scope, receive, send)
             return
-        received = 0
+        received, complete = 0, False
 
         async def bounded_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # after the body only a disconnect comes: a stream waits for it for ever
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.idle_s)
+            except TimeoutError:
+                raise BodyStalledError(self.idle_s) from None  # answered like the 413
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise BodyTooLargeError(limit)  # answered by the app's HTTPException handler
+                complete = not message.get("more_body", False)
             return message
 
         await self.app(scope, bounded_receive, send)

@@ -3,6 +3,7 @@ that inflates to a gigabyte is refused before it is loaded, with the API's memor
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -141,3 +143,31 @@ def test_a_body_without_a_length_is_refused_once_past_the_limit_not_at_its_end(
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
     assert sent < 2 * UPLOAD_LIMIT  # refused soon after the limit, not after the whole body
     assert b"at most" in reply
+
+
+def test_a_body_that_stops_arriving_is_408_not_a_connection_held_open_for_ever() -> None:
+    """A Content-Length of 1,000 and 2 bytes sent: the route waited for the rest as long as
+    the client kept the connection open (a slow-body hold, one per connection)."""
+    from starlette.exceptions import HTTPException
+
+    from api.body_limit import BodyLimit
+
+    async def route(scope: Any, receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+
+    async def client_sends_two_bytes_then_nothing() -> Any:
+        if not sent:
+            sent.append(True)
+            return {"type": "http.request", "body": b"{}", "more_body": True}
+        await asyncio.Event().wait()  # the rest never comes
+
+    async def send(message: Any) -> None:
+        pass
+
+    sent: list[bool] = []
+    scope = {"type": "http", "headers": [(b"content-length", b"1000")]}
+    middleware = BodyLimit(route, limit_for=lambda scope: 1 << 20, idle_s=0.2)
+    with pytest.raises(HTTPException) as refused:
+        asyncio.run(asyncio.wait_for(middleware(scope, client_sends_two_bytes_then_nothing, send), 30))
+    assert refused.value.status_code == 408
