@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hwctl.commands.arguments import tcp_port
 from hwctl.commands.errors import CLIError
 from hwctl.commands.experiment import follow_experiment, result_lines
 from hwctl.vocabulary import ExperimentStatus
@@ -45,7 +46,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo", help="train, program, read back over 24 h (accelerated) and report, on a simulated chip"
     )
-    parser.add_argument("--port", type=int, default=0, help="API port (default: any free port)")
+    parser.add_argument("--port", type=tcp_port, default=0, help="API port (default: any free port)")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
                         help="database, checkpoint and report go here; the demo database is "
                              "recreated on every run (default: %(default)s)")

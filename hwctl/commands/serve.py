@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import Engine, make_url, select, update
 
+from hwctl.commands.arguments import tcp_port
 from hwctl.commands.errors import CLIError
 from hwctl.embedded_chip import SimChipOptions, with_state
 from hwctl.settings import Settings, get_settings
@@ -37,7 +38,7 @@ EMBEDDED_SERIAL = "SIM-0001"  # what drivers.sim.board.SimBoard reports by defau
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("serve", help="run the REST API (and, by default, a simulated station)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port")
+    parser.add_argument("--port", type=tcp_port, default=8000, help="TCP port")
     parser.add_argument(
         "--embedded",
         action=argparse.BooleanOptionalAction,

@@ -22,12 +22,13 @@ from drivers.sim.board import DEFAULT_GEOMETRY, GEOMETRY_PRESETS, SimBoard
 from drivers.sim.clock import AcceleratedClock, Clock, RealClock, VirtualClock
 from drivers.sim.server import SimChipServer
 from drivers.sim.state import StateFileError
+from hwctl.commands.arguments import tcp_port
 from hwctl.commands.errors import CLIError
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("sim-chip", help="serve a simulated PCM chip over TCP (board protocol)")
-    parser.add_argument("--port", type=_port, default=5025,
+    parser.add_argument("--port", type=tcp_port, default=5025,
                         help="TCP port, 0: any free port (default %(default)s)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the device statistics")
@@ -63,17 +64,6 @@ def _geometry(text: str) -> Geometry:
     if min(tiles, rows, cols) <= 0:
         raise argparse.ArgumentTypeError(f"geometry {text!r} must be positive")
     return Geometry(tiles, rows, cols)
-
-
-def _port(text: str) -> int:
-    """0–65535: bind() raises OverflowError (a traceback) for any other number."""
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"port {text!r} is not an integer") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port {port} is not in 0-65535")
-    return port
 
 
 def _geometry_text(geometry: Geometry) -> str:

@@ -63,8 +63,20 @@ def test_a_bad_port_or_rate_is_one_line_and_a_nonzero_exit(
 ) -> None:
     """--port -1 was an OverflowError traceback from bind(); --rate nan served a board
     whose clock read NaN."""
+    assert_refused(capsys, ["sim-chip", *argv], refusal)
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_the_other_servers_refuse_a_bad_port_the_same_way(
+    capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """`hwctl serve --port -5` logged uvicorn's resolver error over six lines and exited 3."""
+    assert_refused(capsys, [command, "--port", "-5"], "--port")
+
+
+def assert_refused(capsys: pytest.CaptureFixture[str], argv: list[str], refusal: str) -> None:
     try:
-        code = main(["sim-chip", *argv])
+        code = main(argv)
     except SystemExit as stopped:  # a usage error
         code = int(str(stopped.code))
     assert code == 2
