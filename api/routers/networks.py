@@ -41,6 +41,8 @@ def _parse_checkpoint(
         raise HTTPException(413, f"{filename!r}: {exc}") from None
     try:
         checkpoint = load_checkpoint(data, architecture)
+        if architecture is not None and checkpoint.arch != architecture:  # a .pt names its own
+            raise ValueError(f"the checkpoint is a {checkpoint.arch}, not the {architecture!r} given")
         model = checkpoint.build()  # its tensors must fit its architecture (strict state dict)
         layers = analog_layers_of(checkpoint, model)
         del model

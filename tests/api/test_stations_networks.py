@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.api.conftest import AUTH, STATION_GEOMETRY, assert_problem, station_body, upload
@@ -52,3 +54,15 @@ def test_uploaded_checkpoint_records_hash_architecture_and_metadata(
 
 def test_unknown_network_is_404_with_its_id(client: TestClient) -> None:
     assert_problem(client.get("/networks/999"), 404, "network 999")
+
+
+@pytest.mark.parametrize("architecture", ["resnet32", "no-such-net"])
+def test_an_architecture_the_checkpoint_contradicts_is_422_and_nothing_stored(
+    client: TestClient, digits_checkpoint: bytes, architecture: str
+) -> None:
+    """The checkpoint names its own architecture: a different one in the form was dropped
+    without a word (201, stored as the checkpoint's)."""
+    files = {"file": ("digits.pt", io.BytesIO(digits_checkpoint), "application/octet-stream")}
+    response = client.post("/networks", files=files, data={"architecture": architecture}, headers=AUTH)
+    assert_problem(response, 422, "digits-resnet", architecture)
+    assert client.get("/networks").json()["total"] == 0
