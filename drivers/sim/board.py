@@ -150,10 +150,13 @@ class SimBoard:
             bad = ~np.isfinite(amplitudes_ua) | (amplitudes_ua < 0) | (amplitudes_ua > self._limit_ua)
             if bad.any():
                 first = int(np.flatnonzero(bad)[0])
+                value = float(amplitudes_ua[first])
+                why = (f"exceeds the limit {self._limit_ua} uA" if value > self._limit_ua
+                       else f"is outside [0, {self._limit_ua}] uA")  # fmt: skip
                 raise BoardError(
                     ERR_DATA_OUT_OF_RANGE,
-                    f"Data out of range: amplitude {float(amplitudes_ua[first])} uA at device "
-                    f"{int(addresses[first])} exceeds the limit {self._limit_ua} uA; nothing applied",
+                    f"Data out of range: amplitude {value} uA at device {int(addresses[first])} {why}; "
+                    "nothing applied",
                 )
         self.pulser_enabled = True
         self.array.set_pulse(addresses, amplitudes_ua)

@@ -167,3 +167,14 @@ def test_exit_on_a_live_link_whose_safe_state_fails_logs_an_error_and_keeps_the_
     with caplog.at_level(logging.ERROR), pytest.raises(KeyError), chip:
         raise KeyError("the caller's own failure")
     assert "could not put" in caplog.text
+
+
+@pytest.mark.parametrize("amplitude", [-100.0, float("nan")])
+def test_a_negative_or_nan_amplitude_is_named_outside_the_range_not_over_the_limit(
+    board: SimBoard, amplitude: float
+) -> None:
+    """It was refused, but as "-100.0 uA exceeds the limit 500.0 uA"."""
+    with pytest.raises(BoardError) as refused:
+        board.set_pulse(np.array([5], np.uint32), np.array([amplitude], np.float32))
+    assert refused.value.code == p.ERR_DATA_OUT_OF_RANGE
+    assert "outside [0, 500.0] uA" in refused.value.message and "exceeds" not in refused.value.message
