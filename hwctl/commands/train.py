@@ -78,6 +78,14 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--database-url is only read with --noise-from")
     if args.pcm_noise is not None and not (math.isfinite(args.pcm_noise) and 0 < args.pcm_noise <= 10):
         raise CLIError(f"--pcm-noise is a factor in (0, 10], got {args.pcm_noise}")
+    # NaN passes no comparison: --eta nan trained on NaN noise and wrote a useless checkpoint.
+    for flag, value, least in (("--eta", args.eta, 0.0), ("--alpha", args.alpha, 0.0),
+                               ("--weight-decay", args.weight_decay, 0.0)):  # fmt: skip
+        if not least <= value < math.inf:
+            raise CLIError(f"{flag} must be a finite number ≥ {least:g}, got {value}")
+    for flag, value in (("--epochs", args.epochs), ("--lr", args.lr), ("--batch-size", args.batch_size)):
+        if not 0 < value < math.inf:
+            raise CLIError(f"{flag} must be a finite number > 0, got {value}")
     eta = args.eta if args.noise_from is None else measured_eta(args.noise_from, args.database_url)
     if args.pcm_noise is not None:
         eta = None

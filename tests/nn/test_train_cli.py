@@ -117,3 +117,19 @@ def test_registering_the_network_commands_does_not_import_torch(module: str) -> 
     probe += "print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--eta", "nan"), ("--eta", "-0.1"), ("--epochs", "-1"), ("--epochs", "nan"), ("--lr", "inf"),
+     ("--alpha", "nan"), ("--weight-decay", "-1"), ("--batch-size", "0")],
+)  # fmt: skip
+def test_a_training_number_out_of_range_is_a_message_and_writes_nothing(
+    flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--eta nan trained on NaN noise and wrote a checkpoint at chance accuracy; --epochs -1
+    trained a fraction of an epoch."""
+    out = tmp_path / "never.pt"
+    assert main(["train", *TINY_TRAINING, "--out", str(out), flag, value]) == 2
+    assert flag in capsys.readouterr().err
+    assert not out.exists()
