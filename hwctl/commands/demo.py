@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hwctl.commands.arguments import tcp_port
+from hwctl.commands.arguments import positive_number, tcp_port
 from hwctl.commands.errors import CLIError
 from hwctl.commands.experiment import follow_experiment, result_lines
 from hwctl.vocabulary import ExperimentStatus
@@ -51,12 +51,13 @@ def register(subparsers: Any) -> None:
                         help="database, checkpoint and report go here; the demo database is "
                              "recreated on every run (default: %(default)s)")
     parser.add_argument("--points", type=int, default=20, help="readbacks from 25 s to 24 h (default 20)")
-    parser.add_argument("--last-s", type=float, default=86_400.0,
+    parser.add_argument("--last-s", type=positive_number, default=86_400.0,
                         help="last readback, seconds after programming (default: 24 h)")
-    parser.add_argument("--rate", type=float,
+    parser.add_argument("--rate", type=positive_number,
                         help="run the chip on an accelerated clock, X board seconds per wall second "
                              "(default: a virtual clock the worker jumps to each readback)")
-    parser.add_argument("--epochs", type=float, default=2.0, help="training epochs (default %(default)g)")
+    parser.add_argument("--epochs", type=positive_number, default=2.0,
+                        help="training epochs (default %(default)g)")
     parser.add_argument("--seed", type=int, default=0, help="seed of training and of the chip")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for training and evaluation (default 1: the API, the worker "

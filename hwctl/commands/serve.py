@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Engine, make_url, select, update
 
-from hwctl.commands.arguments import tcp_port
+from hwctl.commands.arguments import positive_number, tcp_port
 from hwctl.commands.errors import CLIError
 from hwctl.embedded_chip import SimChipOptions, with_state
 from hwctl.settings import Settings, get_settings
@@ -55,7 +55,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--rate",
-        type=float,
+        type=positive_number,
         default=DEFAULT_RATE,
         help="board seconds per wall second with --clock accelerated (default: %(default)g)",
     )

@@ -22,7 +22,7 @@ from drivers.sim.board import DEFAULT_GEOMETRY, GEOMETRY_PRESETS, SimBoard
 from drivers.sim.clock import AcceleratedClock, Clock, RealClock, VirtualClock
 from drivers.sim.server import SimChipServer
 from drivers.sim.state import StateFileError
-from hwctl.commands.arguments import tcp_port
+from hwctl.commands.arguments import non_negative_number, positive_number, tcp_port
 from hwctl.commands.errors import CLIError
 
 
@@ -43,10 +43,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--clock", choices=("virtual", "real", "accelerated"), default="virtual",
                         help="board clock: advanced by SIM:TIME:ADV only, wall time, or wall time × rate "
                              "(default %(default)s)")
-    parser.add_argument("--rate", type=float, default=1.0,
+    parser.add_argument("--rate", type=positive_number, default=1.0,
                         help="speed-up of the accelerated clock (default %(default)g)")
     parser.add_argument("--model", help="fitted PCM model JSON (PCMModel.to_json)")
-    parser.add_argument("--watchdog-s", type=float, default=60.0, metavar="S",
+    parser.add_argument("--watchdog-s", type=non_negative_number, default=60.0, metavar="S",
                         help="safe state after this many seconds without host traffic, 0: off "
                              "(default %(default)g)")
     parser.set_defaults(func=run)

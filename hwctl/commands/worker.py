@@ -18,6 +18,7 @@ import threading
 from types import FrameType
 from typing import Any
 
+from hwctl.commands.arguments import positive_number
 from hwctl.commands.errors import CLIError
 
 
@@ -25,7 +26,9 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("worker", help="run the job worker of one station (owns its chip)")
     parser.add_argument("--station", required=True, help="name of a registered station")
     parser.add_argument(
-        "--poll-s", type=float, help="longest wall-clock wait between looks at the queue (default 0.5)"
+        "--poll-s",
+        type=positive_number,
+        help="longest wall-clock wait between looks at the queue (default 0.5)",
     )
     parser.add_argument(
         "--block-devices",

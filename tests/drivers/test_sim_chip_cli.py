@@ -66,6 +66,20 @@ def test_a_bad_port_or_rate_is_one_line_and_a_nonzero_exit(
     assert_refused(capsys, ["sim-chip", *argv], refusal)
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["serve", "--rate", "nan"], ["demo", "--rate", "inf"], ["demo", "--epochs", "nan"],
+     ["demo", "--last-s", "nan"], ["worker", "--station", "s", "--poll-s", "nan"],
+     ["sim-chip", "--watchdog-s", "nan"]],
+)  # fmt: skip
+def test_a_nan_or_infinite_rate_or_period_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """`serve --clock accelerated --rate nan` served on with its station worker dead of a
+    traceback; `worker --poll-s nan` and `sim-chip --watchdog-s nan` ran with NaN periods."""
+    assert_refused(capsys, argv, argv[-2])
+
+
 @pytest.mark.parametrize("command", ["serve", "demo"])
 def test_the_other_servers_refuse_a_bad_port_the_same_way(
     capsys: pytest.CaptureFixture[str], command: str
