@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from hwctl.program_verify import ProgramSettings
+from hwctl.request_model import RequestModel
 from hwctl.schedule import DAY_S, duration_label, log_spaced_offsets_s, validate_offsets_s
 from hwctl.vocabulary import DEFAULT_GDC_STATISTIC, CompensationMethod, GdcStatistic
 
@@ -51,11 +52,7 @@ STATION_GEOMETRY_BOUNDS = {"tiles": (1, 4096), "rows": (1, 65536), "cols": (2, 6
 MAX_AMPLITUDE_UA = 1000.0  # the largest station pulse limit a station may register
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class ProgramSpec(_Spec):
+class ProgramSpec(RequestModel):
     """Program-and-verify settings (see hwctl.program_verify.ProgramSettings)."""
 
     tolerance_us: float | None = Field(None, gt=0, le=5, description="acceptance band half-width, µS")
@@ -82,7 +79,7 @@ def _default_offsets() -> list[float]:
 MAX_READS_PER_POINT = 16
 
 
-class ScheduleSpec(_Spec):
+class ScheduleSpec(RequestModel):
     """Readback times after programming, in seconds (station clock), and how many whole
     reads of the chip each takes (read draws: their spread is the read noise's share of
     the accuracy's, apart from programming's)."""
@@ -108,7 +105,7 @@ DatasetName = Literal["digits", "cifar10"]
 DATASET_IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {"digits": (1, 8, 8), "cifar10": (3, 32, 32)}
 
 
-class _EvaluationSettings(_Spec):
+class _EvaluationSettings(RequestModel):
     """How each readout is turned into accuracy (all but the data set)."""
 
     methods: list[CompensationMethod] = Field(default_factory=_all_methods)
@@ -154,7 +151,7 @@ MAX_LAYER_NAME_CHARS = 256
 MAX_DIGITAL_LAYERS = 1_000
 
 
-class MappingSpec(_Spec):
+class MappingSpec(RequestModel):
     """How the network goes on the chip: which of its analog layers stay digital (off the
     chip, computed exactly), by module name, or "first_and_last" (the paper's choice)."""
 
@@ -181,7 +178,7 @@ class MappingSpec(_Spec):
         return first_and_last if self.digital_layers == FIRST_AND_LAST else tuple(self.digital_layers)
 
 
-class _ExperimentSettings(_Spec):
+class _ExperimentSettings(RequestModel):
     network_id: int = Field(ge=1, le=2**31 - 1)
     station: str = Field(min_length=1, max_length=MAX_STATION_NAME_CHARS)
     name: str | None = Field(None, min_length=1, max_length=MAX_NAME_CHARS)

@@ -7,9 +7,10 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from api.schemas.common import UtcDatetime
+from hwctl.request_model import RequestModel
 
 
-class NormalisationModel(BaseModel):
+class NormalisationModel(RequestModel):
     mean: list[float] = Field(description="per channel, subtracted after scaling uint8 to [0, 1]")
     std: list[float] = Field(description="per channel, divided by after the mean")
 

@@ -8,18 +8,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.schemas.common import UtcDatetime
 from hwctl.experiment_spec import MAX_AMPLITUDE_UA, STATION_GEOMETRY_BOUNDS, STATION_NAME_PATTERN
+from hwctl.request_model import RequestModel
 
 STATION_NAME = STATION_NAME_PATTERN
 _TILES, _ROWS, _COLS = (STATION_GEOMETRY_BOUNDS[k] for k in ("tiles", "rows", "cols"))
 
 
-class GeometryModel(BaseModel):
+class GeometryModel(RequestModel):
     tiles: int = Field(ge=_TILES[0], le=_TILES[1])
     rows: int = Field(ge=_ROWS[0], le=_ROWS[1])
     cols: int = Field(ge=_COLS[0], le=_COLS[1])
 
 
-class StationCreate(BaseModel):
+class StationCreate(RequestModel):
     """What the operator knows about a station; the API never talks to the chip itself."""
 
     model_config = ConfigDict(extra="forbid")

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from hwctl.inference.run import MAX_REPEATS, MAX_TOP_K, InferenceSettings
 from hwctl.nn.compensation import AnalogIO
+from hwctl.request_model import RequestModel
 from hwctl.vocabulary import DEFAULT_GDC_STATISTIC, CompensationMethod, GdcStatistic
 
 MAX_ID = 2**31 - 1
@@ -18,7 +19,7 @@ MAX_REEVALUATED_READOUTS = 1_000
 EVALUATION_SERIES = "evaluation"  # the name of the experiment's own evaluations in the series table
 
 
-class PeripherySpec(BaseModel):
+class PeripherySpec(RequestModel):
     """Analog periphery of every analog layer (`hwctl.inference.periphery`); omitted: ideal."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -41,7 +42,7 @@ CALIBRATION_IMAGES_DOC = "calibration set size (AdaBS, and GDC's calibration-bat
 GDC_STATISTIC_DOC = "the per-layer statistic S_l of GDC's gain S_l(t0)/S_l(t) (also taken by AdaBS)"
 
 
-class InferenceSpec(BaseModel):
+class InferenceSpec(RequestModel):
     """Run a data set through the network as the chip holds it, at a readout or now."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -72,7 +73,7 @@ class InferenceSpec(BaseModel):
         )  # fmt: skip
 
 
-class ReevaluationSpec(BaseModel):
+class ReevaluationSpec(RequestModel):
     """Evaluate a range of stored readouts again with other settings, as a new series of the
     experiment's accuracy vs time: one inference per readout, each tagged with `series`."""
 

@@ -105,6 +105,14 @@ def test_network_id_outside_database_ids_is_422_naming_the_field(
     assert_problem(response, 422, "network_id", bound)
 
 
+def test_a_boolean_given_as_a_number_is_422_naming_the_field(
+    client: TestClient, ready: dict[str, Any]
+) -> None:
+    response = submit(client, ready | {"schedule": {"offsets_s": [25, True]}})
+    assert_problem(response, 422, "offsets_s: true/false is not a value of this field")
+    assert client.get("/experiments").json()["total"] == 0
+
+
 def test_negative_schedule_offset_is_422_naming_the_field(client: TestClient, ready: dict[str, Any]) -> None:
     response = submit(client, ready | {"schedule": {"offsets_s": [25, -5]}})
     assert_problem(response, 422, "schedule.offsets_s", "positive")

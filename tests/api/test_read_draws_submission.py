@@ -42,9 +42,9 @@ def test_three_reads_per_point_are_accepted_and_stored_with_the_spec(
 @pytest.mark.parametrize(
     ("literal", "phrase"),
     [("0", "greater than or equal to 1"), ("17", "less than or equal to 16"), ("-3", "greater than or equal"),
-     ("2.5", "valid integer"), ("3.0", "valid integer"), ('"3"', "valid integer"), ("true", "valid integer"),
-     ("null", "valid integer"), ("NaN", "valid integer"), ("Infinity", "valid integer"),
-     ("1e400", "valid integer")],
+     ("2.5", "valid integer"), ("3.0", "valid integer"), ('"3"', "valid integer"),
+     ("true", "true/false is not a value"), ("null", "valid integer"), ("NaN", "valid integer"),
+     ("Infinity", "valid integer"), ("1e400", "valid integer")],
 )  # fmt: skip
 def test_a_reads_per_point_that_is_not_a_whole_number_from_1_to_16_is_422_and_queues_nothing(
     client: TestClient, ready: dict[str, Any], literal: str, phrase: str
