@@ -249,7 +249,8 @@ async def submit_experiment(
 
     A resubmitted `Idempotency-Key` finds its job. Two racing from two API processes collide
     on a unique index (the key's, or one active experiment per station); the loser's savepoint
-    leaves nothing behind and it answers with the winner's job, or the station's 409.
+    leaves nothing behind and it answers with the winner's job (422 if its body is another),
+    or the station's 409.
     """
 
     def store(db: Connection) -> tuple[Row[Any], Row[Any]]:
@@ -265,7 +266,7 @@ async def submit_experiment(
         experiment, job = await asyncio.wrap_future(writes.group.submit(store))
     except IntegrityError as exc:
         experiment, job = await run_in_threadpool(
-            _after_collision, engine, exc, spec.station, idempotency_key
+            _after_collision, engine, exc, spec, idempotency_key
         )
     response.headers["Location"] = f"/experiments/{experiment.id}"
     return ExperimentAccepted(experiment=experiment_out(experiment), program_job=job_out(job))
@@ -279,13 +280,15 @@ def _derive_network_facts(engine: Engine, network_id: int) -> None:
 
 
 def _after_collision(
-    engine: Engine, exc: IntegrityError, station: str, idempotency_key: str | None
+    engine: Engine, exc: IntegrityError, request: ExperimentRequest, idempotency_key: str | None
 ) -> tuple[Row[Any], Row[Any]]:
     """A unique index caught a submission the checks passed (a racing API process):
-    the key's winner if there is one, else the busy station's 409."""
+    the key's winner if there is one (and the same body), else the busy station's 409."""
+    station = request.station
     with connect(engine) as db:
         job = None if idempotency_key is None else store_experiments.job_by_key(db, idempotency_key)
         if job is not None:
+            _check_same_submission(db, request, job, str(idempotency_key))
             return _with_experiment(db, job)
         if store_experiments.holds_busy_station(exc):
             _refuse_if_busy(db, records.station_id(db, station))  # the 409 naming the holder

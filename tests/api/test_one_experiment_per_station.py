@@ -170,3 +170,31 @@ def test_a_dataset_that_does_not_fit_the_network_is_422(
     response = submit(client, ready | {"network_id": network_id, "evaluation": {"dataset": "digits"}})
     assert_problem(response, 422, "'digits' (1×8×8 images)", "resnet20", "3×32×32 cifar10", "omit")
     assert client.get("/experiments").json()["total"] == 0
+
+
+@pytest.mark.parametrize(("same_body", "status"), [(True, 202), (False, 422)])
+def test_an_idempotency_key_that_loses_a_race_answers_the_winner_only_for_the_same_body(
+    client: TestClient, ready: dict[str, Any], monkeypatch: pytest.MonkeyPatch, same_body: bool, status: int
+) -> None:
+    """As if another API process stored the key's experiment between this one's checks and
+    insert: the store's unique index refuses the insert, and the winner is the answer only if
+    this body is the one it was stored for."""
+    key = {"Idempotency-Key": "race-1"}
+    first = client.post("/experiments", json=ready, headers=AUTH | key).json()["experiment"]
+    body = ready if same_body else ready | {"g_max_us": 20.0}
+    lookups: list[str] = []
+    real_lookup = experiments_router.store_experiments.job_by_key
+
+    def missing_the_rival_once(db: Any, idempotency_key: str) -> Any:
+        lookups.append(idempotency_key)
+        return None if len(lookups) == 1 else real_lookup(db, idempotency_key)
+
+    monkeypatch.setattr(experiments_router.store_experiments, "job_by_key", missing_the_rival_once)
+    monkeypatch.setattr(experiments_router, "_refuse_if_busy", lambda db, station_id: None)
+    response = client.post("/experiments", json=body, headers=AUTH | key)
+    assert len(lookups) == 2  # the submission's own lookup missed; the collision's found the winner
+    if same_body:
+        assert response.status_code == 202 and response.json()["experiment"]["id"] == first["id"]
+    else:
+        assert_problem(response, 422, "Idempotency-Key 'race-1' was used for experiment", "another body")
+    assert client.get("/experiments").json()["total"] == 1
