@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from api.schemas.common import UtcDatetime
 from hwctl.experiment_spec import MAX_AMPLITUDE_UA, STATION_GEOMETRY_BOUNDS, STATION_NAME_PATTERN
@@ -23,7 +23,6 @@ class GeometryModel(RequestModel):
 class StationCreate(RequestModel):
     """What the operator knows about a station; the API never talks to the chip itself."""
 
-    model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=STATION_NAME, description="unique name experiments refer to")
     resource: str = Field(
         min_length=1,
@@ -50,7 +49,6 @@ class StationLink(BaseModel):
 
 
 class Station(StationCreate):
-    model_config = ConfigDict(extra="forbid")
     id: int
     created_at: UtcDatetime
     link: StationLink

@@ -22,7 +22,7 @@ EVALUATION_SERIES = "evaluation"  # the name of the experiment's own evaluations
 class PeripherySpec(RequestModel):
     """Analog periphery of every analog layer (`hwctl.inference.periphery`); omitted: ideal."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)  # and RequestModel's: extra fields and NaN refused
     dac_bits: int | None = Field(None, ge=1, le=16, description="input DAC resolution; null: ideal")
     adc_bits: int | None = Field(None, ge=1, le=16, description="output ADC resolution; null: ideal")
     output_noise_rel: float = Field(
@@ -45,7 +45,7 @@ GDC_STATISTIC_DOC = "the per-layer statistic S_l of GDC's gain S_l(t0)/S_l(t) (a
 class InferenceSpec(RequestModel):
     """Run a data set through the network as the chip holds it, at a readout or now."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)  # and RequestModel's: extra fields and NaN refused
     dataset_id: int = Field(ge=1, le=MAX_ID, description="GET /datasets lists them (built-ins included)")
     at: int | Literal["now"] = Field(
         description='a stored readout id of this experiment, or "now": a fresh read of the chip'
@@ -77,7 +77,7 @@ class ReevaluationSpec(RequestModel):
     """Evaluate a range of stored readouts again with other settings, as a new series of the
     experiment's accuracy vs time: one inference per readout, each tagged with `series`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)  # and RequestModel's: extra fields and NaN refused
     series: str = Field(min_length=1, max_length=MAX_SERIES_CHARS, pattern=SERIES_PATTERN,
                         description='its name in the accuracy-vs-time table, e.g. "adc6"')  # fmt: skip
     first_readout_id: int = Field(ge=1, le=MAX_ID, description="the range's first readout of this experiment")
