@@ -47,6 +47,15 @@ FLAPS = 6  # link resets during one readback: more than the default job_max_atte
 
 
 @dataclass(frozen=True)
+class ReadbackProgress:
+    """The cut readback under way: the job's attempt (counted at each claim) and the devices
+    it has committed so far."""
+
+    attempt: int
+    next_device: int
+
+
+@dataclass(frozen=True)
 class Scale:
     """How long and how patient one run is."""
 
@@ -219,7 +228,7 @@ class Run:
 
     # -- where the fault lands ----------------------------------------------------------
     def _job(self, kind: JobKind, index: int = 0) -> Any:
-        query = select(jobs.c.status, jobs.c.progress_message, jobs.c.checkpoint).where(
+        query = select(jobs.c.status, jobs.c.progress_message, jobs.c.checkpoint, jobs.c.attempts).where(
             jobs.c.experiment_id == self.experiment_id, jobs.c.kind == kind
         )
         with self.engine.connect() as conn:
@@ -243,12 +252,25 @@ class Run:
             job and job.status == JobStatus.RUNNING and (job.checkpoint or {}).get("next_device", 0) > 0
         )
 
-    def readback_progress(self) -> int | None:
-        """The devices the cut readback has committed; None once it is no longer under way."""
+    def readback_progress(self) -> ReadbackProgress | None:
+        """Where the cut readback stands; None once it is no longer under way."""
         job = patiently("looking at the readback", lambda: self._job(JobKind.READBACK, READBACK_CUT))
         if job is None or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
             return None
-        return int((job.checkpoint or {}).get("next_device", 0))
+        return ReadbackProgress(int(job.attempts), int((job.checkpoint or {}).get("next_device", 0)))
+
+    def wait_for_readback(
+        self, condition: Callable[[ReadbackProgress], bool], what: str
+    ) -> ReadbackProgress | None:
+        """The cut readback's progress once `condition` holds; None once it is no longer under way."""
+        seen: list[ReadbackProgress | None] = []
+
+        def reached() -> bool:
+            seen.append(self.readback_progress())
+            return seen[-1] is None or condition(seen[-1])
+
+        wait_until(reached, what, STARTUP_S, poll_s=0.005)
+        return seen[-1]
 
     # -- the fault's timeline -----------------------------------------------------------
     def fault_starts(self) -> None:
@@ -304,17 +326,33 @@ def link_drop(run: Run) -> None:
 
 def link_flapping(run: Run) -> None:
     """The link resets (RST) again each time the readback under way got one block further,
-    `FLAPS` times: more cuts than a job has attempts, each one after progress."""
+    `FLAPS` times: more cuts than a job has attempts, each one after progress.
+
+    Progress counts only once the attempt a cut ended has been followed by a new one: the cut
+    attempt may still commit the block it had in hand, and a cut timed on that block would
+    land while the worker is reconnecting, on no link at all."""
     run.fault_starts()
+    cut_attempt = 0
     for _ in range(FLAPS):
-        reached = run.readback_progress()
-        if reached is None:
+        began = run.wait_for_readback(partial(_attempt_after, cut_attempt), "a new attempt of the readback")
+        if began is None:
             break  # the readback ended (or was given up): nothing left to cut
-        moved = partial(lambda was: run.readback_progress() != was, reached)
-        wait_until(moved, "the readback to get on", STARTUP_S, poll_s=0.005)
-        if run.readback_progress() is not None:
+        moved = run.wait_for_readback(partial(_moved_on, began), "the readback to get on")
+        if moved is None:
+            break
+        if moved.attempt == began.attempt:
             run.bench.link.drop()
+            cut_attempt = began.attempt
     run.fault_ends()
+
+
+def _attempt_after(cut_attempt: int, now: ReadbackProgress) -> bool:
+    return now.attempt > cut_attempt
+
+
+def _moved_on(began: ReadbackProgress, now: ReadbackProgress) -> bool:
+    """The attempt got a block further (or ended without the cut)."""
+    return now.attempt != began.attempt or now.next_device > began.next_device
 
 
 def board_restart(state: bool) -> Fault:
