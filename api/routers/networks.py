@@ -17,6 +17,7 @@ from api.schemas.networks import AnalogLayer, Network, NetworkDetail, StationFit
 from api.uploads import read_bounded
 from api.views import network_out, page_of, paging
 from hwctl.heap import release_freed_heap
+from hwctl.nn.exported import ExportedTooLargeError
 from hwctl.nn.models import Checkpoint, load_checkpoint
 from hwctl.nn.network_spec import network_spec
 from hwctl.store import queries, records
@@ -40,13 +41,15 @@ def _parse_checkpoint(
     except ArchiveTooLargeError as exc:
         raise HTTPException(413, f"{filename!r}: {exc}") from None
     try:
-        checkpoint = load_checkpoint(data, architecture)
+        checkpoint = load_checkpoint(data, architecture, max_expanded_bytes)
         if architecture is not None and checkpoint.arch != architecture:  # a .pt names its own
             raise ValueError(f"the checkpoint is a {checkpoint.arch}, not the {architecture!r} given")
         model = checkpoint.build()  # its tensors must fit its architecture (strict state dict)
         layers = analog_layers_of(checkpoint, model)
         del model
         input_shape = network_spec(checkpoint).input_shape  # a graph's: built and run once on it
+    except ExportedTooLargeError as exc:  # its weights' copies, past what the entries' sizes said
+        raise HTTPException(413, f"{filename!r}: {exc}") from None
     except Exception as exc:  # untrusted bytes: any failure means "not a usable checkpoint"
         raise HTTPException(
             422, f"{filename!r} is not a usable hwctl/PyTorch checkpoint: {type(exc).__name__}: {exc}"

@@ -64,6 +64,10 @@ class ExportedProgramError(ValueError):
     """The upload is not a torch.export archive this reader accepts; the message says why."""
 
 
+class ExportedTooLargeError(ExportedProgramError):
+    """Reading the archive would take more memory than its expansion limit allows."""
+
+
 @dataclass(frozen=True)
 class TensorRef:
     """An argument that is another value of the graph, by its name there: a tensor, or a
@@ -304,7 +308,7 @@ class _Archive:
     def read(self, name: str) -> bytes:
         info = self.archive.getinfo(self.root + name)
         if info.file_size > self.budget:
-            raise ExportedProgramError(
+            raise ExportedTooLargeError(
                 f"{name} expands to {info.file_size:,} bytes, "
                 f"over the {self.budget:,} bytes left of the limit"
             )
@@ -347,7 +351,7 @@ class _Archive:
         # stored bytes counts against the budget too.
         extra = math.prod(sizes) * 4 - flat.nbytes
         if extra > self.budget:
-            raise ExportedProgramError(
+            raise ExportedTooLargeError(
                 f"tensor {name} copies to {extra + flat.nbytes:,} bytes from {flat.nbytes:,} stored, "
                 f"over the {self.budget:,} bytes left of the limit"
             )

@@ -22,7 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hwctl.nn.exported import ExportedNetwork, is_exported_archive, read_exported_program
+from hwctl.nn.exported import (
+    MAX_EXPANDED_BYTES,
+    ExportedNetwork,
+    is_exported_archive,
+    read_exported_program,
+)
 
 
 class BasicBlock(nn.Module):
@@ -225,17 +230,20 @@ def save_checkpoint(path: str | Path, arch: str, model: nn.Module, meta: dict[st
     tmp.replace(path)  # atomic: a killed run never leaves a half-written checkpoint
 
 
-def load_checkpoint(source: CheckpointSource, arch: str | None = None) -> Checkpoint:
+def load_checkpoint(
+    source: CheckpointSource, arch: str | None = None, max_expanded_bytes: int = MAX_EXPANDED_BYTES
+) -> Checkpoint:
     """Load an hwctl checkpoint, or an akamaster one (needs `arch`; 'module.' is stripped).
 
     `source` is a path, the checkpoint's bytes (as stored in the database) or an open
-    binary file, so every caller decodes checkpoints the same safe way.
+    binary file, so every caller decodes checkpoints the same safe way. A `.pt2` is read
+    within `max_expanded_bytes` (its entries and its weights' float32 copies together).
     """
     where = f"{source}" if isinstance(source, str | Path) else "checkpoint"
     if isinstance(source, str | Path) and str(source).endswith(".pt2"):
         source = Path(source).read_bytes()
     if isinstance(source, bytes) and is_exported_archive(source):
-        return exported_checkpoint(source, arch)
+        return exported_checkpoint(source, arch, max_expanded_bytes)
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     raw = torch.load(stream, map_location="cpu", weights_only=True)
     if not isinstance(raw, dict) or "state_dict" not in raw:
@@ -251,13 +259,15 @@ def load_checkpoint(source: CheckpointSource, arch: str | None = None) -> Checkp
     return Checkpoint(name, state, meta)
 
 
-def exported_checkpoint(data: bytes, arch: str | None) -> Checkpoint:
+def exported_checkpoint(
+    data: bytes, arch: str | None, max_expanded_bytes: int = MAX_EXPANDED_BYTES
+) -> Checkpoint:
     """A `.pt2` (`hwctl export`, torch.export), read as data (`hwctl.nn.exported`): its weights
     under the graph's parameter names. Named as a registered architecture, they must be that
     architecture's own; without one (or as EXPORTED) the graph is the architecture."""
     from hwctl.nn.graph_module import ExportedModule
 
-    network = read_exported_program(data)
+    network = read_exported_program(data, max_expanded_bytes)
     state = ExportedModule(network).state_dict()
     if arch is None or arch == EXPORTED:
         return Checkpoint(EXPORTED, dict(state), {"format": "torch.export"}, network)

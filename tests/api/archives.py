@@ -1,4 +1,5 @@
-"""Decompression bombs shaped like PyTorch checkpoints, built in milliseconds.
+"""Decompression bombs shaped like PyTorch checkpoints, built in milliseconds, and
+torch.export archives rewritten entry by entry.
 
 `torch.save` writes a ZIP archive: `data.pkl` names each storage by key and element count,
 and `data/<key>` holds its bytes. `checkpoint_bomb` saves a real checkpoint with one small
@@ -11,9 +12,12 @@ flush), so a gigabyte costs one megabyte of compression work.
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -69,3 +73,27 @@ def _zip(members: list[tuple[str, bytes, int, int, int]]) -> bytes:
     out.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members),
                           len(directory.getvalue()), start, 0))  # fmt: skip
     return out.getvalue()
+
+
+def rewritten(archive: bytes, change: Callable[[str, bytes], bytes | None]) -> bytes:
+    """The archive with each entry replaced by `change(name, data)` (None drops it)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(archive)) as source, zipfile.ZipFile(out, "w") as target:
+        for info in source.infolist():
+            data = change(info.filename, source.read(info))
+            if data is not None:
+                target.writestr(info.filename, data)
+    return out.getvalue()
+
+
+def edit_weights_config(archive: bytes, edit: Callable[[dict[str, Any]], None]) -> bytes:
+    """A torch.export archive with its weights' config (names, layouts) changed by `edit`."""
+
+    def change(name: str, data: bytes) -> bytes:
+        if not name.endswith("data/weights/model_weights_config.json"):
+            return data
+        config = json.loads(data)
+        edit(config["config"])
+        return json.dumps(config).encode()
+
+    return rewritten(archive, change)

@@ -4,6 +4,7 @@ that inflates to a gigabyte is refused before it is loaded, with the API's memor
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import socket
 import subprocess
@@ -15,10 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from tests.api.archives import checkpoint_bomb
+from hwctl.nn.models import build_model
+from tests.api.archives import checkpoint_bomb, edit_weights_config
 from tests.api.conftest import API_KEY, AUTH, api_settings, assert_problem, migrated_sqlite_url, upload
 
 GIB = 1 << 30
@@ -46,6 +49,24 @@ def test_a_checkpoint_within_the_expansion_limit_still_loads(db_url: str, digits
     settings = api_settings(db_url, max_upload_expanded_bytes=len(digits_checkpoint) + 4096)
     with TestClient(create_app(settings)) as client:
         assert upload(client, digits_checkpoint).status_code == 201
+
+
+def test_a_graph_whose_weights_copy_past_the_limit_is_413_and_not_stored(db_url: str) -> None:
+    """A `.pt2` weight of 72 stored values viewed with zero strides as 128 MiB: its entries
+    are small, and its float32 copy is counted against the API's own expansion limit."""
+    buffer = io.BytesIO()
+    graph = torch.export.export(build_model("digits-resnet").eval(), (torch.zeros(2, 1, 8, 8),))
+    torch.export.save(graph, buffer)
+
+    def repeat(config: dict[str, Any]) -> None:
+        meta = config["conv1.weight"]["tensor_meta"]
+        meta["sizes"], meta["strides"] = [{"as_int": 4096}, {"as_int": 8192}], [{"as_int": 0}, {"as_int": 0}]
+
+    archive = edit_weights_config(buffer.getvalue(), repeat)
+    settings = api_settings(db_url, max_upload_expanded_bytes=64 << 20)
+    with TestClient(create_app(settings)) as client:
+        assert_problem(upload(client, archive, "repeated.pt2"), 413, "repeated.pt2", "conv1.weight copies to")
+        assert client.get("/networks").json()["total"] == 0
 
 
 def _free_port() -> int:

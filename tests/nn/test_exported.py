@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from torch import nn
 from hwctl.nn.conductance import analog_modules, export_layers
 from hwctl.nn.exported import ExportedProgramError, read_exported_program
 from hwctl.nn.models import build_model
+from tests.api.archives import edit_weights_config, rewritten
 
 
 def _archive(model: nn.Module, example: torch.Tensor) -> bytes:
@@ -29,28 +28,6 @@ def _archive(model: nn.Module, example: torch.Tensor) -> bytes:
 def digits_archive() -> tuple[nn.Module, bytes]:
     model = build_model("digits-resnet")
     return model, _archive(model, torch.zeros(2, 1, 8, 8))
-
-
-def _rewritten(archive: bytes, change: Callable[[str, bytes], bytes | None]) -> bytes:
-    """The archive with each entry replaced by `change(name, data)` (None drops it)."""
-    out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(archive)) as source, zipfile.ZipFile(out, "w") as target:
-        for info in source.infolist():
-            data = change(info.filename, source.read(info))
-            if data is not None:
-                target.writestr(info.filename, data)
-    return out.getvalue()
-
-
-def _edit_weights_config(archive: bytes, edit: Callable[[dict[str, Any]], None]) -> bytes:
-    def change(name: str, data: bytes) -> bytes:
-        if not name.endswith("data/weights/model_weights_config.json"):
-            return data
-        config = json.loads(data)
-        edit(config["config"])
-        return json.dumps(config).encode()
-
-    return _rewritten(archive, change)
 
 
 class _WritesAFile:
@@ -97,7 +74,7 @@ def test_a_crafted_archive_executes_nothing(digits_archive: tuple[nn.Module, byt
     assert marker.read_text() == "executed"
     marker.unlink()
 
-    evil_inputs = _rewritten(
+    evil_inputs = rewritten(
         archive, lambda name, data: payload if name.endswith("data/sample_inputs/model.pt") else data
     )
     assert read_exported_program(evil_inputs).n_analog_weights > 0
@@ -106,8 +83,8 @@ def test_a_crafted_archive_executes_nothing(digits_archive: tuple[nn.Module, byt
     def pickle_first_weight(config: dict[str, Any]) -> None:
         config["conv1.weight"]["use_pickle"] = True
 
-    evil_weight = _rewritten(
-        _edit_weights_config(archive, pickle_first_weight),
+    evil_weight = rewritten(
+        edit_weights_config(archive, pickle_first_weight),
         lambda name, data: payload if name.endswith("data/weights/weight_0") else data,
     )
     with pytest.raises(ExportedProgramError, match=r"tensor conv1\.weight is stored pickled"):
@@ -122,7 +99,7 @@ def test_a_weight_whose_strides_reach_outside_its_bytes_is_refused(
         config["conv1.weight"]["tensor_meta"]["strides"][0] = {"as_int": 1_000_000}
 
     with pytest.raises(ExportedProgramError, match=r"conv1\.weight reaches beyond its 72 stored values"):
-        read_exported_program(_edit_weights_config(digits_archive[1], stretch))
+        read_exported_program(edit_weights_config(digits_archive[1], stretch))
 
 
 def test_a_weight_whose_zero_strides_repeat_it_past_the_limit_is_refused_before_copying(
@@ -139,7 +116,7 @@ def test_a_weight_whose_zero_strides_repeat_it_past_the_limit_is_refused_before_
     with pytest.raises(
         ExportedProgramError, match=r"conv1\.weight copies to .* over the .* bytes left of the limit"
     ):
-        read_exported_program(_edit_weights_config(digits_archive[1], repeat))
+        read_exported_program(edit_weights_config(digits_archive[1], repeat))
 
 
 def test_entries_expanding_beyond_the_limit_are_refused_before_decompression(
@@ -153,8 +130,8 @@ def test_entries_expanding_beyond_the_limit_are_refused_before_decompression(
     ("upload", "refusal"),
     [
         (b"not a zip at all", "not a torch.export archive"),
-        (lambda a: _rewritten(a, lambda n, d: None if n.endswith("archive_format") else d), "archive_format"),
-        (lambda a: _rewritten(a, lambda n, d: b"{" if n.endswith("models/model.json") else d), "understands"),
+        (lambda a: rewritten(a, lambda n, d: None if n.endswith("archive_format") else d), "archive_format"),
+        (lambda a: rewritten(a, lambda n, d: b"{" if n.endswith("models/model.json") else d), "understands"),
     ],
     ids=["not a zip", "no archive format", "broken graph"],
 )
