@@ -3,9 +3,11 @@ routers and the dashboard, so a page never shows a number the API would not."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, Row
 
 from api.pagination import Page, PageParams
@@ -13,7 +15,7 @@ from api.schemas.experiments import Experiment, ExperimentDetail, ExperimentProg
 from api.schemas.jobs import Job
 from api.schemas.networks import Network
 from api.schemas.results import DriftFitSummary, Evaluation, OutlierDevices, Readout
-from api.schemas.stations import GeometryModel, Station, StationLink
+from api.schemas.stations import Station, StationCreate, StationLink
 from hwctl.experiment_spec import ExperimentSpec
 from hwctl.store import queries
 from hwctl.vocabulary import OUTLIERS_LISTED, TERMINAL_JOB_STATUSES
@@ -31,15 +33,29 @@ def page_of(listing: queries.Listing[Row[Any]], page: PageParams, out: Callable[
 
 
 def station_out(row: Row[Any]) -> Station:
-    return Station(
-        id=row.id, name=row.name, resource=row.resource, chip_serial=row.chip_serial,
-        geometry=GeometryModel(tiles=row.tiles, rows=row.rows, cols=row.cols),
-        amplitude_limit_ua=row.amplitude_limit_ua, clock_kind=row.clock_kind, created_at=row.created_at,
-        link=StationLink(
-            state=row.link_state, down_since=row.link_down_since, attempts=row.link_attempts,
-            worker_heartbeat_at=row.worker_heartbeat_at,
-        ),
+    stored: dict[str, Any] = {
+        "name": row.name, "resource": row.resource, "chip_serial": row.chip_serial,
+        "geometry": {"tiles": row.tiles, "rows": row.rows, "cols": row.cols},
+        "amplitude_limit_ua": row.amplitude_limit_ua, "clock_kind": row.clock_kind,
+    }  # fmt: skip
+    link = StationLink(
+        state=row.link_state, down_since=row.link_down_since, attempts=row.link_attempts,
+        worker_heartbeat_at=row.worker_heartbeat_at,
     )  # fmt: skip
+    finite_limit_ua = row.amplitude_limit_ua if math.isfinite(row.amplitude_limit_ua) else None
+    return Station.model_validate(
+        stored | {"amplitude_limit_ua": finite_limit_ua, "id": row.id, "created_at": row.created_at,
+                  "link": link, "refused": _refused(StationCreate, stored)}
+    )  # fmt: skip
+
+
+def _refused(model: type[BaseModel], stored: dict[str, Any]) -> list[str]:
+    """What of a stored row `model` would refuse today, one line per field."""
+    try:
+        model.model_validate(stored)
+    except ValidationError as exc:
+        return [f"{'.'.join(map(str, e['loc']))}: {e['msg']} (stored {e['input']!r})" for e in exc.errors()]
+    return []
 
 
 def network_out(row: Row[Any]) -> Network:

@@ -48,7 +48,28 @@ class StationLink(BaseModel):
     worker_heartbeat_at: UtcDatetime | None = Field(description="when the worker last said it was alive")
 
 
-class Station(StationCreate):
+class StoredGeometry(BaseModel):
+    tiles: int
+    rows: int
+    cols: int
+
+
+class Station(BaseModel):
+    """A registered station as stored: a row an older version let in is listed as it is, with
+    what today's checks refuse in it, rather than failing the whole listing."""
+
     id: int
+    name: str
+    resource: str
+    chip_serial: str
+    geometry: StoredGeometry
+    amplitude_limit_ua: float | None = Field(
+        description="session pulse limit, µA; null only for a stored value that is not a finite number"
+    )
+    clock_kind: str
     created_at: UtcDatetime
     link: StationLink
+    refused: list[str] = Field(
+        description="what of the stored settings POST /stations would refuse today (a row "
+        "stored by an older version); empty for a station registered as it must be"
+    )

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 
 import pytest
 from fastapi.testclient import TestClient
 
+from drivers.base import Geometry
+from hwctl.store import records
+from hwctl.store.engine import make_engine
 from tests.api.conftest import AUTH, STATION_GEOMETRY, assert_problem, station_body, upload
 
 
@@ -21,6 +25,30 @@ def test_created_station_is_listed_and_fetched_by_name(client: TestClient) -> No
     assert fetched == created.json()
     listed = client.get("/stations").json()
     assert listed["total"] == 1 and listed["items"] == [fetched]
+
+
+def test_a_station_stored_before_todays_checks_is_listed_with_what_they_refuse(
+    client: TestClient, db_url: str
+) -> None:
+    """An older version let `hwctl station add` store an impossible geometry and an infinite pulse
+    limit: the listing, the station and the dashboard still answer, and say what is wrong."""
+    client.post("/stations", json=station_body("bench-1"), headers=AUTH)
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        records.add_station(
+            conn, "old-bench", resource="sim://", chip_serial="SIM-1", geometry=Geometry(1, -3, 8),
+            amplitude_limit_ua=math.inf,
+        )  # fmt: skip
+    engine.dispose()
+
+    listed = client.get("/stations")
+    assert listed.status_code == 200, listed.text
+    good, old = listed.json()["items"]
+    assert good["refused"] == []
+    assert old["geometry"] == {"tiles": 1, "rows": -3, "cols": 8} and old["amplitude_limit_ua"] is None
+    assert [line.split(":")[0] for line in old["refused"]] == ["geometry.rows", "amplitude_limit_ua"]
+    assert client.get("/stations/old-bench").json() == old
+    assert client.get("/dashboard").status_code == 200
 
 
 def test_duplicate_station_name_is_a_conflict(client: TestClient) -> None:
