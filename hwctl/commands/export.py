@@ -13,7 +13,12 @@ here, with the operation named.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import logging
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,8 +55,6 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import io
-
     import torch
 
     from hwctl.nn.exported import ExportedProgramError, read_exported_program
@@ -61,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     model.eval()
     example = torch.rand(2, *shape)  # a dynamic dimension is traced from a size other than 1
     try:
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+        with _torch_quiet():
+            program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     except Exception as exc:  # torch raises many kinds; each says what it could not trace
         raise CLIError(f"torch.export cannot trace {args.model}: {exc}") from None
     buffer = io.BytesIO()
@@ -83,6 +87,21 @@ def run(args: argparse.Namespace) -> int:
         "analog_layers": len(network.analog_weights), "analog_weights": weights, "devices": 2 * weights,
     }))  # fmt: skip
     return 0
+
+
+@contextlib.contextmanager
+def _torch_quiet() -> Iterator[None]:
+    """torch.export prints the partial graph and logs warnings before it raises; the
+    exception says what could not be traced, so the user gets that one message. What it
+    wrote to stderr is passed on if the export succeeds."""
+    written = io.StringIO()
+    logging.disable(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(written):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+    sys.stderr.write(written.getvalue())
 
 
 def _model(args: argparse.Namespace) -> tuple[nn.Module, tuple[int, ...]]:

@@ -38,6 +38,17 @@ def build() -> nn.Module:
 
 def with_layer_norm() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.LayerNorm(64), nn.Linear(64, 3))
+
+
+class Branching(nn.Module):
+    """Takes a branch by its input's values: torch.export cannot trace that."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(x) if x.sum() > 0 else self.head(-x)
 '''
 
 
@@ -93,8 +104,11 @@ def test_a_built_in_architecture_is_exported_from_its_checkpoint_with_its_input_
         (["{user}:nothing", "--input-shape", "1,8,8"], "has no 'nothing'"),
         (["{user}:with_layer_norm", "--input-shape", "1,8,8"],
          "the service could not run this export: .*layer_norm.* is not supported"),
+        (["{user}:Branching", "--input-shape", "4"],
+         "torch.export cannot trace .*:Branching: .*data-dependent"),
     ],
-    ids=["built-in without weights", "no input shape", "no such name", "unsupported operation"],
+    ids=["built-in without weights", "no input shape", "no such name", "unsupported operation",
+         "untraceable"],
 )  # fmt: skip
 def test_what_cannot_be_exported_is_a_message_and_no_file(
     argv: list[str], message: str, user_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -102,6 +116,6 @@ def test_what_cannot_be_exported_is_a_message_and_no_file(
     out = tmp_path / "net.pt2"
     code, _, err = _run([a.replace("{user}", str(user_file)) for a in argv] + ["--out", str(out)], capsys)
     assert code == 2
-    assert err.startswith("hwctl export: error: ")
+    assert err.startswith("hwctl export: error: "), err  # the message, not torch's logs before it
     assert re.search(message, err), err
     assert not out.exists()
