@@ -66,6 +66,7 @@ from hwctl.store.campaign import active_experiment_id, board_reference, fail_exp
 from hwctl.store.engine import make_engine
 from hwctl.store.migrate import ensure_migrated
 from hwctl.store.schema import utc_now
+from hwctl.store.station_lock import StationBusyError, station_held
 from hwctl.store.wakeup import Listener
 from hwctl.vocabulary import ExperimentStatus, JobKind, JobLane
 
@@ -206,9 +207,18 @@ class Worker:
 
         The chip lane runs in this thread, the compute lane in a second one; an error
         other than a link or database outage in either stops both (the board is made
-        safe first) and is raised here.
+        safe first) and is raised here. A second worker for the station is refused
+        (`WorkerError`) before it touches the queue or the board.
         """
         row = self._retrying("looking up the station", self._station_row)
+        try:
+            with station_held(self.engine, int(row.id), self.station_name):
+                self._run_held(row)
+        except StationBusyError as exc:
+            raise WorkerError(str(exc)) from None
+
+    def _run_held(self, row: Row[Any]) -> None:
+        """`run`, this worker alone holding the station (`hwctl.store.station_lock`)."""
         compute_errors: list[BaseException] = []
         compute = threading.Thread(
             target=self._compute_lane, args=(int(row.id), compute_errors),
