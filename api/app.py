@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, PendingRollbackError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
@@ -69,6 +69,7 @@ UNAVAILABLE: dict[type[Exception], Callable[[Exception], str]] = {
     DatabaseUnavailableError: _database_down,
     OperationalError: _database_down,  # includes SQLite's "database is locked" past the busy timeout
     InterfaceError: _database_down,
+    PendingRollbackError: _database_down,  # a statement on a connection an outage invalidated
 }
 
 TAGS = [

@@ -84,7 +84,10 @@ def _committed(conn: Connection) -> None:
 
 @event.listens_for(Engine, "rollback")
 def _rolled_back(conn: Connection) -> None:
-    conn.info.pop(_PENDING, None)
+    """An invalidated connection (the database went away) took its pending wake-ups with it;
+    asking it for them would raise PendingRollbackError in place of the outage's own error."""
+    if not conn.invalidated:
+        conn.info.pop(_PENDING, None)
 
 
 @event.listens_for(Engine, "engine_connect")

@@ -53,6 +53,22 @@ def test_a_batch_queued_in_a_transaction_wakes_at_commit_and_a_rollback_wakes_no
     assert woken.wait(WOKEN_WITHIN_S)
 
 
+def test_a_transaction_whose_connection_the_database_dropped_ends_with_the_callers_error(
+    engine: Engine, station_ids: list[int], woken: threading.Event  # noqa: F811
+) -> None:
+    """A restarting server invalidates the connection under an open transaction: leaving it
+    rolls back, and the wake-up bookkeeping must not replace the outage's own error (which
+    callers read as "database unavailable") with SQLAlchemy's PendingRollbackError."""
+    job: queue.NewJob = {"kind": "readback", "station_id": station_ids[0], "run_at_s": 10.0}
+    with pytest.raises(RuntimeError, match="the server went away"), queue.writing(engine) as conn:
+        queue.enqueue_many_in(conn, [job])
+        conn.invalidate()  # what SQLAlchemy does on a disconnect error
+        raise RuntimeError("the server went away")
+    assert not woken.wait(0.3)
+    queue.enqueue(engine, kind="evaluate", station_id=station_ids[0], run_at_s=0.0, lane="compute")
+    assert woken.wait(WOKEN_WITHIN_S)
+
+
 def test_a_job_queued_by_another_process_wakes_the_listener(
     database_url: str, station_ids: list[int], woken: threading.Event  # noqa: F811
 ) -> None:
