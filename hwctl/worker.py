@@ -152,6 +152,8 @@ class Worker:
         self._station: Station | None = None  # the open station, for the stop watchdog
         self._clock: Station | None = None  # the last station opened: the compute lane's clock
         self._alive_at = 0.0  # monotonic s of the last worker heartbeat on the station row
+        self._chip_thread: int | None = None  # the thread running the chip lane
+        self._chip_in_database = False  # the chip lane waits for the database, not for the board
         # Job id -> its runs in a row that the link ended before a new checkpoint: a job
         # that gets further each time (a readback on a flapping link) never runs out.
         self._fruitless_runs: dict[int, int] = {}
@@ -181,6 +183,15 @@ class Worker:
     def _retrying(self, what: str, attempt: Callable[[], T]) -> T:
         """`attempt` until the database answers; a stop request ends the wait (the job's
         last committed checkpoint is where the next start goes on)."""
+        if threading.get_ident() != self._chip_thread:
+            return self._retried(what, attempt)
+        waiting, self._chip_in_database = self._chip_in_database, True
+        try:
+            return self._retried(what, attempt)
+        finally:
+            self._chip_in_database = waiting
+
+    def _retried(self, what: str, attempt: Callable[[], T]) -> T:
         delay_s = 0.05
         while True:
             try:
@@ -210,12 +221,19 @@ class Worker:
         safe first) and is raised here. A second worker for the station is refused
         (`WorkerError`) before it touches the queue or the board.
         """
-        row = self._retrying("looking up the station", self._station_row)
         try:
+            row = self._retrying("looking up the station", self._station_row)
             with station_held(self.engine, int(row.id), self.station_name):
                 self._run_held(row)
         except StationBusyError as exc:
             raise WorkerError(str(exc)) from None
+        except DATABASE_UNAVAILABLE as exc:
+            if not self.stop_event.is_set():
+                raise
+            # A stop during an outage: the board was made safe on the way out, and the job
+            # under way stays running for the next start to recover at its checkpoint.
+            log.warning("worker for station %s stopped while the database was unavailable (%s)",
+                        self.station_name, type(getattr(exc, "orig", exc)).__name__)  # fmt: skip
 
     def _run_held(self, row: Row[Any]) -> None:
         """`run`, this worker alone holding the station (`hwctl.store.station_lock`)."""
@@ -250,6 +268,7 @@ class Worker:
 
     def _supervise(self, row: Row[Any], compute: threading.Thread) -> None:
         station_id = int(row.id)
+        self._chip_thread = threading.get_ident()
         link = _Link()
         recovered = False
         while not self.stop_event.is_set():
@@ -366,14 +385,18 @@ class Worker:
 
     def _abort_when_stuck(self) -> None:
         """After a stop request, give the chip lane `stop_grace_s` to reach a safe point,
-        then abort the command in flight (a link blocked on I/O)."""
+        then abort the command in flight (a link blocked on I/O). A chip lane waiting for a
+        locked or absent database is not aborted: its link is alive, and it stops with the
+        board made safe once its wait ends (SQLite's busy timeout, or a retry seeing the stop)."""
         self.stop_event.wait()
-        if self._chip_stopped.wait(self.options.stop_grace_s):
+        while not self._chip_stopped.wait(self.options.stop_grace_s):
+            if self._chip_in_database:
+                continue
+            station = self._station
+            if station is not None:
+                log.warning("station %s: stop requested; aborting the command in flight", self.station_name)
+                station.chip.abort()
             return
-        station = self._station
-        if station is not None:
-            log.warning("station %s: stop requested; aborting the command in flight", self.station_name)
-            station.chip.abort()
 
     # -- the lanes ----------------------------------------------------------------------
     def _chip_lane(self, station: Station, station_id: int) -> None:

@@ -4,12 +4,16 @@ processes started twice, and the like. Each test runs the lab's own processes
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
+import time
+from dataclasses import replace
 
 import pytest
 
-from tests.faults.lab import STARTUP_S, Lab, worker_child
-from tests.faults.scenarios import CI_SCALE
+from tests.faults.audit import audit_campaign, settled
+from tests.faults.lab import STARTUP_S, Lab, wait_until, worker_child
+from tests.faults.scenarios import CI_SCALE, SCENARIOS, Run
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 
@@ -40,3 +44,37 @@ def test_a_second_worker_for_a_station_is_refused_and_the_first_keeps_the_board(
         after = bench.worker.log_path.stat().st_size
         bench.worker.start()
         bench.worker.wait_for_log(r"board checked", STARTUP_S, after)
+
+
+def test_a_worker_stopped_while_the_database_is_locked_leaves_the_board_safe_and_exits_0(
+    sqlite_lab: Lab,
+) -> None:
+    """SIGTERM while another process holds SQLite's write lock (a backup, a `sqlite3` shell)
+    mid-programming: the stop's grace ran out while the chip lane waited for the lock, the
+    link was aborted (the board left to a watchdog that here takes 10 minutes) and the
+    worker exited 1 with the lock's traceback. The programming resumes at the next start."""
+    # A short busy timeout: the lock's wait ends (and the stop with it) in 2 s, not 10.
+    scale = replace(CI_SCALE.worker, settings=(*CI_SCALE.worker.settings, ("sqlite_busy_timeout_ms", 2000)))
+    bench = sqlite_lab.bench("locked", clock="virtual", watchdog_s=600, state=True, worker=scale)
+    with bench:
+        experiment_id = bench.submit(list(CI_SCALE.offsets_s))
+        run = Run(SCENARIOS["worker_kill_programming"], sqlite_lab, bench, CI_SCALE)
+        run.experiment_id = experiment_id
+        wait_until(run.in_phase, "the programming to run", STARTUP_S, poll_s=0.005)
+        lock = sqlite3.connect(sqlite_lab.database_url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            lock.execute("BEGIN EXCLUSIVE")
+            time.sleep(1.0)  # the chip lane's next checkpoint waits for the lock
+            code = bench.worker.stop(timeout_s=60)
+            safe = bench.chip.probe.is_safe()
+        finally:
+            lock.close()
+        assert code == 0, bench.worker.log_text()[-3000:]
+        assert safe, "the worker left the board to its watchdog"
+        bench.worker.start()
+        wait_until(
+            lambda: settled(sqlite_lab.engine, experiment_id), "the campaign to settle", 120, poll_s=0.2
+        )
+        audit = audit_campaign(sqlite_lab.engine, experiment_id, bench.chip.probe)
+        assert audit.experiment_status == "done" and audit.programming_runs == 1, audit.figures()
+        assert not audit.lost and not audit.duplicated and not audit.failed_jobs, audit.figures()
