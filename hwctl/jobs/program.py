@@ -123,6 +123,11 @@ def _program(ctx: JobContext, experiment_id: int) -> None:
     station = ctx.chip_station
     checkpoint = ctx.checkpoint or {}
     resume = None
+    if "run_id" in checkpoint and ctx.read(
+        "looking at the run", lambda conn: store_readouts.run_finished(conn, int(checkpoint["run_id"]))
+    ):
+        _complete_stored(ctx, experiment_id, checkpoint)
+        return
     if "run_id" in checkpoint:
         run, device_map = ctx.read(
             "loading the run", lambda conn: _stored_run(conn, experiment_id, checkpoint)
@@ -160,6 +165,17 @@ def _program(ctx: JobContext, experiment_id: int) -> None:
         "run_id": run.run_id, "mapping_id": run.mapping_id, "n_devices": n, "programmed_end_s": end_s,
         **outcome, "cancelled": not reading,
     })  # fmt: skip
+
+
+def _complete_stored(ctx: JobContext, experiment_id: int, checkpoint: dict[str, Any]) -> None:
+    """The run was stored (and its readbacks queued) by an attempt that died before the
+    job's own completion: complete without a read or a pulse. Resuming would re-pulse the
+    devices drifted out of tolerance since, under readbacks that count from the stored
+    programming times."""
+    status = ctx.read("looking at the experiment", lambda conn: experiment_state(conn, experiment_id).status)
+    ctx.complete({"run_id": int(checkpoint["run_id"]), "mapping_id": int(checkpoint["mapping_id"]),
+                  "resumed": True, "already_stored": True,
+                  "cancelled": status == ExperimentStatus.CANCELLED})  # fmt: skip
 
 
 def _outcome_vectors(result: ProgrammingResult) -> ProgrammingResult:
