@@ -8,13 +8,16 @@ lane's leftovers and the fit."""
 
 from __future__ import annotations
 
-from sqlalchemy import Connection
+from typing import Any
+
+from sqlalchemy import Connection, select
 
 from hwctl.analysis.run_fit import MIN_READOUTS_TO_FIT, fit_stored_run, save_run_fit
 from hwctl.heap import release_freed_heap
 from hwctl.jobs.context import JobContext, JobError, JobPayload, JobType
 from hwctl.store.campaign import move_experiment
 from hwctl.store.run_parts import RunRef, latest_run, n_readouts
+from hwctl.store.schema import device_fits
 from hwctl.vocabulary import ExperimentStatus, JobKind, JobLane
 
 
@@ -41,9 +44,28 @@ def handle(ctx: JobContext, payload: AnalyzePayload) -> None:
         )
         ctx.complete({"n_readouts": count, "skipped": f"fewer than {MIN_READOUTS_TO_FIT} readouts"})
         return
+    stored = ctx.read("looking for the run's fit", lambda conn: _stored_fit(conn, run.run_id, count))
+    if stored is not None:  # stored by an attempt that died before completing the job
+        ctx.complete(stored)
+        return
     outcome = _fit_and_store(ctx, payload, run)
     release_freed_heap()  # the fit's arrays are gone: hand them back before the next job
     ctx.complete(outcome)
+
+
+def _stored_fit(conn: Connection, run_id: int, n_readouts_now: int) -> dict[str, Any] | None:
+    """The run's fit if one covering its `n_readouts_now` readouts is stored: the job's
+    restart completes with it instead of storing a second, identical fit."""
+    latest = (
+        select(device_fits.c.id, device_fits.c.summary)
+        .where(device_fits.c.run_id == run_id)
+        .order_by(device_fits.c.id.desc())
+        .limit(1)
+    )
+    row = conn.execute(latest).one_or_none()
+    if row is None or (row.summary or {}).get("n_readouts") != n_readouts_now:
+        return None
+    return {"device_fit_id": int(row.id), "n_readouts": n_readouts_now, "already_stored": True}
 
 
 def _fit_and_store(ctx: JobContext, payload: AnalyzePayload, run: RunRef) -> dict[str, int]:

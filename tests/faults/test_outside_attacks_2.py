@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 
 from hwctl.store.readouts import load_run_device_map
-from hwctl.store.schema import jobs, programming_runs
+from hwctl.store.schema import device_fits, jobs, programming_runs
 from hwctl.vocabulary import JobKind, JobStatus
 from tests.faults.audit import audit_campaign, settled
 from tests.faults.lab import STARTUP_S, Lab, wait_until, worker_child
@@ -123,3 +123,27 @@ def test_a_programming_stored_before_its_worker_died_is_not_pulsed_again_at_the_
 def _scalar(engine: Engine, query: Any) -> Any:
     with engine.connect() as conn:
         return conn.execute(query).scalar()
+
+
+def test_a_drift_fit_stored_before_its_worker_died_is_not_stored_twice(sqlite_lab: Lab) -> None:
+    """kill -9 between the commit that stores the run's drift fit and the analyze job's
+    completion: the restart fitted again and stored a second fit of the same readouts.
+    The job's row is put back in the state that kill leaves, as above."""
+    bench = sqlite_lab.bench("fitted", clock="virtual", watchdog_s=1.5, state=True, worker=CI_SCALE.worker)
+    engine = sqlite_lab.engine
+    with bench:
+        experiment_id = bench.submit(list(CI_SCALE.offsets_s))
+        wait_until(lambda: settled(engine, experiment_id), "the campaign to settle", 120, poll_s=0.2)
+        bench.worker.kill()
+        analyze = (jobs.c.experiment_id == experiment_id) & (jobs.c.kind == JobKind.ANALYZE)
+        with engine.begin() as conn:
+            conn.execute(update(jobs).where(analyze).values(status=JobStatus.RUNNING, finished_s=None))
+        bench.worker.start()
+        finished = select(jobs.c.status).where(analyze)
+        wait_until(
+            lambda: _scalar(engine, finished) == JobStatus.SUCCEEDED, "the analyze job", 120, poll_s=0.2
+        )
+        bench.worker.stop()
+    run_ids = select(programming_runs.c.id).where(programming_runs.c.experiment_id == experiment_id)
+    fits = select(func.count()).select_from(device_fits).where(device_fits.c.run_id.in_(run_ids))
+    assert _scalar(engine, fits) == 1
