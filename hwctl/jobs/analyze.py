@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 from hwctl.analysis.run_fit import MIN_READOUTS_TO_FIT, fit_stored_run, save_run_fit
 from hwctl.heap import release_freed_heap
 from hwctl.jobs.context import JobContext, JobError, JobPayload, JobType
 from hwctl.store.campaign import move_experiment
+from hwctl.store.fits import latest_fit_summary
 from hwctl.store.run_parts import RunRef, latest_run, n_readouts
-from hwctl.store.schema import device_fits
 from hwctl.vocabulary import ExperimentStatus, JobKind, JobLane
 
 
@@ -54,18 +54,14 @@ def handle(ctx: JobContext, payload: AnalyzePayload) -> None:
 
 
 def _stored_fit(conn: Connection, run_id: int, n_readouts_now: int) -> dict[str, Any] | None:
-    """The run's fit if one covering its `n_readouts_now` readouts is stored: the job's
-    restart completes with it instead of storing a second, identical fit."""
-    latest = (
-        select(device_fits.c.id, device_fits.c.summary)
-        .where(device_fits.c.run_id == run_id)
-        .order_by(device_fits.c.id.desc())
-        .limit(1)
-    )
-    row = conn.execute(latest).one_or_none()
-    if row is None or (row.summary or {}).get("n_readouts") != n_readouts_now:
+    """The outcome of the run's fit if one covering its `n_readouts_now` readouts is stored:
+    the job's restart completes with it instead of storing a second, identical fit."""
+    latest = latest_fit_summary(conn, run_id)
+    if latest is None or latest[1].get("n_readouts") != n_readouts_now:
         return None
-    return {"device_fit_id": int(row.id), "n_readouts": n_readouts_now, "already_stored": True}
+    fit_id, summary = latest
+    return {"device_fit_id": fit_id, "n_readouts": n_readouts_now, "n_fitted": summary.get("n_fitted"),
+            "already_stored": True}  # fmt: skip
 
 
 def _fit_and_store(ctx: JobContext, payload: AnalyzePayload, run: RunRef) -> dict[str, int]:

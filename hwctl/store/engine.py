@@ -32,6 +32,8 @@ or a failed start leaves no empty database behind.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,6 +97,16 @@ def sqlite_file(engine: Engine) -> Path | None:
     if not is_sqlite(engine) or not database or database == ":memory:" or database.startswith("file:"):
         return None
     return Path(database)
+
+
+def station_socket_name(engine: Engine, station_id: int, role: str) -> bytes:
+    """The abstract-namespace UNIX socket address of (this database, station `station_id`) on
+    this host, for `role`: a host's processes find each other by it, and the kernel frees
+    it when the process holding it dies (kill -9 included)."""
+    path = sqlite_file(engine)
+    where = str(path.resolve()) if path is not None else f"{os.getpid()}:{engine.url}"
+    digest = hashlib.sha256(f"{where}\0{station_id}".encode()).hexdigest()[:32]
+    return f"\0hwctl-{role}-{digest}".encode()
 
 
 def create_sqlite_file(engine: Engine) -> None:

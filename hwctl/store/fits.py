@@ -166,6 +166,13 @@ def latest_device_fit(conn: Connection, run_id: int) -> StoredDeviceFit:
     return _stored(row, conn)
 
 
+def latest_fit_summary(conn: Connection, run_id: int) -> tuple[int, dict[str, Any]] | None:
+    """The id and summary of the run's most recent fit, without its vectors; None if unfitted."""
+    query = select(device_fits.c.id, device_fits.c.summary).where(device_fits.c.run_id == run_id)
+    row = conn.execute(query.order_by(device_fits.c.id.desc()).limit(1)).one_or_none()
+    return None if row is None else (int(row.id), dict(row.summary or {}))
+
+
 def _stored(row: Row[Any], conn: Connection) -> StoredDeviceFit:
     let_go_after(
         conn, sum(len(getattr(row, f"{name}_blob") or b"") for name in ("nu", "g_t0", "r2", "status"))

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
-import os
 import socket
 from collections.abc import Iterator
 
 from sqlalchemy import Engine
 
-from hwctl.store.engine import is_sqlite, sqlite_file
+from hwctl.store.engine import is_sqlite, station_socket_name
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +35,6 @@ class StationBusyError(RuntimeError):
     """Another worker holds the station."""
 
 
-def _socket_name(engine: Engine, station_id: int) -> bytes:
-    path = sqlite_file(engine)
-    where = str(path.resolve()) if path is not None else f"{os.getpid()}:{engine.url}"
-    digest = hashlib.sha256(f"{where}\0{station_id}".encode()).hexdigest()[:32]
-    return b"\0hwctl-worker-" + digest.encode()
-
-
 @contextlib.contextmanager
 def station_held(engine: Engine, station_id: int, station_name: str) -> Iterator[None]:
     """Hold `station_id` for the block; `StationBusyError` if another worker holds it."""
@@ -51,7 +42,7 @@ def station_held(engine: Engine, station_id: int, station_name: str) -> Iterator
     if is_sqlite(engine):
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             try:
-                sock.bind(_socket_name(engine, station_id))
+                sock.bind(station_socket_name(engine, station_id, "worker"))
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
                     raise StationBusyError(busy) from exc

@@ -20,9 +20,7 @@ most one poll interval, never a job.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import os
 import socket
 import threading
 from collections.abc import Iterable, Sequence
@@ -31,7 +29,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, event, func, select
 from sqlalchemy.pool import Pool
 
-from hwctl.store.engine import is_sqlite, sqlite_file
+from hwctl.store.engine import is_sqlite, station_socket_name
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +57,12 @@ def notify_in(conn: Connection, station_ids: Iterable[int]) -> None:
         conn.execute(select(func.pg_notify(CHANNEL, str(station_id))))
 
 
-def _socket_name(engine: Engine, station_id: int) -> bytes:
-    """The abstract-namespace address of a station's wake-up socket on this database."""
-    path = sqlite_file(engine)
-    where = str(path.resolve()) if path is not None else f"{os.getpid()}:{engine.url}"
-    digest = hashlib.sha256(f"{where}\0{station_id}".encode()).hexdigest()[:32]
-    return b"\0hwctl-wake-" + digest.encode()
-
-
 def _send(engine: Engine, station_ids: Iterable[int]) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.setblocking(False)
         for station_id in station_ids:
             with contextlib.suppress(OSError):  # no worker listening, or its buffer full: it polls
-                sock.sendto(b"w", _socket_name(engine, station_id))
+                sock.sendto(b"w", station_socket_name(engine, station_id, "wake"))
 
 
 @event.listens_for(Engine, "commit")
@@ -142,7 +132,7 @@ class Listener:
     def _run_socket(self) -> None:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             try:
-                sock.bind(_socket_name(self.engine, self.station_id))
+                sock.bind(station_socket_name(self.engine, self.station_id, "wake"))
             except OSError as exc:
                 log.warning("station %s: no wake-up socket (%s); the worker polls", self.station_id, exc)
                 self.stop_event.wait()
