@@ -18,7 +18,8 @@ class Experiment(BaseModel):
     station: str
     status: ExperimentStatus
     status_reason: str | None = Field(
-        None, description="why the status is what it is, with the evidence (e.g. a board that lost its state)"
+        None, description="why the status is what it is, with the evidence (e.g. a board that lost its "
+        "state); for 'done', the scheduled readbacks that were missed, if any"
     )
     spec: ExperimentSpec
     created_at: UtcDatetime

@@ -15,7 +15,7 @@ from sqlalchemy import Connection
 from hwctl.analysis.run_fit import MIN_READOUTS_TO_FIT, fit_stored_run, save_run_fit
 from hwctl.heap import release_freed_heap
 from hwctl.jobs.context import JobContext, JobError, JobPayload, JobType
-from hwctl.store.campaign import move_experiment
+from hwctl.store.campaign import missed_readbacks, move_experiment
 from hwctl.store.fits import latest_fit_summary
 from hwctl.store.run_parts import RunRef, latest_run, n_readouts
 from hwctl.vocabulary import ExperimentStatus, JobKind, JobLane
@@ -38,10 +38,7 @@ def handle(ctx: JobContext, payload: AnalyzePayload) -> None:
         raise JobError(f"experiment {payload.experiment_id}'s run is {found}, not {payload.run_id}")
     count = ctx.read("counting the readouts", lambda conn: n_readouts(conn, run.run_id))
     if count < MIN_READOUTS_TO_FIT:
-        ctx.write(
-            "ending the experiment",
-            lambda conn: move_experiment(conn, payload.experiment_id, ExperimentStatus.DONE),
-        )
+        ctx.write("ending the experiment", lambda conn: _end_experiment(conn, payload))
         ctx.complete({"n_readouts": count, "skipped": f"fewer than {MIN_READOUTS_TO_FIT} readouts"})
         return
     stored = ctx.read("looking for the run's fit", lambda conn: _stored_fit(conn, run.run_id, count))
@@ -69,7 +66,7 @@ def _fit_and_store(ctx: JobContext, payload: AnalyzePayload, run: RunRef) -> dic
 
     def store(conn: Connection) -> int:
         fit_id = save_run_fit(conn, payload.run_id, run_fit)
-        move_experiment(conn, payload.experiment_id, ExperimentStatus.DONE)
+        _end_experiment(conn, payload)
         return fit_id
 
     fit_id = ctx.write("storing the drift fit", store)
@@ -78,6 +75,12 @@ def _fit_and_store(ctx: JobContext, payload: AnalyzePayload, run: RunRef) -> dic
         "n_readouts": run_fit.n_readouts,
         "n_fitted": int(run_fit.lines.ok.sum()),
     }
+
+
+def _end_experiment(conn: Connection, payload: AnalyzePayload) -> None:
+    """Done, saying which readbacks were missed if any were."""
+    reason = missed_readbacks(conn, payload.experiment_id, payload.run_id)
+    move_experiment(conn, payload.experiment_id, ExperimentStatus.DONE, reason)
 
 
 JOB = JobType(JobKind.ANALYZE, JobLane.COMPUTE, AnalyzePayload, handle)

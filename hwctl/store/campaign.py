@@ -13,12 +13,14 @@ from sqlalchemy import Connection, select, update
 from hwctl.experiment_spec import ExperimentSpec
 from hwctl.store.errors import NotFoundError
 from hwctl.store.readouts import device_read_times_s, load_programming_result, load_readout
-from hwctl.store.schema import evaluations, experiments, programming_runs, readouts
+from hwctl.store.schema import evaluations, experiments, jobs, programming_runs, readouts
 from hwctl.vocabulary import (
     ACTIVE_EXPERIMENT_STATUSES,
     PROGRESSING_EXPERIMENT_STATUSES,
     CompensationMethod,
     ExperimentStatus,
+    JobKind,
+    JobStatus,
 )
 
 
@@ -57,6 +59,28 @@ def move_experiment(
         .values(status=status, status_reason=reason)
     )
     return moved.rowcount > 0
+
+
+MISSED_LISTED = 5  # missed readbacks named in a done experiment's reason; the rest are counted
+
+
+def missed_readbacks(conn: Connection, experiment_id: int, run_id: int) -> str | None:
+    """What an experiment that ends done must still say (None if nothing): the readbacks of
+    run `run_id` that were missed, each with its offset and why, so a campaign with holes in
+    its schedule does not read as complete."""
+    rows = conn.execute(
+        select(jobs.c.status, jobs.c.payload, jobs.c.error)
+        .where(jobs.c.experiment_id == experiment_id, jobs.c.kind == JobKind.READBACK)
+        .order_by(jobs.c.run_at_s, jobs.c.id)
+    ).all()  # fmt: skip
+    of_run = [row for row in rows if row.payload.get("run_id") == run_id]
+    missed = [row for row in of_run if row.status == JobStatus.MISSED]
+    if not missed:
+        return None
+    listed = missed[:MISSED_LISTED]
+    named = "; ".join(f"{row.payload['offset_s']:g} s ({row.error or 'missed'})" for row in listed)
+    more = f"; and {len(missed) - MISSED_LISTED} more" if len(missed) > MISSED_LISTED else ""
+    return f"{len(missed)} of {len(of_run)} scheduled readbacks missed: {named}{more}"
 
 
 def fail_experiment(conn: Connection, experiment_id: int, reason: str) -> bool:

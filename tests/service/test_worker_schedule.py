@@ -200,7 +200,7 @@ def test_a_later_readback_due_between_blocks_goes_first_and_the_earlier_one_resu
     assert blocks_s[2] < fifth_read_s <= blocks_s[3]  # blocks 1–3 before it, the rest after
 
 
-def test_when_the_last_readbacks_are_missed_the_drift_fit_still_runs_once_their_windows_close(
+def test_when_the_last_readbacks_are_missed_the_drift_fit_still_runs_and_the_experiment_names_them(
     engine: Engine, virtual_chip: EmbeddedChip
 ) -> None:
     campaign = create_campaign(engine, virtual_chip.resource, points=6)
@@ -214,6 +214,14 @@ def test_when_the_last_readbacks_are_missed_the_drift_fit_still_runs_once_their_
     with engine.connect() as conn:
         fit = conn.execute(select(device_fits.c.summary)).scalar_one()
     assert fit["n_readouts"] == 3
+    with engine.connect() as conn:
+        status, reason = conn.execute(
+            select(experiments.c.status, experiments.c.status_reason)
+            .where(experiments.c.id == campaign.experiment_id)
+        ).one()  # fmt: skip
+    assert status == "done"  # done, but not as if complete: the holes are named
+    assert reason.startswith("3 of 6 scheduled readbacks missed: ")
+    assert all(f"{offset_s:g} s (" in reason for offset_s in campaign.offsets_s[3:])
     engine.dispose()
 
 
