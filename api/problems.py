@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -59,6 +59,15 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         s: {"model": Problem, "description": HTTPStatus(s).phrase, "content": {PROBLEM_JSON: {}}}
         for s in statuses
     }
+
+
+def key_reused(key: str, record: str) -> HTTPException:
+    """An Idempotency-Key names one submission: reused with another body, answering with
+    the first `record` would drop the new body's settings without a word."""
+    return HTTPException(
+        422, f"Idempotency-Key {key!r} was used for {record} with another body; "
+        "use a new key for a new submission",
+    )
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import Db, EngineDep, ReadAccess, WriteAccess, WritesDep
 from api.pagination import Page, Paging
 from api.params import PathId
-from api.problems import problem_responses
+from api.problems import key_reused, problem_responses
 from api.schemas.experiments import Experiment, ExperimentAccepted, ExperimentDetail
 from api.views import experiment_detail, experiment_out, job_out, page_of, paging
 from hwctl.analog_layers import AnalogLayers
@@ -199,14 +199,9 @@ def _resolved(db: Connection, request: ExperimentRequest, network: NetworkSpec) 
 
 
 def _check_same_submission(db: Connection, request: ExperimentRequest, job: Row[Any], key: str) -> None:
-    """A key names one submission: reused with another body, answering with the first
-    experiment would drop the new body's settings without a word (422 instead)."""
     stored = store_experiments.experiment(db, job.experiment_id).settings
     if _resolved(db, request, _targets(db, request)[2]).model_dump(mode="json") != stored:
-        raise HTTPException(
-            422, f"Idempotency-Key {key!r} was used for experiment {job.experiment_id} with another body; "
-            "use a new key for a new submission"
-        )  # fmt: skip
+        raise key_reused(key, f"experiment {job.experiment_id}")
 
 
 def _store_submission(db: Connection, request: ExperimentRequest, idempotency_key: str | None) -> Row[Any]:

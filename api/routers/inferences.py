@@ -28,7 +28,7 @@ from api.dataset_uploads import ingest
 from api.deps import Db, EngineDep, ReadAccess, SettingsDep, WriteAccess, Writes, WritesDep
 from api.pagination import Page, Paging
 from api.params import PathId
-from api.problems import problem_responses
+from api.problems import key_reused, problem_responses
 from api.schemas.inferences import (
     AccuracyPointOut,
     Inference,
@@ -142,13 +142,8 @@ def _submit(writes: Writes, experiment_id: int, spec: InferenceSpec, key: str | 
         if job_key is not None and (job_id := queue.job_id_for_key(db, job_key)) is not None:
             inference_id = store.inference_for_job(db, job_id)
             if inference_id is not None:
-                # A key names one submission: another body answered with the first inference
-                # would have its settings dropped without a word.
                 if store.get_inference(db, inference_id).settings != spec.model_dump(mode="json"):
-                    raise HTTPException(
-                        422, f"Idempotency-Key {key!r} was used for inference {inference_id} with another "
-                        "body; use a new key for a new submission"
-                    )  # fmt: skip
+                    raise key_reused(str(key), f"inference {inference_id}")
                 return inference_id, store.job_row(db, job_id)
         return _queue_one(db, experiment_id, spec, job_key)
 

@@ -10,7 +10,6 @@ from api.schemas.common import UtcDatetime
 from hwctl.experiment_spec import MAX_AMPLITUDE_UA, STATION_GEOMETRY_BOUNDS, STATION_NAME_PATTERN
 from hwctl.request_model import RequestModel
 
-STATION_NAME = STATION_NAME_PATTERN
 _TILES, _ROWS, _COLS = (STATION_GEOMETRY_BOUNDS[k] for k in ("tiles", "rows", "cols"))
 
 
@@ -23,7 +22,7 @@ class GeometryModel(RequestModel):
 class StationCreate(RequestModel):
     """What the operator knows about a station; the API never talks to the chip itself."""
 
-    name: str = Field(pattern=STATION_NAME, description="unique name experiments refer to")
+    name: str = Field(pattern=STATION_NAME_PATTERN, description="unique name experiments refer to")
     resource: str = Field(
         min_length=1,
         max_length=256,
