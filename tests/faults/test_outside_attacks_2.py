@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import ColumnElement, Engine, func, select, update
 
 from hwctl.store.readouts import load_run_device_map
 from hwctl.store.schema import device_fits, jobs, programming_runs
@@ -104,13 +104,10 @@ def test_a_programming_stored_before_its_worker_died_is_not_pulsed_again_at_the_
         with engine.begin() as conn:
             run_id = conn.execute(select(programming_runs.c.id)).scalars().all()[-1]
             addresses = load_run_device_map(conn, run_id).addresses
-            conn.execute(update(jobs).where(program).values(status=JobStatus.RUNNING, finished_s=None))
+        _left_running(engine, program)
         _, before_us = bench.chip.probe.read(addresses)
         bench.worker.start()
-        finished = select(jobs.c.status).where(program)
-        wait_until(
-            lambda: _scalar(engine, finished) == JobStatus.SUCCEEDED, "the program job", 120, poll_s=0.2
-        )
+        _wait_succeeded(engine, program, "the program job")
         _, after_us = bench.chip.probe.read(addresses)
         bench.worker.stop()
     # Read noise moves single devices both ways and drift only lowers them; a device pulsed
@@ -125,6 +122,17 @@ def _scalar(engine: Engine, query: Any) -> Any:
         return conn.execute(query).scalar()
 
 
+def _left_running(engine: Engine, job: ColumnElement[bool]) -> None:
+    """The job's row as a kill -9 between its work's commit and its own completion leaves it."""
+    with engine.begin() as conn:
+        conn.execute(update(jobs).where(job).values(status=JobStatus.RUNNING, finished_s=None))
+
+
+def _wait_succeeded(engine: Engine, job: ColumnElement[bool], what: str) -> None:
+    status = select(jobs.c.status).where(job)
+    wait_until(lambda: _scalar(engine, status) == JobStatus.SUCCEEDED, what, 120, poll_s=0.2)
+
+
 def test_a_drift_fit_stored_before_its_worker_died_is_not_stored_twice(sqlite_lab: Lab) -> None:
     """kill -9 between the commit that stores the run's drift fit and the analyze job's
     completion: the restart fitted again and stored a second fit of the same readouts.
@@ -136,13 +144,9 @@ def test_a_drift_fit_stored_before_its_worker_died_is_not_stored_twice(sqlite_la
         wait_until(lambda: settled(engine, experiment_id), "the campaign to settle", 120, poll_s=0.2)
         bench.worker.kill()
         analyze = (jobs.c.experiment_id == experiment_id) & (jobs.c.kind == JobKind.ANALYZE)
-        with engine.begin() as conn:
-            conn.execute(update(jobs).where(analyze).values(status=JobStatus.RUNNING, finished_s=None))
+        _left_running(engine, analyze)
         bench.worker.start()
-        finished = select(jobs.c.status).where(analyze)
-        wait_until(
-            lambda: _scalar(engine, finished) == JobStatus.SUCCEEDED, "the analyze job", 120, poll_s=0.2
-        )
+        _wait_succeeded(engine, analyze, "the analyze job")
         bench.worker.stop()
     run_ids = select(programming_runs.c.id).where(programming_runs.c.experiment_id == experiment_id)
     fits = select(func.count()).select_from(device_fits).where(device_fits.c.run_id.in_(run_ids))
